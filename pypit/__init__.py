@@ -1,0 +1,49 @@
+"""pypit: a pure-Python worker pool with a built-in telemetry bus.
+
+The public faces are ``pypit`` (version and errors), :mod:`pypit.telemetry`
+(the event bus), :mod:`pypit.pool` (the supervisor side) and
+:mod:`pypit.worker` (the worker side). Importing ``pypit`` is cheap: it loads
+none of them.
+"""
+
+from pypit._errors import FrameTooLargeError as FrameTooLargeError
+from pypit._errors import HandlerExistsError as HandlerExistsError
+from pypit._errors import HandlerNotFoundError as HandlerNotFoundError
+from pypit._errors import PoolClosedError as PoolClosedError
+from pypit._errors import PoolDegradedError as PoolDegradedError
+from pypit._errors import PoolSaturatedError as PoolSaturatedError
+from pypit._errors import ProtocolError as ProtocolError
+from pypit._errors import PypitError as PypitError
+from pypit._errors import QueueTimeoutError as QueueTimeoutError
+from pypit._errors import SerializationError as SerializationError
+from pypit._errors import ToolError as ToolError
+from pypit._errors import UnknownCommandError as UnknownCommandError
+from pypit._errors import WorkerCrashedError as WorkerCrashedError
+from pypit._errors import WorkerStartError as WorkerStartError
+from pypit._errors import WorkerTimeoutError as WorkerTimeoutError
+from pypit._version import __version__ as __version__
+
+__all__ = [
+    "FrameTooLargeError",
+    "HandlerExistsError",
+    "HandlerNotFoundError",
+    "PoolClosedError",
+    "PoolDegradedError",
+    "PoolSaturatedError",
+    "ProtocolError",
+    "PypitError",
+    "QueueTimeoutError",
+    "SerializationError",
+    "ToolError",
+    "UnknownCommandError",
+    "WorkerCrashedError",
+    "WorkerStartError",
+    "WorkerTimeoutError",
+    "__version__",
+]
+
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type):
+        _value.__module__ = __name__
+del _name, _value

@@ -1,0 +1,157 @@
+"""The exception tree of pypit.
+
+Every error pypit raises on purpose is a :class:`PypitError`, and each leaf also
+inherits the builtin a caller would naturally catch, so ``except TimeoutError``
+works on a call that ran out of time::
+
+    PypitError (Exception)
+    ├── HandlerExistsError (ValueError)         attach with an id already in use
+    ├── HandlerNotFoundError (LookupError)      detach of an unknown id
+    ├── PoolClosedError (RuntimeError)          the pool is closing or closed
+    ├── PoolSaturatedError (RuntimeError)       the pool's queue is full
+    ├── PoolDegradedError (RuntimeError)        no worker can serve the call
+    ├── QueueTimeoutError (TimeoutError)        waited in the queue past queue_timeout
+    ├── WorkerTimeoutError (TimeoutError)       the call ran past its deadline
+    ├── WorkerCrashedError (RuntimeError)       the worker died with the call in flight
+    ├── WorkerStartError (RuntimeError)         no worker could be started
+    ├── ToolError (RuntimeError)                the tool raised inside the worker
+    ├── UnknownCommandError (LookupError)       no such tool in the adapter
+    ├── SerializationError (TypeError)          a value the wire cannot carry
+    └── ProtocolError (ValueError)              a malformed or oversized frame
+        └── FrameTooLargeError                  a frame over the size limit
+
+All of them survive a pickle round trip with their attributes, so they can be
+handed between threads, processes and test runners unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PypitError(Exception):
+    """Base class of every error pypit raises on purpose."""
+
+
+class HandlerExistsError(PypitError, ValueError):
+    """A handler with this id is already attached."""
+
+
+class HandlerNotFoundError(PypitError, LookupError):
+    """No handler with this id is attached."""
+
+
+class PoolClosedError(PypitError, RuntimeError):
+    """The pool does not accept calls: it is closing or closed."""
+
+
+class PoolSaturatedError(PypitError, RuntimeError):
+    """The pool's queue is full; the call was rejected at once."""
+
+
+class PoolDegradedError(PypitError, RuntimeError):
+    """No worker of the pool is able to serve the call."""
+
+
+class QueueTimeoutError(PypitError, TimeoutError):
+    """The call waited in the queue past ``queue_timeout`` and will never run."""
+
+
+class WorkerTimeoutError(PypitError, TimeoutError):
+    """The call ran past its deadline."""
+
+
+class WorkerCrashedError(PypitError, RuntimeError):
+    """The worker serving the call died before answering.
+
+    ``exit_code`` is the process exit status when it exited, ``signal`` the
+    number of the signal that killed it, otherwise both are ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        worker_id: str | None = None,
+        exit_code: int | None = None,
+        signal: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.worker_id = worker_id
+        self.exit_code = exit_code
+        self.signal = signal
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild,
+            (
+                type(self),
+                self.args,
+                {
+                    "worker_id": self.worker_id,
+                    "exit_code": self.exit_code,
+                    "signal": self.signal,
+                },
+            ),
+        )
+
+
+class WorkerStartError(PypitError, RuntimeError):
+    """No worker of the pool could be started."""
+
+
+class ToolError(PypitError, RuntimeError):
+    """The tool raised inside the worker.
+
+    ``remote_type`` is the qualified name of the exception's class in the
+    worker, ``remote_message`` its message and ``remote_traceback`` the
+    formatted traceback, as text: nothing of the worker's exception is
+    unpickled in the parent.
+    """
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.remote_type, self.remote_message, self.remote_traceback))
+
+    def __str__(self) -> str:
+        if not self.remote_traceback:
+            return f"{self.remote_type}: {self.remote_message}"
+        head = f"{self.remote_type}: {self.remote_message}"
+        return f"{head}\n\nRemote traceback:\n{self.remote_traceback}"
+
+
+class UnknownCommandError(PypitError, LookupError):
+    """The adapter has no tool of that name."""
+
+    def __init__(self, command: str, known: tuple[str, ...] = ()) -> None:
+        hint = f"; known tools: {', '.join(known)}" if known else ""
+        super().__init__(f"unknown command {command!r}{hint}")
+        self.command = command
+        self.known = known
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.command, self.known))
+
+
+class SerializationError(PypitError, TypeError):
+    """A value cannot be carried over the wire."""
+
+
+class ProtocolError(PypitError, ValueError):
+    """A frame is malformed: the peer does not speak the protocol."""
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame is larger than the configured limit."""
+
+
+def _rebuild(cls: type[PypitError], args: tuple[Any, ...], attrs: dict[str, Any]) -> PypitError:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(attrs)
+    return exc

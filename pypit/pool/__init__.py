@@ -1,0 +1,3 @@
+"""The supervisor side: pools of worker processes."""
+
+__all__: list[str] = []
