@@ -1,3 +1,33 @@
-"""The supervisor side: pools of worker processes."""
+"""The supervisor side: pools of worker processes.
 
-__all__: list[str] = []
+::
+
+    async with open_pool("myapp.model:Model", size=4) as pool:
+        result = await pool.execute("predict", {"x": 1}, timeout=5.0)
+
+``start_pool`` is the same pool for synchronous code.
+"""
+
+from pypit.pool._config import PoolConfig as PoolConfig
+from pypit.pool._pool import Pool as Pool
+from pypit.pool._pool import PoolStatus as PoolStatus
+from pypit.pool._pool import ToolDescription as ToolDescription
+from pypit.pool._pool import open_pool as open_pool
+from pypit.pool._sync import SyncPool as SyncPool
+from pypit.pool._sync import start_pool as start_pool
+
+__all__ = [
+    "Pool",
+    "PoolConfig",
+    "PoolStatus",
+    "SyncPool",
+    "ToolDescription",
+    "open_pool",
+    "start_pool",
+]
+
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type):
+        _value.__module__ = __name__
+del _name, _value

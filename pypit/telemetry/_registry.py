@@ -56,6 +56,9 @@ _lock = threading.Lock()
 # Both mappings are replaced, never mutated, so readers need no lock.
 _table: dict[EventName, tuple[_Entry, ...]] = {}
 _by_id: dict[str, tuple[Handler, ...]] = {}
+# Bumped by every attach and detach, so that emitters in other processes can
+# be told cheaply when the set of listened-to events changed.
+generation = 0
 
 
 def event_name(value: object) -> EventName:
@@ -112,7 +115,7 @@ def attach_many(
 
     Duplicate names in ``events`` are attached once. The rules of :func:`attach` apply.
     """
-    global _table, _by_id
+    global _table, _by_id, generation
     _check_handler(handler_id, function)
     names = tuple(dict.fromkeys(event_name(e) for e in events))
     if not names:
@@ -127,6 +130,7 @@ def attach_many(
         by_id = dict(_by_id)
         by_id[handler_id] = records
         _table, _by_id = table, by_id
+        generation += 1
 
 
 def detach(handler_id: str) -> None:
@@ -135,7 +139,7 @@ def detach(handler_id: str) -> None:
     Raises:
         HandlerNotFoundError: no handler with this id is attached.
     """
-    global _table, _by_id
+    global _table, _by_id, generation
     with _lock:
         records = _by_id.get(handler_id)
         if records is None:
@@ -150,6 +154,7 @@ def detach(handler_id: str) -> None:
         by_id = dict(_by_id)
         del by_id[handler_id]
         _table, _by_id = table, by_id
+        generation += 1
 
 
 def execute(event: EventName, measurements: Measurements, metadata: Metadata | None = None) -> None:

@@ -1,3 +1,21 @@
-"""The worker side: adapters, tools and the worker's telemetry API."""
+"""The worker side: the adapter a worker serves and its tools.
 
-__all__: list[str] = []
+::
+
+    from pypit.worker import Adapter, tool
+
+    class Model(Adapter):
+        def setup(self) -> None:
+            self.weights = load()
+
+        @tool(description="Perform inference")
+        def predict(self, x: float) -> dict:
+            return {"y": self.weights * x}
+"""
+
+from pypit.worker._adapter import Adapter as Adapter
+from pypit.worker._adapter import tool as tool
+
+__all__ = ["Adapter", "tool"]
+
+Adapter.__module__ = __name__

@@ -1,0 +1,234 @@
+"""The framed protocol spoken between the pool and its workers.
+
+A frame is a 4-byte big-endian length followed by one msgpack message. Every
+message is a msgspec ``Struct`` encoded as an array whose first element is a
+small integer tag, so decoding validates both the shape and the types: a peer
+that sends anything else gets a :class:`~pypit.ProtocolError`, never an object
+built from its bytes. Nothing is pickled in either direction.
+
+The parent never trusts the worker: :class:`FrameReader` refuses a length
+over the limit before buffering the body, and :func:`decode_from_worker`
+accepts only the messages a worker may send.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final, TypeAlias
+
+import msgspec
+
+from pypit._errors import FrameTooLargeError, ProtocolError, SerializationError
+
+PROTOCOL_VERSION: Final = 1
+DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
+HEADER: Final = struct.Struct(">I")
+_HEADER_SIZE: Final = HEADER.size
+
+
+class _Message(msgspec.Struct, array_like=True, frozen=True, tag_field="t"):
+    pass
+
+
+# -- parent -> worker --------------------------------------------------------
+
+
+class Call(_Message, tag=1):
+    """Run ``command`` with ``args``; ``stream`` asks for a generator tool's chunks."""
+
+    id: int
+    command: str
+    args: Any
+    correlation_id: str
+    timeout: float | None = None
+    stream: bool = False
+    trace_context: dict[str, str] | None = None
+
+
+class Cancel(_Message, tag=2):
+    """Stop call ``id``; the worker answers with an error of kind ``cancelled`` or its result."""
+
+    id: int
+
+
+class Ping(_Message, tag=3):
+    seq: int
+
+
+class Shutdown(_Message, tag=4):
+    """Finish, run ``teardown()`` and exit."""
+
+
+class Configure(_Message, tag=5):
+    """Worker settings the parent may change at any time.
+
+    ``call_events`` names the ``python.call.*`` events anyone in the parent
+    listens to (``"call.start"``, ...): the worker emits only those.
+    """
+
+    call_events: list[str] = []
+
+
+# -- worker -> parent --------------------------------------------------------
+
+
+class Hello(_Message, tag=20):
+    """First message on a new connection: who the worker is."""
+
+    token: str
+    pid: int
+    version: int = PROTOCOL_VERSION
+
+
+class Tool(_Message, tag=21):
+    name: str
+    description: str
+    stream: bool
+
+
+class Ready(_Message, tag=22):
+    """The adapter is imported and set up; these are its tools."""
+
+    tools: list[Tool]
+
+
+class Failed(_Message, tag=23):
+    """The worker could not start: the adapter import or ``setup()`` raised."""
+
+    reason: str
+    message: str
+    traceback: str = ""
+
+
+class Result(_Message, tag=24):
+    id: int
+    value: Any
+
+
+class Error(_Message, tag=25):
+    """Call ``id`` failed. ``kind`` is ``tool``, ``unknown_command``, ``serialization``,
+    ``frame_too_large``, ``cancelled`` or ``usage``."""
+
+    id: int
+    kind: str
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class Chunk(_Message, tag=26):
+    id: int
+    seq: int
+    value: Any
+
+
+class End(_Message, tag=27):
+    """The stream of call ``id`` is complete."""
+
+    id: int
+
+
+class Events(_Message, tag=28):
+    """A batch of worker telemetry: ``[name, measurements, metadata]`` triples,
+    plus drop counts ``[reason, event_name or "", count]``."""
+
+    events: list[tuple[str, dict[str, int | float], dict[str, Any]]]
+    dropped: list[tuple[str, str, int]] = []
+
+
+class Pong(_Message, tag=29):
+    seq: int
+
+
+ToWorker: TypeAlias = Call | Cancel | Ping | Shutdown | Configure
+FromWorker: TypeAlias = Hello | Ready | Failed | Result | Error | Chunk | End | Events | Pong
+
+
+def _refuse(value: Any) -> Any:
+    raise SerializationError(
+        f"cannot send a value of type {type(value).__qualname__} over the wire: {value!r:.200}; "
+        "use msgpack types (dict, list, str, bytes, int, float, bool, None)"
+    )
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_refuse)
+_from_worker = msgspec.msgpack.Decoder(FromWorker)  # type: ignore[arg-type]
+_to_worker = msgspec.msgpack.Decoder(ToWorker)  # type: ignore[arg-type]
+
+
+def encode(message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """One frame: the length header and the message.
+
+    Raises:
+        SerializationError: a value in the message cannot be encoded.
+        FrameTooLargeError: the frame is over ``max_frame_size``.
+    """
+    buffer = bytearray(_HEADER_SIZE)
+    try:
+        _encoder.encode_into(message, buffer, _HEADER_SIZE)
+    except SerializationError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(f"cannot encode the message: {exc}") from None
+    size = len(buffer) - _HEADER_SIZE
+    if size > max_frame_size:
+        raise FrameTooLargeError(f"a frame of {size} bytes is over the limit of {max_frame_size}")
+    HEADER.pack_into(buffer, 0, size)
+    return bytes(buffer)
+
+
+def decode_from_worker(payload: bytes | memoryview) -> FromWorker:
+    """A message a worker may send, or :class:`ProtocolError`."""
+    try:
+        return _from_worker.decode(payload)  # type: ignore[no-any-return]
+    except msgspec.MsgspecError as exc:
+        raise ProtocolError(f"malformed message from worker: {exc}") from None
+
+
+def decode_to_worker(payload: bytes | memoryview) -> ToWorker:
+    """A message the parent may send, or :class:`ProtocolError`."""
+    try:
+        return _to_worker.decode(payload)  # type: ignore[no-any-return]
+    except msgspec.MsgspecError as exc:
+        raise ProtocolError(f"malformed message from the pool: {exc}") from None
+
+
+class FrameReader:
+    """Splits a byte stream into frame payloads.
+
+    Feed it what the socket returned; it yields ``(payload, size)`` for every
+    complete frame. A header announcing more than ``max_frame_size`` raises
+    :class:`FrameTooLargeError` at once, before the body is buffered.
+    """
+
+    __slots__ = ("_buffer", "_max")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self._buffer = bytearray()
+        self._max = max_frame_size
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        frames: list[bytes] = []
+        position = 0
+        available = len(buffer)
+        while available - position >= _HEADER_SIZE:
+            (size,) = HEADER.unpack_from(buffer, position)
+            if size > self._max:
+                raise FrameTooLargeError(
+                    f"the peer announced a frame of {size} bytes, over the limit of {self._max}"
+                )
+            end = position + _HEADER_SIZE + size
+            if end > available:
+                break
+            frames.append(bytes(buffer[position + _HEADER_SIZE : end]))
+            position = end
+        if position:
+            del buffer[:position]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buffer)

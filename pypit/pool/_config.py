@@ -1,0 +1,80 @@
+"""The settings of a pool, validated once when the pool opens."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from pypit._wire import DEFAULT_MAX_FRAME_SIZE
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _optional_positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0 or None, got {value!r}")
+
+
+def _adapter(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    module, sep, qualname = value.partition(":")
+    if not sep or not module or not qualname:
+        raise ValueError(f"adapter is 'package.module:Class', not {value!r}")
+
+
+def _name(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not _NAME.match(value):
+        raise ValueError(f"a pool name is 1-64 characters of [A-Za-z0-9_.-], not {value!r}")
+
+
+def _default_size() -> int:
+    return os.cpu_count() or 1
+
+
+@attrs.frozen(kw_only=True)
+class PoolConfig:
+    """Everything :func:`~pypit.pool.open_pool` accepts besides the adapter.
+
+    Times are in seconds. ``None`` for a timeout means no limit.
+    """
+
+    adapter: str = attrs.field(validator=[attrs.validators.instance_of(str), _adapter])
+    """The adapter class, ``"package.module:Class"``, imported by each worker."""
+    size: int = attrs.field(factory=_default_size, validator=[attrs.validators.instance_of(int), _positive])
+    """Number of worker processes."""
+    name: str = attrs.field(default="default", validator=[attrs.validators.instance_of(str), _name])
+    """The pool's name: in every event, and in worker ids ``<name>_worker_<n>``."""
+    max_queue_size: int = attrs.field(default=1000, validator=_non_negative)
+    """Calls allowed to wait for a worker; one more is rejected with ``PoolSaturatedError``."""
+    queue_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
+    """Longest wait in the queue; then ``QueueTimeoutError`` and the call never runs."""
+    max_concurrency: int = attrs.field(default=1, validator=_positive)
+    """Calls one worker runs at once (threads for sync tools, tasks for async ones)."""
+    status_interval: float = attrs.field(default=5.0, validator=_non_negative)
+    """Period of the ``pool.status`` event; 0 disables it."""
+    max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_positive)
+    """Largest message, in bytes, in either direction."""
+    startup_timeout: float = attrs.field(default=30.0, validator=_positive)
+    """Longest a worker may take from spawn to ready (import and ``setup()``)."""
+    shutdown_timeout: float = attrs.field(default=10.0, validator=_non_negative)
+    """Longest the pool waits for in-flight calls when it closes."""
+    stop_grace: float = attrs.field(default=3.0, validator=_non_negative)
+    """After a stop request, how long a worker has before SIGTERM, then again before SIGKILL."""
+    python: str = attrs.field(default=sys.executable)
+    """The interpreter that runs the workers."""
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    """Extra environment variables for the workers."""

@@ -1,0 +1,947 @@
+"""The pool: worker slots, the queue, calls, streams, status and shutdown.
+
+Everything here runs on one event loop, so the scheduler needs no locks: a
+worker's ``in_flight`` and the queue change only between awaits. A call takes
+a worker directly when one has spare capacity and nobody is queued; otherwise
+it waits in a bounded FIFO queue, and a worker that frees capacity hands it to
+the first live waiter. The waiter itself sends the call after it wakes, so a
+waiter that was cancelled or whose deadline passed never reaches a worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import attrs
+
+from pypit import _wire
+from pypit._errors import (
+    PoolClosedError,
+    PoolSaturatedError,
+    QueueTimeoutError,
+    UnknownCommandError,
+    WorkerStartError,
+    WorkerTimeoutError,
+)
+from pypit._log import get_logger
+from pypit.pool._config import PoolConfig
+from pypit.pool._worker import DEVNULL, PIPE, Pending, WorkerHandle, crash_error
+from pypit.telemetry import _registry
+from pypit.telemetry._registry import execute, has_handlers
+
+_log = get_logger("pool")
+_NODE: Final = socket.gethostname()
+_request_ids = itertools.count(1)
+_stream_ids = itertools.count(1)
+
+INITIALIZED: Final = ("pypit", "pool", "initialized")
+STATUS: Final = ("pypit", "pool", "status")
+ENQUEUED: Final = ("pypit", "pool", "queue", "enqueued")
+DEQUEUED: Final = ("pypit", "pool", "queue", "dequeued")
+QUEUE_TIMEOUT: Final = ("pypit", "pool", "queue", "timeout")
+SATURATED: Final = ("pypit", "pool", "saturated")
+SPAWN_STARTED: Final = ("pypit", "pool", "worker", "spawn_started")
+SPAWNED: Final = ("pypit", "pool", "worker", "spawned")
+SPAWN_FAILED: Final = ("pypit", "pool", "worker", "spawn_failed")
+TERMINATED: Final = ("pypit", "pool", "worker", "terminated")
+RESTARTED: Final = ("pypit", "pool", "worker", "restarted")
+CALL_START: Final = ("pypit", "rpc", "call", "start")
+CALL_STOP: Final = ("pypit", "rpc", "call", "stop")
+CALL_EXCEPTION: Final = ("pypit", "rpc", "call", "exception")
+STREAM_OPENED: Final = ("pypit", "rpc", "stream", "opened")
+STREAM_MESSAGE: Final = ("pypit", "rpc", "stream", "message")
+STREAM_CLOSED: Final = ("pypit", "rpc", "stream", "closed")
+PYTHON_CALL_EVENTS: Final = ("call.start", "call.stop", "call.exception")
+_GREETING_TIMEOUT: Final = 10.0
+
+
+@attrs.frozen
+class ToolDescription:
+    """A tool the workers serve, as they reported it."""
+
+    name: str
+    description: str
+    stream: bool
+
+
+@attrs.frozen
+class PoolStatus:
+    """A snapshot of a pool, from :meth:`Pool.status`.
+
+    ``available_workers`` are ready and idle, ``busy_workers`` ready with at
+    least one call in flight; together they are ``total_workers``.
+    """
+
+    pool_name: str
+    queue_depth: int
+    available_workers: int
+    busy_workers: int
+    total_workers: int
+    in_flight: int
+    max_queue_size: int
+    size: int
+    closed: bool
+    requests: int
+    completed: int
+    failed: int
+    rejected: int
+    queue_timeouts: int
+    timeouts: int
+    crashes: int
+    restarts: int
+
+
+class _Waiter:
+    __slots__ = ("command", "correlation_id", "deadline", "enqueued", "request_id", "wake", "worker")
+
+    def __init__(self, command: str, request_id: int, correlation_id: str, deadline: float) -> None:
+        self.command = command
+        self.request_id = request_id
+        self.correlation_id = correlation_id
+        self.deadline = deadline
+        self.enqueued = time.monotonic_ns()
+        self.wake = anyio.Event()
+        self.worker: WorkerHandle | None = None
+
+
+class _Greeting:
+    __slots__ = ("arrived", "first", "reader", "stream")
+
+    def __init__(self) -> None:
+        self.arrived = anyio.Event()
+        self.stream: anyio.abc.ByteStream | None = None
+        self.reader: _wire.FrameReader | None = None
+        self.first: list[bytes] = []
+
+
+def _new_correlation_id() -> str:
+    return secrets.token_hex(8)
+
+
+class Pool:
+    """A pool of worker processes serving one adapter. Open it with :func:`open_pool`."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self._workers: list[WorkerHandle | None] = [None] * config.size
+        self._queue: deque[_Waiter] = deque()
+        self._tools: dict[str, ToolDescription] = {}
+        self._expected: dict[str, _Greeting] = {}
+        self._closed = False
+        self._rotation = 0
+        self._generation = -1
+        self._configure_frame = b""
+        self._started = 0
+        self._startup_reports = 0
+        self._startup_done = anyio.Event()
+        self._restarts = [0] * config.size
+        self._counters = dict.fromkeys(
+            ("requests", "completed", "failed", "rejected", "queue_timeouts", "timeouts", "crashes"),
+            0,
+        )
+        self._directory = ""
+        self._socket_path = ""
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    # -- public API --------------------------------------------------------------
+
+    async def execute(
+        self,
+        command: str,
+        args: Any = None,
+        *,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Any:
+        """Run ``command`` on a worker and return its result.
+
+        ``args``: a dict is passed as keyword arguments, ``None`` as none,
+        anything else as one positional argument; values must be msgpack
+        types. ``timeout`` bounds the whole call, queueing included.
+
+        Raises:
+            UnknownCommandError: no tool of that name (before anything is sent).
+            PoolSaturatedError: the queue is full.
+            QueueTimeoutError: no worker came free in time; the call never ran.
+            WorkerTimeoutError: the worker did not answer in time.
+            WorkerCrashedError: the worker died with the call in flight.
+            ToolError: the tool raised; it carries the remote traceback.
+            SerializationError, FrameTooLargeError: arguments or result cannot travel.
+            PoolClosedError: the pool is closing.
+        """
+        self._check(command, stream=False)
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        request_id = next(_request_ids)
+        correlation_id = correlation_id or _new_correlation_id()
+        frame = _wire.encode(
+            _wire.Call(request_id, command, args, correlation_id, timeout),
+            self.config.max_frame_size,
+        )
+        self._counters["requests"] += 1
+        worker = await self._acquire(command, request_id, correlation_id, session_id, deadline)
+        if self._generation != _registry.generation:
+            self._push_configuration()
+        pending = Pending(command)
+        worker.pending[request_id] = pending
+        worker.send(frame)
+
+        traced = has_handlers(CALL_START) or has_handlers(CALL_STOP) or has_handlers(CALL_EXCEPTION)
+        if traced:
+            metadata = {
+                "pool_name": self.name,
+                "worker_id": worker.worker_id,
+                "command": command,
+                "request_id": request_id,
+                "correlation_id": correlation_id,
+                "session_id": session_id,
+                "telemetry_span_context": request_id,
+            }
+            started = time.monotonic_ns()
+            if has_handlers(CALL_START):
+                execute(CALL_START, {"monotonic_time": started, "system_time": time.time_ns()}, metadata)
+        try:
+            await self._wait(pending, worker, request_id, deadline)
+        except BaseException as exc:
+            self._counters["failed"] += 1
+            if traced and has_handlers(CALL_EXCEPTION):
+                now = time.monotonic_ns()
+                execute(
+                    CALL_EXCEPTION,
+                    {"duration": now - started, "monotonic_time": now},
+                    {
+                        **metadata,
+                        "kind": "error" if isinstance(exc, Exception) else "exit",
+                        "reason": exc,
+                        "stacktrace": exc.__traceback__,
+                        "error_type": type(exc).__name__,
+                    },
+                )
+            raise
+        self._counters["completed"] += 1
+        if traced and has_handlers(CALL_STOP):
+            now = time.monotonic_ns()
+            execute(
+                CALL_STOP,
+                {
+                    "duration": now - started,
+                    "monotonic_time": now,
+                    "request_bytes": len(frame),
+                    "response_bytes": pending.size,
+                },
+                metadata,
+            )
+        return pending.value
+
+    async def stream(
+        self,
+        command: str,
+        args: Any = None,
+        *,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> AsyncGenerator[Any, None]:
+        """Iterate over the chunks a generator tool yields.
+
+        Leaving the loop early cancels the stream in the worker. ``timeout``
+        bounds the wait for a worker and then each wait for a chunk. For a
+        deterministic early close, wrap it in ``contextlib.aclosing``.
+        """
+        self._check(command, stream=True)
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        request_id = next(_request_ids)
+        correlation_id = correlation_id or _new_correlation_id()
+        frame = _wire.encode(
+            _wire.Call(request_id, command, args, correlation_id, timeout, stream=True),
+            self.config.max_frame_size,
+        )
+        self._counters["requests"] += 1
+        worker = await self._acquire(command, request_id, correlation_id, session_id, deadline)
+        if self._generation != _registry.generation:
+            self._push_configuration()
+        pending = Pending(command, stream=True)
+        worker.pending[request_id] = pending
+        worker.send(frame)
+        assert pending.chunks is not None
+        receive = pending.chunks[1]
+        stream_id = next(_stream_ids)
+        base = {"pool_name": self.name, "worker_id": worker.worker_id, "stream_id": stream_id}
+        if has_handlers(STREAM_OPENED):
+            execute(
+                STREAM_OPENED,
+                {"system_time": time.time_ns()},
+                {**base, "command": command, "correlation_id": correlation_id},
+            )
+        started = time.monotonic_ns()
+        count = 0
+        reason = "cancelled"
+        try:
+            while True:
+                with anyio.move_on_after(timeout if timeout is not None else math.inf) as scope:
+                    kind, value, size = await receive.receive()
+                if scope.cancelled_caught:
+                    raise WorkerTimeoutError(
+                        f"no chunk of {command!r} within {timeout}s from {worker.worker_id}"
+                    )
+                if kind == "end":
+                    if value is not None:
+                        reason = "error"
+                        raise value
+                    reason = "complete"
+                    self._counters["completed"] += 1
+                    return
+                count += 1
+                if has_handlers(STREAM_MESSAGE):
+                    execute(STREAM_MESSAGE, {"bytes": size, "sequence_number": count}, base)
+                yield value
+        finally:
+            if reason != "complete":
+                self._counters["failed"] += 1
+            if request_id in worker.pending and not pending.done.is_set():
+                pending.abandoned = True
+                worker.send(_wire.encode(_wire.Cancel(request_id)))
+            if has_handlers(STREAM_CLOSED):
+                execute(
+                    STREAM_CLOSED,
+                    {"duration": time.monotonic_ns() - started, "message_count": count},
+                    {**base, "reason": reason},
+                )
+
+    def status(self) -> PoolStatus:
+        """A snapshot of the queue, the workers and the counters."""
+        ready = [w for w in self._workers if w is not None and w.accepting]
+        busy = sum(1 for w in ready if w.in_flight)
+        return PoolStatus(
+            pool_name=self.name,
+            queue_depth=len(self._queue),
+            available_workers=len(ready) - busy,
+            busy_workers=busy,
+            total_workers=len(ready),
+            in_flight=sum(w.in_flight for w in self._workers if w is not None),
+            max_queue_size=self.config.max_queue_size,
+            size=self.config.size,
+            closed=self._closed,
+            restarts=sum(self._restarts),
+            **self._counters,
+        )
+
+    def emit_status(self) -> None:
+        """Emit ``("pypit", "pool", "status")`` now."""
+        if not has_handlers(STATUS):
+            return
+        status = self.status()
+        execute(
+            STATUS,
+            {
+                "queue_depth": status.queue_depth,
+                "available_workers": status.available_workers,
+                "busy_workers": status.busy_workers,
+                "total_workers": status.total_workers,
+                "in_flight": status.in_flight,
+            },
+            {"pool_name": self.name},
+        )
+
+    def tools(self) -> dict[str, ToolDescription]:
+        """The tools the workers reported, by name."""
+        return dict(self._tools)
+
+    def workers(self) -> dict[str, int]:
+        """The live workers: worker id to process id."""
+        return {w.worker_id: w.pid for w in self._workers if w is not None}
+
+    # -- scheduling --------------------------------------------------------------
+
+    def _check(self, command: str, *, stream: bool) -> None:
+        if self._closed:
+            raise PoolClosedError(f"pool {self.name!r} is closed")
+        tool = self._tools.get(command)
+        if tool is None:
+            raise UnknownCommandError(command, tuple(sorted(self._tools)))
+        if tool.stream != stream:
+            how = "pool.stream()" if tool.stream else "pool.execute()"
+            raise TypeError(f"{command!r} is a {'stream' if tool.stream else 'call'}; use {how}")
+
+    def _pick(self) -> WorkerHandle | None:
+        best: WorkerHandle | None = None
+        workers = self._workers
+        count = len(workers)
+        start = self._rotation
+        for offset in range(count):
+            worker = workers[(start + offset) % count]
+            if worker is None or not worker.accepting or worker.in_flight >= worker.capacity:
+                continue
+            if worker.in_flight == 0:
+                self._rotation = (start + offset + 1) % count
+                return worker
+            if best is None or worker.in_flight < best.in_flight:
+                best = worker
+        return best
+
+    async def _acquire(
+        self,
+        command: str,
+        request_id: int,
+        correlation_id: str,
+        session_id: str | None,
+        deadline: float,
+    ) -> WorkerHandle:
+        if not self._queue:
+            worker = self._pick()
+            if worker is not None:
+                worker.in_flight += 1
+                return worker
+        if len(self._queue) >= self.config.max_queue_size:
+            self._counters["rejected"] += 1
+            if has_handlers(SATURATED):
+                status = self.status()
+                execute(
+                    SATURATED,
+                    {"queue_depth": status.queue_depth, "max_queue_size": status.max_queue_size},
+                    {
+                        "pool_name": self.name,
+                        "command": command,
+                        "available_workers": status.available_workers,
+                        "busy_workers": status.busy_workers,
+                    },
+                )
+            raise PoolSaturatedError(
+                f"pool {self.name!r} is saturated: {len(self._queue)} calls queued "
+                f"(max_queue_size={self.config.max_queue_size})"
+            )
+        waiter = _Waiter(command, request_id, correlation_id, deadline)
+        self._queue.append(waiter)
+        if has_handlers(ENQUEUED):
+            execute(
+                ENQUEUED,
+                {"queue_depth": len(self._queue), "system_time": time.time_ns()},
+                {
+                    "pool_name": self.name,
+                    "command": command,
+                    "request_id": request_id,
+                    "correlation_id": correlation_id,
+                    "session_id": session_id,
+                },
+            )
+        queue_deadline = deadline
+        if self.config.queue_timeout is not None:
+            queue_deadline = min(deadline, anyio.current_time() + self.config.queue_timeout)
+        try:
+            with anyio.CancelScope(deadline=queue_deadline):
+                await waiter.wake.wait()
+        finally:
+            if waiter.worker is None:
+                self._remove_waiter(waiter)
+        if waiter.worker is None:
+            if self._closed:
+                raise PoolClosedError(f"pool {self.name!r} closed while the call was queued")
+            self._counters["queue_timeouts"] += 1
+            queue_time = time.monotonic_ns() - waiter.enqueued
+            if has_handlers(QUEUE_TIMEOUT):
+                execute(
+                    QUEUE_TIMEOUT,
+                    {"queue_time": queue_time, "queue_depth": len(self._queue)},
+                    {
+                        "pool_name": self.name,
+                        "command": command,
+                        "request_id": request_id,
+                        "correlation_id": correlation_id,
+                    },
+                )
+            raise QueueTimeoutError(
+                f"{command!r} waited {queue_time / 1e9:.3f}s in the queue of pool "
+                f"{self.name!r} without a free worker; it was not run"
+            )
+        if has_handlers(DEQUEUED):
+            execute(
+                DEQUEUED,
+                {"queue_time": time.monotonic_ns() - waiter.enqueued, "queue_depth": len(self._queue)},
+                {
+                    "pool_name": self.name,
+                    "command": command,
+                    "request_id": request_id,
+                    "correlation_id": correlation_id,
+                    "worker_id": waiter.worker.worker_id,
+                },
+            )
+        return waiter.worker
+
+    def _remove_waiter(self, waiter: _Waiter) -> None:
+        try:
+            self._queue.remove(waiter)
+        except ValueError:
+            pass
+
+    def _release(self, worker: WorkerHandle) -> None:
+        worker.in_flight -= 1
+        if self._queue:
+            self._dispatch_queue()
+
+    def _dispatch_queue(self) -> None:
+        queue = self._queue
+        while queue:
+            worker = self._pick()
+            if worker is None:
+                return
+            waiter = queue.popleft()
+            worker.in_flight += 1
+            waiter.worker = worker
+            waiter.wake.set()
+
+    async def _wait(
+        self, pending: Pending, worker: WorkerHandle, request_id: int, deadline: float
+    ) -> None:
+        try:
+            if deadline == math.inf:
+                await pending.done.wait()
+            else:
+                with anyio.CancelScope(deadline=deadline):
+                    await pending.done.wait()
+        finally:
+            if not pending.done.is_set():
+                pending.abandoned = True
+                if request_id in worker.pending:
+                    worker.send(_wire.encode(_wire.Cancel(request_id)))
+        if not pending.done.is_set():
+            self._counters["timeouts"] += 1
+            raise WorkerTimeoutError(
+                f"{pending.command!r} got no answer from {worker.worker_id} before its deadline"
+            )
+        if pending.error is not None:
+            raise pending.error
+
+    # -- worker telemetry ----------------------------------------------------------
+
+    def _push_configuration(self) -> None:
+        self._generation = _registry.generation
+        listened = [n for n in PYTHON_CALL_EVENTS if has_handlers(("pypit", "python", *n.split(".")))]
+        self._configure_frame = _wire.encode(_wire.Configure(call_events=listened))
+        for worker in self._workers:
+            if worker is not None and worker.ready:
+                worker.send(self._configure_frame)
+
+    def _on_events(self, worker: WorkerHandle, batch: _wire.Events) -> None:
+        added = {"pool_name": self.name, "worker_id": worker.worker_id, "python_pid": worker.pid}
+        for name, measurements, metadata in batch.events:
+            event = ("pypit", "python", *name.split("."))
+            if has_handlers(event):
+                execute(event, measurements, {**metadata, **added})
+
+    # -- workers -------------------------------------------------------------------
+
+    async def _serve_slot(self, slot: int) -> None:
+        """Keep one slot's worker running until the pool closes."""
+        reason = "initial"
+        previous_pid: int | None = None
+        lost_at = 0
+        while not self._closed:
+            spawned = await self._spawn(slot, reason)
+            ready = False
+            if spawned is not None:
+                handle, greeting = spawned
+                try:
+                    ready = await self._supervise(
+                        slot, handle, greeting, reason, previous_pid, lost_at
+                    )
+                finally:
+                    if handle.process.returncode is None:
+                        handle.kill_group(signal.SIGKILL)
+                        with anyio.CancelScope(shield=True):
+                            await handle.process.wait()
+                previous_pid = handle.pid if ready else previous_pid
+            elif reason == "initial":
+                self._startup_reported(ready=False)
+            if self._closed:
+                return
+            if ready:
+                self._counters["crashes"] += 1
+                lost_at = time.monotonic_ns()
+            else:
+                await anyio.sleep(min(0.1 * 2 ** min(self._restarts[slot], 6), 5.0))
+            self._restarts[slot] += 1
+            reason = "restart"
+
+    def _startup_reported(self, *, ready: bool) -> None:
+        self._startup_reports += 1
+        if self._startup_reports == self.config.size:
+            self._startup_done.set()
+
+    async def _spawn(self, slot: int, reason: str) -> tuple[WorkerHandle, _Greeting] | None:
+        worker_id = f"{self.name}_worker_{slot + 1}"
+        started = time.monotonic_ns()
+        if has_handlers(SPAWN_STARTED):
+            execute(
+                SPAWN_STARTED,
+                {"system_time": time.time_ns()},
+                {"pool_name": self.name, "worker_id": worker_id, "reason": reason},
+            )
+        token = secrets.token_hex(16)
+        greeting = _Greeting()
+        self._expected[token] = greeting
+        env = {
+            **os.environ,
+            **self.config.env,
+            "PYTHONUNBUFFERED": "1",
+            "PYPIT_WORKER_SOCKET": self._socket_path,
+            "PYPIT_WORKER_TOKEN": token,
+            "PYPIT_WORKER_ADAPTER": self.config.adapter,
+            "PYPIT_WORKER_PARENT_PID": str(os.getpid()),
+            "PYPIT_WORKER_MAX_CONCURRENCY": str(self.config.max_concurrency),
+            "PYPIT_WORKER_MAX_FRAME_SIZE": str(self.config.max_frame_size),
+            "PYPIT_WORKER_SYS_PATH": json.dumps([p for p in sys.path if p]),
+        }
+        try:
+            process = await anyio.open_process(
+                [self.config.python, "-m", "pypit.worker"],
+                stdin=DEVNULL,
+                stdout=PIPE,
+                stderr=PIPE,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            del self._expected[token]
+            self._spawn_failed(worker_id, started, f"exec_failed: {exc}", None)
+            return None
+        handle = WorkerHandle(
+            pool_name=self.name,
+            worker_id=worker_id,
+            process=process,
+            capacity=self.config.max_concurrency,
+            max_frame_size=self.config.max_frame_size,
+            on_release=self._release,
+            on_events=self._on_events,
+            spawn_started=started,
+        )
+        handle.token = token
+        self._workers[slot] = handle
+        return handle, greeting
+
+    async def _supervise(
+        self,
+        slot: int,
+        handle: WorkerHandle,
+        greeting: _Greeting,
+        reason: str,
+        previous_pid: int | None,
+        lost_at: int,
+    ) -> bool:
+        """Run one worker from handshake to exit, then settle everything it held.
+
+        Returns whether the worker got ready.
+        """
+        returncode: int | None = None
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(handle.drain_output, handle.process.stdout, "stdout")
+            tasks.start_soon(handle.drain_output, handle.process.stderr, "stderr")
+            exited = anyio.Event()
+
+            async def watch_exit() -> None:
+                await handle.process.wait()
+                exited.set()
+                handle.changed.set()
+                greeting.arrived.set()
+
+            tasks.start_soon(watch_exit)
+            ready = await self._handshake(handle, greeting, exited, tasks)
+            self._expected.pop(handle.token, None)
+            if reason == "initial":
+                self._startup_reported(ready=ready)
+            if ready:
+                if previous_pid is not None and has_handlers(RESTARTED):
+                    execute(
+                        RESTARTED,
+                        {
+                            "downtime": time.monotonic_ns() - lost_at,
+                            "restart_count": self._restarts[slot],
+                        },
+                        {
+                            "pool_name": self.name,
+                            "worker_id": handle.worker_id,
+                            "previous_pid": previous_pid,
+                            "new_pid": handle.pid,
+                            "reason": "crash",
+                        },
+                    )
+                if self._closed:
+                    handle.request_stop()
+                await self._run_ready(handle)
+            returncode = await handle.reap(self.config.stop_grace if handle._closing else 0.5)
+            handle.kill_group(signal.SIGKILL)
+            with anyio.move_on_after(1.0):
+                await exited.wait()
+            tasks.cancel_scope.cancel()
+        self._workers[slot] = None
+        if handle.stream is not None:
+            await handle.stream.aclose()
+        closing = handle._closing
+        handle.fail_pending(crash_error(handle, returncode, closing))
+        if ready:
+            handle.connection_lost()
+            if has_handlers(TERMINATED):
+                execute(
+                    TERMINATED,
+                    {
+                        "lifetime": time.monotonic_ns() - handle.ready_at,
+                        "total_commands": handle.total_commands,
+                    },
+                    {
+                        "node": _NODE,
+                        "pool_name": self.name,
+                        "worker_id": handle.worker_id,
+                        "worker_pid": handle.pid,
+                        "reason": _termination_reason(handle, returncode),
+                        "planned": closing,
+                        "exit_code": returncode,
+                    },
+                )
+            if not closing:
+                _log.warning(
+                    "worker terminated unexpectedly; restarting",
+                    pool_name=self.name,
+                    worker_id=handle.worker_id,
+                    worker_pid=handle.pid,
+                    exit_code=returncode,
+                    reason=_termination_reason(handle, returncode),
+                )
+        else:
+            reason = "handshake_timeout"
+            if handle.failure is not None:
+                reason = handle.failure.reason
+            elif returncode is not None:
+                reason = "exited"
+            self._spawn_failed(handle.worker_id, handle.spawn_started, reason, returncode)
+            _log.error(
+                "worker failed to start",
+                pool_name=self.name,
+                worker_id=handle.worker_id,
+                reason=reason,
+                error=handle.failure.message if handle.failure else None,
+                exit_code=returncode,
+                stderr="\n".join(handle.stderr_tail),
+            )
+
+    async def _handshake(
+        self,
+        handle: WorkerHandle,
+        greeting: _Greeting,
+        exited: anyio.Event,
+        tasks: anyio.abc.TaskGroup,
+    ) -> bool:
+        with anyio.move_on_after(self.config.startup_timeout):
+            await greeting.arrived.wait()
+            if greeting.stream is None:
+                return False
+            handle.stream = greeting.stream
+            handle.connection_established(time.monotonic_ns() - handle.spawn_started)
+            assert greeting.reader is not None
+            tasks.start_soon(handle.read_loop, greeting.reader, greeting.first)
+            while not (
+                handle.ready
+                or handle.failure
+                or exited.is_set()
+                or handle.lost_reason
+                or self._closed
+            ):
+                await handle.changed.wait()
+                handle.changed = anyio.Event()
+        if not handle.ready:
+            handle.kill_group(9)
+            return False
+        tasks.start_soon(handle.write_loop)
+        if self._generation != _registry.generation:
+            self._push_configuration()
+        else:
+            handle.send(self._configure_frame)
+        if not self._tools:
+            self._tools = {
+                t.name: ToolDescription(t.name, t.description, t.stream) for t in handle.tools.values()
+            }
+        if has_handlers(SPAWNED):
+            execute(
+                SPAWNED,
+                {"duration": time.monotonic_ns() - handle.spawn_started, "system_time": time.time_ns()},
+                {
+                    "node": _NODE,
+                    "pool_name": self.name,
+                    "worker_id": handle.worker_id,
+                    "worker_pid": handle.pid,
+                    "python_pid": handle.pid,
+                    "mode": "process",
+                },
+            )
+        self._dispatch_queue()
+        return True
+
+    async def _run_ready(self, handle: WorkerHandle) -> None:
+        while (
+            handle.lost_reason is None
+            and handle.process.returncode is None
+            and not handle._closing
+        ):
+            await handle.changed.wait()
+            handle.changed = anyio.Event()
+        handle.accepting = False
+
+    def _spawn_failed(self, worker_id: str, started: int, reason: str, exit_code: int | None) -> None:
+        if has_handlers(SPAWN_FAILED):
+            execute(
+                SPAWN_FAILED,
+                {"duration": time.monotonic_ns() - started, "system_time": time.time_ns()},
+                {"pool_name": self.name, "worker_id": worker_id, "reason": reason, "exit_code": exit_code},
+            )
+
+    async def _accept(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+        async with anyio.create_task_group() as greeters:
+            while True:
+                stream = await listener.accept()
+                greeters.start_soon(self._greet, stream)
+
+    async def _greet(self, stream: anyio.abc.SocketStream) -> None:
+        reader = _wire.FrameReader(self.config.max_frame_size)
+        frames: list[bytes] = []
+        try:
+            with anyio.fail_after(_GREETING_TIMEOUT):
+                while not frames:
+                    frames = reader.feed(await stream.receive(65_536))
+            hello = _wire.decode_from_worker(frames[0])
+            if not isinstance(hello, _wire.Hello):
+                raise ValueError("the first message is not Hello")
+            greeting = self._expected.get(hello.token)
+            if greeting is None or greeting.stream is not None:
+                raise ValueError("unknown token")
+        except Exception as exc:
+            _log.warning("refused a connection to the pool's socket", pool_name=self.name, error=str(exc))
+            await stream.aclose()
+            return
+        greeting.stream = stream
+        greeting.reader = reader
+        greeting.first = frames[1:]
+        greeting.arrived.set()
+
+    # -- opening and closing ---------------------------------------------------------
+
+    async def _open(self, task_group: anyio.abc.TaskGroup) -> None:
+        started = time.monotonic_ns()
+        self._task_group = task_group
+        self._directory = tempfile.mkdtemp(prefix="pypit-")
+        self._socket_path = os.path.join(self._directory, "pool.sock")
+        listener = await anyio.create_unix_listener(self._socket_path)
+        os.chmod(self._socket_path, 0o600)
+        task_group.start_soon(self._accept_and_close, listener)
+        for slot in range(self.config.size):
+            task_group.start_soon(self._serve_slot, slot)
+        await self._startup_done.wait()
+        ready = sum(1 for w in self._workers if w is not None and w.ready)
+        if has_handlers(INITIALIZED):
+            execute(
+                INITIALIZED,
+                {"duration": time.monotonic_ns() - started, "total_workers": self.config.size, "ready_workers": ready},
+                {"pool_name": self.name, "adapter": self.config.adapter, "node": _NODE},
+            )
+        if not ready:
+            raise WorkerStartError(
+                f"pool {self.name!r}: none of {self.config.size} workers could start "
+                f"{self.config.adapter}; see the log for each worker's error"
+            )
+        if self.config.status_interval:
+            task_group.start_soon(self._emit_status_periodically)
+
+    async def _accept_and_close(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+        async with listener:
+            await self._accept(listener)
+
+    async def _emit_status_periodically(self) -> None:
+        while True:
+            await anyio.sleep(self.config.status_interval)
+            self.emit_status()
+
+    async def aclose(self) -> None:
+        """Stop taking calls, drain those in flight, stop every worker."""
+        if self._closed:
+            return
+        self._closed = True
+        while self._queue:
+            self._queue.popleft().wake.set()
+        with anyio.move_on_after(self.config.shutdown_timeout):
+            while any(w is not None and w.pending for w in self._workers):
+                await anyio.sleep(0.005)
+        for worker in self._workers:
+            if worker is not None:
+                worker.request_stop()
+                worker.changed.set()
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def _termination_reason(handle: WorkerHandle, returncode: int | None) -> str:
+    if handle._closing:
+        return "shutdown"
+    if handle.lost_reason == "protocol_error":
+        return "protocol_error"
+    if returncode is not None and returncode < 0:
+        return "killed"
+    return "exited"
+
+
+@asynccontextmanager
+async def open_pool(
+    adapter: str,
+    *,
+    size: int | None = None,
+    name: str = "default",
+    **options: Any,
+) -> AsyncIterator[Pool]:
+    """Open a pool of ``size`` workers serving ``adapter`` (``"package.module:Class"``).
+
+    The pool is ready when the block starts (every worker ready or failed;
+    at least one ready, else :class:`~pypit.WorkerStartError`). Leaving the
+    block drains calls in flight, stops the workers and reaps them. Other
+    options are the fields of :class:`PoolConfig`.
+    """
+    settings: dict[str, Any] = {"adapter": adapter, "name": name, **options}
+    if size is not None:
+        settings["size"] = size
+    config = PoolConfig(**settings)
+    pool = Pool(config)
+    try:
+        async with anyio.create_task_group() as task_group:
+            try:
+                await pool._open(task_group)
+                yield pool
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await pool.aclose()
+                    with anyio.move_on_after(config.shutdown_timeout + 3 * config.stop_grace + 5):
+                        while any(w is not None for w in pool._workers):
+                            await anyio.sleep(0.01)
+                task_group.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The pool's own tasks never raise, so a group holds the one error of
+        # the caller's block (or of opening): raise it as the caller wrote it.
+        if len(group.exceptions) != 1:
+            raise
+        error = group.exceptions[0]
+        raise error from error.__cause__
+    finally:
+        pool._cleanup()
+

@@ -1,0 +1,116 @@
+"""``start_pool``: the pool for synchronous code, on a background event-loop thread."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio.from_thread
+
+from pypit.pool._pool import Pool, PoolStatus, ToolDescription, open_pool
+
+
+class SyncPool:
+    """A blocking view of a :class:`Pool`. Every method is safe from any thread.
+
+    Each call hops onto the pool's event loop and blocks the calling thread
+    until it is done; many threads may call at once.
+    """
+
+    def __init__(self, pool: Pool, portal: anyio.from_thread.BlockingPortal) -> None:
+        self._pool = pool
+        self._portal = portal
+
+    @property
+    def name(self) -> str:
+        return self._pool.name
+
+    def execute(
+        self,
+        command: str,
+        args: Any = None,
+        *,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Any:
+        """Blocking :meth:`Pool.execute`."""
+        return self._portal.call(
+            functools.partial(
+                self._pool.execute,
+                command,
+                args,
+                timeout=timeout,
+                session_id=session_id,
+                correlation_id=correlation_id,
+            )
+        )
+
+    def stream(
+        self,
+        command: str,
+        args: Any = None,
+        *,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Iterator[Any]:
+        """Blocking :meth:`Pool.stream`: a generator of chunks; closing it cancels the stream."""
+        chunks = self._pool.stream(
+            command, args, timeout=timeout, session_id=session_id, correlation_id=correlation_id
+        )
+        try:
+            while True:
+                try:
+                    yield self._portal.call(chunks.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._portal.call(chunks.aclose)
+
+    def status(self) -> PoolStatus:
+        """:meth:`Pool.status`."""
+        return self._portal.call(self._snapshot)
+
+    async def _snapshot(self) -> PoolStatus:
+        return self._pool.status()
+
+    def emit_status(self) -> None:
+        """:meth:`Pool.emit_status`, on the pool's loop."""
+        self._portal.call(self._emit_status)
+
+    async def _emit_status(self) -> None:
+        self._pool.emit_status()
+
+    def tools(self) -> dict[str, ToolDescription]:
+        """:meth:`Pool.tools`."""
+        return self._pool.tools()
+
+    def workers(self) -> dict[str, int]:
+        """:meth:`Pool.workers`."""
+        return self._pool.workers()
+
+
+@contextmanager
+def start_pool(
+    adapter: str,
+    *,
+    size: int | None = None,
+    name: str = "default",
+    backend: str = "asyncio",
+    **options: Any,
+) -> Iterator[SyncPool]:
+    """Open a pool on a background event-loop thread, for synchronous code.
+
+    Takes the arguments of :func:`~pypit.pool.open_pool`, plus ``backend``
+    (``"asyncio"`` or ``"trio"``) for the loop thread.
+    """
+    with (
+        anyio.from_thread.start_blocking_portal(backend) as portal,
+        portal.wrap_async_context_manager(
+            open_pool(adapter, size=size, name=name, **options)
+        ) as pool,
+    ):
+        yield SyncPool(pool, portal)

@@ -1,0 +1,323 @@
+"""One worker process as the pool sees it: its process, its channel, its calls.
+
+The handle owns three kinds of tasks while the worker lives: a reader that
+splits the channel into frames and settles calls, a writer that sends every
+frame queued since its last write in one ``send`` (callers never wait on the
+socket), and two drains that turn the worker's stdout and stderr into log
+records. Nothing the worker sends is trusted: a malformed frame ends the
+worker, never the pool.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from pypit import _wire
+from pypit._errors import (
+    FrameTooLargeError,
+    PoolClosedError,
+    ProtocolError,
+    PypitError,
+    SerializationError,
+    ToolError,
+    UnknownCommandError,
+    WorkerCrashedError,
+)
+from pypit._log import get_logger
+from pypit.telemetry._registry import execute, has_handlers
+
+_log = get_logger("worker")
+
+CONNECTION_ESTABLISHED: Final = ("pypit", "rpc", "connection", "established")
+CONNECTION_LOST: Final = ("pypit", "rpc", "connection", "lost")
+_MAX_LOG_LINE: Final = 65_536
+_STDERR_TAIL: Final = 20
+
+
+class Pending:
+    """A call sent to the worker and not yet answered.
+
+    ``abandoned`` calls (timed out or cancelled in the caller) stay here until
+    the worker answers, so the worker's capacity stays counted as used.
+    """
+
+    __slots__ = ("abandoned", "chunks", "command", "done", "error", "size", "value")
+
+    def __init__(self, command: str, stream: bool = False) -> None:
+        self.command = command
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.size = 0
+        self.abandoned = False
+        self.chunks: tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]] | None = (
+            anyio.create_memory_object_stream[Any](math.inf) if stream else None
+        )
+
+
+def error_from_reply(reply: _wire.Error, command: str) -> PypitError:
+    """The exception a caller gets for an ``Error`` reply."""
+    if reply.kind == "tool":
+        return ToolError(reply.type, reply.message, reply.traceback)
+    if reply.kind == "unknown_command":
+        return UnknownCommandError(command)
+    if reply.kind == "serialization":
+        return SerializationError(f"the worker could not send the result: {reply.message}")
+    if reply.kind == "frame_too_large":
+        return FrameTooLargeError(f"the worker's result is too large: {reply.message}")
+    return ToolError(reply.type, reply.message, reply.traceback)
+
+
+@attrs.define(eq=False)
+class WorkerHandle:
+    """The parent's side of one worker process."""
+
+    pool_name: str
+    worker_id: str
+    process: anyio.abc.Process
+    capacity: int
+    max_frame_size: int
+    on_release: Callable[[WorkerHandle], None]
+    on_events: Callable[[WorkerHandle, _wire.Events], None]
+    spawn_started: int
+    pid: int = attrs.field(init=False)
+    stream: anyio.abc.ByteStream | None = None
+    tools: dict[str, _wire.Tool] = attrs.field(factory=dict)
+    in_flight: int = 0
+    total_commands: int = 0
+    ready: bool = False
+    accepting: bool = False
+    failure: _wire.Failed | None = None
+    lost_reason: str | None = None
+    ready_at: int = 0
+    token: str = ""
+    pending: dict[int, Pending] = attrs.field(factory=dict)
+    stderr_tail: deque[str] = attrs.field(factory=lambda: deque(maxlen=_STDERR_TAIL))
+    changed: anyio.Event = attrs.field(factory=anyio.Event)
+    _outbox: list[bytes] = attrs.field(factory=list)
+    _wake: anyio.Event = attrs.field(factory=anyio.Event)
+    _closing: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.pid = self.process.pid
+
+    # -- sending ---------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame; the writer sends it with whatever else is queued."""
+        self._outbox.append(frame)
+        self._wake.set()
+
+    async def write_loop(self) -> None:
+        assert self.stream is not None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                if not self._outbox:
+                    continue
+                data = b"".join(self._outbox)
+                self._outbox.clear()
+                await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            self.lost_reason = self.lost_reason or "broken_pipe"
+
+    # -- receiving -------------------------------------------------------------
+
+    async def read_loop(self, reader: _wire.FrameReader, first: list[bytes]) -> None:
+        """Handle frames until the channel closes or the worker breaks the protocol."""
+        assert self.stream is not None
+        try:
+            for payload in first:
+                self._handle(payload)
+            while True:
+                data = await self.stream.receive(262_144)
+                for payload in reader.feed(data):
+                    self._handle(payload)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            self.lost_reason = self.lost_reason or "closed"
+        except ProtocolError as exc:
+            self.lost_reason = "protocol_error"
+            _log.error(
+                "worker broke the protocol; it is being replaced",
+                pool_name=self.pool_name,
+                worker_id=self.worker_id,
+                worker_pid=self.pid,
+                error=str(exc),
+            )
+        finally:
+            self.accepting = False
+            self.changed.set()
+
+    def _handle(self, payload: bytes) -> None:
+        message = _wire.decode_from_worker(payload)
+        kind = type(message)
+        if kind is _wire.Result:
+            pending = self._settle(message.id)  # type: ignore[union-attr]
+            if pending is not None and not pending.abandoned:
+                pending.value = message.value  # type: ignore[union-attr]
+                pending.size = len(payload) + 4
+                pending.done.set()
+        elif kind is _wire.Chunk:
+            pending = self.pending.get(message.id)  # type: ignore[union-attr]
+            if pending is None or pending.chunks is None:
+                raise ProtocolError(f"a chunk for call {message.id} that is not a stream")  # type: ignore[union-attr]
+            if not pending.abandoned:
+                pending.chunks[0].send_nowait(("chunk", message.value, len(payload) + 4))  # type: ignore[union-attr]
+        elif kind is _wire.End or kind is _wire.Error:
+            pending = self._settle(message.id)  # type: ignore[union-attr]
+            if pending is None or pending.abandoned:
+                return
+            if kind is _wire.Error:
+                pending.error = error_from_reply(message, pending.command)  # type: ignore[arg-type]
+            if pending.chunks is not None:
+                pending.chunks[0].send_nowait(("end", pending.error, 0))
+            pending.done.set()
+        elif kind is _wire.Events:
+            self.on_events(self, message)  # type: ignore[arg-type]
+        elif kind is _wire.Ready:
+            if self.ready:
+                raise ProtocolError("a second Ready")
+            self.tools = {t.name: t for t in message.tools}  # type: ignore[union-attr]
+            self.ready = self.accepting = True
+            self.ready_at = time.monotonic_ns()
+            self.changed.set()
+        elif kind is _wire.Failed:
+            self.failure = message  # type: ignore[assignment]
+            self.changed.set()
+        elif kind is _wire.Pong:
+            pass
+        else:
+            raise ProtocolError(f"unexpected {kind.__name__} from a worker")
+
+    def _settle(self, call_id: int) -> Pending | None:
+        pending = self.pending.pop(call_id, None)
+        if pending is None:
+            raise ProtocolError(f"an answer to call {call_id}, which is not in flight")
+        self.total_commands += 1
+        self.on_release(self)
+        return pending
+
+    def fail_pending(self, error_for: Callable[[], BaseException]) -> None:
+        """Settle every call in flight with an error; the worker is gone."""
+        pending, self.pending = self.pending, {}
+        for call in pending.values():
+            if call.abandoned:
+                continue
+            call.error = error_for()
+            if call.chunks is not None:
+                call.chunks[0].send_nowait(("end", call.error, 0))
+            call.done.set()
+        self.in_flight = 0
+
+    # -- output ----------------------------------------------------------------
+
+    async def drain_output(self, stream: anyio.abc.ByteReceiveStream | None, name: str) -> None:
+        """Log each line the worker writes to ``name`` (stdout or stderr)."""
+        if stream is None:
+            return
+        log = _log.info if name == "stdout" else _log.warning
+        buffer = b""
+        try:
+            async for data in stream:
+                buffer += data
+                *lines, buffer = buffer.split(b"\n")
+                if len(buffer) > _MAX_LOG_LINE:
+                    lines.append(buffer)
+                    buffer = b""
+                for raw in lines:
+                    self._log_line(log, name, raw)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        if buffer:
+            self._log_line(log, name, buffer)
+
+    def _log_line(self, log: Callable[..., Any], name: str, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        if name == "stderr":
+            self.stderr_tail.append(line)
+        log(line, stream=name, pool_name=self.pool_name, worker_id=self.worker_id, worker_pid=self.pid)
+
+    # -- stopping --------------------------------------------------------------
+
+    def kill_group(self, sig: int) -> None:
+        """Send ``sig`` to the worker's process group (the worker and its children)."""
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def reap(self, grace: float) -> int | None:
+        """Wait for the process to exit, escalating to SIGTERM and SIGKILL; its return code."""
+        with anyio.move_on_after(grace):
+            return await self.process.wait()
+        self.kill_group(signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            return await self.process.wait()
+        self.kill_group(signal.SIGKILL)
+        with anyio.CancelScope(shield=True):
+            return await self.process.wait()
+
+    def request_stop(self) -> None:
+        """Ask the worker to finish and exit."""
+        self._closing = True
+        self.accepting = False
+        self.send(_wire.encode(_wire.Shutdown()))
+
+    def connection_established(self, duration: int) -> None:
+        if has_handlers(CONNECTION_ESTABLISHED):
+            execute(
+                CONNECTION_ESTABLISHED,
+                {"duration": duration, "system_time": time.time_ns()},
+                {"pool_name": self.pool_name, "worker_id": self.worker_id, "python_pid": self.pid},
+            )
+
+    def connection_lost(self) -> None:
+        if has_handlers(CONNECTION_LOST):
+            execute(
+                CONNECTION_LOST,
+                {"system_time": time.time_ns()},
+                {
+                    "pool_name": self.pool_name,
+                    "worker_id": self.worker_id,
+                    "python_pid": self.pid,
+                    "reason": "shutdown" if self._closing else (self.lost_reason or "closed"),
+                },
+            )
+
+
+def crash_error(handle: WorkerHandle, returncode: int | None, closing: bool) -> Callable[[], BaseException]:
+    """A factory of the error that calls in flight on a dead worker get."""
+    if closing:
+        return lambda: PoolClosedError(f"pool {handle.pool_name!r} closed with the call in flight")
+    exit_code = returncode if returncode is not None and returncode >= 0 else None
+    signum = -returncode if returncode is not None and returncode < 0 else None
+    if signum is not None:
+        try:
+            how = f"was killed by {signal.Signals(signum).name}"
+        except ValueError:
+            how = f"was killed by signal {signum}"
+    elif handle.lost_reason == "protocol_error":
+        how = "broke the protocol and was stopped"
+    else:
+        how = f"exited with code {exit_code}"
+    message = f"worker {handle.worker_id} (pid {handle.pid}) {how} with the call in flight"
+    return lambda: WorkerCrashedError(
+        message, worker_id=handle.worker_id, exit_code=exit_code, signal=signum
+    )
+
+
+DEVNULL: Final = subprocess.DEVNULL
+PIPE: Final = subprocess.PIPE

@@ -1,0 +1,108 @@
+"""Adapters the tests run in real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+
+from pypit.worker import Adapter, tool
+
+
+class Echo(Adapter):
+    """Small, fast tools covering every kind of method."""
+
+    def setup(self) -> None:
+        self.calls = 0
+
+    @tool(description="Return the arguments")
+    def echo(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls += 1
+        return kwargs
+
+    @tool(description="Return the one positional argument")
+    def identity(self, value: Any = None) -> Any:
+        return value
+
+    @tool(description="Sleep, then return the seconds slept")
+    def sleep(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    @tool(description="Sleep without blocking the worker's loop")
+    async def async_sleep(self, seconds: float) -> float:
+        await anyio.sleep(seconds)
+        return seconds
+
+    @tool(description="Add two numbers, asynchronously")
+    async def add(self, a: float, b: float) -> float:
+        return a + b
+
+    @tool(description="Raise ValueError")
+    def fail(self, message: str = "boom") -> None:
+        raise ValueError(message)
+
+    @tool(description="Count from 1 to n")
+    def count(self, n: int, delay: float = 0.0) -> Iterator[int]:
+        for i in range(1, n + 1):
+            if delay:
+                time.sleep(delay)
+            yield i
+
+    @tool(description="Count from 1 to n, asynchronously")
+    async def async_count(self, n: int, delay: float = 0.0) -> AsyncIterator[int]:
+        for i in range(1, n + 1):
+            if delay:
+                await anyio.sleep(delay)
+            yield i
+
+    @tool(description="Return something msgpack cannot carry")
+    def unserializable(self) -> Any:
+        return {1, 2}.__iter__()
+
+    @tool(description="Return n bytes")
+    def blob(self, n: int) -> bytes:
+        return b"x" * n
+
+    @tool(description="Print to stdout and stderr")
+    def chatter(self, text: str) -> None:
+        print(text)
+        print(f"err: {text}", file=sys.stderr)
+
+    @tool(description="The worker's pid")
+    def pid(self) -> int:
+        return os.getpid()
+
+    @tool(description="Kill this worker with a signal")
+    def die(self, signum: int = signal.SIGKILL) -> None:
+        os.kill(os.getpid(), signum)
+
+    @tool(description="Exit this worker with a code")
+    def exit(self, code: int = 3) -> None:
+        os._exit(code)
+
+    @tool(description="Record the call in a file, then sleep")
+    def record(self, path: str, tag: str, seconds: float = 0.0) -> str:
+        with open(path, "a") as f:
+            f.write(tag + "\n")
+        time.sleep(seconds)
+        return tag
+
+    @tool(description="Number of threads alive")
+    def threads(self) -> int:
+        return threading.active_count()
+
+
+class FailingSetup(Adapter):
+    def setup(self) -> None:
+        raise RuntimeError("the model file is missing")
+
+    @tool
+    def never(self) -> None:
+        return None
