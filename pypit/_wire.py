@@ -26,7 +26,7 @@ HEADER: Final = struct.Struct(">I")
 _HEADER_SIZE: Final = HEADER.size
 
 
-class _Message(msgspec.Struct, array_like=True, frozen=True, tag_field="t"):
+class _Message(msgspec.Struct, array_like=True, tag_field="t"):
     pass
 
 
@@ -152,8 +152,8 @@ def _refuse(value: Any) -> Any:
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=_refuse)
-_from_worker = msgspec.msgpack.Decoder(FromWorker)  # type: ignore[arg-type]
-_to_worker = msgspec.msgpack.Decoder(ToWorker)  # type: ignore[arg-type]
+_from_worker = msgspec.msgpack.Decoder(FromWorker)
+_to_worker = msgspec.msgpack.Decoder(ToWorker)
 
 
 def encode(message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:

@@ -106,3 +106,14 @@ class FailingSetup(Adapter):
     @tool
     def never(self) -> None:
         return None
+
+
+class Hostile(Echo):
+    """Echo, plus a tool that writes raw bytes on the worker's channel."""
+
+    @tool(description="Write raw bytes to the pool, bypassing the protocol")
+    def garbage(self, data: bytes) -> None:
+        from pypit.worker import _runtime
+
+        assert _runtime.current is not None
+        _runtime.current.send(data)

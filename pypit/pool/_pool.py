@@ -10,6 +10,7 @@ waiter that was cancelled or whose deadline passed never reaches a worker.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -34,12 +35,14 @@ from pypit import _wire
 from pypit._errors import (
     PoolClosedError,
     PoolSaturatedError,
+    ProtocolError,
     QueueTimeoutError,
     UnknownCommandError,
     WorkerStartError,
     WorkerTimeoutError,
 )
 from pypit._log import get_logger
+from pypit.pool._channel import Connection, Server, signal_factory
 from pypit.pool._config import PoolConfig
 from pypit.pool._worker import DEVNULL, PIPE, Pending, WorkerHandle, crash_error
 from pypit.telemetry import _registry
@@ -68,7 +71,6 @@ STREAM_OPENED: Final = ("pypit", "rpc", "stream", "opened")
 STREAM_MESSAGE: Final = ("pypit", "rpc", "stream", "message")
 STREAM_CLOSED: Final = ("pypit", "rpc", "stream", "closed")
 PYTHON_CALL_EVENTS: Final = ("call.start", "call.stop", "call.exception")
-_GREETING_TIMEOUT: Final = 10.0
 
 
 @attrs.frozen
@@ -108,26 +110,39 @@ class PoolStatus:
 
 
 class _Waiter:
-    __slots__ = ("command", "correlation_id", "deadline", "enqueued", "request_id", "wake", "worker")
+    __slots__ = (
+        "command",
+        "correlation_id",
+        "deadline",
+        "enqueued",
+        "request_id",
+        "wake",
+        "worker",
+    )
 
-    def __init__(self, command: str, request_id: int, correlation_id: str, deadline: float) -> None:
+    def __init__(
+        self,
+        command: str,
+        request_id: int,
+        correlation_id: str,
+        deadline: float,
+        signal: Callable[[], Any],
+    ) -> None:
         self.command = command
         self.request_id = request_id
         self.correlation_id = correlation_id
         self.deadline = deadline
         self.enqueued = time.monotonic_ns()
-        self.wake = anyio.Event()
+        self.wake = signal()
         self.worker: WorkerHandle | None = None
 
 
 class _Greeting:
-    __slots__ = ("arrived", "first", "reader", "stream")
+    __slots__ = ("arrived", "connection")
 
     def __init__(self) -> None:
         self.arrived = anyio.Event()
-        self.stream: anyio.abc.ByteStream | None = None
-        self.reader: _wire.FrameReader | None = None
-        self.first: list[bytes] = []
+        self.connection: Connection | None = None
 
 
 def _new_correlation_id() -> str:
@@ -153,12 +168,21 @@ class Pool:
         self._startup_done = anyio.Event()
         self._restarts = [0] * config.size
         self._counters = dict.fromkeys(
-            ("requests", "completed", "failed", "rejected", "queue_timeouts", "timeouts", "crashes"),
+            (
+                "requests",
+                "completed",
+                "failed",
+                "rejected",
+                "queue_timeouts",
+                "timeouts",
+                "crashes",
+            ),
             0,
         )
         self._directory = ""
         self._socket_path = ""
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._signal: Callable[[], Any] = anyio.Event
 
     # -- public API --------------------------------------------------------------
 
@@ -199,7 +223,7 @@ class Pool:
         worker = await self._acquire(command, request_id, correlation_id, session_id, deadline)
         if self._generation != _registry.generation:
             self._push_configuration()
-        pending = Pending(command)
+        pending = Pending(command, self._signal)
         worker.pending[request_id] = pending
         worker.send(frame)
 
@@ -216,7 +240,9 @@ class Pool:
             }
             started = time.monotonic_ns()
             if has_handlers(CALL_START):
-                execute(CALL_START, {"monotonic_time": started, "system_time": time.time_ns()}, metadata)
+                execute(
+                    CALL_START, {"monotonic_time": started, "system_time": time.time_ns()}, metadata
+                )
         try:
             await self._wait(pending, worker, request_id, deadline)
         except BaseException as exc:
@@ -277,11 +303,11 @@ class Pool:
         worker = await self._acquire(command, request_id, correlation_id, session_id, deadline)
         if self._generation != _registry.generation:
             self._push_configuration()
-        pending = Pending(command, stream=True)
+        pending = Pending(command, self._signal, stream=True)
         worker.pending[request_id] = pending
         worker.send(frame)
-        assert pending.chunks is not None
-        receive = pending.chunks[1]
+        chunks = pending.chunks
+        assert chunks is not None
         stream_id = next(_stream_ids)
         base = {"pool_name": self.name, "worker_id": worker.worker_id, "stream_id": stream_id}
         if has_handlers(STREAM_OPENED):
@@ -295,19 +321,23 @@ class Pool:
         reason = "cancelled"
         try:
             while True:
-                with anyio.move_on_after(timeout if timeout is not None else math.inf) as scope:
-                    kind, value, size = await receive.receive()
-                if scope.cancelled_caught:
-                    raise WorkerTimeoutError(
-                        f"no chunk of {command!r} within {timeout}s from {worker.worker_id}"
-                    )
-                if kind == "end":
-                    if value is not None:
-                        reason = "error"
-                        raise value
-                    reason = "complete"
-                    self._counters["completed"] += 1
-                    return
+                if not chunks:
+                    if pending.done.is_set():
+                        if pending.error is not None:
+                            reason = "error"
+                            raise pending.error
+                        reason = "complete"
+                        self._counters["completed"] += 1
+                        return
+                    pending.arrived = self._signal()
+                    with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                        await pending.arrived.wait()
+                    if scope.cancelled_caught:
+                        raise WorkerTimeoutError(
+                            f"no chunk of {command!r} within {timeout}s from {worker.worker_id}"
+                        )
+                    continue
+                value, size = chunks.popleft()
                 count += 1
                 if has_handlers(STREAM_MESSAGE):
                     execute(STREAM_MESSAGE, {"bytes": size, "sequence_number": count}, base)
@@ -427,7 +457,7 @@ class Pool:
                 f"pool {self.name!r} is saturated: {len(self._queue)} calls queued "
                 f"(max_queue_size={self.config.max_queue_size})"
             )
-        waiter = _Waiter(command, request_id, correlation_id, deadline)
+        waiter = _Waiter(command, request_id, correlation_id, deadline, self._signal)
         self._queue.append(waiter)
         if has_handlers(ENQUEUED):
             execute(
@@ -445,11 +475,23 @@ class Pool:
         if self.config.queue_timeout is not None:
             queue_deadline = min(deadline, anyio.current_time() + self.config.queue_timeout)
         try:
-            with anyio.CancelScope(deadline=queue_deadline):
+            if queue_deadline == math.inf:
                 await waiter.wake.wait()
+            else:
+                with anyio.CancelScope(deadline=queue_deadline):
+                    await waiter.wake.wait()
+        except BaseException:
+            # Cancelled: a worker handed over meanwhile goes back to the pool.
+            if waiter.worker is not None:
+                self._release(waiter.worker)
+            raise
         finally:
             if waiter.worker is None:
                 self._remove_waiter(waiter)
+        late = queue_deadline != math.inf and anyio.current_time() >= queue_deadline
+        if waiter.worker is not None and late:
+            self._release(waiter.worker)
+            waiter.worker = None
         if waiter.worker is None:
             if self._closed:
                 raise PoolClosedError(f"pool {self.name!r} closed while the call was queued")
@@ -473,7 +515,10 @@ class Pool:
         if has_handlers(DEQUEUED):
             execute(
                 DEQUEUED,
-                {"queue_time": time.monotonic_ns() - waiter.enqueued, "queue_depth": len(self._queue)},
+                {
+                    "queue_time": time.monotonic_ns() - waiter.enqueued,
+                    "queue_depth": len(self._queue),
+                },
                 {
                     "pool_name": self.name,
                     "command": command,
@@ -485,10 +530,8 @@ class Pool:
         return waiter.worker
 
     def _remove_waiter(self, waiter: _Waiter) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._queue.remove(waiter)
-        except ValueError:
-            pass
 
     def _release(self, worker: WorkerHandle) -> None:
         worker.in_flight -= 1
@@ -532,7 +575,9 @@ class Pool:
 
     def _push_configuration(self) -> None:
         self._generation = _registry.generation
-        listened = [n for n in PYTHON_CALL_EVENTS if has_handlers(("pypit", "python", *n.split(".")))]
+        listened = [
+            n for n in PYTHON_CALL_EVENTS if has_handlers(("pypit", "python", *n.split(".")))
+        ]
         self._configure_frame = _wire.encode(_wire.Configure(call_events=listened))
         for worker in self._workers:
             if worker is not None and worker.ready:
@@ -569,7 +614,7 @@ class Pool:
                 previous_pid = handle.pid if ready else previous_pid
             elif reason == "initial":
                 self._startup_reported(ready=False)
-            if self._closed:
+            if self._is_closed():
                 return
             if ready:
                 self._counters["crashes"] += 1
@@ -578,6 +623,10 @@ class Pool:
                 await anyio.sleep(min(0.1 * 2 ** min(self._restarts[slot], 6), 5.0))
             self._restarts[slot] += 1
             reason = "restart"
+
+    def _is_closed(self) -> bool:
+        # A method, not the attribute: the flag changes across awaits.
+        return self._closed
 
     def _startup_reported(self, *, ready: bool) -> None:
         self._startup_reports += 1
@@ -625,7 +674,7 @@ class Pool:
             pool_name=self.name,
             worker_id=worker_id,
             process=process,
-            capacity=self.config.max_concurrency,
+            capacity=self.config.max_concurrency + self.config.prefetch,
             max_frame_size=self.config.max_frame_size,
             on_release=self._release,
             on_events=self._on_events,
@@ -690,8 +739,8 @@ class Pool:
                 await exited.wait()
             tasks.cancel_scope.cancel()
         self._workers[slot] = None
-        if handle.stream is not None:
-            await handle.stream.aclose()
+        if handle.connection is not None:
+            handle.connection.close()
         closing = handle._closing
         handle.fail_pending(crash_error(handle, returncode, closing))
         if ready:
@@ -723,21 +772,22 @@ class Pool:
                     reason=_termination_reason(handle, returncode),
                 )
         else:
-            reason = "handshake_timeout"
+            failure = "handshake_timeout"
             if handle.failure is not None:
-                reason = handle.failure.reason
+                failure = handle.failure.reason
             elif returncode is not None:
-                reason = "exited"
-            self._spawn_failed(handle.worker_id, handle.spawn_started, reason, returncode)
+                failure = "exited"
+            self._spawn_failed(handle.worker_id, handle.spawn_started, failure, returncode)
             _log.error(
                 "worker failed to start",
                 pool_name=self.name,
                 worker_id=handle.worker_id,
-                reason=reason,
+                reason=failure,
                 error=handle.failure.message if handle.failure else None,
                 exit_code=returncode,
                 stderr="\n".join(handle.stderr_tail),
             )
+        return ready
 
     async def _handshake(
         self,
@@ -748,12 +798,11 @@ class Pool:
     ) -> bool:
         with anyio.move_on_after(self.config.startup_timeout):
             await greeting.arrived.wait()
-            if greeting.stream is None:
+            if greeting.connection is None:
                 return False
-            handle.stream = greeting.stream
+            handle.connection = greeting.connection
             handle.connection_established(time.monotonic_ns() - handle.spawn_started)
-            assert greeting.reader is not None
-            tasks.start_soon(handle.read_loop, greeting.reader, greeting.first)
+            greeting.connection.attach(handle.on_frame, handle.on_lost)
             while not (
                 handle.ready
                 or handle.failure
@@ -764,21 +813,24 @@ class Pool:
                 await handle.changed.wait()
                 handle.changed = anyio.Event()
         if not handle.ready:
-            handle.kill_group(9)
+            handle.kill_group(signal.SIGKILL)
             return False
-        tasks.start_soon(handle.write_loop)
         if self._generation != _registry.generation:
             self._push_configuration()
         else:
             handle.send(self._configure_frame)
         if not self._tools:
             self._tools = {
-                t.name: ToolDescription(t.name, t.description, t.stream) for t in handle.tools.values()
+                t.name: ToolDescription(t.name, t.description, t.stream)
+                for t in handle.tools.values()
             }
         if has_handlers(SPAWNED):
             execute(
                 SPAWNED,
-                {"duration": time.monotonic_ns() - handle.spawn_started, "system_time": time.time_ns()},
+                {
+                    "duration": time.monotonic_ns() - handle.spawn_started,
+                    "system_time": time.time_ns(),
+                },
                 {
                     "node": _NODE,
                     "pool_name": self.name,
@@ -793,60 +845,52 @@ class Pool:
 
     async def _run_ready(self, handle: WorkerHandle) -> None:
         while (
-            handle.lost_reason is None
-            and handle.process.returncode is None
-            and not handle._closing
+            handle.lost_reason is None and handle.process.returncode is None and not handle._closing
         ):
             await handle.changed.wait()
             handle.changed = anyio.Event()
         handle.accepting = False
 
-    def _spawn_failed(self, worker_id: str, started: int, reason: str, exit_code: int | None) -> None:
+    def _spawn_failed(
+        self, worker_id: str, started: int, reason: str, exit_code: int | None
+    ) -> None:
         if has_handlers(SPAWN_FAILED):
             execute(
                 SPAWN_FAILED,
                 {"duration": time.monotonic_ns() - started, "system_time": time.time_ns()},
-                {"pool_name": self.name, "worker_id": worker_id, "reason": reason, "exit_code": exit_code},
+                {
+                    "pool_name": self.name,
+                    "worker_id": worker_id,
+                    "reason": reason,
+                    "exit_code": exit_code,
+                },
             )
 
-    async def _accept(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
-        async with anyio.create_task_group() as greeters:
-            while True:
-                stream = await listener.accept()
-                greeters.start_soon(self._greet, stream)
-
-    async def _greet(self, stream: anyio.abc.SocketStream) -> None:
-        reader = _wire.FrameReader(self.config.max_frame_size)
-        frames: list[bytes] = []
+    def _on_greeting(self, connection: Connection, payload: bytes) -> bool:
+        """A new connection's first frame: accept it if it is the Hello of a worker we started."""
         try:
-            with anyio.fail_after(_GREETING_TIMEOUT):
-                while not frames:
-                    frames = reader.feed(await stream.receive(65_536))
-            hello = _wire.decode_from_worker(frames[0])
-            if not isinstance(hello, _wire.Hello):
-                raise ValueError("the first message is not Hello")
-            greeting = self._expected.get(hello.token)
-            if greeting is None or greeting.stream is not None:
-                raise ValueError("unknown token")
-        except Exception as exc:
-            _log.warning("refused a connection to the pool's socket", pool_name=self.name, error=str(exc))
-            await stream.aclose()
-            return
-        greeting.stream = stream
-        greeting.reader = reader
-        greeting.first = frames[1:]
+            hello = _wire.decode_from_worker(payload)
+        except ProtocolError:
+            hello = None
+        greeting = self._expected.get(hello.token) if isinstance(hello, _wire.Hello) else None
+        if greeting is None or greeting.connection is not None:
+            _log.warning("refused a connection to the pool's socket", pool_name=self.name)
+            return False
+        greeting.connection = connection
         greeting.arrived.set()
+        return True
 
     # -- opening and closing ---------------------------------------------------------
 
     async def _open(self, task_group: anyio.abc.TaskGroup) -> None:
         started = time.monotonic_ns()
         self._task_group = task_group
+        self._signal = signal_factory()
         self._directory = tempfile.mkdtemp(prefix="pypit-")
         self._socket_path = os.path.join(self._directory, "pool.sock")
-        listener = await anyio.create_unix_listener(self._socket_path)
+        server = Server(self._on_greeting, self.config.max_frame_size)
+        await task_group.start(server.serve, self._socket_path)
         os.chmod(self._socket_path, 0o600)
-        task_group.start_soon(self._accept_and_close, listener)
         for slot in range(self.config.size):
             task_group.start_soon(self._serve_slot, slot)
         await self._startup_done.wait()
@@ -854,7 +898,11 @@ class Pool:
         if has_handlers(INITIALIZED):
             execute(
                 INITIALIZED,
-                {"duration": time.monotonic_ns() - started, "total_workers": self.config.size, "ready_workers": ready},
+                {
+                    "duration": time.monotonic_ns() - started,
+                    "total_workers": self.config.size,
+                    "ready_workers": ready,
+                },
                 {"pool_name": self.name, "adapter": self.config.adapter, "node": _NODE},
             )
         if not ready:
@@ -864,10 +912,6 @@ class Pool:
             )
         if self.config.status_interval:
             task_group.start_soon(self._emit_status_periodically)
-
-    async def _accept_and_close(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
-        async with listener:
-            await self._accept(listener)
 
     async def _emit_status_periodically(self) -> None:
         while True:
@@ -944,4 +988,3 @@ async def open_pool(
         raise error from error.__cause__
     finally:
         pool._cleanup()
-

@@ -1,16 +1,14 @@
 """One worker process as the pool sees it: its process, its channel, its calls.
 
-The handle owns three kinds of tasks while the worker lives: a reader that
-splits the channel into frames and settles calls, a writer that sends every
-frame queued since its last write in one ``send`` (callers never wait on the
-socket), and two drains that turn the worker's stdout and stderr into log
+Frames from the worker arrive in :meth:`WorkerHandle.on_frame` and settle the
+calls in flight; two drains turn the worker's stdout and stderr into log
 records. Nothing the worker sends is trusted: a malformed frame ends the
 worker, never the pool.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,7 +20,6 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from pypit import _wire
 from pypit._errors import (
@@ -36,6 +33,7 @@ from pypit._errors import (
     WorkerCrashedError,
 )
 from pypit._log import get_logger
+from pypit.pool._channel import Connection
 from pypit.telemetry._registry import execute, has_handlers
 
 _log = get_logger("worker")
@@ -53,18 +51,19 @@ class Pending:
     the worker answers, so the worker's capacity stays counted as used.
     """
 
-    __slots__ = ("abandoned", "chunks", "command", "done", "error", "size", "value")
+    __slots__ = ("abandoned", "arrived", "chunks", "command", "done", "error", "size", "value")
 
-    def __init__(self, command: str, stream: bool = False) -> None:
+    def __init__(self, command: str, signal: Callable[[], Any], stream: bool = False) -> None:
         self.command = command
-        self.done = anyio.Event()
+        self.done = signal()
         self.value: Any = None
         self.error: BaseException | None = None
         self.size = 0
         self.abandoned = False
-        self.chunks: tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]] | None = (
-            anyio.create_memory_object_stream[Any](math.inf) if stream else None
-        )
+        # Streams: chunks (value, size) not yet taken, and a signal the
+        # consumer renews before each wait.
+        self.chunks: deque[tuple[Any, int]] | None = deque() if stream else None
+        self.arrived: Any = None
 
 
 def error_from_reply(reply: _wire.Error, command: str) -> PypitError:
@@ -93,7 +92,7 @@ class WorkerHandle:
     on_events: Callable[[WorkerHandle, _wire.Events], None]
     spawn_started: int
     pid: int = attrs.field(init=False)
-    stream: anyio.abc.ByteStream | None = None
+    connection: Connection | None = None
     tools: dict[str, _wire.Tool] = attrs.field(factory=dict)
     in_flight: int = 0
     total_commands: int = 0
@@ -106,62 +105,33 @@ class WorkerHandle:
     pending: dict[int, Pending] = attrs.field(factory=dict)
     stderr_tail: deque[str] = attrs.field(factory=lambda: deque(maxlen=_STDERR_TAIL))
     changed: anyio.Event = attrs.field(factory=anyio.Event)
-    _outbox: list[bytes] = attrs.field(factory=list)
-    _wake: anyio.Event = attrs.field(factory=anyio.Event)
     _closing: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.pid = self.process.pid
 
-    # -- sending ---------------------------------------------------------------
+    # -- the channel ---------------------------------------------------------------
 
     def send(self, frame: bytes) -> None:
-        """Queue a frame; the writer sends it with whatever else is queued."""
-        self._outbox.append(frame)
-        self._wake.set()
+        """Queue a frame to the worker (coalesced with others, never blocks)."""
+        if self.connection is not None:
+            self.connection.send(frame)
 
-    async def write_loop(self) -> None:
-        assert self.stream is not None
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake = anyio.Event()
-                if not self._outbox:
-                    continue
-                data = b"".join(self._outbox)
-                self._outbox.clear()
-                await self.stream.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            self.lost_reason = self.lost_reason or "broken_pipe"
-
-    # -- receiving -------------------------------------------------------------
-
-    async def read_loop(self, reader: _wire.FrameReader, first: list[bytes]) -> None:
-        """Handle frames until the channel closes or the worker breaks the protocol."""
-        assert self.stream is not None
-        try:
-            for payload in first:
-                self._handle(payload)
-            while True:
-                data = await self.stream.receive(262_144)
-                for payload in reader.feed(data):
-                    self._handle(payload)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            self.lost_reason = self.lost_reason or "closed"
-        except ProtocolError as exc:
-            self.lost_reason = "protocol_error"
+    def on_lost(self, reason: str) -> None:
+        """The channel closed or the worker broke the protocol."""
+        self.lost_reason = self.lost_reason or reason
+        self.accepting = False
+        if reason == "protocol_error":
             _log.error(
                 "worker broke the protocol; it is being replaced",
                 pool_name=self.pool_name,
                 worker_id=self.worker_id,
                 worker_pid=self.pid,
-                error=str(exc),
             )
-        finally:
-            self.accepting = False
-            self.changed.set()
+        self.changed.set()
 
-    def _handle(self, payload: bytes) -> None:
+    def on_frame(self, payload: bytes) -> None:
+        """Handle one frame from the worker; :class:`ProtocolError` if it is not valid."""
         message = _wire.decode_from_worker(payload)
         kind = type(message)
         if kind is _wire.Result:
@@ -175,16 +145,18 @@ class WorkerHandle:
             if pending is None or pending.chunks is None:
                 raise ProtocolError(f"a chunk for call {message.id} that is not a stream")  # type: ignore[union-attr]
             if not pending.abandoned:
-                pending.chunks[0].send_nowait(("chunk", message.value, len(payload) + 4))  # type: ignore[union-attr]
+                pending.chunks.append((message.value, len(payload) + 4))  # type: ignore[union-attr]
+                if pending.arrived is not None:
+                    pending.arrived.set()
         elif kind is _wire.End or kind is _wire.Error:
             pending = self._settle(message.id)  # type: ignore[union-attr]
             if pending is None or pending.abandoned:
                 return
             if kind is _wire.Error:
                 pending.error = error_from_reply(message, pending.command)  # type: ignore[arg-type]
-            if pending.chunks is not None:
-                pending.chunks[0].send_nowait(("end", pending.error, 0))
             pending.done.set()
+            if pending.arrived is not None:
+                pending.arrived.set()
         elif kind is _wire.Events:
             self.on_events(self, message)  # type: ignore[arg-type]
         elif kind is _wire.Ready:
@@ -217,9 +189,9 @@ class WorkerHandle:
             if call.abandoned:
                 continue
             call.error = error_for()
-            if call.chunks is not None:
-                call.chunks[0].send_nowait(("end", call.error, 0))
             call.done.set()
+            if call.arrived is not None:
+                call.arrived.set()
         self.in_flight = 0
 
     # -- output ----------------------------------------------------------------
@@ -248,16 +220,20 @@ class WorkerHandle:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         if name == "stderr":
             self.stderr_tail.append(line)
-        log(line, stream=name, pool_name=self.pool_name, worker_id=self.worker_id, worker_pid=self.pid)
+        log(
+            line,
+            stream=name,
+            pool_name=self.pool_name,
+            worker_id=self.worker_id,
+            worker_pid=self.pid,
+        )
 
     # -- stopping --------------------------------------------------------------
 
     def kill_group(self, sig: int) -> None:
         """Send ``sig`` to the worker's process group (the worker and its children)."""
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     async def reap(self, grace: float) -> int | None:
         """Wait for the process to exit, escalating to SIGTERM and SIGKILL; its return code."""
@@ -268,7 +244,8 @@ class WorkerHandle:
             return await self.process.wait()
         self.kill_group(signal.SIGKILL)
         with anyio.CancelScope(shield=True):
-            return await self.process.wait()
+            await self.process.wait()
+        return self.process.returncode
 
     def request_stop(self) -> None:
         """Ask the worker to finish and exit."""
@@ -298,7 +275,9 @@ class WorkerHandle:
             )
 
 
-def crash_error(handle: WorkerHandle, returncode: int | None, closing: bool) -> Callable[[], BaseException]:
+def crash_error(
+    handle: WorkerHandle, returncode: int | None, closing: bool
+) -> Callable[[], BaseException]:
     """A factory of the error that calls in flight on a dead worker get."""
     if closing:
         return lambda: PoolClosedError(f"pool {handle.pool_name!r} closed with the call in flight")

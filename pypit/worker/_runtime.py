@@ -1,12 +1,13 @@
 """The worker process: connect, hand-shake, serve calls until told to stop.
 
-Threads, and why:
-
-* the main thread reads the channel. It answers pings and cancellations at
-  once, so a tool that blocks never silences the worker;
-* ``max_concurrency`` executor threads run sync tools and sync generators;
-* one asyncio loop thread, started on first use, runs async tools;
-* a flusher thread ships telemetry emitted between calls.
+Threads, and why. Sync tools run on a leader/followers pool: one thread (the
+leader) reads the channel; when it receives a call it hands the reading to an
+idle follower and runs the call itself. A call thus starts on the thread that
+received it, with no hand-off on its path, and some thread is always reading,
+so pings and cancellations are answered while tools block. The pool grows by
+one thread whenever the last idle one takes a call. Async tools run on one
+asyncio loop thread, started on first use; a flusher thread ships telemetry
+emitted between calls.
 
 Writes from any thread go through :meth:`Runtime.send`, which coalesces: the
 thread that finds the channel idle writes everything queued so far in one
@@ -21,13 +22,13 @@ import ctypes
 import inspect
 import json
 import os
-import queue
 import signal
 import socket
 import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -40,6 +41,9 @@ _PR_SET_PDEATHSIG: Final = 1
 _FLUSH_INTERVAL: Final = 0.05
 
 ENV_PREFIX: Final = "PYPIT_WORKER_"
+
+current: Runtime | None = None
+"""The runtime of this worker process, once it started."""
 
 
 class _Cancelled(Exception):
@@ -92,7 +96,18 @@ class Runtime:
         self._flushing = False
         self._broken = False
         self._running: dict[int, _Running] = {}
-        self._work: queue.SimpleQueue[_wire.Call | None] = queue.SimpleQueue()
+        self._read_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._frames: deque[bytes] = deque()
+        self._reader = _wire.FrameReader(max_frame_size)
+        self._idle_threads = 0
+        self._threads = 0
+        # The pool may send more calls than run at once (its prefetch): they
+        # wait here, and at most max_concurrency of each kind run.
+        self._sync_slots = threading.Semaphore(max_concurrency)
+        self._async_slots: asyncio.Semaphore | None = None
+        self._finished = threading.Event()
+        self.error: BaseException | None = None
         self._tools: dict[str, ToolSpec] = {}
         self._adapter: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -146,7 +161,9 @@ class Runtime:
                 _wire.Error(call_id, "frame_too_large", "FrameTooLargeError", str(exc))
             )
         except SerializationError as exc:
-            return _wire.encode(_wire.Error(call_id, "serialization", "SerializationError", str(exc)))
+            return _wire.encode(
+                _wire.Error(call_id, "serialization", "SerializationError", str(exc))
+            )
 
     # -- start-up ------------------------------------------------------------
 
@@ -180,35 +197,64 @@ class Runtime:
     # -- serving -------------------------------------------------------------
 
     def serve(self) -> None:
-        """Read and handle messages until Shutdown or the channel closes."""
-        for n in range(self._max_concurrency):
-            threading.Thread(target=self._executor, name=f"pypit-tool-{n}", daemon=True).start()
-        threading.Thread(target=self._flusher, name="pypit-telemetry", daemon=True).start()
-        reader = _wire.FrameReader(self._max_frame_size)
-        handlers: dict[type[Any], Callable[[Any], bool]] = {
+        """Handle messages until Shutdown or the channel closes."""
+        self._handlers: dict[type[Any], Callable[[Any], bool]] = {
             _wire.Call: self._on_call,
             _wire.Cancel: self._on_cancel,
             _wire.Ping: self._on_ping,
             _wire.Shutdown: lambda _message: False,
             _wire.Configure: self._on_configure,
         }
-        while True:
+        threading.Thread(target=self._flusher, name="pypit-telemetry", daemon=True).start()
+        for _ in range(self._max_concurrency + 1):
+            self._add_thread()
+        self._finished.wait()
+        if self.error is not None:
+            raise self.error
+
+    def _add_thread(self) -> None:
+        with self._state_lock:
+            self._threads += 1
+            self._idle_threads += 1
+            name = f"pypit-tools-{self._threads}"
+        threading.Thread(target=self._follow, name=name, daemon=True).start()
+
+    def _follow(self) -> None:
+        """Take turns reading the channel; run the sync calls read."""
+        while not self._finished.is_set():
+            with self._read_lock:
+                if self._finished.is_set():
+                    return
+                try:
+                    message = self._next_message()
+                except BaseException as exc:
+                    self.error = exc
+                    message = None
+                if message is None:
+                    self._finished.set()
+                    return
+            try:
+                if not self._handlers[type(message)](message):
+                    self._finished.set()
+            except BaseException as exc:
+                self.error = exc
+                self._finished.set()
+
+    def _next_message(self) -> _wire.ToWorker | None:
+        while not self._frames:
             try:
                 data = self._sock.recv(262_144)
             except OSError:
-                return
+                return None
             if not data:
-                return
-            for payload in reader.feed(data):
-                message = _wire.decode_to_worker(payload)
-                if not handlers[type(message)](message):
-                    return
+                return None
+            self._frames.extend(self._reader.feed(data))
+        return _wire.decode_to_worker(self._frames.popleft())
 
     def stop(self) -> None:
         """Stop the threads, run ``teardown()``, flush telemetry."""
         self._stopping.set()
-        for _ in range(self._max_concurrency):
-            self._work.put(None)
+        self._finished.set()
         teardown = getattr(self._adapter, "teardown", None)
         if teardown is not None:
             try:
@@ -257,21 +303,25 @@ class Runtime:
         if spec.is_async:
             running.loop = self._event_loop()
             asyncio.run_coroutine_threadsafe(self._run_async(call, spec, running), running.loop)
-        else:
-            self._work.put(call)
+            return True
+        with self._state_lock:
+            self._idle_threads -= 1
+            last = self._idle_threads == 0
+        if last:
+            self._add_thread()
+        try:
+            with self._sync_slots:
+                if not running.cancelled:
+                    self._run_sync(call, spec, running)
+                else:
+                    self._running.pop(call.id, None)
+                    self._finish(self._cancelled(call, time.monotonic_ns()))
+        finally:
+            with self._state_lock:
+                self._idle_threads += 1
         return True
 
     # -- running tools -------------------------------------------------------
-
-    def _executor(self) -> None:
-        while True:
-            call = self._work.get()
-            if call is None:
-                return
-            running = self._running.get(call.id)
-            if running is None:
-                continue
-            self._run_sync(call, self._tools[call.command], running)
 
     def _arguments(self, args: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if args is None:
@@ -306,9 +356,19 @@ class Runtime:
         self._finish(reply)
 
     async def _run_async(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
+        if self._async_slots is None:
+            self._async_slots = asyncio.Semaphore(self._max_concurrency)
         running.task = asyncio.current_task()
         if running.cancelled:
             running.task.cancel()  # type: ignore[union-attr]
+        try:
+            async with self._async_slots:
+                await self._run_async_call(call, spec, running)
+        except asyncio.CancelledError:
+            self._running.pop(call.id, None)
+            self._finish(self._cancelled(call, time.monotonic_ns()))
+
+    async def _run_async_call(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
         correlation_id_var.set(call.correlation_id)
         started = self._call_started(call)
         try:
@@ -342,7 +402,9 @@ class Runtime:
 
     def _call_started(self, call: _wire.Call) -> int:
         if "call.start" in self._call_events:
-            self.events.add("call.start", {"system_time": time.time_ns()}, self._call_metadata(call))
+            self.events.add(
+                "call.start", {"system_time": time.time_ns()}, self._call_metadata(call)
+            )
         return time.monotonic_ns()
 
     def _call_stopped(self, call: _wire.Call, started: int) -> None:
@@ -406,7 +468,10 @@ def main() -> int:
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
-    runtime = Runtime(sock, max_concurrency=max_concurrency, max_frame_size=max_frame_size)
+    global current
+    runtime = current = Runtime(
+        sock, max_concurrency=max_concurrency, max_frame_size=max_frame_size
+    )
     runtime.send(_wire.encode(_wire.Hello(token, runtime.pid)))
     try:
         tools = runtime.load(adapter_spec)

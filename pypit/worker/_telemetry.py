@@ -29,7 +29,9 @@ class EventBuffer:
         self._events: list[tuple[str, dict[str, int | float], dict[str, Any]]] = []
         self._dropped: Counter[tuple[str, str]] = Counter()
 
-    def add(self, name: str, measurements: dict[str, int | float], metadata: dict[str, Any]) -> None:
+    def add(
+        self, name: str, measurements: dict[str, int | float], metadata: dict[str, Any]
+    ) -> None:
         with self._lock:
             if len(self._events) < self._capacity:
                 self._events.append((name, measurements, metadata))

@@ -1,0 +1,277 @@
+"""The pool's side of the worker channels: a Unix socket server and framed connections.
+
+Two implementations of one small interface. On asyncio, a connection is an
+``asyncio.Protocol``: frames are handled in ``data_received`` as they arrive
+and written with ``transport.write``, with no task and no await per message.
+On any other backend (trio), a connection runs a reader and a writer task over
+an anyio socket stream. Both coalesce writes: frames queued in one turn of the
+event loop leave in one ``write``.
+
+A new connection starts in greeting mode: the server hands its first frame to
+``on_greeting``; frames that arrive before the owner attaches are kept and
+replayed by :meth:`Connection.attach`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+
+from pypit import _wire
+from pypit._errors import ProtocolError
+
+FrameHandler = Callable[[bytes], None]
+LostHandler = Callable[[str], None]
+GreetingHandler = Callable[["Connection", bytes], bool]
+
+_GREETING_TIMEOUT: Final = 10.0
+_READ_SIZE: Final = 262_144
+
+
+class Connection:
+    """One framed channel to a worker."""
+
+    def __init__(self, on_greeting: GreetingHandler, max_frame_size: int) -> None:
+        self._on_greeting = on_greeting
+        self._reader = _wire.FrameReader(max_frame_size)
+        self._on_frame: FrameHandler | None = None
+        self._on_lost: LostHandler | None = None
+        self._early: list[bytes] = []
+        self._greeted = False
+        self._lost: str | None = None
+        self._outbox: list[bytes] = []
+
+    def attach(self, on_frame: FrameHandler, on_lost: LostHandler) -> None:
+        """Route frames to ``on_frame`` from now on, first those that came early."""
+        self._on_lost = on_lost
+        early, self._early = self._early, []
+        try:
+            for payload in early:
+                on_frame(payload)
+        except ProtocolError:
+            self._fail("protocol_error")
+            return
+        self._on_frame = on_frame
+        if self._lost is not None:
+            on_lost(self._lost)
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame; it leaves with the others queued in this turn of the loop."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _received(self, data: bytes) -> None:
+        try:
+            for payload in self._reader.feed(data):
+                if self._on_frame is not None:
+                    self._on_frame(payload)
+                elif not self._greeted:
+                    self._greeted = True
+                    if not self._on_greeting(self, payload):
+                        self.close()
+                        return
+                else:
+                    self._early.append(payload)
+        except ProtocolError:
+            self._fail("protocol_error")
+
+    def _fail(self, reason: str) -> None:
+        self._closed(reason)
+        self.close()
+
+    def _closed(self, reason: str) -> None:
+        if self._lost is not None:
+            return
+        self._lost = reason
+        self._on_frame = None
+        if self._on_lost is not None:
+            self._on_lost(reason)
+
+
+class _ProtocolConnection(Connection, asyncio.Protocol):
+    """asyncio: frames handled in callbacks, writes coalesced per loop turn."""
+
+    def __init__(self, on_greeting: GreetingHandler, max_frame_size: int) -> None:
+        super().__init__(on_greeting, max_frame_size)
+        self._transport: asyncio.Transport | None = None
+        self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._loop.call_later(_GREETING_TIMEOUT, self._check_greeted)
+
+    def _check_greeted(self) -> None:
+        if not self._greeted:
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._received(data)
+
+    def eof_received(self) -> bool:
+        self._closed("closed")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed("closed" if exc is None else "broken_pipe")
+
+    def send(self, frame: bytes) -> None:
+        self._outbox.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._transport is None or self._transport.is_closing():
+            self._outbox.clear()
+            return
+        if len(self._outbox) == 1:
+            self._transport.write(self._outbox[0])
+        else:
+            self._transport.write(b"".join(self._outbox))
+        self._outbox.clear()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class _StreamConnection(Connection):
+    """Any anyio backend: a reader task and a writer task over a socket stream."""
+
+    def __init__(
+        self,
+        stream: anyio.abc.SocketStream,
+        on_greeting: GreetingHandler,
+        max_frame_size: int,
+    ) -> None:
+        super().__init__(on_greeting, max_frame_size)
+        self._stream = stream
+        self._wake = anyio.Event()
+        self._scope = anyio.CancelScope()
+
+    async def run(self) -> None:
+        with self._scope:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._write_loop)
+                with anyio.move_on_after(_GREETING_TIMEOUT):
+                    while not self._greeted and self._lost is None:
+                        await self._read_once()
+                if not self._greeted:
+                    self.close()
+                while self._lost is None:
+                    await self._read_once()
+                tasks.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+    async def _read_once(self) -> None:
+        try:
+            data = await self._stream.receive(_READ_SIZE)
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._closed("closed")
+        except (anyio.BrokenResourceError, OSError):
+            self._closed("broken_pipe")
+        else:
+            self._received(data)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                if self._outbox:
+                    data = b"".join(self._outbox)
+                    self._outbox.clear()
+                    await self._stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            self._closed("broken_pipe")
+            self._scope.cancel()
+
+    def send(self, frame: bytes) -> None:
+        self._outbox.append(frame)
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed(self._lost or "closed")
+        self._scope.cancel()
+
+
+class Server:
+    """The pool's listening socket; calls ``on_greeting`` with each new connection's first frame."""
+
+    def __init__(self, on_greeting: GreetingHandler, max_frame_size: int) -> None:
+        self._on_greeting = on_greeting
+        self._max_frame_size = max_frame_size
+        self._asyncio_server: asyncio.AbstractServer | None = None
+
+    async def serve(self, path: str, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``path`` until cancelled."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            await self._serve_streams(path, task_status)
+            return
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(
+            lambda: _ProtocolConnection(self._on_greeting, self._max_frame_size), path
+        )
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            server.close()
+            with contextlib.suppress(Exception):
+                with anyio.CancelScope(shield=True):
+                    await server.wait_closed()
+
+    async def _serve_streams(self, path: str, task_status: Any) -> None:
+        listener = await anyio.create_unix_listener(path)
+        task_status.started()
+        async with listener, anyio.create_task_group() as connections:
+            while True:
+                stream = await listener.accept()
+                connection = _StreamConnection(stream, self._on_greeting, self._max_frame_size)
+                connections.start_soon(connection.run)
+
+
+class _FutureSignal:
+    """A one-shot event for asyncio, on a bare future: cheaper than ``anyio.Event``.
+
+    A waiter cancelled while waiting cancels the future; the signal then
+    reports not set, and a later :meth:`set` is a no-op.
+    """
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def set(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
+
+    def is_set(self) -> bool:
+        future = self._future
+        return future.done() and not future.cancelled()
+
+    async def wait(self) -> None:
+        await self._future
+
+
+def signal_factory() -> Callable[[], Any]:
+    """The cheapest one-shot event for the running backend (``set``, ``is_set``, ``wait``)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return anyio.Event
+    return _FutureSignal

@@ -1,0 +1,275 @@
+"""Calls and streams on real worker processes, on asyncio and trio."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import anyio
+import pytest
+
+from pypit import (
+    FrameTooLargeError,
+    PoolClosedError,
+    PoolSaturatedError,
+    QueueTimeoutError,
+    SerializationError,
+    ToolError,
+    UnknownCommandError,
+    WorkerCrashedError,
+    WorkerTimeoutError,
+)
+from pypit.pool import open_pool
+from tests.pool.conftest import adapter, options
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_execute_passes_arguments_and_returns_results() -> None:
+    """A dict becomes keyword arguments, None no arguments, anything else one positional."""
+    async with open_pool(adapter(), **options()) as pool:
+        assert await pool.execute("echo", {"a": 1, "b": [1, "x"]}) == {"a": 1, "b": [1, "x"]}
+        assert await pool.execute("echo") == {}
+        assert await pool.execute("identity", [1, 2]) == [1, 2]
+        assert await pool.execute("identity", b"\x00bytes") == b"\x00bytes"
+        assert await pool.execute("add", {"a": 2, "b": 3}) == 5
+        assert await pool.execute("async_sleep", {"seconds": 0.001}) == 0.001
+
+
+async def test_tools_are_reported_by_the_workers() -> None:
+    """pool.tools() lists each tool with its description and whether it streams."""
+    async with open_pool(adapter(), **options()) as pool:
+        tools = pool.tools()
+
+    assert tools["echo"].description == "Return the arguments"
+    assert tools["count"].stream
+    assert tools["async_count"].stream
+    assert not tools["add"].stream
+    assert "setup" not in tools
+
+
+async def test_unknown_command_fails_fast_with_the_known_tools() -> None:
+    """An unknown command raises before anything is sent, naming the tools that exist."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(UnknownCommandError, match="'nope'.*echo"):
+            await pool.execute("nope")
+        assert pool.status().requests == 0
+
+
+async def test_execute_on_a_stream_tool_is_a_type_error() -> None:
+    """Generator tools are called with stream(), others with execute()."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(TypeError, match="pool.stream"):
+            await pool.execute("count", {"n": 1})
+        with pytest.raises(TypeError, match="pool.execute"):
+            async for _ in pool.stream("echo"):
+                pass
+
+
+async def test_tool_error_carries_type_message_and_remote_traceback() -> None:
+    """A tool that raises surfaces as ToolError with the remote details; the worker lives on."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(ToolError) as info:
+            await pool.execute("fail", {"message": "bad input"})
+        assert await pool.execute("identity", 1) == 1
+
+    error = info.value
+    assert error.remote_type == "ValueError"
+    assert error.remote_message == "bad input"
+    assert "raise ValueError(message)" in error.remote_traceback
+    assert "tests/adapters.py" in error.remote_traceback
+
+
+async def test_non_serializable_argument_is_refused_before_sending() -> None:
+    """An argument msgpack cannot carry raises SerializationError naming its type."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(SerializationError, match="object"):
+            await pool.execute("identity", object())
+        with pytest.raises(TypeError):
+            await pool.execute("identity", {"f": print})
+        assert pool.status().requests == 0
+        assert await pool.execute("identity", 2) == 2
+
+
+async def test_non_serializable_result_is_a_clear_error() -> None:
+    """A result the worker cannot encode raises SerializationError; the worker lives on."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(SerializationError, match="could not send the result"):
+            await pool.execute("unserializable")
+        assert await pool.execute("identity", 3) == 3
+
+
+async def test_frame_size_limit_applies_both_ways() -> None:
+    """Arguments and results over max_frame_size raise FrameTooLargeError."""
+    async with open_pool(adapter(), **options(max_frame_size=10_000)) as pool:
+        with pytest.raises(FrameTooLargeError, match="over the limit"):
+            await pool.execute("identity", b"x" * 20_000)
+        with pytest.raises(FrameTooLargeError, match="result is too large"):
+            await pool.execute("blob", {"n": 20_000})
+        assert await pool.execute("blob", {"n": 100}) == b"x" * 100
+
+
+async def test_full_queue_rejects_at_once() -> None:
+    """With the worker busy and the queue full, the next call raises PoolSaturatedError."""
+    async with open_pool(adapter(), **options(prefetch=0, max_queue_size=1)) as pool:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(pool.execute, "sleep", {"seconds": 0.3})
+            await anyio.sleep(0.05)
+            tasks.start_soon(pool.execute, "identity", 1)
+            await anyio.sleep(0.05)
+            assert pool.status().queue_depth == 1
+            with pytest.raises(PoolSaturatedError, match="max_queue_size=1"):
+                await pool.execute("identity", 2)
+        assert pool.status().rejected == 1
+
+
+async def test_queue_timeout_and_the_request_never_runs(tmp_path: Path) -> None:
+    """A call that waited past queue_timeout raises QueueTimeoutError and is never executed."""
+    log = tmp_path / "calls.log"
+    async with open_pool(adapter(), **options(prefetch=0, queue_timeout=0.1)) as pool:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(pool.execute, "record", {"path": str(log), "tag": "a", "seconds": 0.4})
+            await anyio.sleep(0.05)
+            with pytest.raises(QueueTimeoutError, match="was not run"):
+                await pool.execute("record", {"path": str(log), "tag": "b"})
+        assert await pool.execute("record", {"path": str(log), "tag": "c"}) == "c"
+
+    assert log.read_text().split() == ["a", "c"]
+
+
+async def test_cancelled_waiting_call_never_runs(tmp_path: Path) -> None:
+    """A queued call whose caller gave up is removed and never reaches a worker."""
+    log = tmp_path / "calls.log"
+    async with open_pool(adapter(), **options(prefetch=0)) as pool:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(pool.execute, "record", {"path": str(log), "tag": "a", "seconds": 0.3})
+            await anyio.sleep(0.05)
+            with anyio.move_on_after(0.05):
+                await pool.execute("record", {"path": str(log), "tag": "b"})
+            assert pool.status().queue_depth == 0
+        assert await pool.execute("record", {"path": str(log), "tag": "c"}) == "c"
+
+    assert log.read_text().split() == ["a", "c"]
+
+
+async def test_cancelled_running_call_frees_the_worker() -> None:
+    """Cancelling a running async call cancels it in the worker, which then serves again."""
+    async with open_pool(adapter(), **options(prefetch=0)) as pool:
+        with anyio.move_on_after(0.1):
+            await pool.execute("async_sleep", {"seconds": 30})
+        with anyio.fail_after(5):
+            assert await pool.execute("identity", 4) == 4
+        assert pool.status().in_flight == 0
+
+
+async def test_timeout_raises_worker_timeout_error() -> None:
+    """A call past its timeout raises WorkerTimeoutError, a TimeoutError."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(WorkerTimeoutError):
+            await pool.execute("async_sleep", {"seconds": 30}, timeout=0.1)
+        with pytest.raises(TimeoutError):
+            await pool.execute("async_sleep", {"seconds": 30}, timeout=0.1)
+        assert await pool.execute("identity", 5, timeout=5) == 5
+
+
+@pytest.mark.parametrize("tool", ["count", "async_count"])
+async def test_stream_yields_every_chunk(tool: str) -> None:
+    """A generator tool streams its chunks in order."""
+    async with open_pool(adapter(), **options()) as pool:
+        chunks = [chunk async for chunk in pool.stream(tool, {"n": 5})]
+        assert chunks == [1, 2, 3, 4, 5]
+        assert await pool.execute("identity", 6) == 6
+
+
+@pytest.mark.parametrize("tool", ["count", "async_count"])
+async def test_stream_cancelled_midway_stops_in_the_worker(tool: str) -> None:
+    """Leaving the loop early cancels the stream; the worker serves the next call."""
+    async with open_pool(adapter(), **options(prefetch=0)) as pool:
+        seen = []
+        async with contextlib.aclosing(pool.stream(tool, {"n": 1000, "delay": 0.01})) as chunks:
+            async for chunk in chunks:
+                seen.append(chunk)
+                if chunk == 3:
+                    break
+        with anyio.fail_after(5):
+            assert await pool.execute("identity", 7) == 7
+        assert pool.status().in_flight == 0
+
+    assert seen == [1, 2, 3]
+
+
+async def test_many_concurrent_callers_all_get_their_own_result() -> None:
+    """Results are routed to the right caller under concurrency."""
+    results: dict[int, object] = {}
+    async with open_pool(adapter(), **options(size=2, max_concurrency=2)) as pool:
+
+        async def call(i: int) -> None:
+            results[i] = await pool.execute("identity", i)
+
+        async with anyio.create_task_group() as tasks:
+            for i in range(200):
+                tasks.start_soon(call, i)
+
+    assert results == {i: i for i in range(200)}
+
+
+async def test_two_named_pools_are_independent() -> None:
+    """Two pools in one process have their own workers, names and counters."""
+    async with (
+        open_pool(adapter(), **options(name="left")) as left,
+        open_pool(adapter(), **options(name="right", size=2)) as right,
+    ):
+        assert await left.execute("identity", "l") == "l"
+        assert await right.execute("identity", "r") == "r"
+        assert set(left.workers()) == {"left_worker_1"}
+        assert set(right.workers()) == {"right_worker_1", "right_worker_2"}
+        assert set(left.workers().values()).isdisjoint(right.workers().values())
+        assert (left.status().requests, right.status().requests) == (1, 1)
+
+
+async def test_shutdown_drains_calls_in_flight_and_refuses_queued_ones() -> None:
+    """Closing waits for running calls; queued ones get PoolClosedError; later calls too."""
+    outcomes: dict[str, object] = {}
+    async with open_pool(adapter(), **options(prefetch=0)) as pool:
+
+        async def call(name: str, command: str, args: object) -> None:
+            try:
+                outcomes[name] = await pool.execute(command, args)
+            except PoolClosedError as exc:
+                outcomes[name] = exc
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(call, "running", "sleep", {"seconds": 0.3})
+            await anyio.sleep(0.05)
+            tasks.start_soon(call, "queued", "identity", 1)
+            await anyio.sleep(0.05)
+            await pool.aclose()
+
+    assert outcomes["running"] == 0.3
+    assert isinstance(outcomes["queued"], PoolClosedError)
+    with pytest.raises(PoolClosedError):
+        await pool.execute("identity", 1)
+
+
+async def test_crash_fails_only_the_calls_in_flight_and_the_slot_restarts() -> None:
+    """A worker killed mid-call fails that call with WorkerCrashedError; a new worker serves."""
+    async with open_pool(adapter(), **options()) as pool:
+        first = await pool.execute("pid")
+        with pytest.raises(WorkerCrashedError) as info:
+            await pool.execute("die")
+        with anyio.fail_after(10):
+            second = await pool.execute("pid")
+
+    assert info.value.signal == 9
+    assert info.value.exit_code is None
+    assert info.value.worker_id == "default_worker_1"
+    assert first != second
+
+
+async def test_exit_code_is_reported() -> None:
+    """A worker that exits mid-call reports its exit code."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(WorkerCrashedError) as info:
+            await pool.execute("exit", {"code": 7})
+
+    assert (info.value.exit_code, info.value.signal) == (7, None)
