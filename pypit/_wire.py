@@ -181,16 +181,18 @@ def decode_from_worker(payload: bytes | memoryview) -> FromWorker:
     """A message a worker may send, or :class:`ProtocolError`."""
     try:
         return _from_worker.decode(payload)  # type: ignore[no-any-return]
-    except msgspec.MsgspecError as exc:
-        raise ProtocolError(f"malformed message from worker: {exc}") from None
+    except Exception as exc:
+        # Not only MsgspecError: invalid UTF-8 in a string surfaces as
+        # UnicodeDecodeError. Whatever the bytes were, they are refused.
+        raise ProtocolError(f"malformed message from worker: {exc!r}") from None
 
 
 def decode_to_worker(payload: bytes | memoryview) -> ToWorker:
     """A message the parent may send, or :class:`ProtocolError`."""
     try:
         return _to_worker.decode(payload)  # type: ignore[no-any-return]
-    except msgspec.MsgspecError as exc:
-        raise ProtocolError(f"malformed message from the pool: {exc}") from None
+    except Exception as exc:
+        raise ProtocolError(f"malformed message from the pool: {exc!r}") from None
 
 
 class FrameReader:

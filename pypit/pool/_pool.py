@@ -698,9 +698,17 @@ class Pool:
         Returns whether the worker got ready.
         """
         returncode: int | None = None
+        drained = [anyio.Event(), anyio.Event()]
+
+        async def drain(stream: Any, name: str, done: anyio.Event) -> None:
+            try:
+                await handle.drain_output(stream, name)
+            finally:
+                done.set()
+
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(handle.drain_output, handle.process.stdout, "stdout")
-            tasks.start_soon(handle.drain_output, handle.process.stderr, "stderr")
+            tasks.start_soon(drain, handle.process.stdout, "stdout", drained[0])
+            tasks.start_soon(drain, handle.process.stderr, "stderr", drained[1])
             exited = anyio.Event()
 
             async def watch_exit() -> None:
@@ -712,8 +720,8 @@ class Pool:
             tasks.start_soon(watch_exit)
             ready = await self._handshake(handle, greeting, exited, tasks)
             self._expected.pop(handle.token, None)
-            if reason == "initial":
-                self._startup_reported(ready=ready)
+            if ready and reason == "initial":
+                self._startup_reported(ready=True)
             if ready:
                 if previous_pid is not None and has_handlers(RESTARTED):
                     execute(
@@ -735,8 +743,11 @@ class Pool:
                 await self._run_ready(handle)
             returncode = await handle.reap(self.config.stop_grace if handle._closing else 0.5)
             handle.kill_group(signal.SIGKILL)
+            # The last lines the worker wrote (its traceback, often) are
+            # still in the pipes: read them before the drains are cancelled.
             with anyio.move_on_after(1.0):
-                await exited.wait()
+                for done in drained:
+                    await done.wait()
             tasks.cancel_scope.cancel()
         self._workers[slot] = None
         if handle.connection is not None:
@@ -787,6 +798,8 @@ class Pool:
                 exit_code=returncode,
                 stderr="\n".join(handle.stderr_tail),
             )
+            if reason == "initial":
+                self._startup_reported(ready=False)
         return ready
 
     async def _handshake(
@@ -813,7 +826,9 @@ class Pool:
                 await handle.changed.wait()
                 handle.changed = anyio.Event()
         if not handle.ready:
-            handle.kill_group(signal.SIGKILL)
+            if handle.failure is None:
+                # Silent past the deadline: stuck in import or setup().
+                handle.kill_group(signal.SIGKILL)
             return False
         if self._generation != _registry.generation:
             self._push_configuration()

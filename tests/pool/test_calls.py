@@ -51,7 +51,7 @@ async def test_tools_are_reported_by_the_workers() -> None:
 async def test_unknown_command_fails_fast_with_the_known_tools() -> None:
     """An unknown command raises before anything is sent, naming the tools that exist."""
     async with open_pool(adapter(), **options()) as pool:
-        with pytest.raises(UnknownCommandError, match="'nope'.*echo"):
+        with pytest.raises(UnknownCommandError, match=r"'nope'.*echo"):
             await pool.execute("nope")
         assert pool.status().requests == 0
 
@@ -59,9 +59,9 @@ async def test_unknown_command_fails_fast_with_the_known_tools() -> None:
 async def test_execute_on_a_stream_tool_is_a_type_error() -> None:
     """Generator tools are called with stream(), others with execute()."""
     async with open_pool(adapter(), **options()) as pool:
-        with pytest.raises(TypeError, match="pool.stream"):
+        with pytest.raises(TypeError, match=r"pool\.stream"):
             await pool.execute("count", {"n": 1})
-        with pytest.raises(TypeError, match="pool.execute"):
+        with pytest.raises(TypeError, match=r"pool\.execute"):
             async for _ in pool.stream("echo"):
                 pass
 

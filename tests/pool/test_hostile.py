@@ -1,0 +1,138 @@
+"""A broken or hostile worker can lose its own calls, never harm the parent or the pool."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pypit import ProtocolError, WorkerCrashedError, _wire
+from pypit.pool import open_pool
+from pypit.pool._worker import Pending, WorkerHandle
+from tests.pool.conftest import adapter, options
+
+
+class _FakeProcess:
+    pid = 4242
+    returncode = None
+
+
+def handle() -> WorkerHandle:
+    worker = WorkerHandle(
+        pool_name="fuzz",
+        worker_id="fuzz_worker_1",
+        process=_FakeProcess(),  # type: ignore[arg-type]
+        capacity=4,
+        max_frame_size=1 << 20,
+        on_release=lambda w: None,
+        on_events=lambda w, e: None,
+        spawn_started=0,
+    )
+    worker.ready = True
+    return worker
+
+
+def valid_frames() -> list[bytes]:
+    return [
+        _wire.encode(m)[4:]
+        for m in (
+            _wire.Result(1, {"a": [1, 2.5, "x"]}),
+            _wire.Error(1, "tool", "ValueError", "m", "tb"),
+            _wire.Chunk(2, 1, b"bytes"),
+            _wire.End(2),
+            _wire.Events([("call.stop", {"duration": 5}, {"command": "c"})], []),
+            _wire.Pong(3),
+        )
+    ]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    frame = bytearray(draw(st.sampled_from(valid_frames())))
+    for _ in range(draw(st.integers(1, 4))):
+        position = draw(st.integers(0, len(frame) - 1))
+        frame[position] = draw(st.integers(0, 255))
+    if draw(st.booleans()):
+        frame = frame[: draw(st.integers(0, len(frame)))]
+    return bytes(frame)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=st.one_of(st.binary(max_size=200), mutated()))
+def test_any_payload_is_handled_or_refused_with_protocol_error(payload: bytes) -> None:
+    """Random and mutated frames either decode to a valid message or raise ProtocolError."""
+    worker = handle()
+    worker.pending[1] = Pending("c", _Signal, stream=False)
+    worker.pending[2] = Pending("s", _Signal, stream=True)
+    try:
+        worker.on_frame(payload)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200)
+@given(data=st.binary(max_size=400))
+def test_frame_reader_never_raises_anything_but_protocol_errors(data: bytes) -> None:
+    """The frame splitter accepts any byte stream, refusing only oversized frames."""
+    reader = _wire.FrameReader(max_frame_size=1000)
+    try:
+        frames = reader.feed(data)
+    except ProtocolError:
+        return
+    assert sum(len(f) + 4 for f in frames) + reader.pending == len(data)
+
+
+class _Signal:
+    def __init__(self) -> None:
+        self.flag = False
+
+    def set(self) -> None:
+        self.flag = True
+
+    def is_set(self) -> bool:
+        return self.flag
+
+
+def framed(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+GARBAGE = [
+    framed(b"\xff\x00garbage"),
+    framed(b""),
+    struct.pack(">I", 0xFFFFFFFF) + b"x",
+    framed(_wire.encode(_wire.Hello("t", 1))[4:]),
+    framed(_wire.encode(_wire.Result(10**9, None))[4:]),
+    framed(_wire.encode(_wire.Events([("x", {"v": 1}, {})], []))[4:].replace(b"\x01", b"\xc1")),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("garbage", GARBAGE, ids=range(len(GARBAGE)))
+async def test_hostile_worker_is_dropped_and_the_pool_serves_on(garbage: bytes) -> None:
+    """The offender's call fails with WorkerCrashedError and a log line; the other worker's
+    call completes; the slot is restarted."""
+    outcome: dict[str, Any] = {}
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Hostile"), **options(size=2, prefetch=0)) as pool:
+            async with anyio.create_task_group() as tasks:
+
+                async def slow() -> None:
+                    outcome["slow"] = await pool.execute("sleep", {"seconds": 0.3})
+
+                tasks.start_soon(slow)
+                await anyio.sleep(0.05)
+                with pytest.raises(WorkerCrashedError, match="broke the protocol"):
+                    await pool.execute("garbage", {"data": garbage}, timeout=5)
+            with anyio.fail_after(10):
+                assert await pool.execute("identity", 1) == 1
+
+    assert outcome["slow"] == 0.3
+    broke = [entry for entry in logs if "broke the protocol" in entry["event"]]
+    assert len(broke) == 1
+    assert broke[0]["log_level"] == "error"
