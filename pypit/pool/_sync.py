@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -56,7 +56,7 @@ class SyncPool:
         timeout: float | None = None,
         session_id: str | None = None,
         correlation_id: str | None = None,
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         """Blocking :meth:`Pool.stream`: a generator of chunks; closing it cancels the stream."""
         chunks = self._pool.stream(
             command, args, timeout=timeout, session_id=session_id, correlation_id=correlation_id
