@@ -44,7 +44,7 @@ from pypit._errors import (
 from pypit._log import get_logger
 from pypit.pool._channel import Connection, Server, signal_factory
 from pypit.pool._config import PoolConfig
-from pypit.pool._worker import DEVNULL, PIPE, Pending, WorkerHandle, crash_error
+from pypit.pool._worker import DEVNULL, PIPE, Request, WorkerHandle, crash_error
 from pypit.telemetry import _registry
 from pypit.telemetry._registry import execute, has_handlers
 
@@ -109,34 +109,6 @@ class PoolStatus:
     restarts: int
 
 
-class _Waiter:
-    __slots__ = (
-        "command",
-        "correlation_id",
-        "deadline",
-        "enqueued",
-        "request_id",
-        "wake",
-        "worker",
-    )
-
-    def __init__(
-        self,
-        command: str,
-        request_id: int,
-        correlation_id: str,
-        deadline: float,
-        signal: Callable[[], Any],
-    ) -> None:
-        self.command = command
-        self.request_id = request_id
-        self.correlation_id = correlation_id
-        self.deadline = deadline
-        self.enqueued = time.monotonic_ns()
-        self.wake = signal()
-        self.worker: WorkerHandle | None = None
-
-
 class _Greeting:
     __slots__ = ("arrived", "connection")
 
@@ -156,7 +128,7 @@ class Pool:
         self.config = config
         self.name = config.name
         self._workers: list[WorkerHandle | None] = [None] * config.size
-        self._queue: deque[_Waiter] = deque()
+        self._queue: deque[Request] = deque()
         self._tools: dict[str, ToolDescription] = {}
         self._expected: dict[str, _Greeting] = {}
         self._closed = False
@@ -211,70 +183,43 @@ class Pool:
             SerializationError, FrameTooLargeError: arguments or result cannot travel.
             PoolClosedError: the pool is closing.
         """
-        self._check(command, stream=False)
-        deadline = math.inf if timeout is None else anyio.current_time() + timeout
-        request_id = next(_request_ids)
-        correlation_id = correlation_id or _new_correlation_id()
-        frame = _wire.encode(
-            _wire.Call(request_id, command, args, correlation_id, timeout),
-            self.config.max_frame_size,
-        )
-        self._counters["requests"] += 1
-        worker = await self._acquire(command, request_id, correlation_id, session_id, deadline)
-        if self._generation != _registry.generation:
-            self._push_configuration()
-        pending = Pending(command, self._signal)
-        worker.pending[request_id] = pending
-        worker.send(frame)
-
-        traced = has_handlers(CALL_START) or has_handlers(CALL_STOP) or has_handlers(CALL_EXCEPTION)
-        if traced:
-            metadata = {
-                "pool_name": self.name,
-                "worker_id": worker.worker_id,
-                "command": command,
-                "request_id": request_id,
-                "correlation_id": correlation_id,
-                "session_id": session_id,
-                "telemetry_span_context": request_id,
-            }
-            started = time.monotonic_ns()
-            if has_handlers(CALL_START):
-                execute(
-                    CALL_START, {"monotonic_time": started, "system_time": time.time_ns()}, metadata
-                )
+        request = self._request(command, args, timeout, session_id, correlation_id, stream=False)
+        self._submit(request)
+        deadline = request.queue_deadline if request.worker is None else request.deadline
         try:
-            await self._wait(pending, worker, request_id, deadline)
+            if deadline == math.inf:
+                await request.done.wait()
+            else:
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    request.scope = scope
+                    await request.done.wait()
+                request.scope = None
         except BaseException as exc:
-            self._counters["failed"] += 1
-            if traced and has_handlers(CALL_EXCEPTION):
-                now = time.monotonic_ns()
-                execute(
-                    CALL_EXCEPTION,
-                    {"duration": now - started, "monotonic_time": now},
-                    {
-                        **metadata,
-                        "kind": "error" if isinstance(exc, Exception) else "exit",
-                        "reason": exc,
-                        "stacktrace": exc.__traceback__,
-                        "error_type": type(exc).__name__,
-                    },
-                )
+            self._abandon(request)
+            self._failed(request, exc)
             raise
+        if not request.done.is_set():
+            self._abandon(request)
+            error = self._timed_out(request)
+            self._failed(request, error)
+            raise error
+        if request.error is not None:
+            self._failed(request, request.error)
+            raise request.error
         self._counters["completed"] += 1
-        if traced and has_handlers(CALL_STOP):
+        if request.started and has_handlers(CALL_STOP):
             now = time.monotonic_ns()
             execute(
                 CALL_STOP,
                 {
-                    "duration": now - started,
+                    "duration": now - request.started,
                     "monotonic_time": now,
-                    "request_bytes": len(frame),
-                    "response_bytes": pending.size,
+                    "request_bytes": len(request.frame),
+                    "response_bytes": request.size,
                 },
-                metadata,
+                request.metadata,
             )
-        return pending.value
+        return request.value
 
     async def stream(
         self,
@@ -291,64 +236,59 @@ class Pool:
         bounds the wait for a worker and then each wait for a chunk. For a
         deterministic early close, wrap it in ``contextlib.aclosing``.
         """
-        self._check(command, stream=True)
-        deadline = math.inf if timeout is None else anyio.current_time() + timeout
-        request_id = next(_request_ids)
-        correlation_id = correlation_id or _new_correlation_id()
-        frame = _wire.encode(
-            _wire.Call(request_id, command, args, correlation_id, timeout, stream=True),
-            self.config.max_frame_size,
-        )
-        self._counters["requests"] += 1
-        worker = await self._acquire(command, request_id, correlation_id, session_id, deadline)
-        if self._generation != _registry.generation:
-            self._push_configuration()
-        pending = Pending(command, self._signal, stream=True)
-        worker.pending[request_id] = pending
-        worker.send(frame)
-        chunks = pending.chunks
+        request = self._request(command, args, timeout, session_id, correlation_id, stream=True)
+        chunks = request.chunks
         assert chunks is not None
-        stream_id = next(_stream_ids)
-        base = {"pool_name": self.name, "worker_id": worker.worker_id, "stream_id": stream_id}
-        if has_handlers(STREAM_OPENED):
-            execute(
-                STREAM_OPENED,
-                {"system_time": time.time_ns()},
-                {**base, "command": command, "correlation_id": correlation_id},
-            )
-        started = time.monotonic_ns()
+        self._submit(request)
+        started = 0
         count = 0
         reason = "cancelled"
+        base: dict[str, Any] = {}
         try:
             while True:
-                if not chunks:
-                    if pending.done.is_set():
-                        if pending.error is not None:
-                            reason = "error"
-                            raise pending.error
-                        reason = "complete"
-                        self._counters["completed"] += 1
-                        return
-                    pending.arrived = self._signal()
-                    with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                        await pending.arrived.wait()
-                    if scope.cancelled_caught:
-                        raise WorkerTimeoutError(
-                            f"no chunk of {command!r} within {timeout}s from {worker.worker_id}"
+                if not started and request.worker is not None:
+                    started = time.monotonic_ns()
+                    base = {
+                        "pool_name": self.name,
+                        "worker_id": request.worker.worker_id,
+                        "stream_id": next(_stream_ids),
+                    }
+                    if has_handlers(STREAM_OPENED):
+                        execute(
+                            STREAM_OPENED,
+                            {"system_time": time.time_ns()},
+                            {**base, "command": command, "correlation_id": request.correlation_id},
                         )
+                if chunks:
+                    value, size = chunks.popleft()
+                    count += 1
+                    if has_handlers(STREAM_MESSAGE):
+                        execute(STREAM_MESSAGE, {"bytes": size, "sequence_number": count}, base)
+                    yield value
                     continue
-                value, size = chunks.popleft()
-                count += 1
-                if has_handlers(STREAM_MESSAGE):
-                    execute(STREAM_MESSAGE, {"bytes": size, "sequence_number": count}, base)
-                yield value
+                if request.done.is_set():
+                    if request.error is not None:
+                        reason = "error"
+                        raise request.error
+                    reason = "complete"
+                    self._counters["completed"] += 1
+                    return
+                request.arrived = self._signal()
+                if request.worker is None:
+                    deadline = request.queue_deadline
+                elif timeout is None:
+                    deadline = math.inf
+                else:
+                    deadline = anyio.current_time() + timeout
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    await request.arrived.wait()
+                if scope.cancelled_caught and not request.arrived.is_set():
+                    raise self._timed_out(request)
         finally:
+            self._abandon(request)
             if reason != "complete":
                 self._counters["failed"] += 1
-            if request_id in worker.pending and not pending.done.is_set():
-                pending.abandoned = True
-                worker.send(_wire.encode(_wire.Cancel(request_id)))
-            if has_handlers(STREAM_CLOSED):
+            if started and has_handlers(STREAM_CLOSED):
                 execute(
                     STREAM_CLOSED,
                     {"duration": time.monotonic_ns() - started, "message_count": count},
@@ -410,7 +350,105 @@ class Pool:
             how = "pool.stream()" if tool.stream else "pool.execute()"
             raise TypeError(f"{command!r} is a {'stream' if tool.stream else 'call'}; use {how}")
 
+    def _request(
+        self,
+        command: str,
+        args: Any,
+        timeout: float | None,
+        session_id: str | None,
+        correlation_id: str | None,
+        *,
+        stream: bool,
+    ) -> Request:
+        """Check and encode a call; nothing is sent or queued yet."""
+        self._check(command, stream=stream)
+        request_id = next(_request_ids)
+        correlation_id = correlation_id or _new_correlation_id()
+        frame = _wire.encode(
+            _wire.Call(request_id, command, args, correlation_id, timeout, stream),
+            self.config.max_frame_size,
+        )
+        request = Request(command, self._signal, stream)
+        request.request_id = request_id
+        request.correlation_id = correlation_id
+        request.session_id = session_id
+        request.frame = frame
+        if timeout is not None:
+            request.deadline = request.queue_deadline = anyio.current_time() + timeout
+        return request
+
+    def _submit(self, request: Request) -> None:
+        """Send the request to a free worker, or queue it (or refuse it: the queue is full)."""
+        self._counters["requests"] += 1
+        if self._generation != _registry.generation:
+            self._push_configuration()
+        if not self._queue:
+            worker = self._pick()
+            if worker is not None:
+                self._send(worker, request)
+                return
+        if len(self._queue) >= self.config.max_queue_size:
+            self._counters["rejected"] += 1
+            if has_handlers(SATURATED):
+                status = self.status()
+                execute(
+                    SATURATED,
+                    {"queue_depth": status.queue_depth, "max_queue_size": status.max_queue_size},
+                    {
+                        "pool_name": self.name,
+                        "command": request.command,
+                        "available_workers": status.available_workers,
+                        "busy_workers": status.busy_workers,
+                    },
+                )
+            raise PoolSaturatedError(
+                f"pool {self.name!r} is saturated: {len(self._queue)} calls queued "
+                f"(max_queue_size={self.config.max_queue_size})"
+            )
+        self._queue.append(request)
+        request.enqueued = time.monotonic_ns()
+        if self.config.queue_timeout is not None:
+            request.queue_deadline = min(
+                request.deadline, anyio.current_time() + self.config.queue_timeout
+            )
+        if has_handlers(ENQUEUED):
+            execute(
+                ENQUEUED,
+                {"queue_depth": len(self._queue), "system_time": time.time_ns()},
+                {
+                    "pool_name": self.name,
+                    "command": request.command,
+                    "request_id": request.request_id,
+                    "correlation_id": request.correlation_id,
+                    "session_id": request.session_id,
+                },
+            )
+
+    def _send(self, worker: WorkerHandle, request: Request) -> None:
+        worker.in_flight += 1
+        worker.pending[request.request_id] = request
+        request.worker = worker
+        worker.send(request.frame)
+        if has_handlers(CALL_START) or has_handlers(CALL_STOP) or has_handlers(CALL_EXCEPTION):
+            request.started = now = time.monotonic_ns()
+            request.metadata = {
+                "pool_name": self.name,
+                "worker_id": worker.worker_id,
+                "command": request.command,
+                "request_id": request.request_id,
+                "correlation_id": request.correlation_id,
+                "session_id": request.session_id,
+                "telemetry_span_context": request.request_id,
+            }
+            if has_handlers(CALL_START):
+                execute(
+                    CALL_START,
+                    {"monotonic_time": now, "system_time": time.time_ns()},
+                    request.metadata,
+                )
+
     def _pick(self) -> WorkerHandle | None:
+        """The least loaded worker with spare capacity, idle ones in rotation."""
         best: WorkerHandle | None = None
         workers = self._workers
         count = len(workers)
@@ -426,150 +464,98 @@ class Pool:
                 best = worker
         return best
 
-    async def _acquire(
-        self,
-        command: str,
-        request_id: int,
-        correlation_id: str,
-        session_id: str | None,
-        deadline: float,
-    ) -> WorkerHandle:
-        if not self._queue:
-            worker = self._pick()
-            if worker is not None:
-                worker.in_flight += 1
-                return worker
-        if len(self._queue) >= self.config.max_queue_size:
-            self._counters["rejected"] += 1
-            if has_handlers(SATURATED):
-                status = self.status()
-                execute(
-                    SATURATED,
-                    {"queue_depth": status.queue_depth, "max_queue_size": status.max_queue_size},
-                    {
-                        "pool_name": self.name,
-                        "command": command,
-                        "available_workers": status.available_workers,
-                        "busy_workers": status.busy_workers,
-                    },
-                )
-            raise PoolSaturatedError(
-                f"pool {self.name!r} is saturated: {len(self._queue)} calls queued "
-                f"(max_queue_size={self.config.max_queue_size})"
-            )
-        waiter = _Waiter(command, request_id, correlation_id, deadline, self._signal)
-        self._queue.append(waiter)
-        if has_handlers(ENQUEUED):
-            execute(
-                ENQUEUED,
-                {"queue_depth": len(self._queue), "system_time": time.time_ns()},
-                {
-                    "pool_name": self.name,
-                    "command": command,
-                    "request_id": request_id,
-                    "correlation_id": correlation_id,
-                    "session_id": session_id,
-                },
-            )
-        queue_deadline = deadline
-        if self.config.queue_timeout is not None:
-            queue_deadline = min(deadline, anyio.current_time() + self.config.queue_timeout)
-        try:
-            if queue_deadline == math.inf:
-                await waiter.wake.wait()
-            else:
-                with anyio.CancelScope(deadline=queue_deadline):
-                    await waiter.wake.wait()
-        except BaseException:
-            # Cancelled: a worker handed over meanwhile goes back to the pool.
-            if waiter.worker is not None:
-                self._release(waiter.worker)
-            raise
-        finally:
-            if waiter.worker is None:
-                self._remove_waiter(waiter)
-        late = queue_deadline != math.inf and anyio.current_time() >= queue_deadline
-        if waiter.worker is not None and late:
-            self._release(waiter.worker)
-            waiter.worker = None
-        if waiter.worker is None:
-            if self._closed:
-                raise PoolClosedError(f"pool {self.name!r} closed while the call was queued")
-            self._counters["queue_timeouts"] += 1
-            queue_time = time.monotonic_ns() - waiter.enqueued
-            if has_handlers(QUEUE_TIMEOUT):
-                execute(
-                    QUEUE_TIMEOUT,
-                    {"queue_time": queue_time, "queue_depth": len(self._queue)},
-                    {
-                        "pool_name": self.name,
-                        "command": command,
-                        "request_id": request_id,
-                        "correlation_id": correlation_id,
-                    },
-                )
-            raise QueueTimeoutError(
-                f"{command!r} waited {queue_time / 1e9:.3f}s in the queue of pool "
-                f"{self.name!r} without a free worker; it was not run"
-            )
-        if has_handlers(DEQUEUED):
-            execute(
-                DEQUEUED,
-                {
-                    "queue_time": time.monotonic_ns() - waiter.enqueued,
-                    "queue_depth": len(self._queue),
-                },
-                {
-                    "pool_name": self.name,
-                    "command": command,
-                    "request_id": request_id,
-                    "correlation_id": correlation_id,
-                    "worker_id": waiter.worker.worker_id,
-                },
-            )
-        return waiter.worker
-
-    def _remove_waiter(self, waiter: _Waiter) -> None:
-        with contextlib.suppress(ValueError):
-            self._queue.remove(waiter)
-
     def _release(self, worker: WorkerHandle) -> None:
         worker.in_flight -= 1
         if self._queue:
             self._dispatch_queue()
 
     def _dispatch_queue(self) -> None:
+        """Hand free capacity to queued requests, first come first served."""
         queue = self._queue
         while queue:
             worker = self._pick()
             if worker is None:
                 return
-            waiter = queue.popleft()
-            worker.in_flight += 1
-            waiter.worker = worker
-            waiter.wake.set()
+            request = queue.popleft()
+            if (
+                request.queue_deadline != math.inf
+                and anyio.current_time() >= request.queue_deadline
+            ):
+                continue  # its caller is about to raise QueueTimeoutError; it must not run
+            if has_handlers(DEQUEUED):
+                execute(
+                    DEQUEUED,
+                    {
+                        "queue_time": time.monotonic_ns() - request.enqueued,
+                        "queue_depth": len(queue),
+                    },
+                    {
+                        "pool_name": self.name,
+                        "command": request.command,
+                        "request_id": request.request_id,
+                        "correlation_id": request.correlation_id,
+                        "worker_id": worker.worker_id,
+                    },
+                )
+            self._send(worker, request)
+            if request.scope is not None:
+                request.scope.deadline = request.deadline
+            if request.arrived is not None:
+                request.arrived.set()
 
-    async def _wait(
-        self, pending: Pending, worker: WorkerHandle, request_id: int, deadline: float
-    ) -> None:
-        try:
-            if deadline == math.inf:
-                await pending.done.wait()
-            else:
-                with anyio.CancelScope(deadline=deadline):
-                    await pending.done.wait()
-        finally:
-            if not pending.done.is_set():
-                pending.abandoned = True
-                if request_id in worker.pending:
-                    worker.send(_wire.encode(_wire.Cancel(request_id)))
-        if not pending.done.is_set():
+    def _abandon(self, request: Request) -> None:
+        """The caller stops waiting: unqueue the request, or cancel it on its worker."""
+        worker = request.worker
+        if worker is None:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(request)
+        elif not request.done.is_set():
+            request.abandoned = True
+            if request.request_id in worker.pending:
+                worker.send(_wire.encode(_wire.Cancel(request.request_id)))
+
+    def _timed_out(self, request: Request) -> Exception:
+        if request.worker is not None:
             self._counters["timeouts"] += 1
-            raise WorkerTimeoutError(
-                f"{pending.command!r} got no answer from {worker.worker_id} before its deadline"
+            return WorkerTimeoutError(
+                f"{request.command!r} got no answer from {request.worker.worker_id} "
+                "before its deadline"
             )
-        if pending.error is not None:
-            raise pending.error
+        if self._closed:
+            return PoolClosedError(f"pool {self.name!r} closed while the call was queued")
+        self._counters["queue_timeouts"] += 1
+        queue_time = time.monotonic_ns() - request.enqueued
+        if has_handlers(QUEUE_TIMEOUT):
+            execute(
+                QUEUE_TIMEOUT,
+                {"queue_time": queue_time, "queue_depth": len(self._queue)},
+                {
+                    "pool_name": self.name,
+                    "command": request.command,
+                    "request_id": request.request_id,
+                    "correlation_id": request.correlation_id,
+                },
+            )
+        return QueueTimeoutError(
+            f"{request.command!r} waited {queue_time / 1e9:.3f}s in the queue of pool "
+            f"{self.name!r} without a free worker; it was not run"
+        )
+
+    def _failed(self, request: Request, exc: BaseException) -> None:
+        self._counters["failed"] += 1
+        if request.started and has_handlers(CALL_EXCEPTION):
+            now = time.monotonic_ns()
+            execute(
+                CALL_EXCEPTION,
+                {"duration": now - request.started, "monotonic_time": now},
+                {
+                    **request.metadata,
+                    "kind": "error" if isinstance(exc, Exception) else "exit",
+                    "reason": exc,
+                    "stacktrace": exc.__traceback__,
+                    "error_type": type(exc).__name__,
+                },
+            )
 
     # -- worker telemetry ----------------------------------------------------------
 
@@ -939,7 +925,11 @@ class Pool:
             return
         self._closed = True
         while self._queue:
-            self._queue.popleft().wake.set()
+            request = self._queue.popleft()
+            request.error = PoolClosedError(f"pool {self.name!r} closed while the call was queued")
+            request.done.set()
+            if request.arrived is not None:
+                request.arrived.set()
         with anyio.move_on_after(self.config.shutdown_timeout):
             while any(w is not None and w.pending for w in self._workers):
                 await anyio.sleep(0.005)

@@ -9,6 +9,7 @@ worker, never the pool.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -44,14 +45,36 @@ _MAX_LOG_LINE: Final = 65_536
 _STDERR_TAIL: Final = 20
 
 
-class Pending:
-    """A call sent to the worker and not yet answered.
+class Request:
+    """One call, from the moment it is encoded until its caller has the answer.
 
-    ``abandoned`` calls (timed out or cancelled in the caller) stay here until
-    the worker answers, so the worker's capacity stays counted as used.
+    It waits in the pool's queue (``worker`` is None) or sits in its worker's
+    ``pending`` map. ``abandoned`` requests (their caller timed out or was
+    cancelled) stay there until the worker answers, so the worker's capacity
+    stays counted as used.
     """
 
-    __slots__ = ("abandoned", "arrived", "chunks", "command", "done", "error", "size", "value")
+    __slots__ = (
+        "abandoned",
+        "arrived",
+        "chunks",
+        "command",
+        "correlation_id",
+        "deadline",
+        "done",
+        "enqueued",
+        "error",
+        "frame",
+        "metadata",
+        "queue_deadline",
+        "request_id",
+        "scope",
+        "session_id",
+        "size",
+        "started",
+        "value",
+        "worker",
+    )
 
     def __init__(self, command: str, signal: Callable[[], Any], stream: bool = False) -> None:
         self.command = command
@@ -64,6 +87,17 @@ class Pending:
         # consumer renews before each wait.
         self.chunks: deque[tuple[Any, int]] | None = deque() if stream else None
         self.arrived: Any = None
+        self.request_id = 0
+        self.correlation_id = ""
+        self.session_id: str | None = None
+        self.frame = b""
+        self.deadline = math.inf
+        self.queue_deadline = math.inf
+        self.enqueued = 0
+        self.started = 0
+        self.metadata: dict[str, Any] = {}
+        self.scope: anyio.CancelScope | None = None
+        self.worker: WorkerHandle | None = None
 
 
 def error_from_reply(reply: _wire.Error, command: str) -> PypitError:
@@ -102,7 +136,7 @@ class WorkerHandle:
     lost_reason: str | None = None
     ready_at: int = 0
     token: str = ""
-    pending: dict[int, Pending] = attrs.field(factory=dict)
+    pending: dict[int, Request] = attrs.field(factory=dict)
     stderr_tail: deque[str] = attrs.field(factory=lambda: deque(maxlen=_STDERR_TAIL))
     changed: anyio.Event = attrs.field(factory=anyio.Event)
     _closing: bool = False
@@ -174,7 +208,7 @@ class WorkerHandle:
         else:
             raise ProtocolError(f"unexpected {kind.__name__} from a worker")
 
-    def _settle(self, call_id: int) -> Pending | None:
+    def _settle(self, call_id: int) -> Request | None:
         pending = self.pending.pop(call_id, None)
         if pending is None:
             raise ProtocolError(f"an answer to call {call_id}, which is not in flight")

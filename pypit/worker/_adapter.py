@@ -5,17 +5,14 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
-from typing import Any, Final, TypeVar, overload
-
-import attrs
+from typing import Any, Final, NamedTuple, TypeVar, overload
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MARK: Final = "__pypit_tool__"
 
 
-@attrs.frozen
-class ToolInfo:
+class ToolInfo(NamedTuple):
     """What ``@tool`` recorded about a method."""
 
     name: str | None
@@ -68,8 +65,7 @@ def tool(
     return mark
 
 
-@attrs.frozen
-class ToolSpec:
+class ToolSpec(NamedTuple):
     """A bound tool of an adapter instance."""
 
     name: str

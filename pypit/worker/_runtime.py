@@ -16,7 +16,6 @@ system call, and the others just queue.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import inspect
@@ -30,12 +29,17 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pypit import _wire
 from pypit._errors import FrameTooLargeError, SerializationError
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter
 from pypit.worker._telemetry import EventBuffer, correlation_id_var
+
+if TYPE_CHECKING:
+    # asyncio costs a quarter of a worker's start-up; it is imported only for
+    # adapters with async tools or an async setup().
+    import asyncio
 
 _PR_SET_PDEATHSIG: Final = 1
 _FLUSH_INTERVAL: Final = 0.05
@@ -179,11 +183,15 @@ class Runtime:
 
     def _call_blocking(self, function: Callable[[], Any]) -> None:
         if inspect.iscoroutinefunction(function):
+            import asyncio
+
             asyncio.run_coroutine_threadsafe(function(), self._event_loop()).result()
         else:
             function()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
+        import asyncio
+
         with self._loop_lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
@@ -301,6 +309,8 @@ class Runtime:
         running = _Running()
         self._running[call.id] = running
         if spec.is_async:
+            import asyncio
+
             running.loop = self._event_loop()
             asyncio.run_coroutine_threadsafe(self._run_async(call, spec, running), running.loop)
             return True
@@ -356,6 +366,8 @@ class Runtime:
         self._finish(reply)
 
     async def _run_async(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
+        import asyncio
+
         if self._async_slots is None:
             self._async_slots = asyncio.Semaphore(self._max_concurrency)
         running.task = asyncio.current_task()
@@ -369,6 +381,8 @@ class Runtime:
             self._finish(self._cancelled(call, time.monotonic_ns()))
 
     async def _run_async_call(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
+        import asyncio
+
         correlation_id_var.set(call.correlation_id)
         started = self._call_started(call)
         try:

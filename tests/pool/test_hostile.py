@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pypit import ProtocolError, WorkerCrashedError, _wire
 from pypit.pool import open_pool
-from pypit.pool._worker import Pending, WorkerHandle
+from pypit.pool._worker import Request, WorkerHandle
 from tests.pool.conftest import adapter, options
 
 
@@ -68,8 +68,8 @@ def mutated(draw: st.DrawFn) -> bytes:
 def test_any_payload_is_handled_or_refused_with_protocol_error(payload: bytes) -> None:
     """Random and mutated frames either decode to a valid message or raise ProtocolError."""
     worker = handle()
-    worker.pending[1] = Pending("c", _Signal, stream=False)
-    worker.pending[2] = Pending("s", _Signal, stream=True)
+    worker.pending[1] = Request("c", _Signal, stream=False)
+    worker.pending[2] = Request("s", _Signal, stream=True)
     with contextlib.suppress(ProtocolError):
         worker.on_frame(payload)
 

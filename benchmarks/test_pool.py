@@ -1,0 +1,231 @@
+"""The pool against its peers and a raw floor, measured in one run.
+
+Latency benchmarks record every operation and report p50/p95 in
+``extra_info``; pytest-benchmark times the batches. ``benchmarks/run.py``
+turns them into the ratios of PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pebble
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from benchmarks.adapters import identity
+from pypit import telemetry
+from pypit.pool import open_pool
+
+ADAPTER = "benchmarks.adapters:Bench"
+ROUND_TRIPS = 2000
+THROUGHPUT_TASKS = 20_000
+CALLERS = 64
+
+
+def record(benchmark: BenchmarkFixture, latencies: list[float], **extra: Any) -> None:
+    latencies.sort()
+    benchmark.extra_info["p50_us"] = round(statistics.median(latencies) * 1e6, 1)
+    benchmark.extra_info["p95_us"] = round(latencies[int(len(latencies) * 0.95)] * 1e6, 1)
+    benchmark.extra_info.update(extra)
+
+
+def run_async(function: Callable[[], Awaitable[Any]]) -> Any:
+    return anyio.run(function, backend="asyncio")
+
+
+# -- sequential round trip, 1 worker -------------------------------------------------
+
+
+def test_round_trip_pypit(benchmark: BenchmarkFixture) -> None:
+    latencies: list[float] = []
+
+    async def main() -> None:
+        async with open_pool(ADAPTER, size=1, status_interval=0) as pool:
+            for i in range(200):
+                await pool.execute("identity", i)
+
+            async def batch() -> None:
+                for i in range(ROUND_TRIPS):
+                    started = time.perf_counter()
+                    await pool.execute("identity", i)
+                    latencies.append(time.perf_counter() - started)
+
+            started = time.perf_counter()
+            await batch()
+            benchmark.extra_info["batch_s"] = time.perf_counter() - started
+
+    benchmark.pedantic(run_async, args=(main,), rounds=1, iterations=1)
+    record(benchmark, latencies)
+
+
+def test_round_trip_ppe(benchmark: BenchmarkFixture) -> None:
+    latencies: list[float] = []
+    with ProcessPoolExecutor(1) as executor:
+        for i in range(200):
+            executor.submit(identity, i).result()
+
+        def batch() -> None:
+            for i in range(ROUND_TRIPS):
+                started = time.perf_counter()
+                executor.submit(identity, i).result()
+                latencies.append(time.perf_counter() - started)
+
+        benchmark.pedantic(batch, rounds=1, iterations=1)
+    record(benchmark, latencies)
+
+
+def test_round_trip_floor(benchmark: BenchmarkFixture) -> None:
+    """Raw asyncio streams ping-pong with a child process over a Unix socket."""
+    latencies: list[float] = []
+
+    async def main() -> None:
+        directory = tempfile.mkdtemp()
+        path = os.path.join(directory, "floor.sock")
+        connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connected.set_result((reader, writer))
+
+        server = await asyncio.start_unix_server(on_connect, path)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).with_name("echo_child.py")), path
+        )
+        reader, writer = await connected
+        frame = struct.pack(">I", 8) + b"12345678"
+        for _ in range(200):
+            writer.write(frame)
+            await reader.readexactly(12)
+        for _ in range(ROUND_TRIPS):
+            started = time.perf_counter()
+            writer.write(frame)
+            await reader.readexactly(12)
+            latencies.append(time.perf_counter() - started)
+        writer.close()
+        await child.wait()
+        server.close()
+
+    benchmark.pedantic(lambda: asyncio.run(main()), rounds=1, iterations=1)
+    record(benchmark, latencies)
+
+
+# -- throughput, 2 workers -------------------------------------------------------------
+
+
+def _pypit_throughput(benchmark: BenchmarkFixture, attach_handlers: bool) -> None:
+    async def main() -> float:
+        async with open_pool(ADAPTER, size=2, status_interval=0) as pool:
+            for i in range(200):
+                await pool.execute("identity", i)
+            per_caller = THROUGHPUT_TASKS // CALLERS
+
+            async def caller() -> None:
+                for i in range(per_caller):
+                    await pool.execute("identity", i)
+
+            started = time.perf_counter()
+            async with anyio.create_task_group() as tasks:
+                for _ in range(CALLERS):
+                    tasks.start_soon(caller)
+            return per_caller * CALLERS / (time.perf_counter() - started)
+
+    def noop(*args: Any) -> None:
+        return None
+
+    if attach_handlers:
+        events = [
+            spec.name
+            for spec in telemetry.CATALOG
+            if spec.name[:2] in (("pypit", "pool"), ("pypit", "rpc"))
+        ]
+        telemetry.attach_many("bench-all", events, noop)
+    rates: list[float] = []
+    benchmark.pedantic(lambda: rates.append(run_async(main)), rounds=3, iterations=1)
+    benchmark.extra_info["tasks_per_s"] = round(statistics.median(rates))
+
+
+def test_throughput_pypit(benchmark: BenchmarkFixture) -> None:
+    _pypit_throughput(benchmark, attach_handlers=False)
+
+
+def test_throughput_pypit_with_handlers(benchmark: BenchmarkFixture) -> None:
+    _pypit_throughput(benchmark, attach_handlers=True)
+
+
+def test_throughput_ppe(benchmark: BenchmarkFixture) -> None:
+    rates: list[float] = []
+    with ProcessPoolExecutor(2) as executor:
+        list(executor.map(identity, range(200)))
+
+        def batch() -> None:
+            started = time.perf_counter()
+            futures = [executor.submit(identity, i) for i in range(THROUGHPUT_TASKS)]
+            for future in futures:
+                future.result()
+            rates.append(THROUGHPUT_TASKS / (time.perf_counter() - started))
+
+        benchmark.pedantic(batch, rounds=3, iterations=1)
+    benchmark.extra_info["tasks_per_s"] = round(statistics.median(rates))
+
+
+def test_throughput_mp_pool(benchmark: BenchmarkFixture) -> None:
+    rates: list[float] = []
+    with multiprocessing.Pool(2) as pool:
+        pool.map(identity, range(200))
+
+        def batch() -> None:
+            started = time.perf_counter()
+            results = [pool.apply_async(identity, (i,)) for i in range(THROUGHPUT_TASKS)]
+            for result in results:
+                result.get()
+            rates.append(THROUGHPUT_TASKS / (time.perf_counter() - started))
+
+        benchmark.pedantic(batch, rounds=3, iterations=1)
+    benchmark.extra_info["tasks_per_s"] = round(statistics.median(rates))
+
+
+def test_throughput_pebble(benchmark: BenchmarkFixture) -> None:
+    rates: list[float] = []
+    with pebble.ProcessPool(2) as pool:
+        pool.schedule(identity, args=(0,)).result()
+
+        def batch() -> None:
+            started = time.perf_counter()
+            futures = [pool.schedule(identity, args=(i,)) for i in range(THROUGHPUT_TASKS // 4)]
+            for future in futures:
+                future.result()
+            rates.append(THROUGHPUT_TASKS // 4 / (time.perf_counter() - started))
+
+        benchmark.pedantic(batch, rounds=3, iterations=1)
+    benchmark.extra_info["tasks_per_s"] = round(statistics.median(rates))
+
+
+# -- start-up --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [4])
+def test_open_to_first_result(benchmark: BenchmarkFixture, size: int) -> None:
+    latencies: list[float] = []
+
+    async def main() -> None:
+        started = time.perf_counter()
+        async with open_pool(ADAPTER, size=size, status_interval=0) as pool:
+            await pool.execute("identity", 1)
+            latencies.append(time.perf_counter() - started)
+
+    benchmark.pedantic(run_async, args=(main,), rounds=5, iterations=1)
+    record(benchmark, latencies)
