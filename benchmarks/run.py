@@ -19,12 +19,15 @@ import attrs
 
 @attrs.frozen
 class Target:
+    """``numerator / denominator`` of one metric (the median time, or an extra_info key)."""
+
     label: str
     numerator: str
     denominator: str | None
     compare: Callable[[float], bool]
     goal: str
     scale: float = 1.0
+    metric: str = "median"
 
 
 def le(limit: float) -> Callable[[float], bool]:
@@ -45,6 +48,55 @@ TARGETS = [
         "blinker send / execute, 1 handler", "test_blinker_send", "test_execute[1]", ge(8), ">= 8"
     ),
     Target("span with start+stop handlers (ns)", "test_span", None, le(1000), "<= 1000 ns", 1e9),
+    Target(
+        "round trip p50 / ProcessPoolExecutor(1)",
+        "test_round_trip_pypit",
+        "test_round_trip_ppe",
+        le(0.5),
+        "<= 0.5",
+        metric="p50_us",
+    ),
+    Target(
+        "round trip p50 / raw asyncio ping-pong",
+        "test_round_trip_pypit",
+        "test_round_trip_floor",
+        le(2.0),
+        "<= 2.0",
+        metric="p50_us",
+    ),
+    Target(
+        "throughput, 64 callers / PPE(2)",
+        "test_throughput_pypit",
+        "test_throughput_ppe",
+        ge(2.0),
+        ">= 2.0",
+        metric="tasks_per_s",
+    ),
+    Target(
+        "throughput, 64 callers / mp.Pool(2)",
+        "test_throughput_pypit",
+        "test_throughput_mp_pool",
+        ge(1.0),
+        ">= 1.0",
+        metric="tasks_per_s",
+    ),
+    Target(
+        "throughput with handlers / without",
+        "test_throughput_pypit_with_handlers",
+        "test_throughput_pypit",
+        ge(0.9),
+        ">= 0.9",
+        metric="tasks_per_s",
+    ),
+    Target(
+        "open_pool(size=4) to first result (ms)",
+        "test_open_to_first_result[4]",
+        None,
+        le(150),
+        "<= 150 ms",
+        1e-3,
+        metric="p50_us",
+    ),
 ]
 
 
@@ -75,28 +127,37 @@ def main() -> int:
         data = json.loads(report.read_text())
     medians = {b["name"]: b["stats"]["median"] for b in data["benchmarks"]}
     extra = {b["name"]: b.get("extra_info", {}) for b in data["benchmarks"]}
+
+    def metric(name: str, key: str) -> float | None:
+        if key == "median":
+            return medians.get(name)
+        value = extra.get(name, {}).get(key)
+        return None if value is None else float(value)
+
     rows = []
     failed = False
     for target in TARGETS:
-        if target.numerator not in medians or (
-            target.denominator is not None and target.denominator not in medians
-        ):
+        numerator = metric(target.numerator, target.metric)
+        denominator = (
+            None if target.denominator is None else metric(target.denominator, target.metric)
+        )
+        if numerator is None or (target.denominator is not None and denominator is None):
             rows.append((target.label, "-", target.goal, "NOT RUN"))
             continue
-        value = medians[target.numerator] * target.scale
-        if target.denominator is not None:
-            value /= medians[target.denominator] * target.scale
+        value = numerator * target.scale
+        if denominator is not None:
+            value /= denominator * target.scale
         ok = target.compare(value)
         failed |= not ok
         rows.append((target.label, f"{value:,.2f}", target.goal, "PASS" if ok else "FAIL"))
     for name, info in sorted(extra.items()):
-        for key, value in info.items():
-            rows.append((f"{name} {key}", f"{value}", "", "info"))
+        for key, figure in info.items():
+            rows.append((f"{name} {key}", f"{figure:,.1f}", "", "info"))
     width = max(len(r[0]) for r in rows)
     print()
     print(f"{'target'.ljust(width)}  {'measured':>12}  {'goal':>12}  verdict")
-    for label, value, goal, verdict in rows:
-        print(f"{label.ljust(width)}  {value:>12}  {goal:>12}  {verdict}")
+    for label, shown, goal, verdict in rows:
+        print(f"{label.ljust(width)}  {shown:>12}  {goal:>12}  {verdict}")
     if "test_floor[1]" in medians:
         print(f"\nfloor, 1 handler: {medians['test_floor[1]'] * 1e9:.0f} ns (median)")
     return 1 if failed or status else 0

@@ -1,63 +1,162 @@
-"""The bus demo: handlers attached, spans run, events printed.
+"""``make demo``: an embedded pool under a mixed load, with live status and an event tally.
 
-Run with ``make demo``.
+Runs for a few seconds by default; ``--seconds N`` changes that, ``--forever``
+keeps it going until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import random
+import sys
 import time
 from collections import Counter
 from typing import Any
 
-from pypit import telemetry
+import anyio
 
-PREFIX = ("demo", "job")
+from pypit import PoolSaturatedError, ToolError, telemetry
+from pypit.pool import Pool, open_pool
 
-
-def print_event(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
-    name = ".".join(event)
-    if "duration" in measurements:
-        detail = f"{measurements['duration'] / 1_000_000:7.2f} ms"
-    else:
-        detail = " " * 10
-    job = metadata.get("job", "")
-    print(f"  {name:<22} {detail}  {job}")
+ADAPTER = "examples.demo_adapter:DemoModel"
+SHOWN = {
+    ("pypit", "pool", "worker", "spawned"): "worker {worker_id} ready (pid {worker_pid})",
+    ("pypit", "pool", "worker", "terminated"): "worker {worker_id} gone: {reason}",
+    ("pypit", "rpc", "stream", "closed"): "stream {stream_id} {reason}",
+}
 
 
-def flaky(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
-    raise RuntimeError("this handler has a bug")
+class Dashboard:
+    """Counts every event and prints the interesting ones and the live status."""
+
+    def __init__(self) -> None:
+        self.tally: Counter[str] = Counter()
+        self.durations: list[float] = []
+
+    def on_event(self, event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        self.tally[".".join(event[1:])] += 1
+        if event == ("pypit", "rpc", "call", "stop"):
+            self.durations.append(measurements["duration"] / 1_000_000)
+        template = SHOWN.get(event)
+        if template is not None:
+            print(f"  · {template.format(**metadata)}")
+
+    def on_status(self, event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        p50 = sorted(self.durations)[len(self.durations) // 2] if self.durations else 0.0
+        self.durations.clear()
+        print(
+            f"[{metadata['pool_name']}] queue {measurements['queue_depth']:>2}  "
+            f"available {measurements['available_workers']}  busy {measurements['busy_workers']}  "
+            f"in flight {measurements['in_flight']:>2}  call p50 {p50:6.2f} ms"
+        )
 
 
-def main() -> None:
-    tally: Counter[str] = Counter()
-
-    def count(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
-        tally[".".join(event)] += 1
-
-    events = [(*PREFIX, "start"), (*PREFIX, "stop"), (*PREFIX, "exception")]
-    telemetry.attach_many("demo-print", events, print_event)
-    telemetry.attach_many("demo-count", [*events, ("telemetry", "handler", "failure")], count)
-    telemetry.attach("demo-flaky", (*PREFIX, "stop"), flaky)
-    print("handlers:", ", ".join(sorted({h.id for h in telemetry.list_handlers()})))
-
-    for n in range(6):
-        job = f"job-{n}"
+async def fast_calls(pool: Pool, stop: anyio.Event) -> None:
+    while not stop.is_set():
         try:
-            with telemetry.span(PREFIX, {"job": job}):
-                time.sleep(random.uniform(0.005, 0.03))
-                if n == 4:
-                    raise ValueError("bad input")
-        except ValueError:
-            pass
+            await pool.execute("predict", {"x": random.random() * 100})
+        except PoolSaturatedError:
+            await anyio.sleep(0.05)  # the burst filled the queue: back off
+        await anyio.sleep(0.002)
 
-    print("handlers now:", ", ".join(sorted({h.id for h in telemetry.list_handlers()})))
-    print("tally:")
-    for name, seen in sorted(tally.items()):
-        print(f"  {name:<26} {seen}")
-    telemetry.detach("demo-print")
-    telemetry.detach("demo-count")
+
+async def slow_calls(pool: Pool, stop: anyio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await pool.execute("batch", {"milliseconds": random.randint(50, 150)})
+        except PoolSaturatedError:
+            await anyio.sleep(0.05)
+
+
+async def streams(pool: Pool, stop: anyio.Event) -> None:
+    while not stop.is_set():
+        try:
+            async with contextlib.aclosing(pool.stream("generate", {"prompt": "tok"})) as tokens:
+                async for token in tokens:
+                    if token.endswith("-5") and random.random() < 0.5:
+                        break
+        except PoolSaturatedError:
+            pass
+        await anyio.sleep(0.2)
+
+
+async def failures(pool: Pool, stop: anyio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await pool.execute("flaky")
+        except ToolError as exc:
+            print(f"  · flaky call failed as expected: {type(exc).__name__}: {exc.remote_message}")
+        except PoolSaturatedError:
+            pass
+        await anyio.sleep(1.0)
+
+
+async def bursts(pool: Pool, stop: anyio.Event) -> None:
+    while not stop.is_set():
+        await anyio.sleep(1.5)
+        rejected = 0
+
+        async def one() -> None:
+            nonlocal rejected
+            try:
+                await pool.execute("crunch", {"n": 200_000})
+            except PoolSaturatedError:
+                rejected += 1
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(40):
+                tasks.start_soon(one)
+        print(f"  · burst of 40 calls: {40 - rejected} served, {rejected} rejected")
+
+
+async def main(seconds: float | None) -> None:
+    dashboard = Dashboard()
+    events = [spec.name for spec in telemetry.CATALOG if spec.name[0] == "pypit"]
+    telemetry.attach_many("demo-dashboard", events, dashboard.on_event)
+    telemetry.attach("demo-status", ("pypit", "pool", "status"), dashboard.on_status)
+    started = time.monotonic()
+    try:
+        async with open_pool(
+            ADAPTER,
+            size=2,
+            name="demo",
+            max_queue_size=16,
+            prefetch=0,
+            status_interval=0.5,
+        ) as pool:
+            tools = ", ".join(sorted(pool.tools()))
+            print(f"pool 'demo' is up in {time.monotonic() - started:.2f}s; tools: {tools}")
+            stop = anyio.Event()
+            async with anyio.create_task_group() as tasks:
+                for job in (fast_calls, slow_calls, streams, failures, bursts):
+                    tasks.start_soon(job, pool, stop)
+                if seconds is None:
+                    await anyio.sleep_forever()
+                else:
+                    await anyio.sleep(seconds)
+                stop.set()
+            status = pool.status()
+        print(
+            f"\ndone: {status.requests} requests, {status.completed} completed, "
+            f"{status.failed} failed, {status.rejected} rejected"
+        )
+        print("events seen:")
+        for name, count in sorted(dashboard.tally.items()):
+            print(f"  {name:<30} {count:>6}")
+    finally:
+        telemetry.detach("demo-dashboard")
+        telemetry.detach("demo-status")
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=6.0, help="how long to run")
+    parser.add_argument("--forever", action="store_true", help="run until interrupted")
+    options = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(main, None if options.forever else options.seconds)
 
 
 if __name__ == "__main__":
-    main()
+    cli(sys.argv[1:])
