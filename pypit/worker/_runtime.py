@@ -1,13 +1,17 @@
 """The worker process: connect, hand-shake, serve calls until told to stop.
 
-Threads, and why. Sync tools run on a leader/followers pool: one thread (the
-leader) reads the channel; when it receives a call it hands the reading to an
-idle follower and runs the call itself. A call thus starts on the thread that
-received it, with no hand-off on its path, and some thread is always reading,
-so pings and cancellations are answered while tools block. The pool grows by
-one thread whenever the last idle one takes a call. Async tools run on one
-asyncio loop thread, started on first use; a flusher thread ships telemetry
-emitted between calls.
+Threads, and why. Sync calls run on a leader/followers pool of
+``max_concurrency + 1`` threads. The leader reads the channel and queues the
+calls it reads; when a call can take a free slot, the leader hands the
+reading over to a follower and runs the call itself, so an idle worker starts
+a call on the thread that received it, with no hand-off on its path. A thread
+that finishes a call goes straight on to the next queued one in the same slot,
+holding its result back to leave with the next one's when that call is
+typically quick (never longer than a millisecond): under load, calls run
+without thread switches and results leave in batches. Some thread is always
+reading, so pings and cancellations are answered while tools block. Async
+tools run on one asyncio loop thread, started on first use; a flusher thread
+ships telemetry emitted between calls.
 
 Writes from any thread go through :meth:`Runtime.send`, which coalesces: the
 thread that finds the channel idle writes everything queued so far in one
@@ -43,6 +47,8 @@ if TYPE_CHECKING:
 
 _PR_SET_PDEATHSIG: Final = 1
 _FLUSH_INTERVAL: Final = 0.05
+_HOLD_FOR_CALLS_UNDER: Final = 100_000  # ns
+_HOLD_AT_MOST: Final = 1_000_000  # ns
 
 ENV_PREFIX: Final = "PYPIT_WORKER_"
 
@@ -100,18 +106,22 @@ class Runtime:
         self._flushing = False
         self._broken = False
         self._running: dict[int, _Running] = {}
+        # Sync calls wait here for one of max_concurrency slots; the pool may
+        # send more than that at once (its prefetch).
+        self._queue: deque[_wire.Call] = deque()
         self._read_lock = threading.Lock()
         self._state_lock = threading.Lock()
-        self._frames: deque[bytes] = deque()
-        self._reader = _wire.FrameReader(max_frame_size)
-        self._idle_threads = 0
-        self._threads = 0
-        # The pool may send more calls than run at once (its prefetch): they
-        # wait here, and at most max_concurrency of each kind run.
-        self._sync_slots = threading.Semaphore(max_concurrency)
-        self._async_slots: asyncio.Semaphore | None = None
+        self._busy_slots = 0
         self._finished = threading.Event()
+        self._handlers: dict[type[Any], Callable[[Any], bool]] = {}
+        self._reader = _wire.FrameReader(max_frame_size)
         self.error: BaseException | None = None
+        # Typical duration of each tool (moving average, ns): an executor
+        # holds a result back for the next call only if that call is quick.
+        self._typical: dict[str, float] = {}
+        self._held_since = 0
+        self._holding = threading.Event()
+        self._async_slots: asyncio.Semaphore | None = None
         self._tools: dict[str, ToolSpec] = {}
         self._adapter: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,14 +157,24 @@ class Runtime:
     def _send_message(self, message: _wire._Message) -> None:
         self.send(_wire.encode(message, self._max_frame_size))
 
-    def _finish(self, message: _wire._Message) -> None:
-        """Send a call's last message, preceded by the telemetry it produced."""
+    def _finish(self, message: _wire._Message, *, hold: bool = False) -> None:
+        """Send a call's last message, preceded by the telemetry it produced.
+
+        With ``hold``, the frames wait for the next ones instead of leaving
+        now: under load, results leave in batches.
+        """
         frame = self._encode_reply(message)
         batch = self.events.drain()
-        if batch is None:
-            self.send(frame)
-        else:
-            self.send(_wire.encode(batch, self._max_frame_size), frame)
+        frames = (frame,) if batch is None else (_wire.encode(batch, self._max_frame_size), frame)
+        if hold:
+            with self._send_lock:
+                self._outbox.extend(frames)
+                if not self._held_since:
+                    self._held_since = time.monotonic_ns()
+                    self._holding.set()
+            return
+        self._held_since = 0
+        self.send(*frames)
 
     def _encode_reply(self, message: _wire._Message) -> bytes:
         call_id = getattr(message, "id", 0)
@@ -206,7 +226,7 @@ class Runtime:
 
     def serve(self) -> None:
         """Handle messages until Shutdown or the channel closes."""
-        self._handlers: dict[type[Any], Callable[[Any], bool]] = {
+        self._handlers = {
             _wire.Call: self._on_call,
             _wire.Cancel: self._on_cancel,
             _wire.Ping: self._on_ping,
@@ -214,50 +234,79 @@ class Runtime:
             _wire.Configure: self._on_configure,
         }
         threading.Thread(target=self._flusher, name="pypit-telemetry", daemon=True).start()
-        for _ in range(self._max_concurrency + 1):
-            self._add_thread()
+        # One thread more than can run calls: some thread is always reading.
+        for n in range(self._max_concurrency + 1):
+            threading.Thread(target=self._take_turns, name=f"pypit-tools-{n}", daemon=True).start()
         self._finished.wait()
         if self.error is not None:
             raise self.error
 
-    def _add_thread(self) -> None:
-        with self._state_lock:
-            self._threads += 1
-            self._idle_threads += 1
-            name = f"pypit-tools-{self._threads}"
-        threading.Thread(target=self._follow, name=name, daemon=True).start()
-
-    def _follow(self) -> None:
-        """Take turns reading the channel; run the sync calls read."""
+    def _take_turns(self) -> None:
+        """Lead (read the channel) until a call can run, then run it and the calls queued
+        behind it, then go back to waiting for the lead."""
         while not self._finished.is_set():
             with self._read_lock:
-                if self._finished.is_set():
-                    return
-                try:
-                    message = self._next_message()
-                except BaseException as exc:
-                    self.error = exc
-                    message = None
-                if message is None:
-                    self._finished.set()
-                    return
+                call = self._lead()
+            if call is not None:
+                self._run_queue(call)
+
+    def _lead(self) -> _wire.Call | None:
+        """Read until there is a call for a free slot; None when the worker stops."""
+        while not self._finished.is_set():
+            call = self._claim()
+            if call is not None:
+                return call
             try:
-                if not self._handlers[type(message)](message):
+                data = self._sock.recv(262_144)
+                if not data:
                     self._finished.set()
+                    return None
+                for payload in self._reader.feed(data):
+                    message = _wire.decode_to_worker(payload)
+                    if not self._handlers[type(message)](message):
+                        self._finished.set()
+                        return None
+            except OSError:
+                self._finished.set()
             except BaseException as exc:
                 self.error = exc
                 self._finished.set()
+        return None
 
-    def _next_message(self) -> _wire.ToWorker | None:
-        while not self._frames:
-            try:
-                data = self._sock.recv(262_144)
-            except OSError:
-                return None
-            if not data:
-                return None
-            self._frames.extend(self._reader.feed(data))
-        return _wire.decode_to_worker(self._frames.popleft())
+    def _claim(self) -> _wire.Call | None:
+        """The next queued call, if a slot is free for it (the slot is taken)."""
+        with self._state_lock:
+            if self._queue and self._busy_slots < self._max_concurrency:
+                self._busy_slots += 1
+                return self._queue.popleft()
+        return None
+
+    def _run_queue(self, call: _wire.Call) -> None:
+        """Run ``call``, then, holding the same slot, every call queued meanwhile."""
+        while True:
+            with self._state_lock:
+                following = self._queue[0].command if self._queue else None
+            started = time.monotonic_ns()
+            running = self._running.get(call.id)
+            if running is None:
+                reply: _wire._Message | None = None
+            elif running.cancelled:
+                self._running.pop(call.id, None)
+                reply = self._cancelled(call, started)
+            else:
+                reply = self._run_sync(call, self._tools[call.command], running)
+                elapsed = time.monotonic_ns() - started
+                typical = self._typical.get(call.command)
+                self._typical[call.command] = (
+                    elapsed if typical is None else 0.8 * typical + 0.2 * elapsed
+                )
+            if reply is not None:
+                self._finish(reply, hold=self._may_hold(following, started))
+            with self._state_lock:
+                if not self._queue:
+                    self._busy_slots -= 1
+                    return
+                call = self._queue.popleft()
 
     def stop(self) -> None:
         """Stop the threads, run ``teardown()``, flush telemetry."""
@@ -315,23 +364,20 @@ class Runtime:
             asyncio.run_coroutine_threadsafe(self._run_async(call, spec, running), running.loop)
             return True
         with self._state_lock:
-            self._idle_threads -= 1
-            last = self._idle_threads == 0
-        if last:
-            self._add_thread()
-        try:
-            with self._sync_slots:
-                if not running.cancelled:
-                    self._run_sync(call, spec, running)
-                else:
-                    self._running.pop(call.id, None)
-                    self._finish(self._cancelled(call, time.monotonic_ns()))
-        finally:
-            with self._state_lock:
-                self._idle_threads += 1
+            self._queue.append(call)
         return True
 
     # -- running tools -------------------------------------------------------
+
+    def _may_hold(self, following: str | None, now: int) -> bool:
+        """Whether a result may wait to leave with the next call's: only if that call
+        is typically quick and nothing has been held for long."""
+        if following is None:
+            return False
+        typical = self._typical.get(following)
+        if typical is None or typical > _HOLD_FOR_CALLS_UNDER:
+            return False
+        return not self._held_since or now - self._held_since < _HOLD_AT_MOST
 
     def _arguments(self, args: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if args is None:
@@ -340,7 +386,7 @@ class Runtime:
             return (), args
         return (args,), {}
 
-    def _run_sync(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
+    def _run_sync(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> _wire._Message:
         token = correlation_id_var.set(call.correlation_id)
         started = self._call_started(call)
         try:
@@ -363,7 +409,7 @@ class Runtime:
         finally:
             correlation_id_var.reset(token)
             self._running.pop(call.id, None)
-        self._finish(reply)
+        return reply
 
     async def _run_async(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
         import asyncio
@@ -449,7 +495,15 @@ class Runtime:
         self.events.add("call.exception", {"duration": time.monotonic_ns() - started}, metadata)
 
     def _flusher(self) -> None:
-        while not self._stopping.wait(_FLUSH_INTERVAL):
+        while not self._stopping.is_set():
+            if self._holding.wait(_FLUSH_INTERVAL):
+                # A result is being held for the next call: it leaves after
+                # _HOLD_AT_MOST at the latest, even if that call runs long.
+                self._holding.clear()
+                time.sleep(_HOLD_AT_MOST / 1e9)
+                if self._held_since and time.monotonic_ns() - self._held_since >= _HOLD_AT_MOST:
+                    self._held_since = 0
+                    self.send()
             if len(self.events):
                 batch = self.events.drain()
                 if batch is not None:

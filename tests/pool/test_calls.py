@@ -273,3 +273,24 @@ async def test_exit_code_is_reported() -> None:
             await pool.execute("exit", {"code": 7})
 
     assert (info.value.exit_code, info.value.signal) == (7, None)
+
+
+async def test_a_result_is_not_held_back_behind_a_long_call() -> None:
+    """Under load a worker batches results, but never keeps one waiting for a slow call."""
+    async with open_pool(adapter(), **options(prefetch=2)) as pool:
+        for _ in range(20):
+            await pool.execute("sleep", {"seconds": 0})
+        finished: list[str] = []
+
+        async def call(name: str, seconds: float) -> None:
+            await pool.execute("sleep", {"seconds": seconds})
+            finished.append(name)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(call, "quick", 0)
+            tasks.start_soon(call, "slow", 1.0)
+            with anyio.fail_after(5):
+                while not finished:
+                    await anyio.sleep(0.01)
+            assert finished == ["quick"]
+            assert pool.status().in_flight == 1
