@@ -16,6 +16,7 @@ from pypit._errors import ProtocolError as ProtocolError
 from pypit._errors import PypitError as PypitError
 from pypit._errors import QueueTimeoutError as QueueTimeoutError
 from pypit._errors import SerializationError as SerializationError
+from pypit._errors import SessionUnavailableError as SessionUnavailableError
 from pypit._errors import ToolError as ToolError
 from pypit._errors import UnknownCommandError as UnknownCommandError
 from pypit._errors import WorkerCrashedError as WorkerCrashedError
@@ -34,6 +35,7 @@ __all__ = [
     "PypitError",
     "QueueTimeoutError",
     "SerializationError",
+    "SessionUnavailableError",
     "ToolError",
     "UnknownCommandError",
     "WorkerCrashedError",

@@ -10,6 +10,7 @@ works on a call that ran out of time::
     ├── PoolClosedError (RuntimeError)          the pool is closing or closed
     ├── PoolSaturatedError (RuntimeError)       the pool's queue is full
     ├── PoolDegradedError (RuntimeError)        no worker can serve the call
+    ├── SessionUnavailableError (RuntimeError)  the session's worker cannot take the call
     ├── QueueTimeoutError (TimeoutError)        waited in the queue past queue_timeout
     ├── WorkerTimeoutError (TimeoutError)       the call ran past its deadline
     ├── WorkerCrashedError (RuntimeError)       the worker died with the call in flight
@@ -51,6 +52,10 @@ class PoolSaturatedError(PypitError, RuntimeError):
 
 class PoolDegradedError(PypitError, RuntimeError):
     """No worker of the pool is able to serve the call."""
+
+
+class SessionUnavailableError(PypitError, RuntimeError):
+    """``affinity="strict_fail_fast"``: the worker of the session cannot take the call now."""
 
 
 class QueueTimeoutError(PypitError, TimeoutError):

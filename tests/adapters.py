@@ -35,6 +35,11 @@ class Echo(Adapter):
         time.sleep(seconds)
         return seconds
 
+    @tool(description="Sleep too, under another name")
+    def pause(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
     @tool(description="Sleep without blocking the worker's loop")
     async def async_sleep(self, seconds: float) -> float:
         await anyio.sleep(seconds)

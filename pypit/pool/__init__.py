@@ -11,6 +11,7 @@
 from pypit.pool._config import PoolConfig as PoolConfig
 from pypit.pool._pool import Pool as Pool
 from pypit.pool._pool import PoolStatus as PoolStatus
+from pypit.pool._pool import SessionInfo as SessionInfo
 from pypit.pool._pool import ToolDescription as ToolDescription
 from pypit.pool._pool import open_pool as open_pool
 from pypit.pool._sync import SyncPool as SyncPool
@@ -20,6 +21,7 @@ __all__ = [
     "Pool",
     "PoolConfig",
     "PoolStatus",
+    "SessionInfo",
     "SyncPool",
     "ToolDescription",
     "open_pool",

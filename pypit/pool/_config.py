@@ -84,6 +84,35 @@ class PoolConfig:
     """Longest the pool waits for in-flight calls when it closes."""
     stop_grace: float = attrs.field(default=3.0, validator=_non_negative)
     """After a stop request, how long a worker has before SIGTERM, then again before SIGKILL."""
+    restart_backoff: float = attrs.field(default=0.1, validator=_non_negative)
+    """Delay before the second restart of a slot within ``restart_window``; it doubles for
+    each further one (with jitter), up to ``restart_backoff_max``. The first is immediate."""
+    restart_backoff_max: float = attrs.field(default=5.0, validator=_non_negative)
+    """Longest delay between two restarts of a slot."""
+    max_restarts: int = attrs.field(default=10, validator=_non_negative)
+    """Restarts of one slot allowed within ``restart_window``; one more and the slot stays
+    down for a window (the pool reports itself degraded) instead of looping hot."""
+    restart_window: float = attrs.field(default=60.0, validator=_positive)
+    """The window, in seconds, of ``max_restarts``."""
+    cancel_grace: float = attrs.field(default=2.0, validator=_non_negative)
+    """How long a worker has to answer a cancelled or timed-out call before it is killed."""
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_non_negative)
+    """Period of the heartbeat sent to each worker; 0 disables it."""
+    heartbeat_misses: int = attrs.field(default=3, validator=_positive)
+    """Unanswered heartbeats in a row after which a worker is killed and replaced."""
+    max_requests: int | None = attrs.field(default=None, validator=_optional_positive)
+    """Recycle a worker after this many calls."""
+    ttl: float | None = attrs.field(default=None, validator=_optional_positive)
+    """Recycle a worker after this many seconds of service."""
+    max_rss_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
+    """Recycle a worker whose resident memory (RSS) exceeds this."""
+    affinity: str = attrs.field(
+        default="hint", validator=attrs.validators.in_(("hint", "strict", "strict_fail_fast"))
+    )
+    """What ``session_id`` means: ``hint`` prefers the session's worker, ``strict`` waits
+    for it, ``strict_fail_fast`` fails at once when it is busy."""
+    max_sessions: int = attrs.field(default=10_000, validator=_positive)
+    """Sessions remembered for affinity (least recently used are forgotten)."""
     python: str = attrs.field(default=sys.executable)
     """The interpreter that runs the workers."""
     env: Mapping[str, str] = attrs.field(factory=dict, converter=dict)

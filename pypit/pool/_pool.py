@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -22,7 +23,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -34,10 +35,13 @@ import attrs
 from pypit import _wire
 from pypit._errors import (
     PoolClosedError,
+    PoolDegradedError,
     PoolSaturatedError,
     ProtocolError,
     QueueTimeoutError,
+    SessionUnavailableError,
     UnknownCommandError,
+    WorkerCrashedError,
     WorkerStartError,
     WorkerTimeoutError,
 )
@@ -64,6 +68,7 @@ SPAWNED: Final = ("pypit", "pool", "worker", "spawned")
 SPAWN_FAILED: Final = ("pypit", "pool", "worker", "spawn_failed")
 TERMINATED: Final = ("pypit", "pool", "worker", "terminated")
 RESTARTED: Final = ("pypit", "pool", "worker", "restarted")
+RECYCLED: Final = ("pypit", "pool", "worker", "recycled")
 CALL_START: Final = ("pypit", "rpc", "call", "start")
 CALL_STOP: Final = ("pypit", "rpc", "call", "stop")
 CALL_EXCEPTION: Final = ("pypit", "rpc", "call", "exception")
@@ -99,6 +104,7 @@ class PoolStatus:
     max_queue_size: int
     size: int
     closed: bool
+    degraded: bool
     requests: int
     completed: int
     failed: int
@@ -107,6 +113,39 @@ class PoolStatus:
     timeouts: int
     crashes: int
     restarts: int
+
+
+@attrs.define(eq=False)
+class _Slot:
+    """One place in the pool, kept across the workers that fill it."""
+
+    index: int
+    worker_id: str
+    restarts: int = 0
+    recent: deque[float] = attrs.field(factory=deque)
+    down: bool = False
+    previous_pid: int | None = None
+    lost_at: int = 0
+    lost_reason: str = ""
+
+
+@attrs.define(eq=False)
+class _Session:
+    slot: int
+    worker_pid: int
+    calls: int = 1
+    rehomed: int = 0
+
+
+@attrs.frozen
+class SessionInfo:
+    """Where a session lives, from :meth:`Pool.session`."""
+
+    session_id: str
+    worker_id: str
+    worker_pid: int
+    calls: int
+    rehomed: int
 
 
 class _Greeting:
@@ -138,7 +177,9 @@ class Pool:
         self._started = 0
         self._startup_reports = 0
         self._startup_done = anyio.Event()
-        self._restarts = [0] * config.size
+        self._slots = [_Slot(i, f"{config.name}_worker_{i + 1}") for i in range(config.size)]
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._targeted = 0  # queued requests that wait for one worker (strict affinity)
         self._counters = dict.fromkeys(
             (
                 "requests",
@@ -166,12 +207,18 @@ class Pool:
         timeout: float | None = None,
         session_id: str | None = None,
         correlation_id: str | None = None,
+        affinity: str | None = None,
+        idempotent: bool = False,
     ) -> Any:
         """Run ``command`` on a worker and return its result.
 
         ``args``: a dict is passed as keyword arguments, ``None`` as none,
         anything else as one positional argument; values must be msgpack
         types. ``timeout`` bounds the whole call, queueing included.
+        ``session_id`` routes the call to the worker that served the session
+        last, as ``affinity`` (default: the pool's) says. ``idempotent=True``
+        allows one retry on another worker if the worker crashes with the
+        call in flight; other calls never run twice.
 
         Raises:
             UnknownCommandError: no tool of that name (before anything is sent).
@@ -182,9 +229,29 @@ class Pool:
             ToolError: the tool raised; it carries the remote traceback.
             SerializationError, FrameTooLargeError: arguments or result cannot travel.
             PoolClosedError: the pool is closing.
+            PoolDegradedError: every worker is down after too many restarts.
+            SessionUnavailableError: ``strict_fail_fast`` and the session's worker is busy.
         """
         request = self._request(command, args, timeout, session_id, correlation_id, stream=False)
-        self._submit(request)
+        if not idempotent:
+            return await self._call(request, affinity, None)
+        try:
+            return await self._call(request, affinity, None)
+        except WorkerCrashedError as crash:
+            _log.warning(
+                "retrying an idempotent call on another worker after a crash",
+                pool_name=self.name,
+                command=command,
+                worker_id=crash.worker_id,
+            )
+            retry = self._request(
+                command, args, None, session_id, request.correlation_id, stream=False
+            )
+            retry.deadline = retry.queue_deadline = request.deadline
+            return await self._call(retry, affinity, crash.worker_id)
+
+    async def _call(self, request: Request, affinity: str | None, avoid: str | None) -> Any:
+        self._submit(request, affinity or self.config.affinity, avoid)
         deadline = request.queue_deadline if request.worker is None else request.deadline
         try:
             if deadline == math.inf:
@@ -239,7 +306,7 @@ class Pool:
         request = self._request(command, args, timeout, session_id, correlation_id, stream=True)
         chunks = request.chunks
         assert chunks is not None
-        self._submit(request)
+        self._submit(request, self.config.affinity, None)
         started = 0
         count = 0
         reason = "cancelled"
@@ -309,7 +376,8 @@ class Pool:
             max_queue_size=self.config.max_queue_size,
             size=self.config.size,
             closed=self._closed,
-            restarts=sum(self._restarts),
+            restarts=sum(slot.restarts for slot in self._slots),
+            degraded=any(slot.down for slot in self._slots),
             **self._counters,
         )
 
@@ -377,16 +445,32 @@ class Pool:
             request.deadline = request.queue_deadline = anyio.current_time() + timeout
         return request
 
-    def _submit(self, request: Request) -> None:
+    def _submit(self, request: Request, affinity: str, avoid: str | None) -> None:
         """Send the request to a free worker, or queue it (or refuse it: the queue is full)."""
         self._counters["requests"] += 1
         if self._generation != _registry.generation:
             self._push_configuration()
-        if not self._queue:
-            worker = self._pick()
+        target = None if request.session_id is None else self._session_worker(request)
+        wait_for = None
+        if target is not None:
+            if target.accepting and target.in_flight < target.capacity:
+                if affinity != "hint" or not self._queue:
+                    self._send(target, request)
+                    return
+            elif affinity == "strict_fail_fast":
+                raise SessionUnavailableError(
+                    f"session {request.session_id!r} is served by {target.worker_id}, "
+                    "which cannot take another call now"
+                )
+            if affinity == "strict":
+                wait_for = target
+        if wait_for is None and not self._queue:
+            worker = self._pick(avoid)
             if worker is not None:
                 self._send(worker, request)
                 return
+        if all(slot.down for slot in self._slots):
+            raise self._degraded_error()
         if len(self._queue) >= self.config.max_queue_size:
             self._counters["rejected"] += 1
             if has_handlers(SATURATED):
@@ -406,6 +490,9 @@ class Pool:
                 f"(max_queue_size={self.config.max_queue_size})"
             )
         self._queue.append(request)
+        if wait_for is not None:
+            request.target = wait_for
+            self._targeted += 1
         request.enqueued = time.monotonic_ns()
         if self.config.queue_timeout is not None:
             request.queue_deadline = min(
@@ -429,6 +516,8 @@ class Pool:
         worker.pending[request.request_id] = request
         request.worker = worker
         worker.send(request.frame)
+        if request.session_id is not None:
+            self._remember_session(request.session_id, worker)
         if has_handlers(CALL_START) or has_handlers(CALL_STOP) or has_handlers(CALL_EXCEPTION):
             request.started = now = time.monotonic_ns()
             request.metadata = {
@@ -447,8 +536,11 @@ class Pool:
                     request.metadata,
                 )
 
-    def _pick(self) -> WorkerHandle | None:
-        """The least loaded worker with spare capacity, idle ones in rotation."""
+    def _pick(self, avoid: str | None = None) -> WorkerHandle | None:
+        """The least loaded worker with spare capacity, idle ones in rotation.
+
+        ``avoid`` names a worker to pass over while another one is free.
+        """
         best: WorkerHandle | None = None
         workers = self._workers
         count = len(workers)
@@ -456,6 +548,8 @@ class Pool:
         for offset in range(count):
             worker = workers[(start + offset) % count]
             if worker is None or not worker.accepting or worker.in_flight >= worker.capacity:
+                continue
+            if worker.worker_id == avoid and count > 1:
                 continue
             if worker.in_flight == 0:
                 self._rotation = (start + offset + 1) % count
@@ -466,42 +560,135 @@ class Pool:
 
     def _release(self, worker: WorkerHandle) -> None:
         worker.in_flight -= 1
+        if worker.recycle_reason is not None:
+            if not worker.in_flight and not worker._closing:
+                worker.request_stop()
+        elif (
+            self.config.max_requests is not None
+            and worker.total_commands >= self.config.max_requests
+        ):
+            self._recycle(worker, "max_requests")
         if self._queue:
             self._dispatch_queue()
 
     def _dispatch_queue(self) -> None:
         """Hand free capacity to queued requests, first come first served."""
+        if self._targeted:
+            self._dispatch_targeted()
+            return
         queue = self._queue
         while queue:
             worker = self._pick()
             if worker is None:
                 return
             request = queue.popleft()
-            if (
-                request.queue_deadline != math.inf
-                and anyio.current_time() >= request.queue_deadline
+            self._dispatch(worker, request)
+
+    def _dispatch_targeted(self) -> None:
+        """The queue holds requests waiting for one worker (strict affinity): each free
+        worker takes the first request that is for it or for anyone."""
+        for worker in self._workers:
+            while (
+                worker is not None
+                and worker.accepting
+                and worker.in_flight < worker.capacity
+                and self._queue
             ):
-                continue  # its caller is about to raise QueueTimeoutError; it must not run
-            if has_handlers(DEQUEUED):
-                execute(
-                    DEQUEUED,
-                    {
-                        "queue_time": time.monotonic_ns() - request.enqueued,
-                        "queue_depth": len(queue),
-                    },
-                    {
-                        "pool_name": self.name,
-                        "command": request.command,
-                        "request_id": request.request_id,
-                        "correlation_id": request.correlation_id,
-                        "worker_id": worker.worker_id,
-                    },
+                request = next(
+                    (r for r in self._queue if r.target is None or r.target is worker), None
                 )
-            self._send(worker, request)
-            if request.scope is not None:
-                request.scope.deadline = request.deadline
-            if request.arrived is not None:
-                request.arrived.set()
+                if request is None:
+                    break
+                self._queue.remove(request)
+                if request.target is not None:
+                    request.target = None
+                    self._targeted -= 1
+                self._dispatch(worker, request)
+        for request in list(self._queue):
+            # A session whose worker is gone is re-homed: any worker will do.
+            target = request.target
+            if target is not None and self._workers[target.slot] is not target:
+                request.target = None
+                self._targeted -= 1
+
+    def _dispatch(self, worker: WorkerHandle, request: Request) -> None:
+        """Send a request taken from the queue, unless its queue deadline passed."""
+        late = request.queue_deadline
+        if late != math.inf and anyio.current_time() >= late:
+            return  # its caller is about to raise QueueTimeoutError; it must not run
+        if has_handlers(DEQUEUED):
+            execute(
+                DEQUEUED,
+                {
+                    "queue_time": time.monotonic_ns() - request.enqueued,
+                    "queue_depth": len(self._queue),
+                },
+                {
+                    "pool_name": self.name,
+                    "command": request.command,
+                    "request_id": request.request_id,
+                    "correlation_id": request.correlation_id,
+                    "worker_id": worker.worker_id,
+                },
+            )
+        self._send(worker, request)
+        if request.scope is not None:
+            request.scope.deadline = request.deadline
+        if request.arrived is not None:
+            request.arrived.set()
+
+    # -- sessions --------------------------------------------------------------------
+
+    def _session_worker(self, request: Request) -> WorkerHandle | None:
+        """The live worker that served the request's session, or None (it is re-homed)."""
+        assert request.session_id is not None
+        session = self._sessions.get(request.session_id)
+        if session is None:
+            return None
+        self._sessions.move_to_end(request.session_id)
+        worker = self._workers[session.slot]
+        if worker is None or worker.pid != session.worker_pid:
+            return None
+        return worker
+
+    def _remember_session(self, session_id: str, worker: WorkerHandle) -> None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            self._sessions[session_id] = _Session(worker.slot, worker.pid)
+            if len(self._sessions) > self.config.max_sessions:
+                self._sessions.popitem(last=False)
+            return
+        if session.worker_pid != worker.pid:
+            session.rehomed += 1
+            _log.info(
+                "session re-homed",
+                pool_name=self.name,
+                session_id=session_id,
+                worker_id=worker.worker_id,
+                previous_pid=session.worker_pid,
+                worker_pid=worker.pid,
+            )
+            session.slot, session.worker_pid = worker.slot, worker.pid
+        session.calls += 1
+
+    def session(self, session_id: str) -> SessionInfo | None:
+        """Where ``session_id`` lives: its worker, and how often it had to move.
+
+        ``rehomed`` counts the times the session's calls went to a different
+        worker process than the one before (its worker died or, with
+        ``affinity="hint"``, was busy): state the worker kept for the session
+        was not there.
+        """
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        return SessionInfo(
+            session_id=session_id,
+            worker_id=self._slots[session.slot].worker_id,
+            worker_pid=session.worker_pid,
+            calls=session.calls,
+            rehomed=session.rehomed,
+        )
 
     def _abandon(self, request: Request) -> None:
         """The caller stops waiting: unqueue the request, or cancel it on its worker."""
@@ -509,10 +696,15 @@ class Pool:
         if worker is None:
             with contextlib.suppress(ValueError):
                 self._queue.remove(request)
+                if request.target is not None:
+                    request.target = None
+                    self._targeted -= 1
         elif not request.done.is_set():
             request.abandoned = True
             if request.request_id in worker.pending:
                 worker.send(_wire.encode(_wire.Cancel(request.request_id)))
+                if self._task_group is not None and not self._closed:
+                    self._task_group.start_soon(self._enforce_cancel, worker, request.request_id)
 
     def _timed_out(self, request: Request) -> Exception:
         if request.worker is not None:
@@ -578,37 +770,88 @@ class Pool:
 
     # -- workers -------------------------------------------------------------------
 
-    async def _serve_slot(self, slot: int) -> None:
-        """Keep one slot's worker running until the pool closes."""
+    async def _serve_slot(self, slot: _Slot) -> None:
+        """Keep one slot's worker running until the pool closes.
+
+        An unplanned end (crash, kill, failed start) counts against the restart
+        intensity: the first restart in ``restart_window`` is immediate, the
+        next ones back off exponentially with jitter, and past
+        ``max_restarts`` the slot stays down for a window.
+        """
         reason = "initial"
-        previous_pid: int | None = None
-        lost_at = 0
         while not self._closed:
             spawned = await self._spawn(slot, reason)
             ready = False
+            handle: WorkerHandle | None = None
             if spawned is not None:
                 handle, greeting = spawned
                 try:
-                    ready = await self._supervise(
-                        slot, handle, greeting, reason, previous_pid, lost_at
-                    )
+                    ready = await self._supervise(slot, handle, greeting, reason)
                 finally:
                     if handle.process.returncode is None:
                         handle.kill_group(signal.SIGKILL)
                         with anyio.CancelScope(shield=True):
                             await handle.process.wait()
-                previous_pid = handle.pid if ready else previous_pid
             elif reason == "initial":
                 self._startup_reported(ready=False)
             if self._is_closed():
                 return
-            if ready:
+            if handle is not None and ready and handle.recycle_reason is not None:
+                reason = "recycle"
+                continue
+            if ready and handle is not None:
                 self._counters["crashes"] += 1
-                lost_at = time.monotonic_ns()
-            else:
-                await anyio.sleep(min(0.1 * 2 ** min(self._restarts[slot], 6), 5.0))
-            self._restarts[slot] += 1
+                slot.previous_pid = handle.pid
+                slot.lost_at = time.monotonic_ns()
+                slot.lost_reason = _termination_reason(handle, handle.process.returncode)
+            await self._back_off(slot)
+            slot.restarts += 1
             reason = "restart"
+
+    async def _back_off(self, slot: _Slot) -> None:
+        config = self.config
+        now = time.monotonic()
+        recent = slot.recent
+        recent.append(now)
+        while recent and now - recent[0] > config.restart_window:
+            recent.popleft()
+        if len(recent) > config.max_restarts:
+            slot.down = True
+            _log.error(
+                "worker restarts too frequent; the slot stays down for a window",
+                pool_name=self.name,
+                worker_id=slot.worker_id,
+                restarts=len(recent),
+                window=config.restart_window,
+            )
+            self._fail_queue_if_degraded()
+            await anyio.sleep(config.restart_window)
+            recent.clear()
+            slot.down = False
+            return
+        if len(recent) > 1:
+            delay = config.restart_backoff * 2 ** (len(recent) - 2)
+            await anyio.sleep(min(config.restart_backoff_max, delay) * random.uniform(0.5, 1.0))
+
+    def _fail_queue_if_degraded(self) -> None:
+        """With every slot down, nothing queued can be served: fail it now."""
+        if not all(slot.down for slot in self._slots):
+            return
+        self._targeted = 0
+        while self._queue:
+            request = self._queue.popleft()
+            request.target = None
+            request.error = self._degraded_error()
+            request.done.set()
+            if request.arrived is not None:
+                request.arrived.set()
+
+    def _degraded_error(self) -> PoolDegradedError:
+        return PoolDegradedError(
+            f"pool {self.name!r} is degraded: every worker failed more than "
+            f"{self.config.max_restarts} times in {self.config.restart_window}s; "
+            "see the log for their errors"
+        )
 
     def _is_closed(self) -> bool:
         # A method, not the attribute: the flag changes across awaits.
@@ -619,8 +862,8 @@ class Pool:
         if self._startup_reports == self.config.size:
             self._startup_done.set()
 
-    async def _spawn(self, slot: int, reason: str) -> tuple[WorkerHandle, _Greeting] | None:
-        worker_id = f"{self.name}_worker_{slot + 1}"
+    async def _spawn(self, slot: _Slot, reason: str) -> tuple[WorkerHandle, _Greeting] | None:
+        worker_id = slot.worker_id
         started = time.monotonic_ns()
         if has_handlers(SPAWN_STARTED):
             execute(
@@ -665,19 +908,14 @@ class Pool:
             on_release=self._release,
             on_events=self._on_events,
             spawn_started=started,
+            slot=slot.index,
         )
         handle.token = token
-        self._workers[slot] = handle
+        self._workers[slot.index] = handle
         return handle, greeting
 
     async def _supervise(
-        self,
-        slot: int,
-        handle: WorkerHandle,
-        greeting: _Greeting,
-        reason: str,
-        previous_pid: int | None,
-        lost_at: int,
+        self, slot: _Slot, handle: WorkerHandle, greeting: _Greeting, reason: str
     ) -> bool:
         """Run one worker from handshake to exit, then settle everything it held.
 
@@ -709,23 +947,11 @@ class Pool:
             if ready and reason == "initial":
                 self._startup_reported(ready=True)
             if ready:
-                if previous_pid is not None and has_handlers(RESTARTED):
-                    execute(
-                        RESTARTED,
-                        {
-                            "downtime": time.monotonic_ns() - lost_at,
-                            "restart_count": self._restarts[slot],
-                        },
-                        {
-                            "pool_name": self.name,
-                            "worker_id": handle.worker_id,
-                            "previous_pid": previous_pid,
-                            "new_pid": handle.pid,
-                            "reason": "crash",
-                        },
-                    )
+                if reason == "restart" and slot.previous_pid is not None:
+                    self._restarted(slot, handle)
                 if self._closed:
                     handle.request_stop()
+                tasks.start_soon(self._watch_health, handle)
                 await self._run_ready(handle)
             returncode = await handle.reap(self.config.stop_grace if handle._closing else 0.5)
             handle.kill_group(signal.SIGKILL)
@@ -735,58 +961,159 @@ class Pool:
                 for done in drained:
                     await done.wait()
             tasks.cancel_scope.cancel()
-        self._workers[slot] = None
+        self._workers[slot.index] = None
         if handle.connection is not None:
             handle.connection.close()
         closing = handle._closing
-        handle.fail_pending(crash_error(handle, returncode, closing))
+        handle.fail_pending(crash_error(handle, returncode, closing and self._closed))
         if ready:
-            handle.connection_lost()
-            if has_handlers(TERMINATED):
-                execute(
-                    TERMINATED,
-                    {
-                        "lifetime": time.monotonic_ns() - handle.ready_at,
-                        "total_commands": handle.total_commands,
-                    },
-                    {
-                        "node": _NODE,
-                        "pool_name": self.name,
-                        "worker_id": handle.worker_id,
-                        "worker_pid": handle.pid,
-                        "reason": _termination_reason(handle, returncode),
-                        "planned": closing,
-                        "exit_code": returncode,
-                    },
-                )
-            if not closing:
-                _log.warning(
-                    "worker terminated unexpectedly; restarting",
-                    pool_name=self.name,
-                    worker_id=handle.worker_id,
-                    worker_pid=handle.pid,
-                    exit_code=returncode,
-                    reason=_termination_reason(handle, returncode),
-                )
+            self._terminated(handle, returncode)
         else:
-            failure = "handshake_timeout"
-            if handle.failure is not None:
-                failure = handle.failure.reason
-            elif returncode is not None:
-                failure = "exited"
-            self._spawn_failed(handle.worker_id, handle.spawn_started, failure, returncode)
-            _log.error(
-                "worker failed to start",
-                pool_name=self.name,
-                worker_id=handle.worker_id,
-                reason=failure,
-                error=handle.failure.message if handle.failure else None,
-                exit_code=returncode,
-                stderr="\n".join(handle.stderr_tail),
-            )
+            self._failed_to_start(handle, returncode)
             if reason == "initial":
                 self._startup_reported(ready=False)
         return ready
+
+    def _restarted(self, slot: _Slot, handle: WorkerHandle) -> None:
+        if has_handlers(RESTARTED):
+            execute(
+                RESTARTED,
+                {"downtime": time.monotonic_ns() - slot.lost_at, "restart_count": slot.restarts},
+                {
+                    "pool_name": self.name,
+                    "worker_id": handle.worker_id,
+                    "previous_pid": slot.previous_pid,
+                    "new_pid": handle.pid,
+                    "reason": slot.lost_reason,
+                },
+            )
+
+    def _terminated(self, handle: WorkerHandle, returncode: int | None) -> None:
+        handle.connection_lost()
+        lifetime = time.monotonic_ns() - handle.ready_at
+        reason = _termination_reason(handle, returncode)
+        if handle.recycle_reason is not None and has_handlers(RECYCLED):
+            execute(
+                RECYCLED,
+                {
+                    "lifetime": lifetime,
+                    "total_commands": handle.total_commands,
+                    "rss_bytes": handle.rss_bytes,
+                },
+                {
+                    "pool_name": self.name,
+                    "worker_id": handle.worker_id,
+                    "reason": handle.recycle_reason,
+                },
+            )
+        if has_handlers(TERMINATED):
+            execute(
+                TERMINATED,
+                {"lifetime": lifetime, "total_commands": handle.total_commands},
+                {
+                    "node": _NODE,
+                    "pool_name": self.name,
+                    "worker_id": handle.worker_id,
+                    "worker_pid": handle.pid,
+                    "reason": reason,
+                    "planned": handle._closing,
+                    "exit_code": returncode,
+                },
+            )
+        if not handle._closing:
+            _log.warning(
+                "worker terminated unexpectedly; restarting",
+                pool_name=self.name,
+                worker_id=handle.worker_id,
+                worker_pid=handle.pid,
+                exit_code=returncode,
+                reason=reason,
+            )
+
+    def _failed_to_start(self, handle: WorkerHandle, returncode: int | None) -> None:
+        failure = "handshake_timeout"
+        if handle.failure is not None:
+            failure = handle.failure.reason
+        elif returncode is not None:
+            failure = "exited"
+        self._spawn_failed(handle.worker_id, handle.spawn_started, failure, returncode)
+        _log.error(
+            "worker failed to start",
+            pool_name=self.name,
+            worker_id=handle.worker_id,
+            reason=failure,
+            error=handle.failure.message if handle.failure else None,
+            exit_code=returncode,
+            stderr="\n".join(handle.stderr_tail),
+        )
+
+    async def _watch_health(self, handle: WorkerHandle) -> None:
+        """Heartbeat, age and memory of one worker, checked every heartbeat interval."""
+        config = self.config
+        interval = config.heartbeat_interval or 1.0
+        while not handle._closing and handle.kill_reason is None:
+            await anyio.sleep(interval)
+            if config.heartbeat_interval:
+                if handle.pings_sent - handle.pongs_seen >= config.heartbeat_misses:
+                    handle.kill("heartbeat_timeout")
+                    return
+                handle.pings_sent += 1
+                handle.send(_wire.encode(_wire.Ping(handle.pings_sent)))
+            if config.ttl is not None and time.monotonic_ns() - handle.ready_at > config.ttl * 1e9:
+                self._recycle(handle, "ttl")
+            elif config.max_rss_bytes is not None and handle.measure_rss() > config.max_rss_bytes:
+                self._recycle(handle, "memory")
+
+    def _recycle(self, handle: WorkerHandle, reason: str) -> None:
+        """Retire a worker on purpose: it takes no new work, finishes what it has, and is
+        replaced."""
+        if handle.recycle_reason is not None or handle._closing or handle.kill_reason:
+            return
+        handle.recycle_reason = reason
+        handle.accepting = False
+        if not handle.rss_bytes:
+            handle.measure_rss()
+        _log.info(
+            "recycling worker",
+            pool_name=self.name,
+            worker_id=handle.worker_id,
+            worker_pid=handle.pid,
+            reason=reason,
+        )
+        if not handle.in_flight:
+            handle.request_stop()
+        elif self._task_group is not None:
+            self._task_group.start_soon(self._bound_drain, handle)
+
+    async def _bound_drain(self, handle: WorkerHandle) -> None:
+        await anyio.sleep(self.config.shutdown_timeout)
+        if not handle._closing and handle.process.returncode is None:
+            handle.request_stop()
+
+    async def recycle_worker(self, worker_id: str) -> None:
+        """Retire ``worker_id`` by hand: it drains, stops and is replaced (reason ``manual``).
+
+        Returns once the replacement is ready. Raises ``LookupError`` for an
+        unknown or stopped worker.
+        """
+        handle = next((w for w in self._workers if w and w.worker_id == worker_id), None)
+        if handle is None or not handle.ready:
+            raise LookupError(f"no live worker {worker_id!r} in pool {self.name!r}")
+        slot = self._slots[int(worker_id.rsplit("_", 1)[1]) - 1]
+        self._recycle(handle, "manual")
+        while True:
+            current = self._workers[slot.index]
+            if current is not None and current is not handle and current.accepting:
+                return
+            if self._closed:
+                raise PoolClosedError(f"pool {self.name!r} closed while recycling {worker_id}")
+            await anyio.sleep(0.01)
+
+    async def _enforce_cancel(self, handle: WorkerHandle, request_id: int) -> None:
+        """Kill a worker that does not answer a cancelled call within ``cancel_grace``."""
+        await anyio.sleep(self.config.cancel_grace)
+        if request_id in handle.pending and handle.process.returncode is None:
+            handle.kill("timeout")
 
     async def _handshake(
         self,
@@ -892,7 +1219,7 @@ class Pool:
         server = Server(self._on_greeting, self.config.max_frame_size)
         await task_group.start(server.serve, self._socket_path)
         os.chmod(self._socket_path, 0o600)
-        for slot in range(self.config.size):
+        for slot in self._slots:
             task_group.start_soon(self._serve_slot, slot)
         await self._startup_done.wait()
         ready = sum(1 for w in self._workers if w is not None and w.ready)
@@ -924,6 +1251,7 @@ class Pool:
         if self._closed:
             return
         self._closed = True
+        self._targeted = 0
         while self._queue:
             request = self._queue.popleft()
             request.error = PoolClosedError(f"pool {self.name!r} closed while the call was queued")
@@ -943,8 +1271,12 @@ class Pool:
 
 
 def _termination_reason(handle: WorkerHandle, returncode: int | None) -> str:
+    if handle.recycle_reason is not None:
+        return "recycle"
     if handle._closing:
         return "shutdown"
+    if handle.kill_reason is not None:
+        return handle.kill_reason
     if handle.lost_reason == "protocol_error":
         return "protocol_error"
     if returncode is not None and returncode < 0:

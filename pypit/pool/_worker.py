@@ -72,6 +72,7 @@ class Request:
         "session_id",
         "size",
         "started",
+        "target",
         "value",
         "worker",
     )
@@ -98,6 +99,7 @@ class Request:
         self.metadata: dict[str, Any] = {}
         self.scope: anyio.CancelScope | None = None
         self.worker: WorkerHandle | None = None
+        self.target: WorkerHandle | None = None
 
 
 def error_from_reply(reply: _wire.Error, command: str) -> PypitError:
@@ -125,6 +127,7 @@ class WorkerHandle:
     on_release: Callable[[WorkerHandle], None]
     on_events: Callable[[WorkerHandle, _wire.Events], None]
     spawn_started: int
+    slot: int = 0
     pid: int = attrs.field(init=False)
     connection: Connection | None = None
     tools: dict[str, _wire.Tool] = attrs.field(factory=dict)
@@ -136,6 +139,11 @@ class WorkerHandle:
     lost_reason: str | None = None
     ready_at: int = 0
     token: str = ""
+    recycle_reason: str | None = None
+    kill_reason: str | None = None
+    pings_sent: int = 0
+    pongs_seen: int = 0
+    rss_bytes: int = 0
     pending: dict[int, Request] = attrs.field(factory=dict)
     stderr_tail: deque[str] = attrs.field(factory=lambda: deque(maxlen=_STDERR_TAIL))
     changed: anyio.Event = attrs.field(factory=anyio.Event)
@@ -204,7 +212,7 @@ class WorkerHandle:
             self.failure = message  # type: ignore[assignment]
             self.changed.set()
         elif kind is _wire.Pong:
-            pass
+            self.pongs_seen = max(self.pongs_seen, message.seq)  # type: ignore[union-attr]
         else:
             raise ProtocolError(f"unexpected {kind.__name__} from a worker")
 
@@ -286,6 +294,30 @@ class WorkerHandle:
         self._closing = True
         self.accepting = False
         self.send(_wire.encode(_wire.Shutdown()))
+        self.changed.set()
+
+    def kill(self, reason: str) -> None:
+        """Kill the worker now (it hangs or ignores a cancellation); it will be replaced."""
+        if self.kill_reason is None and not self._closing:
+            self.kill_reason = reason
+            self.accepting = False
+            _log.warning(
+                "killing worker",
+                pool_name=self.pool_name,
+                worker_id=self.worker_id,
+                worker_pid=self.pid,
+                reason=reason,
+            )
+            self.kill_group(signal.SIGKILL)
+            self.changed.set()
+
+    def measure_rss(self) -> int:
+        """The worker process's resident memory in bytes (0 if it cannot be read)."""
+        import psutil
+
+        with contextlib.suppress(psutil.Error, OSError):
+            self.rss_bytes = int(psutil.Process(self.pid).memory_info().rss)
+        return self.rss_bytes
 
     def connection_established(self, duration: int) -> None:
         if has_handlers(CONNECTION_ESTABLISHED):

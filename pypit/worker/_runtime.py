@@ -284,8 +284,6 @@ class Runtime:
     def _run_queue(self, call: _wire.Call) -> None:
         """Run ``call``, then, holding the same slot, every call queued meanwhile."""
         while True:
-            with self._state_lock:
-                following = self._queue[0].command if self._queue else None
             started = time.monotonic_ns()
             running = self._running.get(call.id)
             if running is None:
@@ -301,7 +299,9 @@ class Runtime:
                     elapsed if typical is None else 0.8 * typical + 0.2 * elapsed
                 )
             if reply is not None:
-                self._finish(reply, hold=self._may_hold(following, started))
+                with self._state_lock:
+                    following = self._queue[0].command if self._queue else None
+                self._finish(reply, hold=self._may_hold(following, time.monotonic_ns()))
             with self._state_lock:
                 if not self._queue:
                     self._busy_slots -= 1
@@ -500,10 +500,13 @@ class Runtime:
                 # A result is being held for the next call: it leaves after
                 # _HOLD_AT_MOST at the latest, even if that call runs long.
                 self._holding.clear()
-                time.sleep(_HOLD_AT_MOST / 1e9)
-                if self._held_since and time.monotonic_ns() - self._held_since >= _HOLD_AT_MOST:
-                    self._held_since = 0
-                    self.send()
+                while held := self._held_since:
+                    remaining = _HOLD_AT_MOST - (time.monotonic_ns() - held)
+                    if remaining <= 0:
+                        self._held_since = 0
+                        self.send()
+                        break
+                    time.sleep(remaining / 1e9)
             if len(self.events):
                 batch = self.events.drain()
                 if batch is not None:
