@@ -88,6 +88,12 @@ class Echo(Adapter):
     def die(self, signum: int = signal.SIGKILL) -> None:
         os.kill(os.getpid(), signum)
 
+    @tool(description="Dereference a null pointer: a real segmentation fault")
+    def segfault(self) -> None:
+        import ctypes
+
+        ctypes.string_at(0)
+
     @tool(description="Exit this worker with a code")
     def exit(self, code: int = 3) -> None:
         os._exit(code)
@@ -102,6 +108,47 @@ class Echo(Adapter):
     @tool(description="Number of threads alive")
     def threads(self) -> int:
         return threading.active_count()
+
+    @tool(description="Crash the worker the first time (marker file absent), then answer")
+    def crash_once(self, path: str) -> str:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        if len(open(path).read().split()) == 1:
+            os._exit(9)
+        return "ok"
+
+    @tool(description="Start a child process that sleeps; return its pid")
+    def spawn_child(self) -> int:
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "60"])
+        return child.pid
+
+    @tool(description="Stop this worker process (SIGSTOP): it can no longer answer anything")
+    def freeze(self) -> None:
+        os.kill(os.getpid(), signal.SIGSTOP)
+        time.sleep(60)  # in case this thread ran on before the stop took hold
+
+    @tool(description="Make the worker's reading loop fail on the next message")
+    def break_loop(self) -> None:
+        from pypit.worker import _runtime
+
+        assert _runtime.current is not None
+
+        class Broken:
+            def feed(self, data: bytes) -> list[bytes]:
+                raise RuntimeError("the worker's loop broke")
+
+        _runtime.current._reader = Broken()  # type: ignore[assignment]
+
+
+class SlowSetup(Adapter):
+    def setup(self) -> None:
+        time.sleep(30)
+
+    @tool
+    def never(self) -> None:
+        return None
 
 
 class FailingSetup(Adapter):

@@ -1031,10 +1031,11 @@ class Pool:
             )
 
     def _failed_to_start(self, handle: WorkerHandle, returncode: int | None) -> None:
-        failure = "handshake_timeout"
         if handle.failure is not None:
             failure = handle.failure.reason
-        elif returncode is not None:
+        elif handle.kill_reason is not None:
+            failure = handle.kill_reason
+        else:
             failure = "exited"
         self._spawn_failed(handle.worker_id, handle.spawn_started, failure, returncode)
         _log.error(
@@ -1139,8 +1140,9 @@ class Pool:
                 await handle.changed.wait()
                 handle.changed = anyio.Event()
         if not handle.ready:
-            if handle.failure is None:
+            if handle.failure is None and not exited.is_set():
                 # Silent past the deadline: stuck in import or setup().
+                handle.kill_reason = "handshake_timeout"
                 handle.kill_group(signal.SIGKILL)
             return False
         if self._generation != _registry.generation:

@@ -76,16 +76,26 @@ class _Running:
             self.loop.call_soon_threadsafe(self.task.cancel)
 
 
+def _kill_process_group(signum: int, frame: object) -> None:
+    """SIGTERM: the pool is stopping this worker or the parent died; take every process
+    the tools started along (they share the worker's process group)."""
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
 def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when the parent dies; exit if it already did."""
+    """Make sure this worker and its children end when the parent does.
+
+    On Linux the kernel sends SIGTERM when the parent dies (``PR_SET_PDEATHSIG``);
+    the handler kills the worker's whole process group. Elsewhere the closed
+    channel ends the worker (see ``main``).
+    """
+    signal.signal(signal.SIGTERM, _kill_process_group)
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent_pid:
-        os._exit(1)
+        _kill_process_group(signal.SIGTERM, None)
 
 
 class Runtime:
@@ -563,4 +573,8 @@ def main() -> int:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
+        if os.getppid() != parent_pid:
+            # The channel closed because the parent is gone: no one will reap
+            # the processes the tools started, so they go with this worker.
+            _kill_process_group(signal.SIGTERM, None)
     return 0

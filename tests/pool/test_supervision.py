@@ -1,0 +1,300 @@
+"""Supervision: crashes, restart policy, deadlines, recycling, heartbeat, affinity, retry."""
+
+from __future__ import annotations
+
+import functools
+import signal
+from pathlib import Path
+
+import anyio
+import pytest
+
+from pypit import (
+    PoolDegradedError,
+    SessionUnavailableError,
+    WorkerCrashedError,
+    WorkerStartError,
+    WorkerTimeoutError,
+    telemetry,
+)
+from pypit.pool import open_pool
+from tests.pool.conftest import adapter, assert_catalog_shape, options
+
+pytestmark = pytest.mark.anyio
+
+POOL = ("pypit", "pool")
+TERMINATED = (*POOL, "worker", "terminated")
+SPAWN_STARTED = (*POOL, "worker", "spawn_started")
+RECYCLED = (*POOL, "worker", "recycled")
+RESTARTED = (*POOL, "worker", "restarted")
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "exit_code", "signum"),
+    [
+        ("die", {"signum": signal.SIGKILL}, None, signal.SIGKILL),
+        ("segfault", {}, None, signal.SIGSEGV),
+        ("exit", {"code": 4}, 4, None),
+    ],
+    ids=["sigkill", "segfault", "exit"],
+)
+async def test_crash_reports_exit_code_or_signal(
+    command: str, args: dict[str, int], exit_code: int | None, signum: int | None
+) -> None:
+    """However the worker dies, its call fails with WorkerCrashedError saying how."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(WorkerCrashedError) as info:
+            await pool.execute(command, args)
+        with anyio.fail_after(10):
+            assert await pool.execute("identity", 1) == 1
+
+    assert (info.value.exit_code, info.value.signal) == (exit_code, signum)
+
+
+async def test_an_exception_escaping_the_worker_loop_is_a_crash() -> None:
+    """A worker whose own loop fails exits with an error; the call in flight is failed."""
+    async with open_pool(adapter(), **options()) as pool:
+        await pool.execute("break_loop")
+        with pytest.raises(WorkerCrashedError) as info:
+            await pool.execute("identity", 1)
+        with anyio.fail_after(10):
+            assert await pool.execute("identity", 2) == 2
+
+    assert info.value.exit_code == 1
+
+
+async def test_a_crash_fails_only_that_workers_calls() -> None:
+    """The other worker's call completes; calls queued meanwhile run on the survivors."""
+    async with open_pool(adapter(), **options(size=2, prefetch=0)) as pool:
+        async with anyio.create_task_group() as tasks:
+            results: list[object] = []
+
+            async def slow() -> None:
+                results.append(await pool.execute("sleep", {"seconds": 0.4}))
+
+            tasks.start_soon(slow)
+            await anyio.sleep(0.05)
+            with pytest.raises(WorkerCrashedError):
+                await pool.execute("die")
+            results.append(await pool.execute("identity", "after"))
+
+    assert sorted(map(str, results)) == ["0.4", "after"]
+
+
+async def test_restart_intensity_marks_the_pool_degraded() -> None:
+    """Past max_restarts in the window the slot stays down; calls fail fast, typed."""
+    settings = options(max_restarts=2, restart_window=30, restart_backoff=0.01)
+    with telemetry.capture(SPAWN_STARTED) as seen:
+        async with open_pool(adapter(), **settings) as pool:
+            for _ in range(3):
+                with anyio.fail_after(10):
+                    while not pool.status().total_workers:
+                        await anyio.sleep(0.01)
+                with pytest.raises(WorkerCrashedError):
+                    await pool.execute("die")
+            with anyio.fail_after(5):
+                while not pool.status().degraded:
+                    await anyio.sleep(0.01)
+            with pytest.raises(PoolDegradedError, match="degraded"):
+                await pool.execute("identity", 1)
+            assert pool.status().total_workers == 0
+
+    assert [e.metadata["reason"] for e in seen] == ["initial", "restart", "restart"]
+
+
+async def test_handshake_timeout_is_a_spawn_failure() -> None:
+    """A worker that does not get ready in time is killed and reported as spawn_failed."""
+    with (
+        telemetry.capture((*POOL, "worker", "spawn_failed")) as seen,
+        pytest.raises(WorkerStartError),
+    ):
+        async with open_pool(adapter("SlowSetup"), **options(startup_timeout=0.5)):
+            pass
+
+    (failed,) = seen.events
+    assert_catalog_shape(failed)
+    assert failed.metadata["reason"] == "handshake_timeout"
+    assert failed.metadata["exit_code"] == -signal.SIGKILL
+
+
+async def test_stuck_sync_call_past_its_deadline_kills_and_replaces_the_worker() -> None:
+    """The caller gets WorkerTimeoutError at the deadline; a worker that cannot stop the call
+    within cancel_grace is killed (reason "timeout") and replaced."""
+    with telemetry.capture(TERMINATED) as seen:
+        async with open_pool(adapter(), **options(cancel_grace=0.2)) as pool:
+            old = await pool.execute("pid")
+            with anyio.fail_after(2), pytest.raises(WorkerTimeoutError):
+                await pool.execute("sleep", {"seconds": 30}, timeout=0.1)
+            await seen.wait(TERMINATED)
+            with anyio.fail_after(10):
+                new = await pool.execute("pid")
+
+    assert old != new
+    assert seen.events[0].metadata["reason"] == "timeout"
+    assert seen.events[0].metadata["planned"] is False
+
+
+async def test_cancelling_one_call_keeps_the_others_on_that_worker() -> None:
+    """An async call cancelled at its deadline stops; the other call on the worker completes
+    and the worker is not replaced."""
+    async with open_pool(adapter(), **options(max_concurrency=2, cancel_grace=0.5)) as pool:
+        pid = await pool.execute("pid")
+        results: list[float] = []
+
+        async def other() -> None:
+            results.append(await pool.execute("async_sleep", {"seconds": 0.8}))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(other)
+            with pytest.raises(WorkerTimeoutError):
+                await pool.execute("async_sleep", {"seconds": 30}, timeout=0.1)
+        assert await pool.execute("pid") == pid
+
+    assert results == [0.8]
+
+
+async def test_recycle_after_max_requests() -> None:
+    """After max_requests calls the worker drains, is recycled and replaced, planned."""
+    events = [RECYCLED, TERMINATED, SPAWN_STARTED]
+    with telemetry.capture(*events) as seen:
+        async with open_pool(adapter(), **options(max_requests=3)) as pool:
+            pids = [await pool.execute("pid") for _ in range(3)]
+            await seen.wait(SPAWN_STARTED, count=2)
+            with anyio.fail_after(10):
+                pids.append(await pool.execute("pid"))
+
+    assert pids[0] == pids[1] == pids[2] != pids[3]
+    recycled = seen.named(*RECYCLED)[0]
+    assert_catalog_shape(recycled)
+    assert recycled.metadata["reason"] == "max_requests"
+    assert recycled.measurements["total_commands"] == 3
+    assert recycled.measurements["rss_bytes"] > 0
+    terminated = seen.named(*TERMINATED)[0]
+    assert (terminated.metadata["reason"], terminated.metadata["planned"]) == ("recycle", True)
+    assert [e.metadata["reason"] for e in seen.named(*SPAWN_STARTED)][:2] == [
+        "initial",
+        "recycle",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [({"ttl": 0.3}, "ttl"), ({"max_rss_bytes": 1024}, "memory")],
+    ids=["ttl", "memory"],
+)
+async def test_recycle_by_age_and_by_memory(setting: dict[str, float], reason: str) -> None:
+    """A worker older than ttl, or with more RSS than max_rss_bytes, is recycled."""
+    with telemetry.capture(RECYCLED) as seen:
+        async with open_pool(adapter(), **options(heartbeat_interval=0.1, **setting)):
+            await seen.wait(RECYCLED)
+
+    assert seen.events[0].metadata["reason"] == reason
+
+
+async def test_recycle_drains_the_call_in_flight() -> None:
+    """A manual recycle waits for the running call, then replaces the worker."""
+    async with open_pool(adapter(), **options()) as pool:
+        old = await pool.execute("pid")
+        results: list[float] = []
+
+        async def slow() -> None:
+            results.append(await pool.execute("sleep", {"seconds": 0.3}))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(slow)
+            await anyio.sleep(0.05)
+            with anyio.fail_after(10):
+                await pool.recycle_worker("default_worker_1")
+        new = await pool.execute("pid")
+        with pytest.raises(LookupError):
+            await pool.recycle_worker("default_worker_9")
+
+    assert results == [0.3]
+    assert old != new
+
+
+async def test_missed_heartbeats_kill_and_replace_the_worker() -> None:
+    """A worker that stops answering (SIGSTOP) is killed after the missed beats."""
+    with telemetry.capture(TERMINATED) as seen:
+        async with open_pool(adapter(), **options(heartbeat_interval=0.1)) as pool:
+            old = await pool.execute("pid")
+            with pytest.raises(WorkerCrashedError):
+                await pool.execute("freeze")
+            with anyio.fail_after(10):
+                new = await pool.execute("pid")
+
+    assert old != new
+    assert seen.events[0].metadata["reason"] == "heartbeat_timeout"
+
+
+async def test_session_affinity_hint_prefers_the_sessions_worker() -> None:
+    """Calls of one session go to the same worker while it is free."""
+    async with open_pool(adapter(), **options(size=3)) as pool:
+        first = await pool.execute("pid", session_id="s1")
+        again = [await pool.execute("pid", session_id="s1") for _ in range(5)]
+        info = pool.session("s1")
+
+    assert set(again) == {first}
+    assert info is not None
+    assert (info.worker_pid, info.calls, info.rehomed) == (first, 6, 0)
+
+
+async def test_strict_affinity_waits_for_the_sessions_worker() -> None:
+    """strict: with the session's worker busy, the call waits for it, not for another."""
+    async with open_pool(adapter(), **options(size=2, prefetch=0)) as pool:
+        home = await pool.execute("pid", session_id="s")
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(
+                functools.partial(pool.execute, "sleep", {"seconds": 0.3}, session_id="s")
+            )
+            await anyio.sleep(0.05)
+            assert await pool.execute("pid", session_id="s", affinity="strict") == home
+
+
+async def test_strict_fail_fast_affinity_raises_at_once() -> None:
+    """strict_fail_fast: the session's worker is busy, so the call fails at once."""
+    async with open_pool(adapter(), **options(size=2, prefetch=0)) as pool:
+        await pool.execute("pid", session_id="s")
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(
+                functools.partial(pool.execute, "sleep", {"seconds": 0.3}, session_id="s")
+            )
+            await anyio.sleep(0.05)
+            with pytest.raises(SessionUnavailableError, match="'s'"):
+                await pool.execute("pid", session_id="s", affinity="strict_fail_fast")
+
+
+async def test_session_of_a_dead_worker_is_rehomed_and_the_caller_can_tell() -> None:
+    """After its worker died, the session moves to a live worker; session() says so."""
+    async with open_pool(adapter(), **options(size=2)) as pool:
+        home = await pool.execute("pid", session_id="s")
+        with pytest.raises(WorkerCrashedError):
+            await pool.execute("die", session_id="s")
+        with anyio.fail_after(10):
+            moved = await pool.execute("pid", session_id="s", affinity="strict")
+        info = pool.session("s")
+
+    assert moved != home
+    assert info is not None
+    assert (info.worker_pid, info.rehomed) == (moved, 1)
+
+
+async def test_idempotent_call_is_retried_once_after_a_crash(tmp_path: Path) -> None:
+    """idempotent=True: the crashed call runs again on another worker and succeeds."""
+    marker = tmp_path / "runs"
+    async with open_pool(adapter(), **options(size=2)) as pool:
+        result = await pool.execute("crash_once", {"path": str(marker)}, idempotent=True)
+
+    assert result == "ok"
+    assert len(marker.read_text().split()) == 2
+
+
+async def test_call_not_marked_idempotent_never_runs_twice(tmp_path: Path) -> None:
+    """Without idempotent, a crash is the caller's error and the call is not repeated."""
+    marker = tmp_path / "runs"
+    async with open_pool(adapter(), **options(size=2)) as pool:
+        with pytest.raises(WorkerCrashedError):
+            await pool.execute("crash_once", {"path": str(marker)})
+        await pool.execute("identity", 1)
+
+    assert len(marker.read_text().split()) == 1
