@@ -85,8 +85,9 @@ class PoolConfig:
     stop_grace: float = attrs.field(default=3.0, validator=_non_negative)
     """After a stop request, how long a worker has before SIGTERM, then again before SIGKILL."""
     restart_backoff: float = attrs.field(default=0.1, validator=_non_negative)
-    """Delay before the second restart of a slot within ``restart_window``; it doubles for
-    each further one (with jitter), up to ``restart_backoff_max``. The first is immediate."""
+    """Delay before retrying a worker that failed to start; it doubles with each further
+    failure (with jitter), up to ``restart_backoff_max``. A worker that was serving and
+    died is replaced at once."""
     restart_backoff_max: float = attrs.field(default=5.0, validator=_non_negative)
     """Longest delay between two restarts of a slot."""
     max_restarts: int = attrs.field(default=10, validator=_non_negative)

@@ -124,6 +124,7 @@ class _Slot:
     restarts: int = 0
     recent: deque[float] = attrs.field(factory=deque)
     down: bool = False
+    failed_starts: int = 0
     previous_pid: int | None = None
     lost_at: int = 0
     lost_reason: str = ""
@@ -774,9 +775,9 @@ class Pool:
         """Keep one slot's worker running until the pool closes.
 
         An unplanned end (crash, kill, failed start) counts against the restart
-        intensity: the first restart in ``restart_window`` is immediate, the
-        next ones back off exponentially with jitter, and past
-        ``max_restarts`` the slot stays down for a window.
+        intensity: past ``max_restarts`` in ``restart_window`` the slot stays
+        down for a window. A worker that was serving is replaced at once;
+        starts that keep failing back off exponentially, with jitter.
         """
         reason = "initial"
         while not self._closed:
@@ -804,11 +805,11 @@ class Pool:
                 slot.previous_pid = handle.pid
                 slot.lost_at = time.monotonic_ns()
                 slot.lost_reason = _termination_reason(handle, handle.process.returncode)
-            await self._back_off(slot)
+            await self._back_off(slot, served=ready)
             slot.restarts += 1
             reason = "restart"
 
-    async def _back_off(self, slot: _Slot) -> None:
+    async def _back_off(self, slot: _Slot, *, served: bool) -> None:
         config = self.config
         now = time.monotonic()
         recent = slot.recent
@@ -829,9 +830,12 @@ class Pool:
             recent.clear()
             slot.down = False
             return
-        if len(recent) > 1:
-            delay = config.restart_backoff * 2 ** (len(recent) - 2)
-            await anyio.sleep(min(config.restart_backoff_max, delay) * random.uniform(0.5, 1.0))
+        if served:
+            slot.failed_starts = 0
+            return
+        slot.failed_starts += 1
+        delay = config.restart_backoff * 2 ** (slot.failed_starts - 1)
+        await anyio.sleep(min(config.restart_backoff_max, delay) * random.uniform(0.5, 1.0))
 
     def _fail_queue_if_degraded(self) -> None:
         """With every slot down, nothing queued can be served: fail it now."""
@@ -1123,7 +1127,7 @@ class Pool:
         exited: anyio.Event,
         tasks: anyio.abc.TaskGroup,
     ) -> bool:
-        with anyio.move_on_after(self.config.startup_timeout):
+        with anyio.move_on_after(self.config.startup_timeout) as deadline:
             await greeting.arrived.wait()
             if greeting.connection is None:
                 return False
@@ -1140,10 +1144,10 @@ class Pool:
                 await handle.changed.wait()
                 handle.changed = anyio.Event()
         if not handle.ready:
-            if handle.failure is None and not exited.is_set():
+            if deadline.cancelled_caught:
                 # Silent past the deadline: stuck in import or setup().
                 handle.kill_reason = "handshake_timeout"
-                handle.kill_group(signal.SIGKILL)
+            handle.kill_group(signal.SIGKILL)
             return False
         if self._generation != _registry.generation:
             self._push_configuration()
