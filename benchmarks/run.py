@@ -89,6 +89,15 @@ TARGETS = [
         metric="tasks_per_s",
     ),
     Target(
+        "crashed worker to replacement ready, p50 (ms)",
+        "test_crash_to_replacement",
+        None,
+        le(100),
+        "<= 100 ms",
+        1e-3,
+        metric="p50_us",
+    ),
+    Target(
         "open_pool(size=4) to first result (ms)",
         "test_open_to_first_result[4]",
         None,

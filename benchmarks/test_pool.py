@@ -229,3 +229,34 @@ def test_open_to_first_result(benchmark: BenchmarkFixture, size: int) -> None:
 
     benchmark.pedantic(run_async, args=(main,), rounds=5, iterations=1)
     record(benchmark, latencies)
+
+
+# -- crash to replacement ----------------------------------------------------------------
+
+
+def test_crash_to_replacement(benchmark: BenchmarkFixture) -> None:
+    """SIGKILL a worker, time until its replacement takes work (the restarted event)."""
+    latencies: list[float] = []
+
+    async def main() -> None:
+        restarted = anyio.Event()
+
+        def on_restarted(*args: Any) -> None:
+            restarted.set()
+
+        telemetry.attach("bench-restarted", ("pypit", "pool", "worker", "restarted"), on_restarted)
+        try:
+            async with open_pool(ADAPTER, size=1, status_interval=0, max_restarts=1000) as pool:
+                for _ in range(20):
+                    restarted = anyio.Event()
+                    (pid,) = pool.workers().values()
+                    started = time.perf_counter()
+                    os.kill(pid, 9)
+                    await restarted.wait()
+                    latencies.append(time.perf_counter() - started)
+                    await pool.execute("identity", 1)
+        finally:
+            telemetry.detach("bench-restarted")
+
+    benchmark.pedantic(run_async, args=(main,), rounds=1, iterations=1)
+    record(benchmark, latencies)
