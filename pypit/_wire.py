@@ -73,11 +73,16 @@ class Configure(_Message, tag=5):
 
 
 class Hello(_Message, tag=20):
-    """First message on a new connection: who the worker is."""
+    """First message on a new connection: who the worker is.
+
+    On a reconnection, ``running`` lists the calls still in progress in the
+    worker; any other call the pool had sent it lost its answer.
+    """
 
     token: str
     pid: int
     version: int = PROTOCOL_VERSION
+    running: list[int] = []
 
 
 class Tool(_Message, tag=21):

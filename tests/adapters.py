@@ -144,6 +144,17 @@ class Echo(Adapter):
         _runtime.current._reader = Broken()  # type: ignore[assignment]
 
 
+    @tool(description="Break the worker's channel (its process lives on)")
+    def drop_channel(self) -> int:
+        import socket
+
+        from pypit.worker import _runtime
+
+        assert _runtime.current is not None
+        _runtime.current._sock.shutdown(socket.SHUT_RDWR)
+        return os.getpid()
+
+
 class SlowSetup(Adapter):
     def setup(self) -> None:
         time.sleep(30)

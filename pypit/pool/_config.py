@@ -101,6 +101,9 @@ class PoolConfig:
     """Period of the heartbeat sent to each worker; 0 disables it."""
     heartbeat_misses: int = attrs.field(default=3, validator=_positive)
     """Unanswered heartbeats in a row after which a worker is killed and replaced."""
+    reconnect_window: float = attrs.field(default=5.0, validator=_non_negative)
+    """How long a worker whose channel broke (while its process lives) has to connect
+    again with its token; then it is replaced. 0 replaces it at once."""
     max_requests: int | None = attrs.field(default=None, validator=_optional_positive)
     """Recycle a worker after this many calls."""
     ttl: float | None = attrs.field(default=None, validator=_optional_positive)

@@ -69,6 +69,8 @@ SPAWN_FAILED: Final = ("pypit", "pool", "worker", "spawn_failed")
 TERMINATED: Final = ("pypit", "pool", "worker", "terminated")
 RESTARTED: Final = ("pypit", "pool", "worker", "restarted")
 RECYCLED: Final = ("pypit", "pool", "worker", "recycled")
+RECONNECTED: Final = ("pypit", "rpc", "connection", "reconnected")
+_EXIT_GRACE: Final = 0.2
 CALL_START: Final = ("pypit", "rpc", "call", "start")
 CALL_STOP: Final = ("pypit", "rpc", "call", "stop")
 CALL_EXCEPTION: Final = ("pypit", "rpc", "call", "exception")
@@ -171,6 +173,7 @@ class Pool:
         self._queue: deque[Request] = deque()
         self._tools: dict[str, ToolDescription] = {}
         self._expected: dict[str, _Greeting] = {}
+        self._reconnecting: dict[str, WorkerHandle] = {}
         self._closed = False
         self._rotation = 0
         self._generation = -1
@@ -752,12 +755,17 @@ class Pool:
 
     # -- worker telemetry ----------------------------------------------------------
 
+    def _configuration(self) -> bytes:
+        listened = [
+            name
+            for name in PYTHON_CALL_EVENTS
+            if has_handlers(("pypit", "python", *name.split(".")))
+        ]
+        return _wire.encode(_wire.Configure(call_events=listened))
+
     def _push_configuration(self) -> None:
         self._generation = _registry.generation
-        listened = [
-            n for n in PYTHON_CALL_EVENTS if has_handlers(("pypit", "python", *n.split(".")))
-        ]
-        self._configure_frame = _wire.encode(_wire.Configure(call_events=listened))
+        self._configure_frame = self._configuration()
         for worker in self._workers:
             if worker is not None and worker.ready:
                 worker.send(self._configure_frame)
@@ -889,16 +897,20 @@ class Pool:
             "PYPIT_WORKER_MAX_CONCURRENCY": str(self.config.max_concurrency),
             "PYPIT_WORKER_MAX_FRAME_SIZE": str(self.config.max_frame_size),
             "PYPIT_WORKER_SYS_PATH": json.dumps([p for p in sys.path if p]),
+            "PYPIT_WORKER_RECONNECT_WINDOW": str(self.config.reconnect_window),
         }
         try:
-            process = await anyio.open_process(
-                [self.config.python, "-m", "pypit.worker"],
-                stdin=DEVNULL,
-                stdout=PIPE,
-                stderr=PIPE,
-                env=env,
-                start_new_session=True,
-            )
+            # Shielded: a cancellation here could leave a started process with
+            # nobody holding it; past this point the slot always reaps it.
+            with anyio.CancelScope(shield=True):
+                process = await anyio.open_process(
+                    [self.config.python, "-m", "pypit.worker"],
+                    stdin=DEVNULL,
+                    stdout=PIPE,
+                    stderr=PIPE,
+                    env=env,
+                    start_new_session=True,
+                )
         except OSError as exc:
             del self._expected[token]
             self._spawn_failed(worker_id, started, f"exec_failed: {exc}", None)
@@ -1058,6 +1070,10 @@ class Pool:
         interval = config.heartbeat_interval or 1.0
         while not handle._closing and handle.kill_reason is None:
             await anyio.sleep(interval)
+            if handle.lost_reason is not None:
+                # Reconnecting: the window, not the heartbeat, bounds that.
+                handle.pongs_seen = handle.pings_sent
+                continue
             if config.heartbeat_interval:
                 if handle.pings_sent - handle.pongs_seen >= config.heartbeat_misses:
                     handle.kill("heartbeat_timeout")
@@ -1147,7 +1163,10 @@ class Pool:
             if deadline.cancelled_caught:
                 # Silent past the deadline: stuck in import or setup().
                 handle.kill_reason = "handshake_timeout"
-            handle.kill_group(signal.SIGKILL)
+            if handle.failure is None:
+                # A worker that reported its failure exits by itself, after
+                # writing its traceback to stderr.
+                handle.kill_group(signal.SIGKILL)
             return False
         if self._generation != _registry.generation:
             self._push_configuration()
@@ -1178,12 +1197,47 @@ class Pool:
         return True
 
     async def _run_ready(self, handle: WorkerHandle) -> None:
-        while (
-            handle.lost_reason is None and handle.process.returncode is None and not handle._closing
-        ):
-            await handle.changed.wait()
-            handle.changed = anyio.Event()
+        """Wait while the worker serves; give a broken channel a chance to come back."""
+        while True:
+            while (
+                handle.lost_reason is None
+                and handle.process.returncode is None
+                and not handle._closing
+            ):
+                await handle.changed.wait()
+                handle.changed = anyio.Event()
+            if handle.lost_reason == "protocol_error":
+                handle.kill("protocol_error")
+                break
+            if handle._closing:
+                break
+            handle.connection_lost()
+            if not await self._reconnected(handle):
+                break
         handle.accepting = False
+
+    async def _reconnected(self, handle: WorkerHandle) -> bool:
+        """The channel closed: did the worker die, or does it come back in time?"""
+        window = self.config.reconnect_window
+        if window:
+            self._reconnecting[handle.token] = handle
+        try:
+            # A dead worker's channel closes a moment before its exit shows.
+            with anyio.move_on_after(_EXIT_GRACE):
+                await handle.process.wait()
+            if handle.process.returncode is not None:
+                return False
+            with anyio.move_on_after(window):
+                while handle.lost_reason is not None and handle.process.returncode is None:
+                    await handle.changed.wait()
+                    handle.changed = anyio.Event()
+        finally:
+            self._reconnecting.pop(handle.token, None)
+        if handle.lost_reason is None:
+            return True
+        if handle.process.returncode is None:
+            handle.kill("connection_lost")
+        return False
 
     def _spawn_failed(
         self, worker_id: str, started: int, reason: str, exit_code: int | None
@@ -1206,6 +1260,29 @@ class Pool:
             hello = _wire.decode_from_worker(payload)
         except ProtocolError:
             hello = None
+        if isinstance(hello, _wire.Hello) and hello.token in self._reconnecting:
+            handle = self._reconnecting.pop(hello.token)
+            if handle.pid == hello.pid:
+                self._generation = _registry.generation
+                self._configure_frame = self._configuration()
+                handle.resume(connection, hello.running, self._configure_frame)
+                if has_handlers(RECONNECTED):
+                    execute(
+                        RECONNECTED,
+                        {"downtime": time.monotonic_ns() - handle.lost_at},
+                        {
+                            "pool_name": self.name,
+                            "worker_id": handle.worker_id,
+                            "python_pid": handle.pid,
+                        },
+                    )
+                _log.info(
+                    "worker reconnected",
+                    pool_name=self.name,
+                    worker_id=handle.worker_id,
+                    worker_pid=handle.pid,
+                )
+                return True
         greeting = self._expected.get(hello.token) if isinstance(hello, _wire.Hello) else None
         if greeting is None or greeting.connection is not None:
             _log.warning("refused a connection to the pool's socket", pool_name=self.name)

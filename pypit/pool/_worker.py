@@ -144,6 +144,8 @@ class WorkerHandle:
     pings_sent: int = 0
     pongs_seen: int = 0
     rss_bytes: int = 0
+    lost_emitted: bool = False
+    lost_at: int = 0
     pending: dict[int, Request] = attrs.field(factory=dict)
     stderr_tail: deque[str] = attrs.field(factory=lambda: deque(maxlen=_STDERR_TAIL))
     changed: anyio.Event = attrs.field(factory=anyio.Event)
@@ -161,6 +163,8 @@ class WorkerHandle:
 
     def on_lost(self, reason: str) -> None:
         """The channel closed or the worker broke the protocol."""
+        if self.lost_reason is None:
+            self.lost_at = time.monotonic_ns()
         self.lost_reason = self.lost_reason or reason
         self.accepting = False
         if reason == "protocol_error":
@@ -319,6 +323,34 @@ class WorkerHandle:
             self.rss_bytes = int(psutil.Process(self.pid).memory_info().rss)
         return self.rss_bytes
 
+    def resume(self, connection: Connection, running: list[int], configure: bytes) -> None:
+        """The worker connected again after its channel broke.
+
+        Calls the worker no longer has in progress lost their answers with
+        the old channel: they fail now rather than wait for their deadlines.
+        """
+        still_running = set(running)
+        for request_id in [r for r in self.pending if r not in still_running]:
+            request = self.pending[request_id]
+            self._settle(request_id)
+            if not request.abandoned:
+                request.error = WorkerCrashedError(
+                    f"the channel to worker {self.worker_id} broke and the answer of the call "
+                    "was lost with it",
+                    worker_id=self.worker_id,
+                )
+                request.done.set()
+                if request.arrived is not None:
+                    request.arrived.set()
+        self.connection = connection
+        self.lost_reason = None
+        self.lost_emitted = False
+        connection.attach(self.on_frame, self.on_lost)
+        if configure:
+            connection.send(configure)
+        self.accepting = self.recycle_reason is None and not self._closing
+        self.changed.set()
+
     def connection_established(self, duration: int) -> None:
         if has_handlers(CONNECTION_ESTABLISHED):
             execute(
@@ -328,6 +360,9 @@ class WorkerHandle:
             )
 
     def connection_lost(self) -> None:
+        if self.lost_emitted:
+            return
+        self.lost_emitted = True
         if has_handlers(CONNECTION_LOST):
             execute(
                 CONNECTION_LOST,
@@ -349,13 +384,13 @@ def crash_error(
         return lambda: PoolClosedError(f"pool {handle.pool_name!r} closed with the call in flight")
     exit_code = returncode if returncode is not None and returncode >= 0 else None
     signum = -returncode if returncode is not None and returncode < 0 else None
-    if signum is not None:
+    if handle.lost_reason == "protocol_error":
+        how = "broke the protocol and was stopped"
+    elif signum is not None:
         try:
             how = f"was killed by {signal.Signals(signum).name}"
         except ValueError:
             how = f"was killed by signal {signum}"
-    elif handle.lost_reason == "protocol_error":
-        how = "broke the protocol and was stopped"
     else:
         how = f"exited with code {exit_code}"
     message = f"worker {handle.worker_id} (pid {handle.pid}) {how} with the call in flight"

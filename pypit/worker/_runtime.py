@@ -107,12 +107,21 @@ class Runtime:
         *,
         max_concurrency: int,
         max_frame_size: int,
+        path: str = "",
+        token: str = "",
+        parent_pid: int = 0,
+        reconnect_window: float = 0.0,
     ) -> None:
         self._sock = sock
+        self._path = path
+        self._token = token
+        self._parent_pid = parent_pid
+        self._reconnect_window = reconnect_window
         self._max_concurrency = max_concurrency
         self._max_frame_size = max_frame_size
         self._send_lock = threading.Lock()
         self._outbox: list[bytes] = []
+        self._outbox_answers: list[int] = []
         self._flushing = False
         self._broken = False
         self._running: dict[int, _Running] = {}
@@ -143,26 +152,39 @@ class Runtime:
 
     # -- writing -------------------------------------------------------------
 
-    def send(self, *frames: bytes) -> None:
-        """Queue frames and write them, coalesced with whatever other threads queued."""
+    def send(self, *frames: bytes, answers: int | None = None) -> None:
+        """Queue frames and write them, coalesced with whatever other threads queued.
+
+        ``answers`` is the call whose last reply is among the frames: until they
+        are written, that call counts as in progress (see :meth:`_reconnect`).
+        """
         with self._send_lock:
             self._outbox.extend(frames)
+            if answers is not None:
+                self._outbox_answers.append(answers)
+                self._running.pop(answers, None)
             if self._flushing:
                 return
             self._flushing = True
         while True:
             with self._send_lock:
-                if not self._outbox:
+                if not self._outbox or self._broken:
                     self._flushing = False
                     return
                 data = b"".join(self._outbox)
                 self._outbox.clear()
-            if self._broken:
-                continue
+                answered, self._outbox_answers = self._outbox_answers, []
             try:
                 self._sock.sendall(data)
             except OSError:
-                self._broken = True
+                # Kept whole for the next connection: what part of it left
+                # went down with the old one.
+                with self._send_lock:
+                    self._outbox.insert(0, data)
+                    self._outbox_answers[:0] = answered
+                    self._broken = True
+                    self._flushing = False
+                return
 
     def _send_message(self, message: _wire._Message) -> None:
         self.send(_wire.encode(message, self._max_frame_size))
@@ -173,18 +195,21 @@ class Runtime:
         With ``hold``, the frames wait for the next ones instead of leaving
         now: under load, results leave in batches.
         """
+        call_id: int = getattr(message, "id")  # noqa: B009 - every final reply has an id
         frame = self._encode_reply(message)
         batch = self.events.drain()
         frames = (frame,) if batch is None else (_wire.encode(batch, self._max_frame_size), frame)
         if hold:
             with self._send_lock:
                 self._outbox.extend(frames)
+                self._outbox_answers.append(call_id)
+                self._running.pop(call_id, None)
                 if not self._held_since:
                     self._held_since = time.monotonic_ns()
                     self._holding.set()
             return
         self._held_since = 0
-        self.send(*frames)
+        self.send(*frames, answers=call_id)
 
     def _encode_reply(self, message: _wire._Message) -> bytes:
         call_id = getattr(message, "id", 0)
@@ -269,19 +294,69 @@ class Runtime:
             try:
                 data = self._sock.recv(262_144)
                 if not data:
-                    self._finished.set()
-                    return None
+                    if not self._reconnect():
+                        self._finished.set()
+                        return None
+                    continue
                 for payload in self._reader.feed(data):
                     message = _wire.decode_to_worker(payload)
                     if not self._handlers[type(message)](message):
                         self._finished.set()
                         return None
             except OSError:
-                self._finished.set()
+                if not self._reconnect():
+                    self._finished.set()
             except BaseException as exc:
                 self.error = exc
                 self._finished.set()
         return None
+
+    def _reconnect(self) -> bool:
+        """The channel broke: connect again within the window, presenting the token.
+
+        Not when the pool asked to stop or the parent is gone. Frames not sent
+        yet leave on the new connection, after the Hello that names the calls
+        still in progress (the pool fails the others: their results were lost).
+        """
+        if self._stopping.is_set() or os.getppid() != self._parent_pid or not self._token:
+            return False
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        deadline = time.monotonic() + self._reconnect_window
+        while time.monotonic() < deadline:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            reader = _wire.FrameReader(self._max_frame_size)
+            try:
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                sock.connect(self._path)
+                with self._send_lock:
+                    running = sorted({*self._running, *self._outbox_answers})
+                hello = _wire.Hello(self._token, self.pid, running=running)
+                sock.sendall(_wire.encode(hello))
+                # Accepted only once the pool answers (its Configure comes
+                # first); a refused connection is just closed.
+                frames: list[bytes] = []
+                while not frames:
+                    data = sock.recv(65_536)
+                    if not data:
+                        raise ConnectionRefusedError
+                    frames = reader.feed(data)
+                sock.settimeout(None)
+            except OSError:
+                sock.close()
+                time.sleep(0.05)
+                continue
+            self._sock = sock
+            self._reader = reader
+            with self._send_lock:
+                self._broken = False
+            self.send()
+            for payload in frames:
+                message = _wire.decode_to_worker(payload)
+                if not self._handlers[type(message)](message):
+                    self._finished.set()
+            return True
+        return False
 
     def _claim(self) -> _wire.Call | None:
         """The next queued call, if a slot is free for it (the slot is taken)."""
@@ -299,7 +374,6 @@ class Runtime:
             if running is None:
                 reply: _wire._Message | None = None
             elif running.cancelled:
-                self._running.pop(call.id, None)
                 reply = self._cancelled(call, started)
             else:
                 reply = self._run_sync(call, self._tools[call.command], running)
@@ -418,7 +492,6 @@ class Runtime:
             self._call_stopped(call, started)
         finally:
             correlation_id_var.reset(token)
-            self._running.pop(call.id, None)
         return reply
 
     async def _run_async(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
@@ -433,7 +506,6 @@ class Runtime:
             async with self._async_slots:
                 await self._run_async_call(call, spec, running)
         except asyncio.CancelledError:
-            self._running.pop(call.id, None)
             self._finish(self._cancelled(call, time.monotonic_ns()))
 
     async def _run_async_call(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
@@ -457,8 +529,6 @@ class Runtime:
             reply = self._failed(call, started, exc)
         else:
             self._call_stopped(call, started)
-        finally:
-            self._running.pop(call.id, None)
         self._finish(reply)
 
     # -- python.call.* events ------------------------------------------------
@@ -541,6 +611,7 @@ def main() -> int:
         max_concurrency = int(env.get(ENV_PREFIX + "MAX_CONCURRENCY", "1"))
         max_frame_size = int(env.get(ENV_PREFIX + "MAX_FRAME_SIZE", _wire.DEFAULT_MAX_FRAME_SIZE))
         extra_path = json.loads(env.get(ENV_PREFIX + "SYS_PATH", "[]"))
+        reconnect_window = float(env.get(ENV_PREFIX + "RECONNECT_WINDOW", "0"))
     except (KeyError, ValueError) as exc:
         print(f"pypit worker: missing or bad setting: {exc}", file=sys.stderr)
         return 2
@@ -551,7 +622,13 @@ def main() -> int:
     sock.connect(path)
     global current
     runtime = current = Runtime(
-        sock, max_concurrency=max_concurrency, max_frame_size=max_frame_size
+        sock,
+        max_concurrency=max_concurrency,
+        max_frame_size=max_frame_size,
+        path=path,
+        token=token,
+        parent_pid=parent_pid,
+        reconnect_window=reconnect_window,
     )
     runtime.send(_wire.encode(_wire.Hello(token, runtime.pid)))
     try:
