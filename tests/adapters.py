@@ -143,7 +143,6 @@ class Echo(Adapter):
 
         _runtime.current._reader = Broken()  # type: ignore[assignment]
 
-
     @tool(description="Break the worker's channel (its process lives on)")
     def drop_channel(self) -> int:
         import socket
