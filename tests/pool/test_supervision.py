@@ -298,3 +298,14 @@ async def test_call_not_marked_idempotent_never_runs_twice(tmp_path: Path) -> No
         await pool.execute("identity", 1)
 
     assert len(marker.read_text().split()) == 1
+
+
+async def test_heartbeats_are_answered_while_a_sync_tool_runs() -> None:
+    """A sync tool blocking for many heartbeat intervals does not get its worker killed."""
+    with telemetry.capture(TERMINATED) as seen:
+        async with open_pool(adapter(), **options(heartbeat_interval=0.05)) as pool:
+            pid = await pool.execute("pid")
+            assert await pool.execute("sleep", {"seconds": 0.6}) == 0.6
+            assert await pool.execute("pid") == pid
+
+    assert [e.metadata["reason"] for e in seen] == ["shutdown"]
