@@ -60,13 +60,22 @@ class Shutdown(_Message, tag=4):
 
 
 class Configure(_Message, tag=5):
-    """Worker settings the parent may change at any time.
+    """Worker settings the parent may change at any time; the worker answers ``Ack(seq)``.
 
-    ``call_events`` names the ``python.call.*`` events anyone in the parent
-    listens to (``"call.start"``, ...): the worker emits only those.
+    ``listened`` names the python events someone in the parent listens to
+    (``"call.stop"``, ``"tool.execution.stop"``, ...): the worker ships only
+    those. ``allow`` and ``deny`` are name patterns (exact, ``"a.*"`` or
+    ``"*"``). ``log_level`` is the worker's level (None: as it started).
     """
 
-    call_events: list[str] = []
+    seq: int = 0
+    listened: list[str] = []
+    enabled: bool = True
+    sampling_rate: float = 1.0
+    allow: list[str] = []
+    deny: list[str] = []
+    log_level: str | None = None
+    sample_interval: float = 0.0
 
 
 # -- worker -> parent --------------------------------------------------------
@@ -145,8 +154,14 @@ class Pong(_Message, tag=29):
     seq: int
 
 
+class Ack(_Message, tag=30):
+    """The Configure numbered ``seq`` is applied."""
+
+    seq: int
+
+
 ToWorker: TypeAlias = Call | Cancel | Ping | Shutdown | Configure
-FromWorker: TypeAlias = Hello | Ready | Failed | Result | Error | Chunk | End | Events | Pong
+FromWorker: TypeAlias = Hello | Ready | Failed | Result | Error | Chunk | End | Events | Pong | Ack
 
 
 def _refuse(value: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from pypit._log import check_level
 from pypit._wire import DEFAULT_MAX_FRAME_SIZE
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -39,6 +40,15 @@ def _adapter(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None
 def _name(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if not _NAME.match(value):
         raise ValueError(f"a pool name is 1-64 characters of [A-Za-z0-9_.-], not {value!r}")
+
+
+def _pattern(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{attribute.name} holds event name patterns (str), not {value!r}")
+
+
+def _level(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    check_level(value)
 
 
 def _default_size() -> int:
@@ -117,6 +127,17 @@ class PoolConfig:
     for it, ``strict_fail_fast`` fails at once when it is busy."""
     max_sessions: int = attrs.field(default=10_000, validator=_positive)
     """Sessions remembered for affinity (least recently used are forgotten)."""
+    telemetry_allow: tuple[str, ...] = attrs.field(
+        factory=tuple, converter=tuple, validator=attrs.validators.deep_iterable(_pattern)
+    )
+    """Worker event names accepted beyond the catalog: exact (``"inference.stop"``),
+    ``"prefix.*"`` or ``"*"``. Set by the application, never by a worker."""
+    sample_interval: float = attrs.field(default=10.0, validator=_non_negative)
+    """Period of python.memory.sampled and python.cpu.sampled in each worker; 0 disables."""
+    log_level: str | None = attrs.field(default=None, validator=attrs.validators.optional(_level))
+    """pypit's log level in this process: debug, info, warning, error or none."""
+    log_categories: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    """Levels per category (``pool``, ``worker``, ``rpc``, ``telemetry``), over ``log_level``."""
     python: str = attrs.field(default=sys.executable)
     """The interpreter that runs the workers."""
     env: Mapping[str, str] = attrs.field(factory=dict, converter=dict)

@@ -45,12 +45,13 @@ from pypit._errors import (
     WorkerStartError,
     WorkerTimeoutError,
 )
-from pypit._log import get_logger
+from pypit._log import check_level, get_logger, set_levels
 from pypit.pool._channel import Connection, Server, signal_factory
 from pypit.pool._config import PoolConfig
 from pypit.pool._worker import DEVNULL, PIPE, Request, WorkerHandle, crash_error
 from pypit.telemetry import _registry
 from pypit.telemetry._registry import execute, has_handlers
+from pypit.worker._telemetry import CATALOG_NAMES, invalid_metadata, matches, valid_name
 
 _log = get_logger("pool")
 _NODE: Final = socket.gethostname()
@@ -70,6 +71,7 @@ TERMINATED: Final = ("pypit", "pool", "worker", "terminated")
 RESTARTED: Final = ("pypit", "pool", "worker", "restarted")
 RECYCLED: Final = ("pypit", "pool", "worker", "recycled")
 RECONNECTED: Final = ("pypit", "rpc", "connection", "reconnected")
+DROPPED: Final = ("pypit", "telemetry", "dropped")
 _EXIT_GRACE: Final = 0.2
 CALL_START: Final = ("pypit", "rpc", "call", "start")
 CALL_STOP: Final = ("pypit", "rpc", "call", "stop")
@@ -77,7 +79,6 @@ CALL_EXCEPTION: Final = ("pypit", "rpc", "call", "exception")
 STREAM_OPENED: Final = ("pypit", "rpc", "stream", "opened")
 STREAM_MESSAGE: Final = ("pypit", "rpc", "stream", "message")
 STREAM_CLOSED: Final = ("pypit", "rpc", "stream", "closed")
-PYTHON_CALL_EVENTS: Final = ("call.start", "call.stop", "call.exception")
 
 
 @attrs.frozen
@@ -177,7 +178,16 @@ class Pool:
         self._closed = False
         self._rotation = 0
         self._generation = -1
-        self._configure_frame = b""
+        self._listened: list[str] = []
+        self._seq = 0
+        self._telemetry_settings: dict[str, Any] = {
+            "enabled": True,
+            "sampling_rate": 1.0,
+            "allow": tuple(config.telemetry_allow),
+            "deny": (),
+        }
+        self._worker_settings: dict[str, dict[str, Any]] = {}
+        self._allowed: dict[tuple[str, str], bool] = {}
         self._started = 0
         self._startup_reports = 0
         self._startup_done = anyio.Event()
@@ -407,8 +417,8 @@ class Pool:
         return dict(self._tools)
 
     def workers(self) -> dict[str, int]:
-        """The live workers: worker id to process id."""
-        return {w.worker_id: w.pid for w in self._workers if w is not None}
+        """The workers serving now (started and not stopping): worker id to process id."""
+        return {w.worker_id: w.pid for w in self._workers if w is not None and w.accepting}
 
     # -- scheduling --------------------------------------------------------------
 
@@ -755,27 +765,163 @@ class Pool:
 
     # -- worker telemetry ----------------------------------------------------------
 
-    def _configuration(self) -> bytes:
-        listened = [
-            name
-            for name in PYTHON_CALL_EVENTS
-            if has_handlers(("pypit", "python", *name.split(".")))
-        ]
-        return _wire.encode(_wire.Configure(call_events=listened))
+    # -- worker telemetry and logging -------------------------------------------------
 
-    def _push_configuration(self) -> None:
+    def _configure_message(self, worker_id: str, seq: int = 0) -> _wire.Configure:
+        """The settings of ``worker_id``: the pool's, then its own overrides."""
+        settings = {**self._telemetry_settings, **self._worker_settings.get(worker_id, {})}
+        return _wire.Configure(
+            seq=seq,
+            listened=self._listened,
+            enabled=settings["enabled"],
+            sampling_rate=settings["sampling_rate"],
+            allow=list(settings["allow"]),
+            deny=list(settings["deny"]),
+            log_level=settings.get("log_level"),
+            sample_interval=self.config.sample_interval,
+        )
+
+    def _refresh_listened(self) -> None:
+        """Which python events have handlers: workers ship only those."""
         self._generation = _registry.generation
-        self._configure_frame = self._configuration()
+        self._listened = sorted(
+            {".".join(h.event_name[2:]) for h in _registry.list_handlers(("pypit", "python"))}
+        )
+
+    def _push_configuration(self, seq: int = 0, targets: str | None = None) -> None:
+        """Send each ready worker (or ``targets`` only) its settings."""
+        self._refresh_listened()
         for worker in self._workers:
-            if worker is not None and worker.ready:
-                worker.send(self._configure_frame)
+            if worker is None or not worker.ready:
+                continue
+            if targets is None or worker.worker_id == targets:
+                worker.send(_wire.encode(self._configure_message(worker.worker_id, seq)))
+
+    async def _apply(self, worker_id: str | None, timeout: float) -> None:
+        """Push settings and wait until the targeted workers acknowledged them."""
+        self._seq += 1
+        seq = self._seq
+        self._allowed.clear()
+        self._push_configuration(seq, worker_id)
+        with anyio.fail_after(timeout):
+            while any(
+                w is not None
+                and w.ready
+                and w.acked < seq
+                and w.process.returncode is None
+                and (worker_id is None or w.worker_id == worker_id)
+                for w in self._workers
+            ):
+                await anyio.sleep(0.005)
+
+    def _initial_configuration(self, worker_id: str) -> str:
+        """The settings a new worker applies before it imports the adapter (hex, for env)."""
+        if self._generation != _registry.generation:
+            self._refresh_listened()
+        return _wire.encode(self._configure_message(worker_id))[4:].hex()
+
+    def _slot_named(self, worker_id: str) -> _Slot:
+        slot = next((s for s in self._slots if s.worker_id == worker_id), None)
+        if slot is None:
+            raise LookupError(f"pool {self.name!r} has no worker {worker_id!r}")
+        return slot
+
+    async def configure_telemetry(
+        self,
+        *,
+        enabled: bool | None = None,
+        sampling_rate: float | None = None,
+        allow: list[str] | tuple[str, ...] | None = None,
+        deny: list[str] | tuple[str, ...] | None = None,
+        worker_id: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        """Change worker telemetry live, for the whole pool or one ``worker_id``.
+
+        ``enabled`` turns worker events on or off; ``sampling_rate`` (0 to 1)
+        keeps that share of correlation ids (all events of a call are kept or
+        dropped together); ``allow`` replaces the names accepted beyond the
+        catalog, ``deny`` the names refused (exact, ``"a.*"`` or ``"*"``).
+        Returns once every targeted worker applied the change; replacement
+        workers start with it. Raises ``TimeoutError`` if a worker did not
+        acknowledge in ``timeout`` seconds.
+        """
+        changes: dict[str, Any] = {}
+        if enabled is not None:
+            changes["enabled"] = bool(enabled)
+        if sampling_rate is not None:
+            if not 0.0 <= sampling_rate <= 1.0:
+                raise ValueError(f"sampling_rate is between 0 and 1, not {sampling_rate!r}")
+            changes["sampling_rate"] = float(sampling_rate)
+        for key, patterns in (("allow", allow), ("deny", deny)):
+            if patterns is not None:
+                if not isinstance(patterns, list | tuple) or not all(
+                    isinstance(p, str) and p for p in patterns
+                ):
+                    raise TypeError(f"{key} is a list of name patterns, not {patterns!r}")
+                changes[key] = tuple(patterns)
+        if worker_id is None:
+            self._telemetry_settings.update(changes)
+        else:
+            self._slot_named(worker_id)
+            self._worker_settings.setdefault(worker_id, {}).update(changes)
+        await self._apply(worker_id, timeout)
+
+    async def set_worker_level(self, worker_id: str, level: str, *, timeout: float = 5.0) -> None:
+        """Set the log level inside ``worker_id``'s process (its stdlib logging and
+        structlog), live; it survives restarts of that worker."""
+        check_level(level)
+        self._slot_named(worker_id)
+        self._worker_settings.setdefault(worker_id, {})["log_level"] = level
+        await self._apply(worker_id, timeout)
+
+    async def reset_worker_level(self, worker_id: str, *, timeout: float = 5.0) -> None:
+        """Give ``worker_id`` back the log level it started with."""
+        self._slot_named(worker_id)
+        self._worker_settings.get(worker_id, {}).pop("log_level", None)
+        await self._apply(worker_id, timeout)
+
+    def _is_allowed(self, worker_id: str, name: str) -> bool:
+        """The pool's own check of a shipped name: a worker cannot widen its allowlist."""
+        key = (worker_id, name)
+        allowed = self._allowed.get(key)
+        if allowed is None:
+            settings = {**self._telemetry_settings, **self._worker_settings.get(worker_id, {})}
+            allowed = valid_name(name) and (
+                name in CATALOG_NAMES or matches(name, settings["allow"])
+            )
+            if len(self._allowed) < 10_000:
+                self._allowed[key] = allowed
+        return allowed
 
     def _on_events(self, worker: WorkerHandle, batch: _wire.Events) -> None:
+        """Re-emit a worker's events with the three keys it cannot set, and report drops."""
         added = {"pool_name": self.name, "worker_id": worker.worker_id, "python_pid": worker.pid}
+        dropped: dict[str, list[Any]] = {}
         for name, measurements, metadata in batch.events:
+            if not self._is_allowed(worker.worker_id, name):
+                _count_drop(dropped, "unknown_event", name, 1)
+                continue
+            if invalid_metadata(metadata):
+                _count_drop(dropped, "invalid_metadata", name, 1)
+                continue
             event = ("pypit", "python", *name.split("."))
             if has_handlers(event):
                 execute(event, measurements, {**metadata, **added})
+        for reason, name, count in batch.dropped:
+            _count_drop(dropped, reason, name, count)
+        if dropped and has_handlers(DROPPED):
+            for reason, (count, names) in dropped.items():
+                execute(
+                    DROPPED,
+                    {"count": count},
+                    {
+                        "pool_name": self.name,
+                        "worker_id": worker.worker_id,
+                        "reason": reason,
+                        "event_name": next(iter(names)) if len(names) == 1 else None,
+                    },
+                )
 
     # -- workers -------------------------------------------------------------------
 
@@ -898,6 +1044,7 @@ class Pool:
             "PYPIT_WORKER_MAX_FRAME_SIZE": str(self.config.max_frame_size),
             "PYPIT_WORKER_SYS_PATH": json.dumps([p for p in sys.path if p]),
             "PYPIT_WORKER_RECONNECT_WINDOW": str(self.config.reconnect_window),
+            "PYPIT_WORKER_CONFIGURE": self._initial_configuration(worker_id),
         }
         try:
             # Shielded: a cancellation here could leave a started process with
@@ -1171,7 +1318,7 @@ class Pool:
         if self._generation != _registry.generation:
             self._push_configuration()
         else:
-            handle.send(self._configure_frame)
+            handle.send(_wire.encode(self._configure_message(handle.worker_id)))
         if not self._tools:
             self._tools = {
                 t.name: ToolDescription(t.name, t.description, t.stream)
@@ -1263,9 +1410,11 @@ class Pool:
         if isinstance(hello, _wire.Hello) and hello.token in self._reconnecting:
             handle = self._reconnecting.pop(hello.token)
             if handle.pid == hello.pid:
-                self._generation = _registry.generation
-                self._configure_frame = self._configuration()
-                handle.resume(connection, hello.running, self._configure_frame)
+                handle.resume(
+                    connection,
+                    hello.running,
+                    _wire.encode(self._configure_message(handle.worker_id)),
+                )
                 if has_handlers(RECONNECTED):
                     execute(
                         RECONNECTED,
@@ -1386,6 +1535,8 @@ async def open_pool(
     if size is not None:
         settings["size"] = size
     config = PoolConfig(**settings)
+    if config.log_level is not None or config.log_categories:
+        set_levels(config.log_level, config.log_categories)
     pool = Pool(config)
     try:
         async with anyio.create_task_group() as task_group:
@@ -1408,3 +1559,9 @@ async def open_pool(
         raise error from error.__cause__
     finally:
         pool._cleanup()
+
+
+def _count_drop(dropped: dict[str, list[Any]], reason: str, name: str, count: int) -> None:
+    entry = dropped.setdefault(reason, [0, set()])
+    entry[0] += count
+    entry[1].add(name)

@@ -146,6 +146,7 @@ class WorkerHandle:
     rss_bytes: int = 0
     lost_emitted: bool = False
     lost_at: int = 0
+    acked: int = 0
     pending: dict[int, Request] = attrs.field(factory=dict)
     stderr_tail: deque[str] = attrs.field(factory=lambda: deque(maxlen=_STDERR_TAIL))
     changed: anyio.Event = attrs.field(factory=anyio.Event)
@@ -215,6 +216,8 @@ class WorkerHandle:
         elif kind is _wire.Failed:
             self.failure = message  # type: ignore[assignment]
             self.changed.set()
+        elif kind is _wire.Ack:
+            self.acked = max(self.acked, message.seq)  # type: ignore[union-attr]
         elif kind is _wire.Pong:
             self.pongs_seen = max(self.pongs_seen, message.seq)  # type: ignore[union-attr]
         else:

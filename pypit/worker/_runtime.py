@@ -37,8 +37,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pypit import _wire
 from pypit._errors import FrameTooLargeError, SerializationError
+from pypit.worker import _telemetry
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter
-from pypit.worker._telemetry import EventBuffer, correlation_id_var
+from pypit.worker._logging import apply_level
+from pypit.worker._telemetry import Settings, WorkerTelemetry, correlation_id_var
 
 if TYPE_CHECKING:
     # asyncio costs a quarter of a worker's start-up; it is imported only for
@@ -145,8 +147,11 @@ class Runtime:
         self._adapter: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
-        self._call_events: frozenset[str] = frozenset()
-        self.events = EventBuffer()
+        self.telemetry = WorkerTelemetry()
+        self.events = self.telemetry.buffer
+        self._sample_interval = 0.0
+        self._sampler_wake = threading.Event()
+        self._sampler: threading.Thread | None = None
         self._stopping = threading.Event()
         self.pid = os.getpid()
 
@@ -402,12 +407,28 @@ class Runtime:
                 self._call_blocking(teardown)
             except Exception:
                 traceback.print_exc()
-        batch = self.events.drain()
-        if batch is not None:
-            self._send_message(batch)
+        self._sampler_wake.set()
+        self._flush_events()
 
     def _on_configure(self, message: _wire.Configure) -> bool:
-        self._call_events = frozenset(message.call_events)
+        self.telemetry.settings = Settings(
+            enabled=message.enabled,
+            rate=message.sampling_rate,
+            listened=message.listened,
+            allow=message.allow,
+            deny=message.deny,
+        )
+        apply_level(message.log_level)
+        if message.sample_interval != self._sample_interval:
+            self._sample_interval = message.sample_interval
+            self._sampler_wake.set()
+            if self._sampler is None and message.sample_interval > 0:
+                self._sampler = threading.Thread(
+                    target=self._sample, name="pypit-sampler", daemon=True
+                )
+                self._sampler.start()
+        if message.seq:
+            self._send_message(_wire.Ack(message.seq))
         return True
 
     def _on_ping(self, message: _wire.Ping) -> bool:
@@ -541,26 +562,26 @@ class Runtime:
         }
 
     def _call_started(self, call: _wire.Call) -> int:
-        if "call.start" in self._call_events:
-            self.events.add(
+        if self.telemetry.wants("call.start"):
+            self.telemetry.ship(
                 "call.start", {"system_time": time.time_ns()}, self._call_metadata(call)
             )
         return time.monotonic_ns()
 
     def _call_stopped(self, call: _wire.Call, started: int) -> None:
-        if "call.stop" in self._call_events:
+        if self.telemetry.wants("call.stop"):
             duration = time.monotonic_ns() - started
-            self.events.add("call.stop", {"duration": duration}, self._call_metadata(call))
+            self.telemetry.ship("call.stop", {"duration": duration}, self._call_metadata(call))
 
     def _cancelled(self, call: _wire.Call, started: int) -> _wire.Error:
-        if "call.exception" in self._call_events:
+        if self.telemetry.wants("call.exception"):
             self._call_exception(call, started, "Cancelled", "the call was cancelled")
         return _wire.Error(call.id, "cancelled", "Cancelled", "the call was cancelled")
 
     def _failed(self, call: _wire.Call, started: int, exc: Exception) -> _wire.Error:
         error_type = _qualified_name(type(exc))
         message = str(exc)
-        if "call.exception" in self._call_events:
+        if self.telemetry.wants("call.exception"):
             self._call_exception(call, started, error_type, message)
         return _wire.Error(
             call.id, "tool", error_type, message, "".join(traceback.format_exception(exc))
@@ -571,8 +592,8 @@ class Runtime:
     ) -> None:
         metadata = self._call_metadata(call)
         metadata["error_type"] = error_type
-        metadata["error_message"] = message
-        self.events.add("call.exception", {"duration": time.monotonic_ns() - started}, metadata)
+        metadata["error_message"] = message[: _telemetry.MAX_STRING_LENGTH]
+        self.telemetry.ship("call.exception", {"duration": time.monotonic_ns() - started}, metadata)
 
     def _flusher(self) -> None:
         while not self._stopping.is_set():
@@ -587,10 +608,31 @@ class Runtime:
                         self.send()
                         break
                     time.sleep(remaining / 1e9)
-            if len(self.events):
-                batch = self.events.drain()
-                if batch is not None:
-                    self._send_message(batch)
+            self._flush_events()
+
+    def _flush_events(self) -> None:
+        while (batch := self.events.drain()) is not None:
+            self._send_message(batch)
+            if len(batch.events) < _telemetry.MAX_BATCH:
+                return
+
+    def _sample(self) -> None:
+        """Emit python.memory.sampled and python.cpu.sampled every sample interval."""
+        import psutil
+
+        process = psutil.Process()
+        process.cpu_percent(None)
+        while not self._stopping.is_set():
+            interval = self._sample_interval
+            woken = self._sampler_wake.wait(interval if interval > 0 else None)
+            self._sampler_wake.clear()
+            if woken or self._stopping.is_set():
+                continue  # the interval changed, or the worker stops
+            memory = process.memory_info()
+            self.telemetry.ship(
+                "memory.sampled", {"rss_bytes": memory.rss, "vms_bytes": memory.vms}, {}
+            )
+            self.telemetry.ship("cpu.sampled", {"cpu_percent": process.cpu_percent(None)}, {})
 
 
 def _qualified_name(cls: type) -> str:
@@ -612,6 +654,11 @@ def main() -> int:
         max_frame_size = int(env.get(ENV_PREFIX + "MAX_FRAME_SIZE", _wire.DEFAULT_MAX_FRAME_SIZE))
         extra_path = json.loads(env.get(ENV_PREFIX + "SYS_PATH", "[]"))
         reconnect_window = float(env.get(ENV_PREFIX + "RECONNECT_WINDOW", "0"))
+        settings = (
+            _wire.decode_to_worker(bytes.fromhex(env.get(ENV_PREFIX + "CONFIGURE", "")))
+            if env.get(ENV_PREFIX + "CONFIGURE")
+            else None
+        )
     except (KeyError, ValueError) as exc:
         print(f"pypit worker: missing or bad setting: {exc}", file=sys.stderr)
         return 2
@@ -630,6 +677,10 @@ def main() -> int:
         parent_pid=parent_pid,
         reconnect_window=reconnect_window,
     )
+    _telemetry.current = runtime.telemetry
+    if isinstance(settings, _wire.Configure):
+        # The pool's settings apply from the start: setup() may emit and log.
+        runtime._on_configure(settings)
     runtime.send(_wire.encode(_wire.Hello(token, runtime.pid)))
     try:
         tools = runtime.load(adapter_spec)

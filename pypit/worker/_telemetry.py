@@ -1,23 +1,131 @@
-"""Worker-side telemetry state: the correlation id and the outgoing event buffer.
+"""Telemetry inside a worker: ``emit``, ``span``, correlation ids, and the outgoing buffer.
 
-Events emitted inside a worker are appended to a bounded buffer and shipped to
-the parent in batches -- ahead of the result of the call that produced them,
-and by a timer for events emitted between calls. What does not fit is counted
-and reported as ``("pypit", "telemetry", "dropped")``, never lost silently.
+Events emitted inside a worker are checked, sampled, appended to a bounded
+buffer and shipped to the pool in batches -- ahead of the result of the call
+that produced them, and by a timer for events emitted between calls. The pool
+re-emits them as ``("pypit", "python", *name.split("."))``.
+
+Every event is either shipped, filtered on purpose (telemetry disabled, a
+deny pattern, not sampled, nobody in the pool listens to that name), or
+counted in ``("pypit", "telemetry", "dropped")`` with its reason:
+``unknown_event`` (not in the catalog nor allowed), ``invalid_measurements``,
+``invalid_metadata``, ``buffer_full``. Nothing is lost silently.
+
+Outside a worker process every function here is a cheap no-op, so adapter
+code can be imported and tested on its own.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
 import threading
+import time
+import zlib
 from collections import Counter
-from contextvars import ContextVar
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, Final, ParamSpec, TypeVar
 
 from pypit import _wire
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 DEFAULT_BUFFER_SIZE: Final = 65_536
+MAX_BATCH: Final = 4096
+MAX_METADATA_KEYS: Final = 32
+MAX_KEY_LENGTH: Final = 128
+MAX_STRING_LENGTH: Final = 1024
+
+# The python.* events of the catalog, as workers name them (a test keeps
+# this in step with pypit.telemetry.CATALOG, which workers do not import).
+CATALOG_NAMES: Final = frozenset(
+    {
+        "call.start",
+        "call.stop",
+        "call.exception",
+        "tool.execution.start",
+        "tool.execution.stop",
+        "tool.execution.exception",
+        "memory.sampled",
+        "cpu.sampled",
+    }
+)
+
+_SHIP: Final = 1
+_IGNORE: Final = 2  # allowed, but filtered on purpose (denied, or nobody listens)
+_UNKNOWN: Final = 3
+_SCALARS: Final = (str, int, float, bool, type(None))
 
 correlation_id_var: ContextVar[str | None] = ContextVar("pypit_correlation_id", default=None)
+_span_var: ContextVar[str | None] = ContextVar("pypit_span", default=None)
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """Whether ``name`` matches one of ``patterns``: exact names, ``"prefix.*"`` or ``"*"``."""
+    for pattern in patterns:
+        if pattern == "*" or pattern == name:
+            return True
+        if pattern.endswith(".*") and name.startswith(pattern[:-1]):
+            return True
+    return False
+
+
+def valid_name(name: object) -> bool:
+    return isinstance(name, str) and bool(name) and all(name.split("."))
+
+
+class Settings:
+    """One immutable set of telemetry settings, swapped whole when the pool changes them."""
+
+    __slots__ = ("allow", "decisions", "deny", "enabled", "listened", "rate")
+
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        rate: float = 1.0,
+        listened: Iterable[str] = (),
+        allow: Iterable[str] = (),
+        deny: Iterable[str] = (),
+    ) -> None:
+        self.enabled = enabled
+        self.rate = rate
+        self.listened = frozenset(listened)
+        self.allow = tuple(allow)
+        self.deny = tuple(deny)
+        self.decisions: dict[str, int] = {}
+
+    def decide(self, name: str) -> int:
+        decision = self.decisions.get(name)
+        if decision is not None:
+            return decision
+        if not valid_name(name):
+            return _UNKNOWN
+        if name not in CATALOG_NAMES and not matches(name, self.allow):
+            decision = _UNKNOWN
+        elif matches(name, self.deny) or name not in self.listened:
+            decision = _IGNORE
+        else:
+            decision = _SHIP
+        if len(self.decisions) < 10_000:
+            self.decisions[name] = decision
+        return decision
+
+    def sampled(self, correlation_id: str | None) -> bool:
+        """Keep this event? Decided per correlation id, so a call's events go together."""
+        if self.rate >= 1.0:
+            return True
+        if self.rate <= 0.0:
+            return False
+        if correlation_id is None:
+            import random
+
+            return random.random() < self.rate
+        return zlib.crc32(correlation_id.encode()) % 10_000 < self.rate * 10_000
 
 
 class EventBuffer:
@@ -42,15 +150,208 @@ class EventBuffer:
         with self._lock:
             self._dropped[reason, name] += count
 
-    def drain(self) -> _wire.Events | None:
-        """Everything buffered since the last drain, as one message, or None."""
+    def drain(self, limit: int = MAX_BATCH) -> _wire.Events | None:
+        """Up to ``limit`` buffered events and every drop count, as one message, or None."""
         with self._lock:
             if not self._events and not self._dropped:
                 return None
-            events, self._events = self._events, []
+            if len(self._events) <= limit:
+                events, self._events = self._events, []
+            else:
+                events, self._events = self._events[:limit], self._events[limit:]
             dropped = [(reason, name, n) for (reason, name), n in self._dropped.items()]
             self._dropped.clear()
         return _wire.Events(events, dropped)
 
     def __len__(self) -> int:
         return len(self._events)
+
+
+class WorkerTelemetry:
+    """The telemetry of this worker process: its settings and its buffer."""
+
+    def __init__(self, buffer: EventBuffer | None = None) -> None:
+        self.settings = Settings()
+        self.buffer = buffer or EventBuffer()
+
+    def ship(
+        self, name: str, measurements: dict[str, int | float], metadata: dict[str, Any]
+    ) -> None:
+        """Ship one of pypit's own events (already well formed), if the settings let it."""
+        settings = self.settings
+        if not settings.enabled or settings.decide(name) != _SHIP:
+            return
+        if settings.rate < 1.0 and not settings.sampled(metadata.get("correlation_id")):
+            return
+        self.buffer.add(name, measurements, metadata)
+
+    def wants(self, name: str) -> bool:
+        """Whether an event of that name would be shipped (before sampling)."""
+        settings = self.settings
+        return settings.enabled and settings.decide(name) == _SHIP
+
+
+current: WorkerTelemetry | None = None
+"""This process's telemetry, set when it runs as a pool's worker."""
+
+
+def _invalid_measurements(measurements: object) -> bool:
+    if not isinstance(measurements, dict):
+        return True
+    for key, value in measurements.items():
+        kind = type(value)
+        if (kind is not int and kind is not float) or type(key) is not str:
+            return True
+    return False
+
+
+def invalid_metadata(metadata: Mapping[str, Any]) -> bool:
+    """Whether metadata breaks the bounds: at most 32 str keys, scalar values, short strings."""
+    if len(metadata) > MAX_METADATA_KEYS:
+        return True
+    for key, value in metadata.items():
+        if type(key) is not str or len(key) > MAX_KEY_LENGTH or not isinstance(value, _SCALARS):
+            return True
+        if type(value) is str and len(value) > MAX_STRING_LENGTH:
+            return True
+    return False
+
+
+def emit(
+    name: str,
+    measurements: dict[str, int | float],
+    metadata: Mapping[str, Any] | None = None,
+    correlation_id: str | None = None,
+) -> None:
+    """Emit ``name`` to the pool, where it arrives as ``("pypit", "python", *name.split("."))``.
+
+    ``measurements`` are numbers; ``metadata`` values are str, int, float,
+    bool or None (at most 32 keys, strings up to 1024 characters). The
+    correlation id of the call being served is added unless one is given.
+    Accepted names are the catalog's python events and the pool's allowlist.
+    """
+    state = current
+    if state is None:
+        return
+    settings = state.settings
+    if not settings.enabled:
+        return
+    decision = settings.decisions.get(name) or settings.decide(name)
+    if decision != _SHIP:
+        if decision == _UNKNOWN:
+            state.buffer.drop("unknown_event", name if isinstance(name, str) else repr(name))
+        return
+    if _invalid_measurements(measurements):
+        state.buffer.drop("invalid_measurements", name)
+        return
+    if metadata and invalid_metadata(metadata):
+        state.buffer.drop("invalid_metadata", name)
+        return
+    if correlation_id is None:
+        correlation_id = correlation_id_var.get()
+    if settings.rate < 1.0 and not settings.sampled(correlation_id):
+        return
+    shipped = dict(metadata) if metadata else {}
+    if correlation_id is not None:
+        shipped["correlation_id"] = correlation_id
+    state.buffer.add(name, dict(measurements), shipped)
+
+
+def new_correlation_id() -> str:
+    """A new random correlation id."""
+    return os.urandom(8).hex()
+
+
+def set_correlation_id(correlation_id: str) -> Token[str | None]:
+    """Make ``correlation_id`` current in this context; returns a token for
+    :func:`reset_correlation_id`."""
+    return correlation_id_var.set(correlation_id)
+
+
+def get_correlation_id() -> str | None:
+    """The current correlation id: the call's, unless set otherwise."""
+    return correlation_id_var.get()
+
+
+def reset_correlation_id(token: Token[str | None] | None = None) -> None:
+    """Undo :func:`set_correlation_id` (with its token), or clear the correlation id."""
+    if token is None:
+        correlation_id_var.set(None)
+    else:
+        correlation_id_var.reset(token)
+
+
+class span:
+    """Emit ``name.start``, then ``name.stop`` or ``name.exception``, around some work.
+
+    A context manager (``with`` and ``async with``) and a decorator (plain and
+    coroutine functions). Each span's metadata carries ``span_id`` and
+    ``parent_span_id`` (None at the top), so nested spans keep their
+    parent/child relation; ``exception`` adds ``error_type`` and
+    ``error_message``. The exception is always re-raised.
+    """
+
+    __slots__ = ("_metadata", "_name", "_started", "_token")
+
+    def __init__(self, name: str, metadata: Mapping[str, Any] | None = None) -> None:
+        self._name = name
+        self._metadata = dict(metadata) if metadata else {}
+        self._started = 0
+        self._token: Token[str | None] | None = None
+
+    def __enter__(self) -> span:
+        span_id = os.urandom(8).hex()
+        self._metadata["span_id"] = span_id
+        self._metadata["parent_span_id"] = _span_var.get()
+        self._token = _span_var.set(span_id)
+        self._started = time.monotonic_ns()
+        emit(f"{self._name}.start", {"system_time": time.time_ns()}, self._metadata)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        duration = time.monotonic_ns() - self._started
+        if self._token is not None:
+            _span_var.reset(self._token)
+        if exc is None:
+            emit(f"{self._name}.stop", {"duration": duration}, self._metadata)
+        else:
+            metadata = {
+                **self._metadata,
+                "error_type": type(exc).__name__,
+                "error_message": str(exc)[:MAX_STRING_LENGTH],
+            }
+            emit(f"{self._name}.exception", {"duration": duration}, metadata)
+
+    async def __aenter__(self) -> span:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, function: Callable[P, R]) -> Callable[P, R]:
+        name, metadata = self._name, self._metadata
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with span(name, metadata):
+                    return await function(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(function)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with span(name, metadata):
+                return function(*args, **kwargs)
+
+        return wrapper
