@@ -181,3 +181,103 @@ class Hostile(Echo):
 
         assert _runtime.current is not None
         _runtime.current.send(data)
+
+
+class Instrumented(Adapter):
+    """Tools that use the worker telemetry API the way the seed's examples do."""
+
+    @tool(description="The seed's emit example")
+    def seed_emit(self) -> None:
+        from pypit.worker import telemetry
+
+        telemetry.emit(
+            "tool.execution.stop",
+            {"duration": 1234, "bytes": 5000},
+            {"tool": "predict", "status": "success"},
+            correlation_id="abc-123",
+        )
+
+    @tool(description="The seed's span examples, nested")
+    def inference(self, fail: bool = False) -> str:
+        from pypit.worker import telemetry
+
+        with telemetry.span("complex_operation"):
+            with telemetry.span("preprocessing"):
+                pass
+            with telemetry.span("inference", {"model": "gpt-4"}):
+                if fail:
+                    raise ValueError("model exploded")
+        return "done"
+
+    @tool(description="Emit n events of one name, from this thread or from one it starts")
+    def emit_many(self, name: str, n: int, in_thread: bool = False) -> int:
+        import contextvars
+
+        from pypit.worker import telemetry
+
+        def emit_all() -> None:
+            for i in range(n):
+                telemetry.emit(name, {"i": i})
+
+        if in_thread:
+            thread = threading.Thread(target=contextvars.copy_context().run, args=(emit_all,))
+            thread.start()
+            thread.join()
+        else:
+            emit_all()
+        return n
+
+    @tool(description="Emit events the pool must refuse")
+    def emit_bad(self) -> None:
+        from pypit.worker import telemetry
+
+        telemetry.emit("not.in.the.catalog", {"v": 1})
+        telemetry.emit("not.in.the.catalog", {"v": 2})
+        telemetry.emit("tool.execution.start", {"v": "text"})  # type: ignore[dict-item]
+        telemetry.emit("tool.execution.start", {"v": True})
+        telemetry.emit("tool.execution.stop", {"v": 1}, {"key": object()})
+        telemetry.emit("tool.execution.stop", {"v": 1}, {f"k{i}": i for i in range(40)})
+        telemetry.emit("tool.execution.stop", {"v": 1}, {"long": "x" * 5000})
+
+    @tool(description="Try to overwrite the keys the pool adds")
+    def impersonate(self) -> None:
+        from pypit.worker import telemetry
+
+        telemetry.emit(
+            "tool.execution.stop",
+            {"duration": 1},
+            {"pool_name": "evil", "worker_id": "evil_worker_9", "python_pid": 1},
+        )
+
+    @tool(description="Exercise the correlation id functions")
+    def correlation(self) -> list[str | None]:
+        from pypit.worker import telemetry
+
+        seen = [telemetry.get_correlation_id()]
+        token = telemetry.set_correlation_id(telemetry.new_correlation_id())
+        seen.append(telemetry.get_correlation_id())
+        telemetry.reset_correlation_id(token)
+        seen.append(telemetry.get_correlation_id())
+        telemetry.reset_correlation_id()
+        seen.append(telemetry.get_correlation_id())
+        return seen
+
+    @tool(description="Log one line at each level through structlog and the stdlib")
+    def log_levels(self, tag: str) -> None:
+        import logging
+
+        import structlog
+
+        logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(message)s")
+        structlog.get_logger().debug(f"structlog debug {tag}")
+        structlog.get_logger().info(f"structlog info {tag}")
+        logging.getLogger("adapter").debug(f"stdlib debug {tag}")
+        logging.getLogger("adapter").warning(f"stdlib warning {tag}")
+
+    @tool(description="Crash")
+    def die(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @tool(description="pid")
+    def pid(self) -> int:
+        return os.getpid()

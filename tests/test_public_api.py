@@ -10,7 +10,7 @@ import pytest
 
 import pypit
 
-FACADES = ["pypit", "pypit.telemetry", "pypit.pool", "pypit.worker"]
+FACADES = ["pypit", "pypit.telemetry", "pypit.pool", "pypit.worker", "pypit.worker.telemetry"]
 
 
 @pytest.mark.parametrize("name", FACADES)

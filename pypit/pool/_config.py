@@ -132,10 +132,13 @@ class PoolConfig:
     )
     """Worker event names accepted beyond the catalog: exact (``"inference.stop"``),
     ``"prefix.*"`` or ``"*"``. Set by the application, never by a worker."""
+    telemetry_buffer_size: int = attrs.field(default=65_536, validator=_positive)
+    """Events a worker holds before shipping; past it, events are dropped and counted."""
     sample_interval: float = attrs.field(default=10.0, validator=_non_negative)
     """Period of python.memory.sampled and python.cpu.sampled in each worker; 0 disables."""
     log_level: str | None = attrs.field(default=None, validator=attrs.validators.optional(_level))
-    """pypit's log level in this process: debug, info, warning, error or none."""
+    """pypit's log level in this process (debug, info, warning, error or none), and the
+    level the workers start with."""
     log_categories: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     """Levels per category (``pool``, ``worker``, ``rpc``, ``telemetry``), over ``log_level``."""
     python: str = attrs.field(default=sys.executable)

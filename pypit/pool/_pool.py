@@ -777,7 +777,7 @@ class Pool:
             sampling_rate=settings["sampling_rate"],
             allow=list(settings["allow"]),
             deny=list(settings["deny"]),
-            log_level=settings.get("log_level"),
+            log_level=settings.get("log_level", self.config.log_level),
             sample_interval=self.config.sample_interval,
         )
 
@@ -876,7 +876,8 @@ class Pool:
         await self._apply(worker_id, timeout)
 
     async def reset_worker_level(self, worker_id: str, *, timeout: float = 5.0) -> None:
-        """Give ``worker_id`` back the log level it started with."""
+        """Give ``worker_id`` back the pool's ``log_level`` (or, without one, the level the
+        worker started with)."""
         self._slot_named(worker_id)
         self._worker_settings.get(worker_id, {}).pop("log_level", None)
         await self._apply(worker_id, timeout)
@@ -1045,6 +1046,7 @@ class Pool:
             "PYPIT_WORKER_SYS_PATH": json.dumps([p for p in sys.path if p]),
             "PYPIT_WORKER_RECONNECT_WINDOW": str(self.config.reconnect_window),
             "PYPIT_WORKER_CONFIGURE": self._initial_configuration(worker_id),
+            "PYPIT_WORKER_BUFFER_SIZE": str(self.config.telemetry_buffer_size),
         }
         try:
             # Shielded: a cancellation here could leave a started process with

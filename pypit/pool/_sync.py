@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio.from_thread
 
-from pypit.pool._pool import Pool, PoolStatus, ToolDescription, open_pool
+from pypit.pool._pool import Pool, PoolStatus, SessionInfo, ToolDescription, open_pool
 
 
 class SyncPool:
@@ -35,6 +35,8 @@ class SyncPool:
         timeout: float | None = None,
         session_id: str | None = None,
         correlation_id: str | None = None,
+        affinity: str | None = None,
+        idempotent: bool = False,
     ) -> Any:
         """Blocking :meth:`Pool.execute`."""
         return self._portal.call(
@@ -45,6 +47,8 @@ class SyncPool:
                 timeout=timeout,
                 session_id=session_id,
                 correlation_id=correlation_id,
+                affinity=affinity,
+                idempotent=idempotent,
             )
         )
 
@@ -83,6 +87,26 @@ class SyncPool:
 
     async def _emit_status(self) -> None:
         self._pool.emit_status()
+
+    def configure_telemetry(self, **settings: Any) -> None:
+        """Blocking :meth:`Pool.configure_telemetry`."""
+        self._portal.call(functools.partial(self._pool.configure_telemetry, **settings))
+
+    def set_worker_level(self, worker_id: str, level: str) -> None:
+        """Blocking :meth:`Pool.set_worker_level`."""
+        self._portal.call(self._pool.set_worker_level, worker_id, level)
+
+    def reset_worker_level(self, worker_id: str) -> None:
+        """Blocking :meth:`Pool.reset_worker_level`."""
+        self._portal.call(self._pool.reset_worker_level, worker_id)
+
+    def recycle_worker(self, worker_id: str) -> None:
+        """Blocking :meth:`Pool.recycle_worker`."""
+        self._portal.call(self._pool.recycle_worker, worker_id)
+
+    def session(self, session_id: str) -> SessionInfo | None:
+        """:meth:`Pool.session`."""
+        return self._pool.session(session_id)
 
     def tools(self) -> dict[str, ToolDescription]:
         """:meth:`Pool.tools`."""

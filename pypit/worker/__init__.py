@@ -13,9 +13,10 @@
             return {"y": self.weights * x}
 """
 
+from pypit.worker import telemetry as telemetry
 from pypit.worker._adapter import Adapter as Adapter
 from pypit.worker._adapter import tool as tool
 
-__all__ = ["Adapter", "tool"]
+__all__ = ["Adapter", "telemetry", "tool"]
 
 Adapter.__module__ = __name__

@@ -40,7 +40,7 @@ from pypit._errors import FrameTooLargeError, SerializationError
 from pypit.worker import _telemetry
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter
 from pypit.worker._logging import apply_level
-from pypit.worker._telemetry import Settings, WorkerTelemetry, correlation_id_var
+from pypit.worker._telemetry import EventBuffer, Settings, WorkerTelemetry, correlation_id_var
 
 if TYPE_CHECKING:
     # asyncio costs a quarter of a worker's start-up; it is imported only for
@@ -113,6 +113,7 @@ class Runtime:
         token: str = "",
         parent_pid: int = 0,
         reconnect_window: float = 0.0,
+        buffer_size: int = _telemetry.DEFAULT_BUFFER_SIZE,
     ) -> None:
         self._sock = sock
         self._path = path
@@ -147,7 +148,7 @@ class Runtime:
         self._adapter: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
-        self.telemetry = WorkerTelemetry()
+        self.telemetry = WorkerTelemetry(EventBuffer(buffer_size))
         self.events = self.telemetry.buffer
         self._sample_interval = 0.0
         self._sampler_wake = threading.Event()
@@ -654,6 +655,7 @@ def main() -> int:
         max_frame_size = int(env.get(ENV_PREFIX + "MAX_FRAME_SIZE", _wire.DEFAULT_MAX_FRAME_SIZE))
         extra_path = json.loads(env.get(ENV_PREFIX + "SYS_PATH", "[]"))
         reconnect_window = float(env.get(ENV_PREFIX + "RECONNECT_WINDOW", "0"))
+        buffer_size = int(env.get(ENV_PREFIX + "BUFFER_SIZE", _telemetry.DEFAULT_BUFFER_SIZE))
         settings = (
             _wire.decode_to_worker(bytes.fromhex(env.get(ENV_PREFIX + "CONFIGURE", "")))
             if env.get(ENV_PREFIX + "CONFIGURE")
@@ -676,6 +678,7 @@ def main() -> int:
         token=token,
         parent_pid=parent_pid,
         reconnect_window=reconnect_window,
+        buffer_size=buffer_size,
     )
     _telemetry.current = runtime.telemetry
     if isinstance(settings, _wire.Configure):

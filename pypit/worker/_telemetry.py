@@ -172,7 +172,7 @@ class WorkerTelemetry:
 
     def __init__(self, buffer: EventBuffer | None = None) -> None:
         self.settings = Settings()
-        self.buffer = buffer or EventBuffer()
+        self.buffer = buffer if buffer is not None else EventBuffer()
 
     def ship(
         self, name: str, measurements: dict[str, int | float], metadata: dict[str, Any]

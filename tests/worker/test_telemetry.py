@@ -1,0 +1,339 @@
+"""Telemetry from inside the workers: shipped, folded into the bus, or counted as dropped."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+
+from pypit import WorkerCrashedError, _log, telemetry
+from pypit.pool import open_pool
+from pypit.telemetry import CapturedEvent
+from pypit.worker import _telemetry
+from tests.pool.conftest import adapter, assert_catalog_shape, options
+
+pytestmark = pytest.mark.anyio
+
+PYTHON = ("pypit", "python")
+DROPPED = ("pypit", "telemetry", "dropped")
+STOP = (*PYTHON, "tool", "execution", "stop")
+ADDED = {"pool_name", "worker_id", "python_pid"}
+
+
+def instrumented(**overrides: Any) -> tuple[str, dict[str, Any]]:
+    return adapter("Instrumented"), options(**overrides)
+
+
+def dropped_by_reason(seen: telemetry.Capture) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for event in seen.named(*DROPPED):
+        assert_catalog_shape(event)
+        counts[event.metadata["reason"]] += event.measurements["count"]
+    return dict(counts)
+
+
+async def test_seed_emit_example_arrives_in_the_bus() -> None:
+    """telemetry.emit("tool.execution.stop", ...) arrives with the pool's three keys added."""
+    name, settings = instrumented()
+    with telemetry.capture(STOP) as seen:
+        async with open_pool(name, **settings) as pool:
+            pid = await pool.execute("pid")
+            await pool.execute("seed_emit")
+
+    (event,) = seen.events
+    assert event.measurements == {"duration": 1234, "bytes": 5000}
+    assert event.metadata == {
+        "tool": "predict",
+        "status": "success",
+        "correlation_id": "abc-123",
+        "pool_name": "default",
+        "worker_id": "default_worker_1",
+        "python_pid": pid,
+    }
+    assert telemetry.catalog_event(STOP).metadata_keys <= set(event.metadata)
+
+
+async def test_spans_nest_and_need_the_application_allowlist() -> None:
+    """Allowed span names arrive with span and parent ids; the rest is counted as unknown."""
+    names = [
+        (*PYTHON, *span.split("."), phase)
+        for span in ("complex_operation", "preprocessing", "inference")
+        for phase in ("start", "stop", "exception")
+    ]
+    name, settings = instrumented(telemetry_allow=["inference.*", "preprocessing.*"])
+    with telemetry.capture(*names, DROPPED) as seen:
+        async with open_pool(name, **settings) as pool:
+            assert await pool.execute("inference") == "done"
+            with pytest.raises(Exception, match="model exploded"):
+                await pool.execute("inference", {"fail": True})
+
+    start = seen.named(*PYTHON, "inference", "start")[0]
+    stop = seen.named(*PYTHON, "inference", "stop")[0]
+    pre = seen.named(*PYTHON, "preprocessing", "start")[0]
+    assert start.metadata["model"] == "gpt-4"
+    assert start.metadata["span_id"] == stop.metadata["span_id"]
+    assert set(stop.measurements) == {"duration"}
+    assert set(start.measurements) == {"system_time"}
+    assert pre.metadata["parent_span_id"] == start.metadata["parent_span_id"]
+    assert pre.metadata["parent_span_id"] is not None
+    assert pre.metadata["span_id"] != start.metadata["span_id"]
+    (exception,) = seen.named(*PYTHON, "inference", "exception")
+    assert exception.metadata["error_type"] == "ValueError"
+    assert exception.metadata["error_message"] == "model exploded"
+    assert seen.named(*PYTHON, "complex_operation", "start") == []
+    assert dropped_by_reason(seen) == {"unknown_event": 4}
+
+
+async def test_every_drop_reason_is_counted() -> None:
+    """unknown_event, invalid_measurements and invalid_metadata, one event per reason."""
+    name, settings = instrumented()
+    with telemetry.capture(DROPPED, STOP, (*PYTHON, "tool", "execution", "start")) as seen:
+        async with open_pool(name, **settings) as pool:
+            await pool.execute("emit_bad")
+
+    assert dropped_by_reason(seen) == {
+        "unknown_event": 2,
+        "invalid_measurements": 2,
+        "invalid_metadata": 3,
+    }
+    unknown = next(e for e in seen.named(*DROPPED) if e.metadata["reason"] == "unknown_event")
+    assert unknown.metadata["event_name"] == "not.in.the.catalog"
+    assert seen.named(*STOP) == []
+
+
+async def test_a_full_buffer_drops_and_counts_nothing_silently() -> None:
+    """Past the buffer, events are counted as buffer_full: shipped + dropped = emitted."""
+    name, settings = instrumented(telemetry_buffer_size=50)
+    with telemetry.capture(STOP, DROPPED) as seen:
+        async with open_pool(name, **settings) as pool:
+            await pool.execute("emit_many", {"name": "tool.execution.stop", "n": 2000})
+
+    shipped = len(seen.named(*STOP))
+    dropped = dropped_by_reason(seen)
+    assert dropped.get("buffer_full", 0) > 0
+    assert shipped + dropped["buffer_full"] == 2000
+
+
+async def test_the_pool_adds_its_keys_last() -> None:
+    """A worker cannot overwrite pool_name, worker_id or python_pid."""
+    name, settings = instrumented()
+    with telemetry.capture(STOP) as seen:
+        async with open_pool(name, **settings) as pool:
+            pid = await pool.execute("pid")
+            await pool.execute("impersonate")
+
+    metadata = seen.events[0].metadata
+    assert (metadata["pool_name"], metadata["worker_id"], metadata["python_pid"]) == (
+        "default",
+        "default_worker_1",
+        pid,
+    )
+
+
+@pytest.mark.parametrize("in_thread", [False, True], ids=["tool", "thread"])
+async def test_the_calls_correlation_id_is_set_automatically(in_thread: bool) -> None:
+    """Events of a call carry its correlation id, also from a thread with a copied context."""
+    name, settings = instrumented()
+    with telemetry.capture(STOP) as seen:
+        async with open_pool(name, **settings) as pool:
+            await pool.execute(
+                "emit_many",
+                {"name": "tool.execution.stop", "n": 3, "in_thread": in_thread},
+                correlation_id="call-7",
+            )
+
+    assert [e.metadata["correlation_id"] for e in seen] == ["call-7"] * 3
+
+
+async def test_correlation_id_functions() -> None:
+    """new/set/get/reset work in the worker, starting from the call's id."""
+    name, settings = instrumented()
+    async with open_pool(name, **settings) as pool:
+        call_id, mine, back, cleared = await pool.execute("correlation", correlation_id="c-1")
+
+    assert (call_id, back, cleared) == ("c-1", "c-1", None)
+    assert mine not in (None, "c-1")
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+async def test_sampling_keeps_or_drops_a_calls_events_together(rate: float) -> None:
+    """Sampling is decided per correlation id: each call's 3 events all arrive or none."""
+    name, settings = instrumented()
+    calls = 40
+    with telemetry.capture(STOP) as seen:
+        async with open_pool(name, **settings) as pool:
+            await pool.configure_telemetry(sampling_rate=rate)
+            for i in range(calls):
+                await pool.execute(
+                    "emit_many", {"name": "tool.execution.stop", "n": 3}, correlation_id=f"c{i}"
+                )
+
+    per_call = Counter(e.metadata["correlation_id"] for e in seen)
+    assert set(per_call.values()) <= {3}
+    if rate == 0.0:
+        assert per_call == {}
+    elif rate == 1.0:
+        assert len(per_call) == calls
+    else:
+        assert 0 < len(per_call) < calls
+
+
+async def test_control_is_acknowledged_per_worker_and_survives_a_restart() -> None:
+    """Disabled for one worker: it sends nothing, even after it is replaced; the other does."""
+    name, settings = instrumented(size=2, prefetch=0)
+    with telemetry.capture(STOP) as seen:
+        async with open_pool(name, **settings) as pool:
+            await pool.configure_telemetry(enabled=False, worker_id="default_worker_1")
+            for worker_id in ("default_worker_1", "default_worker_2"):
+                with pytest.raises(WorkerCrashedError):
+                    await pool.execute("die", session_id=worker_id, affinity="hint")
+            with anyio.fail_after(10):
+                while len(pool.workers()) < 2:
+                    await anyio.sleep(0.01)
+            pids = pool.workers()
+            for _ in range(6):
+                await pool.execute("emit_many", {"name": "tool.execution.stop", "n": 1})
+            await pool.configure_telemetry(enabled=True, worker_id="default_worker_1")
+            await pool.configure_telemetry(deny=["tool.execution.*"])
+            for _ in range(4):
+                await pool.execute("emit_many", {"name": "tool.execution.stop", "n": 1})
+
+    senders = {e.metadata["worker_id"] for e in seen}
+    assert senders == {"default_worker_2"}
+    assert {e.metadata["python_pid"] for e in seen} == {pids["default_worker_2"]}
+    with pytest.raises(ValueError, match="sampling_rate"):
+        await pool.configure_telemetry(sampling_rate=2.0)
+
+
+async def test_unknown_worker_id_is_a_lookup_error() -> None:
+    """Control of a worker the pool does not have is refused."""
+    name, settings = instrumented()
+    async with open_pool(name, **settings) as pool:
+        with pytest.raises(LookupError):
+            await pool.configure_telemetry(enabled=False, worker_id="default_worker_9")
+        with pytest.raises(ValueError, match="log level"):
+            await pool.set_worker_level("default_worker_1", "loud")
+
+
+async def test_memory_and_cpu_samplers() -> None:
+    """Each worker samples its RSS, VMS and CPU every sample_interval."""
+    events = [(*PYTHON, "memory", "sampled"), (*PYTHON, "cpu", "sampled")]
+    name, settings = instrumented(sample_interval=0.05)
+    with telemetry.capture(*events) as seen:
+        async with open_pool(name, **settings) as pool:
+            pid = await pool.execute("pid")
+            await seen.wait((*PYTHON, "cpu", "sampled"), count=2)
+
+    memory = seen.named(*PYTHON, "memory", "sampled")[0]
+    cpu = seen.named(*PYTHON, "cpu", "sampled")[0]
+    for event in (memory, cpu):
+        assert_catalog_shape(event)
+        assert event.metadata["python_pid"] == pid
+    assert memory.measurements["rss_bytes"] > 1_000_000
+    assert memory.measurements["vms_bytes"] >= memory.measurements["rss_bytes"]
+    assert cpu.measurements["cpu_percent"] >= 0
+
+
+@pytest.fixture
+def restore_log_levels() -> Iterator[None]:
+    yield
+    _log.set_levels("info", dict.fromkeys(_log.CATEGORIES, "info"))
+
+
+@pytest.mark.usefixtures("restore_log_levels")
+async def test_worker_log_level_changes_live() -> None:
+    """Workers start at the pool's log_level; set_worker_level turns debug lines on inside
+    that worker, live; reset turns them off again."""
+
+    def lines(logs: list[dict[str, Any]], tag: str) -> set[str]:
+        return {e["event"] for e in logs if e.get("stream") and tag in e["event"]}
+
+    name, settings = instrumented(log_level="info")
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(name, **settings) as pool:
+            await pool.execute("log_levels", {"tag": "before"})
+            await pool.set_worker_level("default_worker_1", "debug")
+            await pool.execute("log_levels", {"tag": "during"})
+            await pool.reset_worker_level("default_worker_1")
+            await pool.execute("log_levels", {"tag": "after"})
+            with anyio.fail_after(5):
+                while not lines(logs, "stdlib warning after"):
+                    await anyio.sleep(0.01)
+
+    during = lines(logs, "during")
+    assert any("structlog debug during" in line for line in during)
+    assert any("stdlib debug during" in line for line in during)
+    assert not any("debug" in line for line in lines(logs, "before") | lines(logs, "after"))
+
+
+@pytest.mark.usefixtures("restore_log_levels")
+async def test_log_level_and_categories_filter_pypits_records() -> None:
+    """log_categories silences a category; the others keep log_level."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(
+            adapter(), **options(log_level="info", log_categories={"worker": "error"})
+        ) as pool:
+            await pool.execute("chatter", {"text": "quiet"})
+            with pytest.raises(WorkerCrashedError):
+                await pool.execute("die")
+            await pool.execute("identity", 1)
+
+    assert not [e for e in logs if e.get("category") == "worker"]
+    assert [e for e in logs if e.get("category") == "pool"]
+    with pytest.raises(ValueError, match="log category"):
+        _log.set_levels(None, {"nope": "info"})
+
+
+async def test_a_flood_of_events_does_not_starve_calls() -> None:
+    """A worker flooding events still answers calls; what it could not ship is counted."""
+    name, settings = instrumented(size=1, max_concurrency=2, telemetry_buffer_size=1000)
+    with telemetry.capture(STOP, DROPPED) as seen:
+        async with open_pool(name, **settings) as pool:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(
+                    pool.execute, "emit_many", {"name": "tool.execution.stop", "n": 200_000}
+                )
+                for i in range(20):
+                    assert await pool.execute("pid") > 0
+
+    shipped = len(seen.named(*STOP))
+    assert shipped + dropped_by_reason(seen).get("buffer_full", 0) == 200_000
+
+
+def test_worker_catalog_names_match_the_catalog() -> None:
+    """The worker's list of python event names is the catalog's."""
+    names = {".".join(spec.name[2:]) for spec in telemetry.CATALOG if spec.name[:2] == PYTHON}
+    assert names == _telemetry.CATALOG_NAMES
+
+
+def test_emit_outside_a_worker_is_a_no_op() -> None:
+    """Adapter code runs outside a worker too (its own tests): emit and span do nothing."""
+    from pypit.worker import telemetry as worker_telemetry
+
+    assert _telemetry.current is None
+    worker_telemetry.emit("tool.execution.stop", {"duration": 1})
+    with worker_telemetry.span("anything"):
+        pass
+
+    @worker_telemetry.span("decorated")
+    def work() -> int:
+        return 1
+
+    assert work() == 1
+
+
+def test_patterns() -> None:
+    """Exact names, "prefix.*" and "*"."""
+    assert _telemetry.matches("a.b", ["a.b"])
+    assert _telemetry.matches("a.b.c", ["a.*"])
+    assert not _telemetry.matches("ab.c", ["a.*"])
+    assert _telemetry.matches("x", ["*"])
+    assert not _telemetry.valid_name("a..b")
+
+
+def captured_names(events: list[CapturedEvent]) -> list[str]:
+    return [".".join(e.event) for e in events]
