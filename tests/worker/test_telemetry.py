@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import anyio
@@ -249,7 +249,7 @@ async def test_worker_log_level_changes_live() -> None:
     """Workers start at the pool's log_level; set_worker_level turns debug lines on inside
     that worker, live; reset turns them off again."""
 
-    def lines(logs: list[dict[str, Any]], tag: str) -> set[str]:
+    def lines(logs: list[MutableMapping[str, Any]], tag: str) -> set[str]:
         return {e["event"] for e in logs if e.get("stream") and tag in e["event"]}
 
     name, settings = instrumented(log_level="info")
@@ -297,7 +297,7 @@ async def test_a_flood_of_events_does_not_starve_calls() -> None:
                 tasks.start_soon(
                     pool.execute, "emit_many", {"name": "tool.execution.stop", "n": 200_000}
                 )
-                for i in range(20):
+                for _ in range(20):
                     assert await pool.execute("pid") > 0
 
     shipped = len(seen.named(*STOP))
