@@ -597,11 +597,15 @@ class Runtime:
         self.telemetry.ship("call.exception", {"duration": time.monotonic_ns() - started}, metadata)
 
     def _flusher(self) -> None:
+        """Ship telemetry every _FLUSH_INTERVAL, or as soon as a batch is waiting; release
+        results held back longer than _HOLD_AT_MOST."""
+        wake = self._holding
+        self.events.filling = wake  # one event wakes this thread for both reasons
         while not self._stopping.is_set():
-            if self._holding.wait(_FLUSH_INTERVAL):
-                # A result is being held for the next call: it leaves after
+            if wake.wait(_FLUSH_INTERVAL):
+                wake.clear()
+                # A result may be held for the next call: it leaves after
                 # _HOLD_AT_MOST at the latest, even if that call runs long.
-                self._holding.clear()
                 while held := self._held_since:
                     remaining = _HOLD_AT_MOST - (time.monotonic_ns() - held)
                     if remaining <= 0:
