@@ -220,7 +220,7 @@ def invalid_metadata(metadata: Mapping[str, Any]) -> bool:
 
 def emit(
     name: str,
-    measurements: dict[str, int | float],
+    measurements: Mapping[str, float],
     metadata: Mapping[str, Any] | None = None,
     correlation_id: str | None = None,
 ) -> None:
