@@ -10,7 +10,14 @@ import pytest
 
 import pypit
 
-FACADES = ["pypit", "pypit.telemetry", "pypit.pool", "pypit.worker", "pypit.worker.telemetry"]
+FACADES = [
+    "pypit",
+    "pypit.telemetry",
+    "pypit.telemetry.metrics",
+    "pypit.pool",
+    "pypit.worker",
+    "pypit.worker.telemetry",
+]
 
 
 @pytest.mark.parametrize("name", FACADES)

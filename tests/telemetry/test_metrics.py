@@ -1,0 +1,213 @@
+"""Metric definitions, reporters and the poller."""
+
+from __future__ import annotations
+
+import io
+import urllib.request
+from typing import Any
+
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from pypit import telemetry
+from pypit.telemetry import metrics
+
+STOP = ("app", "call", "stop")
+
+
+def test_name_means_event_and_measurement() -> None:
+    """ "a.b.c.d" is event (a, b, c) and measurement d; both may be given explicitly."""
+    metric = metrics.summary("pypit.python.call.stop.duration", unit=("native", "millisecond"))
+    assert metric.event_name == ("pypit", "python", "call", "stop")
+    assert metric.measurement == "duration"
+    assert metric.value({"duration": 2_500_000}, {}) == 2.5
+
+    explicit = metrics.last_value(
+        "my.metric", event_name="app.call.stop", measurement=lambda m, md: m["a"] + m["b"]
+    )
+    assert explicit.event_name == STOP
+    assert explicit.value({"a": 1, "b": 2}, {}) == 3
+
+
+def test_counter_counts_events_without_a_measurement() -> None:
+    """A counter's value is 1 per event, whatever the measurements."""
+    metric = metrics.counter("app.call.stop.count")
+    assert metric.value({}, {}) == 1
+
+
+@pytest.mark.parametrize(
+    ("unit", "value", "expected"),
+    [
+        (("native", "millisecond"), 3_000_000, 3.0),
+        (("native", "second"), 1_500_000_000, 1.5),
+        (("byte", "kilobyte"), 2048, 2.048),
+        ("millisecond", 7, 7),
+        (None, 7, 7),
+    ],
+)
+def test_unit_conversion(unit: Any, value: int, expected: float) -> None:
+    """("native", "millisecond") divides nanoseconds; a single unit converts nothing."""
+    metric = metrics.sum("app.call.stop.v", unit=unit)
+    assert metric.value({"v": value}, {}) == pytest.approx(expected)
+
+
+def test_tags_tag_values_keep_and_drop() -> None:
+    """tags pick metadata (after tag_values); keep/drop filter events."""
+    metric = metrics.counter(
+        "app.call.stop.count",
+        tags=["kind"],
+        tag_values=lambda md: {**md, "kind": md["command"].upper()},
+        keep=lambda md: md["command"] != "skip",
+    )
+    assert metric.tag_set({"command": "run"}) == {"kind": "RUN"}
+    assert metric.accepts({"command": "run"})
+    assert not metric.accepts({"command": "skip"})
+    dropping = metrics.counter("app.call.stop.count", drop=lambda md: md.get("x") == 1)
+    assert not dropping.accepts({"x": 1})
+    assert metrics.counter("a.b.count", tags=["missing"]).tag_set({}) == {"missing": None}
+
+
+@pytest.mark.parametrize(
+    ("build", "error"),
+    [
+        (lambda: metrics.counter("single"), ValueError),
+        (lambda: metrics.counter("a..b"), ValueError),
+        (lambda: metrics.summary("a.b.c", unit=("native", "byte")), ValueError),
+        (lambda: metrics.summary("a.b.c", unit="parsec"), ValueError),
+        (lambda: metrics.counter("a.b.c", keep=lambda m: True, drop=lambda m: True), ValueError),
+        (lambda: metrics.counter("a.b.c", tags=[1]), TypeError),
+        (lambda: metrics.counter("a.b.c", measurement=3), TypeError),
+        (
+            lambda: metrics.distribution("a.b.c", reporter_options={"buckets": [3, 1]}),
+            ValueError,
+        ),
+    ],
+)
+def test_invalid_definitions_raise_at_construction(build: Any, error: type[Exception]) -> None:
+    """A bad definition fails where it is written, with a clear message."""
+    with pytest.raises(error):
+        build()
+
+
+def test_console_reporter_prints_each_update() -> None:
+    """The console reporter prints one line per metric update, and detaches on stop."""
+    out = io.StringIO()
+    definitions = [
+        metrics.summary("app.call.stop.duration", unit=("native", "millisecond"), tags=["cmd"]),
+        metrics.counter("app.call.stop.count"),
+    ]
+    with metrics.ConsoleReporter(definitions, stream=out):
+        telemetry.execute(STOP, {"duration": 2_000_000}, {"cmd": "predict"})
+    telemetry.execute(STOP, {"duration": 1}, {"cmd": "after"})
+
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "app.call.stop.duration (summary)" in lines[0]
+    assert "value=2.0 millisecond" in lines[0]
+    assert "cmd=predict" in lines[0]
+    assert telemetry.list_handlers() == []
+
+
+def scrape(port: int) -> dict[str, list[Any]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    families: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        families[family.name] = list(family.samples)
+    return families
+
+
+def test_prometheus_reporter_serves_every_type() -> None:
+    """Counter, sum, last_value, summary and histogram over a real HTTP scrape."""
+    definitions = [
+        metrics.counter("app.call.stop.count", tags=["cmd"]),
+        metrics.sum("app.call.stop.bytes", unit="byte"),
+        metrics.last_value("app.call.stop.depth", tags=["cmd"]),
+        metrics.summary("app.call.stop.duration", unit=("native", "millisecond")),
+        metrics.distribution(
+            "app.call.stop.size", reporter_options={"buckets": [10, 100]}, description="sizes"
+        ),
+    ]
+    with metrics.PrometheusReporter(definitions, port=0) as reporter:
+        for depth, size in ((3, 5), (7, 50)):
+            telemetry.execute(
+                STOP,
+                {"bytes": 10, "depth": depth, "duration": 4_000_000, "size": size},
+                {"cmd": "run"},
+            )
+        assert reporter.port is not None
+        families = scrape(reporter.port)
+
+    def sample(family: str, name: str, **labels: str) -> float:
+        for s in families[family]:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+        raise AssertionError(f"no {name} {labels} in {families.get(family)}")
+
+    assert sample("app_call_stop", "app_call_stop_total", cmd="run") == 2
+    assert sample("app_call_stop_bytes", "app_call_stop_bytes_total") == 20
+    assert sample("app_call_stop_depth", "app_call_stop_depth", cmd="run") == 7
+    assert (
+        sample("app_call_stop_duration_milliseconds", "app_call_stop_duration_milliseconds_sum")
+        == 8
+    )
+    assert sample("app_call_stop_size", "app_call_stop_size_bucket", le="10.0") == 1
+    assert sample("app_call_stop_size", "app_call_stop_size_bucket", le="100.0") == 2
+    assert telemetry.list_handlers() == []
+
+
+def test_prometheus_reporter_registers_with_the_applications_registry() -> None:
+    """Given a registry, the reporter adds its metrics there and removes them on stop."""
+    registry = CollectorRegistry()
+    with metrics.PrometheusReporter([metrics.counter("app.call.stop.count")], registry=registry):
+        telemetry.execute(STOP, {}, {})
+        assert registry.get_sample_value("app_call_stop_total") == 1
+    assert registry.get_sample_value("app_call_stop_total") is None
+
+
+def test_a_failing_metric_is_skipped_and_logged() -> None:
+    """A metric whose keep raises is skipped for that event; the others still update."""
+    out = io.StringIO()
+
+    def broken(metadata: Any) -> bool:
+        raise RuntimeError("bug in keep")
+
+    definitions = [
+        metrics.counter("app.call.stop.count", keep=broken),
+        metrics.last_value("app.call.stop.depth"),
+    ]
+    with (
+        structlog.testing.capture_logs() as logs,
+        metrics.ConsoleReporter(definitions, stream=out),
+    ):
+        telemetry.execute(STOP, {"depth": 1}, {})
+
+    assert "app.call.stop.depth" in out.getvalue()
+    assert [e["event"] for e in logs] == ["metric failed on an event; skipped"]
+
+
+def test_poller_runs_measurements_and_removes_failing_ones() -> None:
+    """A measurement that raises is removed and logged; the others keep running."""
+    calls: list[str] = []
+
+    def good() -> None:
+        calls.append("good")
+        telemetry.execute(("app", "polled"), {"value": 1})
+
+    def bad() -> None:
+        calls.append("bad")
+        raise ValueError("broken measurement")
+
+    with telemetry.capture(("app", "polled")) as seen, structlog.testing.capture_logs() as logs:
+        with metrics.Poller([good, bad], period=0.01) as poller:
+            seen.wait_sync(("app", "polled"), count=3)
+        assert poller.measurements == [good]
+
+    assert calls.count("bad") == 1
+    assert any("removed" in e["event"] for e in logs)
+    with pytest.raises(ValueError, match="period"):
+        metrics.Poller([good], period=0)
+    with pytest.raises(TypeError):
+        metrics.Poller([1])  # type: ignore[list-item]
