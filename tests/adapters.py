@@ -281,3 +281,14 @@ class Instrumented(Adapter):
     @tool(description="pid")
     def pid(self) -> int:
         return os.getpid()
+
+
+class Traced(Echo):
+    """Echo, plus a tool that returns the trace context it was called with."""
+
+    @tool(description="The W3C trace context of the call")
+    def trace_context(self) -> dict[str, str] | None:
+        from pypit.worker import telemetry
+
+        context = telemetry.get_trace_context()
+        return dict(context) if context is not None else None

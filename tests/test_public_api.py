@@ -14,6 +14,7 @@ FACADES = [
     "pypit",
     "pypit.telemetry",
     "pypit.telemetry.metrics",
+    "pypit.telemetry.otel",
     "pypit.pool",
     "pypit.worker",
     "pypit.worker.telemetry",

@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import anyio
 import anyio.abc
@@ -158,6 +158,20 @@ class _Greeting:
     def __init__(self) -> None:
         self.arrived = anyio.Event()
         self.connection: Connection | None = None
+
+
+class TraceHook(Protocol):
+    """What a tracing bridge needs from the pool (see pypit.telemetry.otel)."""
+
+    def capture(self, request_id: int) -> None:
+        """Called in the caller's context when the call is made."""
+
+    def inject(self, request_id: int) -> dict[str, str] | None:
+        """Called once ``rpc.call.start`` was emitted: headers to send to the worker."""
+
+
+trace_hook: TraceHook | None = None
+"""The installed tracing bridge, if any."""
 
 
 def _new_correlation_id() -> str:
@@ -446,11 +460,12 @@ class Pool:
         self._check(command, stream=stream)
         request_id = next(_request_ids)
         correlation_id = correlation_id or _new_correlation_id()
-        frame = _wire.encode(
-            _wire.Call(request_id, command, args, correlation_id, timeout, stream),
-            self.config.max_frame_size,
-        )
+        message = _wire.Call(request_id, command, args, correlation_id, timeout, stream)
+        frame = _wire.encode(message, self.config.max_frame_size)
+        if trace_hook is not None:
+            trace_hook.capture(request_id)
         request = Request(command, self._signal, stream)
+        request.message = message
         request.request_id = request_id
         request.correlation_id = correlation_id
         request.session_id = session_id
@@ -529,9 +544,17 @@ class Pool:
         worker.in_flight += 1
         worker.pending[request.request_id] = request
         request.worker = worker
-        worker.send(request.frame)
         if request.session_id is not None:
             self._remember_session(request.session_id, worker)
+        self._call_started(worker, request)
+        if trace_hook is not None and request.message is not None:
+            headers = trace_hook.inject(request.request_id)
+            if headers:
+                request.message.trace_context = headers
+                request.frame = _wire.encode(request.message, self.config.max_frame_size)
+        worker.send(request.frame)
+
+    def _call_started(self, worker: WorkerHandle, request: Request) -> None:
         if has_handlers(CALL_START) or has_handlers(CALL_STOP) or has_handlers(CALL_EXCEPTION):
             request.started = now = time.monotonic_ns()
             request.metadata = {

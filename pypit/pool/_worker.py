@@ -65,6 +65,7 @@ class Request:
         "enqueued",
         "error",
         "frame",
+        "message",
         "metadata",
         "queue_deadline",
         "request_id",
@@ -92,6 +93,7 @@ class Request:
         self.correlation_id = ""
         self.session_id: str | None = None
         self.frame = b""
+        self.message: _wire.Call | None = None
         self.deadline = math.inf
         self.queue_deadline = math.inf
         self.enqueued = 0

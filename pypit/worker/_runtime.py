@@ -40,7 +40,13 @@ from pypit._errors import FrameTooLargeError, SerializationError
 from pypit.worker import _telemetry
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter
 from pypit.worker._logging import apply_level
-from pypit.worker._telemetry import EventBuffer, Settings, WorkerTelemetry, correlation_id_var
+from pypit.worker._telemetry import (
+    EventBuffer,
+    Settings,
+    WorkerTelemetry,
+    correlation_id_var,
+    trace_context_var,
+)
 
 if TYPE_CHECKING:
     # asyncio costs a quarter of a worker's start-up; it is imported only for
@@ -494,6 +500,7 @@ class Runtime:
 
     def _run_sync(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> _wire._Message:
         token = correlation_id_var.set(call.correlation_id)
+        trace = trace_context_var.set(call.trace_context)
         started = self._call_started(call)
         try:
             positional, keywords = self._arguments(call.args)
@@ -514,6 +521,7 @@ class Runtime:
             self._call_stopped(call, started)
         finally:
             correlation_id_var.reset(token)
+            trace_context_var.reset(trace)
         return reply
 
     async def _run_async(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
@@ -534,6 +542,7 @@ class Runtime:
         import asyncio
 
         correlation_id_var.set(call.correlation_id)
+        trace_context_var.set(call.trace_context)
         started = self._call_started(call)
         try:
             positional, keywords = self._arguments(call.args)

@@ -63,6 +63,9 @@ _SCALAR_TYPES: Final = frozenset(_SCALARS)
 
 correlation_id_var: ContextVar[str | None] = ContextVar("pypit_correlation_id", default=None)
 _span_var: ContextVar[str | None] = ContextVar("pypit_span", default=None)
+trace_context_var: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "pypit_trace_context", default=None
+)
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
@@ -292,6 +295,13 @@ def emit(
             buffer.filling.set()
     else:
         buffer.drop("buffer_full", name)
+
+
+def get_trace_context() -> Mapping[str, str] | None:
+    """The W3C trace context (``traceparent``, ``tracestate``) the caller's span sent with
+    the call being served, or None: worker code with its own OpenTelemetry SDK can
+    continue the caller's trace from it."""
+    return trace_context_var.get()
 
 
 def new_correlation_id() -> str:

@@ -21,6 +21,7 @@ anything refused or lost is counted in ``("pypit", "telemetry", "dropped")``.
 
 from pypit.worker._telemetry import emit as emit
 from pypit.worker._telemetry import get_correlation_id as get_correlation_id
+from pypit.worker._telemetry import get_trace_context as get_trace_context
 from pypit.worker._telemetry import new_correlation_id as new_correlation_id
 from pypit.worker._telemetry import reset_correlation_id as reset_correlation_id
 from pypit.worker._telemetry import set_correlation_id as set_correlation_id
@@ -29,6 +30,7 @@ from pypit.worker._telemetry import span as span
 __all__ = [
     "emit",
     "get_correlation_id",
+    "get_trace_context",
     "new_correlation_id",
     "reset_correlation_id",
     "set_correlation_id",

@@ -1,0 +1,144 @@
+"""The OpenTelemetry bridge, end to end: spans exported over OTLP/HTTP to a local server."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import TracerProvider
+
+from pypit import ToolError
+from pypit.pool import open_pool
+from pypit.telemetry.otel import OpenTelemetryBridge, configure_opentelemetry
+from tests.pool.conftest import adapter, options
+
+pytestmark = pytest.mark.anyio
+
+
+class Collector:
+    """A local OTLP/HTTP endpoint that decodes what it receives."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        self.paths: list[str] = []
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                collector.paths.append(self.path)
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        collector.spans.extend(scope_spans.spans)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    running = Collector()
+    running.thread.start()
+    yield running
+    running.server.shutdown()
+    running.server.server_close()
+    running.thread.join()
+
+
+def attributes(span: Any) -> dict[str, Any]:
+    values = {}
+    for attribute in span.attributes:
+        value = attribute.value
+        values[attribute.key] = getattr(value, value.WhichOneof("value"))
+    return values
+
+
+async def test_spans_are_exported_with_parents_across_the_process_boundary(
+    collector: Collector,
+) -> None:
+    """caller span → pypit.rpc.call (CLIENT) → pypit.python.call (SERVER), one trace,
+    attributes from metadata, error status on a tool error; the worker got the context."""
+    bridge = configure_opentelemetry(endpoint=collector.endpoint, batch=False)
+    assert bridge is not None
+    tracer = bridge.provider.get_tracer("test")  # type: ignore[attr-defined]
+    try:
+        async with open_pool(adapter("Traced"), **options()) as pool:
+            with tracer.start_as_current_span("caller"):
+                headers = await pool.execute("trace_context", correlation_id="corr-9")
+                with pytest.raises(ToolError):
+                    await pool.execute("fail")
+    finally:
+        bridge.stop()
+        bridge.provider.shutdown()  # type: ignore[attr-defined]
+
+    assert set(collector.paths) == {"/v1/traces"}
+    by_name: dict[str, list[Any]] = {}
+    for span in collector.spans:
+        by_name.setdefault(span.name, []).append(span)
+    (caller,) = by_name["caller"]
+    clients = by_name["pypit.rpc.call"]
+    servers = by_name["pypit.python.call"]
+    assert len(clients) == len(servers) == 2
+    assert {s.trace_id for s in collector.spans} == {caller.trace_id}
+    assert {c.parent_span_id for c in clients} == {caller.span_id}
+    client_ids = {c.span_id for c in clients}
+    assert {s.parent_span_id for s in servers} == client_ids
+    assert {c.kind for c in clients} == {3}  # SPAN_KIND_CLIENT
+    assert {s.kind for s in servers} == {2}  # SPAN_KIND_SERVER
+
+    ok_client = next(c for c in clients if attributes(c)["pypit.command"] == "trace_context")
+    assert attributes(ok_client)["pypit.correlation_id"] == "corr-9"
+    assert attributes(ok_client)["pypit.worker_id"] == "default_worker_1"
+    assert ok_client.status.code == 0
+    failed = [s for s in clients + servers if attributes(s)["pypit.command"] == "fail"]
+    assert {s.status.code for s in failed} == {2}  # STATUS_CODE_ERROR
+    assert any("ValueError" in s.status.message for s in failed)
+    assert all(s.end_time_unix_nano >= s.start_time_unix_nano for s in collector.spans)
+
+    assert headers is not None
+    trace_id = headers["traceparent"].split("-")[1]
+    assert bytes.fromhex(trace_id) == caller.trace_id
+    assert bytes.fromhex(headers["traceparent"].split("-")[2]) == ok_client.span_id
+
+
+async def test_without_a_caller_span_the_call_starts_a_trace() -> None:
+    """No active span: the client span is a root, the server span its child."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with OpenTelemetryBridge(provider):
+        async with open_pool(adapter(), **options()) as pool:
+            await pool.execute("identity", 1)
+
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert spans["pypit.rpc.call"].parent is None
+    parent = spans["pypit.python.call"].parent
+    assert parent is not None
+    assert parent.span_id == spans["pypit.rpc.call"].context.span_id
+
+
+def test_disabled_configuration_installs_nothing() -> None:
+    """enabled=False returns None and leaves the pool untraced."""
+    from pypit.pool import _pool
+
+    assert configure_opentelemetry(enabled=False) is None
+    assert _pool.trace_hook is None
