@@ -6,6 +6,7 @@ The public faces are ``pypit`` (version and errors), :mod:`pypit.telemetry`
 none of them.
 """
 
+from pypit._decorate import publish as _publish
 from pypit._errors import FrameTooLargeError as FrameTooLargeError
 from pypit._errors import HandlerExistsError as HandlerExistsError
 from pypit._errors import HandlerNotFoundError as HandlerNotFoundError
@@ -44,8 +45,4 @@ __all__ = [
     "__version__",
 ]
 
-for _name in __all__:
-    _value = globals()[_name]
-    if isinstance(_value, type):
-        _value.__module__ = __name__
-del _name, _value
+_publish(globals(), __all__, __name__)

@@ -8,6 +8,7 @@
 ``start_pool`` is the same pool for synchronous code.
 """
 
+from pypit._decorate import publish as _publish
 from pypit.pool._config import PoolConfig as PoolConfig
 from pypit.pool._pool import Pool as Pool
 from pypit.pool._pool import PoolStatus as PoolStatus
@@ -28,8 +29,4 @@ __all__ = [
     "start_pool",
 ]
 
-for _name in __all__:
-    _value = globals()[_name]
-    if isinstance(_value, type):
-        _value.__module__ = __name__
-del _name, _value
+_publish(globals(), __all__, __name__)

@@ -7,6 +7,7 @@ lists every event pypit emits with its exact keys; ``capture`` collects events
 for tests.
 """
 
+from pypit._decorate import publish as _publish
 from pypit.telemetry._capture import Capture as Capture
 from pypit.telemetry._capture import CapturedEvent as CapturedEvent
 from pypit.telemetry._capture import capture as capture
@@ -45,8 +46,4 @@ __all__ = [
     "span",
 ]
 
-for _name in __all__:
-    _value = globals()[_name]
-    if isinstance(_value, type):
-        _value.__module__ = __name__
-del _name, _value
+_publish(globals(), __all__, __name__)

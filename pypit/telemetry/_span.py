@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar, overload
 
+from pypit._decorate import within
 from pypit.telemetry import _registry
 from pypit.telemetry._registry import (
     EventName,
@@ -166,23 +165,7 @@ class Span:
         """
         prefix = self._events[0][:-1]
         start_metadata = {k: v for k, v in self._start_metadata.items() if k != SPAN_CONTEXT_KEY}
-
-        if inspect.iscoroutinefunction(function):
-            coroutine_function: Callable[P, Awaitable[Any]] = function
-
-            @functools.wraps(function)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                with Span(prefix, start_metadata):
-                    return await coroutine_function(*args, **kwargs)
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(function)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            with Span(prefix, start_metadata):
-                return function(*args, **kwargs)
-
-        return wrapper
+        return within(lambda: Span(prefix, start_metadata), function)
 
 
 SpanResult = tuple[R, Metadata] | tuple[R, Measurements, Metadata]

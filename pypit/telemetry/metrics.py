@@ -17,6 +17,7 @@
         ...  # /metrics is served while the block runs
 """
 
+from pypit._decorate import publish as _publish
 from pypit.telemetry._metrics import Metric as Metric
 from pypit.telemetry._metrics import counter as counter
 from pypit.telemetry._metrics import distribution as distribution
@@ -41,8 +42,4 @@ __all__ = [
     "summary",
 ]
 
-for _name in __all__:
-    _value = globals()[_name]
-    if isinstance(_value, type):
-        _value.__module__ = __name__
-del _name, _value
+_publish(globals(), __all__, __name__)

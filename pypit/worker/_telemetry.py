@@ -17,8 +17,6 @@ code can be imported and tested on its own.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import threading
 import time
@@ -30,6 +28,7 @@ from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
 from pypit import _wire
+from pypit._decorate import within
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -387,18 +386,4 @@ class span:
 
     def __call__(self, function: Callable[P, R]) -> Callable[P, R]:
         name, metadata = self._name, self._metadata
-        if inspect.iscoroutinefunction(function):
-
-            @functools.wraps(function)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                with span(name, metadata):
-                    return await function(*args, **kwargs)
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(function)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            with span(name, metadata):
-                return function(*args, **kwargs)
-
-        return wrapper
+        return within(lambda: span(name, metadata), function)
