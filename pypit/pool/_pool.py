@@ -174,8 +174,14 @@ trace_hook: TraceHook | None = None
 """The installed tracing bridge, if any."""
 
 
+# A correlation id is this process's random prefix and a counter: unique across
+# processes and restarts, and a tenth of the cost of fresh random bytes per call.
+_correlation_prefix = secrets.token_hex(6)
+_correlation_counter = itertools.count(1)
+
+
 def _new_correlation_id() -> str:
-    return secrets.token_hex(8)
+    return f"{_correlation_prefix}-{next(_correlation_counter):x}"
 
 
 class Pool:
