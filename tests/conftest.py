@@ -1,9 +1,12 @@
-"""Shared fixtures: both async backends, and a registry left as each test found it."""
+"""Shared fixtures: both async backends, a registry left as each test found it, and no
+process left behind by any test."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from pypit import telemetry
@@ -22,3 +25,29 @@ def _clean_registry() -> Iterator[None]:
     yield
     for handler_id in {h.id for h in telemetry.list_handlers()} - before:
         telemetry.detach(handler_id)
+
+
+def _live_children() -> list[psutil.Process]:
+    alive = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Fail the test if any process it started is still alive shortly after it ends."""
+    before = {p.pid for p in _live_children()}
+    yield
+    deadline = time.monotonic() + 3.0
+    left = [p for p in _live_children() if p.pid not in before]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = [p for p in _live_children() if p.pid not in before]
+    for process in left:
+        process.kill()
+    assert not left, f"processes left behind: {[p.pid for p in left]}"

@@ -131,6 +131,7 @@ class Runtime:
         self._send_lock = threading.Lock()
         self._outbox: list[bytes] = []
         self._outbox_answers: list[int] = []
+        self._sending_answers: list[int] = []  # answers in the write now under way
         self._flushing = False
         self._broken = False
         self._running: dict[int, _Running] = {}
@@ -185,7 +186,7 @@ class Runtime:
                     return
                 data = b"".join(self._outbox)
                 self._outbox.clear()
-                answered, self._outbox_answers = self._outbox_answers, []
+                self._sending_answers, self._outbox_answers = self._outbox_answers, []
             try:
                 self._sock.sendall(data)
             except OSError:
@@ -193,10 +194,13 @@ class Runtime:
                 # went down with the old one.
                 with self._send_lock:
                     self._outbox.insert(0, data)
-                    self._outbox_answers[:0] = answered
+                    self._outbox_answers[:0] = self._sending_answers
+                    self._sending_answers = []
                     self._broken = True
                     self._flushing = False
                 return
+            with self._send_lock:
+                self._sending_answers = []
 
     def _send_message(self, message: _wire._Message) -> None:
         self.send(_wire.encode(message, self._max_frame_size))
@@ -342,7 +346,9 @@ class Runtime:
                 sock.settimeout(max(0.1, deadline - time.monotonic()))
                 sock.connect(self._path)
                 with self._send_lock:
-                    running = sorted({*self._running, *self._outbox_answers})
+                    running = sorted(
+                        {*self._running, *self._outbox_answers, *self._sending_answers}
+                    )
                 hello = _wire.Hello(self._token, self.pid, running=running)
                 sock.sendall(_wire.encode(hello))
                 # Accepted only once the pool answers (its Configure comes

@@ -1,42 +1,11 @@
-"""Pool tests start real worker processes; each test proves it left none behind."""
+"""Helpers for the tests that run pools (the no-leftover check is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from typing import Any
-
-import psutil
-import pytest
 
 from pypit import telemetry
 from pypit.telemetry import CapturedEvent
-
-
-def _live_children() -> list[psutil.Process]:
-    alive = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                alive.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_processes() -> Iterator[None]:
-    """Fail the test if any process it started is still alive shortly after it ends."""
-    before = {p.pid for p in _live_children()}
-    yield
-    deadline = time.monotonic() + 3.0
-    left = [p for p in _live_children() if p.pid not in before]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.02)
-        left = [p for p in _live_children() if p.pid not in before]
-    for process in left:
-        process.kill()
-    assert not left, f"processes left behind: {[p.pid for p in left]}"
 
 
 def assert_catalog_shape(event: CapturedEvent) -> None:
