@@ -76,14 +76,19 @@ class PoolConfig:
     """Longest wait in the queue; then ``QueueTimeoutError`` and the call never runs."""
     max_concurrency: int = attrs.field(default=1, validator=_positive)
     """Calls one worker runs at once (threads for sync tools, tasks for async ones)."""
-    prefetch: int = attrs.field(default=2, validator=_non_negative)
-    """Calls a busy worker may hold queued beyond ``max_concurrency``.
+    prefetch: int = attrs.field(default=8, validator=_non_negative)
+    """Calls a busy worker may hold queued beyond ``max_concurrency``, while its calls are
+    short (see ``prefetch_below``).
 
     Prefetched calls travel with others in one write and start the moment the
     worker frees up, which multiplies throughput for short calls; the price is
     that a prefetched call waits behind the calls of its worker rather than
-    taking whichever worker frees first. Set 0 for long, uneven calls.
+    taking whichever worker frees first. 0 never prefetches.
     """
+    prefetch_below: float = attrs.field(default=0.001, validator=_non_negative)
+    """A worker prefetches only while its calls take less than this many seconds on
+    average, so a prefetched call waits at most about ``prefetch * prefetch_below``;
+    pools of long calls keep the queue's fairness. 0 means always prefetch."""
     status_interval: float = attrs.field(default=5.0, validator=_non_negative)
     """Period of the ``pool.status`` event; 0 disables it."""
     max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_positive)

@@ -547,6 +547,8 @@ class Pool:
             )
 
     def _send(self, worker: WorkerHandle, request: Request) -> None:
+        request.ahead = worker.in_flight
+        request.sent_at = time.monotonic_ns()
         worker.in_flight += 1
         worker.pending[request.request_id] = request
         request.worker = worker
@@ -1097,7 +1099,10 @@ class Pool:
             pool_name=self.name,
             worker_id=worker_id,
             process=process,
-            capacity=self.config.max_concurrency + self.config.prefetch,
+            capacity=self.config.max_concurrency,
+            max_concurrency=self.config.max_concurrency,
+            prefetch=self.config.prefetch,
+            prefetch_below_ns=int(self.config.prefetch_below * 1e9),
             max_frame_size=self.config.max_frame_size,
             on_release=self._release,
             on_events=self._on_events,

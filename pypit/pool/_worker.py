@@ -56,6 +56,7 @@ class Request:
 
     __slots__ = (
         "abandoned",
+        "ahead",
         "arrived",
         "chunks",
         "command",
@@ -70,6 +71,7 @@ class Request:
         "queue_deadline",
         "request_id",
         "scope",
+        "sent_at",
         "session_id",
         "size",
         "started",
@@ -98,6 +100,8 @@ class Request:
         self.queue_deadline = math.inf
         self.enqueued = 0
         self.started = 0
+        self.sent_at = 0
+        self.ahead = 0
         self.metadata: dict[str, Any] = {}
         self.scope: anyio.CancelScope | None = None
         self.worker: WorkerHandle | None = None
@@ -125,11 +129,17 @@ class WorkerHandle:
     worker_id: str
     process: anyio.abc.Process
     capacity: int
+    """Calls the worker may hold now: ``max_concurrency``, plus ``prefetch`` while its
+    calls are short."""
     max_frame_size: int
     on_release: Callable[[WorkerHandle], None]
     on_events: Callable[[WorkerHandle, _wire.Events], None]
     spawn_started: int
     slot: int = 0
+    max_concurrency: int = 1
+    prefetch: int = 0
+    prefetch_below_ns: int = 0
+    call_time: float = 0.0  # moving average of a call's own time, in ns (0: unknown)
     pid: int = attrs.field(init=False)
     connection: Connection | None = None
     tools: dict[str, _wire.Tool] = attrs.field(factory=dict)
@@ -230,8 +240,22 @@ class WorkerHandle:
         if pending is None:
             raise ProtocolError(f"an answer to call {call_id}, which is not in flight")
         self.total_commands += 1
+        if pending.sent_at and pending.chunks is None and self.prefetch:
+            self._observe(time.monotonic_ns() - pending.sent_at, pending.ahead)
         self.on_release(self)
         return pending
+
+    def _observe(self, elapsed: int, ahead: int) -> None:
+        """Learn how long this worker's calls take, and prefetch only while they are short.
+
+        ``elapsed`` is send to answer, which includes waiting behind the
+        ``ahead`` calls sent before: the call's own time is about
+        ``elapsed / (ahead / max_concurrency + 1)``.
+        """
+        own = elapsed / (ahead // self.max_concurrency + 1)
+        self.call_time = own if not self.call_time else 0.9 * self.call_time + 0.1 * own
+        quick = not self.prefetch_below_ns or self.call_time < self.prefetch_below_ns
+        self.capacity = self.max_concurrency + (self.prefetch if quick else 0)
 
     def fail_pending(self, error_for: Callable[[], BaseException]) -> None:
         """Settle every call in flight with an error; the worker is gone."""

@@ -299,3 +299,23 @@ async def test_a_result_is_not_held_back_behind_a_long_call() -> None:
                     await anyio.sleep(0.005)
             assert finished == ["first"]
             assert pool.status().in_flight == 1
+
+
+async def test_prefetch_only_while_calls_are_short() -> None:
+    """A worker whose calls are short holds extra calls; one whose calls are long does not,
+    so long calls wait in the pool's queue for whichever worker frees first."""
+    async with open_pool(adapter(), **options(prefetch=2, prefetch_below=0.005)) as pool:
+
+        async def depth_with_three_calls_running() -> int:
+            async with anyio.create_task_group() as tasks:
+                for _ in range(3):
+                    tasks.start_soon(pool.execute, "sleep", {"seconds": 0.2})
+                await anyio.sleep(0.05)
+                return pool.status().queue_depth
+
+        for _ in range(60):
+            await pool.execute("identity", 1)
+        assert await depth_with_three_calls_running() == 0
+        for _ in range(30):
+            await pool.execute("sleep", {"seconds": 0.02})
+        assert await depth_with_three_calls_running() == 2
