@@ -311,7 +311,8 @@ async def test_prefetch_only_while_calls_are_short() -> None:
                 for _ in range(3):
                     tasks.start_soon(pool.execute, "sleep", {"seconds": 0.2})
                 await anyio.sleep(0.05)
-                return pool.status().queue_depth
+                depth = pool.status().queue_depth
+            return depth
 
         for _ in range(60):
             await pool.execute("identity", 1)
