@@ -82,11 +82,11 @@ TARGETS = [
     ),
     Target(
         "throughput with handlers / without",
-        "test_throughput_pypit_with_handlers",
-        "test_throughput_pypit",
+        "test_throughput_handlers",
+        None,
         ge(0.9),
         ">= 0.9",
-        metric="tasks_per_s",
+        metric="ratio",
     ),
     Target(
         "crashed worker to replacement ready, p50 (ms)",

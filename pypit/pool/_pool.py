@@ -50,7 +50,7 @@ from pypit.pool._channel import Connection, Server, signal_factory
 from pypit.pool._config import PoolConfig
 from pypit.pool._worker import DEVNULL, PIPE, Request, WorkerHandle, crash_error
 from pypit.telemetry import _registry
-from pypit.telemetry._registry import execute, has_handlers
+from pypit.telemetry._registry import _dispatch, execute, has_handlers
 from pypit.worker._telemetry import CATALOG_NAMES, invalid_metadata, matches, valid_name
 
 _log = get_logger("pool")
@@ -308,9 +308,10 @@ class Pool:
             self._failed(request, request.error)
             raise request.error
         self._counters["completed"] += 1
-        if request.started and has_handlers(CALL_STOP):
+        if request.started and (entries := _registry._table.get(CALL_STOP)):
             now = time.monotonic_ns()
-            execute(
+            _dispatch(
+                entries,
                 CALL_STOP,
                 {
                     "duration": now - request.started,
@@ -533,8 +534,9 @@ class Pool:
             request.queue_deadline = min(
                 request.deadline, anyio.current_time() + self.config.queue_timeout
             )
-        if has_handlers(ENQUEUED):
-            execute(
+        if entries := _registry._table.get(ENQUEUED):
+            _dispatch(
+                entries,
                 ENQUEUED,
                 {"queue_depth": len(self._queue), "system_time": time.time_ns()},
                 {
@@ -563,8 +565,11 @@ class Pool:
         worker.send(request.frame)
 
     def _call_started(self, worker: WorkerHandle, request: Request) -> None:
-        if has_handlers(CALL_START) or has_handlers(CALL_STOP) or has_handlers(CALL_EXCEPTION):
-            request.started = now = time.monotonic_ns()
+        # Per-call events look their handlers up once and dispatch directly:
+        # with handlers attached, this is most of what telemetry costs a call.
+        table = _registry._table
+        if CALL_START in table or CALL_STOP in table or CALL_EXCEPTION in table:
+            request.started = now = request.sent_at
             request.metadata = {
                 "pool_name": self.name,
                 "worker_id": worker.worker_id,
@@ -574,8 +579,10 @@ class Pool:
                 "session_id": request.session_id,
                 "telemetry_span_context": request.request_id,
             }
-            if has_handlers(CALL_START):
-                execute(
+            entries = table.get(CALL_START)
+            if entries:
+                _dispatch(
+                    entries,
                     CALL_START,
                     {"monotonic_time": now, "system_time": time.time_ns()},
                     request.metadata,
@@ -661,8 +668,9 @@ class Pool:
         late = request.queue_deadline
         if late != math.inf and anyio.current_time() >= late:
             return  # its caller is about to raise QueueTimeoutError; it must not run
-        if has_handlers(DEQUEUED):
-            execute(
+        if entries := _registry._table.get(DEQUEUED):
+            _dispatch(
+                entries,
                 DEQUEUED,
                 {
                     "queue_time": time.monotonic_ns() - request.enqueued,
