@@ -168,6 +168,9 @@ class EventBuffer:
     def drain(self, limit: int = MAX_BATCH) -> _wire.Events | None:
         """Up to ``limit`` buffered events and every drop count, as one message, or None."""
         events = self._events
+        if not events and not self._dropped:
+            # Checked without the lock: a drop counted meanwhile leaves with the next drain.
+            return None
         taken = [events.popleft() for _ in range(min(limit, len(events)))]
         with self._lock:
             dropped = [(reason, name, n) for (reason, name), n in self._dropped.items()]
