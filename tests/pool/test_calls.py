@@ -307,12 +307,13 @@ async def test_prefetch_only_while_calls_are_short() -> None:
     async with open_pool(adapter(), **options(prefetch=2, prefetch_below=0.005)) as pool:
 
         async def depth_with_three_calls_running() -> int:
+            depths = []
             async with anyio.create_task_group() as tasks:
                 for _ in range(3):
                     tasks.start_soon(pool.execute, "sleep", {"seconds": 0.2})
                 await anyio.sleep(0.05)
-                depth = pool.status().queue_depth
-            return depth
+                depths.append(pool.status().queue_depth)
+            return depths[0]
 
         for _ in range(60):
             await pool.execute("identity", 1)
