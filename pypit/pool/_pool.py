@@ -1,11 +1,17 @@
 """The pool: worker slots, the queue, calls, streams, status and shutdown.
 
 Everything here runs on one event loop, so the scheduler needs no locks: a
-worker's ``in_flight`` and the queue change only between awaits. A call takes
-a worker directly when one has spare capacity and nobody is queued; otherwise
-it waits in a bounded FIFO queue, and a worker that frees capacity hands it to
-the first live waiter. The waiter itself sends the call after it wakes, so a
-waiter that was cancelled or whose deadline passed never reaches a worker.
+worker's ``in_flight`` and the queue change only between awaits. A call is
+encoded once (a :class:`~pypit.pool._worker.Request`) and goes to a worker
+directly when one has spare capacity and nobody is queued; otherwise it waits
+in a bounded FIFO queue, and whoever frees capacity -- usually the answer of
+another call -- sends the first queued request on its behalf, so its caller
+wakes only once, with the result. A caller that is cancelled takes its request
+out of the queue at once, and the dispatcher skips a request whose queue
+deadline has passed: neither ever reaches a worker.
+
+The second half of the class supervises the workers: one task per slot
+spawns, hand-shakes, watches and replaces its worker (see docs/supervision.md).
 """
 
 from __future__ import annotations
@@ -801,8 +807,6 @@ class Pool:
                     "error_type": type(exc).__name__,
                 },
             )
-
-    # -- worker telemetry ----------------------------------------------------------
 
     # -- worker telemetry and logging -------------------------------------------------
 
