@@ -57,7 +57,13 @@ from pypit.pool._config import PoolConfig
 from pypit.pool._worker import DEVNULL, PIPE, Request, WorkerHandle, crash_error
 from pypit.telemetry import _registry
 from pypit.telemetry._registry import _dispatch, execute, has_handlers
-from pypit.worker._telemetry import CATALOG_NAMES, invalid_metadata, matches, valid_name
+from pypit.worker._telemetry import (
+    CATALOG_NAMES,
+    correlation_id_var,
+    invalid_metadata,
+    matches,
+    valid_name,
+)
 
 _log = get_logger("pool")
 _NODE: Final = socket.gethostname()
@@ -472,7 +478,7 @@ class Pool:
         """Check and encode a call; nothing is sent or queued yet."""
         self._check(command, stream=stream)
         request_id = next(_request_ids)
-        correlation_id = correlation_id or _new_correlation_id()
+        correlation_id = correlation_id or correlation_id_var.get() or _new_correlation_id()
         message = _wire.Call(request_id, command, args, correlation_id, timeout, stream)
         frame = _wire.encode(message, self.config.max_frame_size)
         if trace_hook is not None:

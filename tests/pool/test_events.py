@@ -313,3 +313,21 @@ async def test_no_handlers_means_no_events_built() -> None:
     async with open_pool(adapter(), **options()) as pool:
         assert await pool.execute("identity", os.getpid()) == os.getpid()
     assert telemetry.list_handlers(("pypit",)) == []
+
+
+async def test_the_callers_correlation_id_is_used_when_none_is_given() -> None:
+    """A correlation id set in the caller's context travels with its calls."""
+    from pypit.worker import telemetry as worker_telemetry
+
+    with telemetry.capture((*RPC, "call", "start")) as seen:
+        async with open_pool(adapter(), **options()) as pool:
+            token = worker_telemetry.set_correlation_id("from-the-caller")
+            try:
+                await pool.execute("identity", 1)
+            finally:
+                worker_telemetry.reset_correlation_id(token)
+            await pool.execute("identity", 2)
+
+    first, second = (e.metadata["correlation_id"] for e in seen)
+    assert first == "from-the-caller"
+    assert second not in ("from-the-caller", None)
