@@ -71,3 +71,28 @@ def test_status_events_from_the_loop_thread() -> None:
 
     assert list(pids) == ["default_worker_1"]
     assert seen.events[0].measurements["total_workers"] == 1
+
+
+def test_blocking_control_methods() -> None:
+    """The blocking pool controls telemetry, log levels, recycling and sessions too."""
+    stop = ("pypit", "python", "tool", "execution", "stop")
+    with (
+        telemetry.capture(stop) as seen,
+        start_pool(adapter("Instrumented"), **options()) as pool,
+    ):
+        pool.configure_telemetry(enabled=False)
+        pool.execute("seed_emit")
+        pool.configure_telemetry(enabled=True)
+        pool.execute("seed_emit")
+        pool.set_worker_level("default_worker_1", "debug")
+        pool.reset_worker_level("default_worker_1")
+        old = pool.execute("pid", session_id="s")
+        pool.recycle_worker("default_worker_1")
+        new = pool.execute("pid", session_id="s")
+        info = pool.session("s")
+        seen.wait_sync(stop)
+
+    assert len(seen) == 1
+    assert old != new
+    assert info is not None
+    assert (info.worker_pid, info.rehomed) == (new, 1)
