@@ -321,3 +321,11 @@ async def test_prefetch_only_while_calls_are_short() -> None:
         for _ in range(30):
             await pool.execute("sleep", {"seconds": 0.02})
         assert await depth_with_three_calls_running() == 2
+
+
+async def test_an_error_in_the_pools_block_propagates_as_raised() -> None:
+    """The caller's own exception leaves `async with open_pool` as itself, not in a group."""
+    with pytest.raises(KeyError, match="mine"):
+        async with open_pool(adapter(), **options()) as pool:
+            await pool.execute("identity", 1)
+            raise KeyError("mine")
