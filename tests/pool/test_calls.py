@@ -325,7 +325,11 @@ async def test_prefetch_only_while_calls_are_short() -> None:
 
 async def test_an_error_in_the_pools_block_propagates_as_raised() -> None:
     """The caller's own exception leaves `async with open_pool` as itself, not in a group."""
-    with pytest.raises(KeyError, match="mine"):
+
+    async def use_pool() -> None:
         async with open_pool(adapter(), **options()) as pool:
             await pool.execute("identity", 1)
             raise KeyError("mine")
+
+    with pytest.raises(KeyError, match="mine"):
+        await use_pool()
