@@ -187,52 +187,56 @@ def test_throughput_handlers(benchmark: BenchmarkFixture) -> None:
     )
 
 
-def test_throughput_ppe(benchmark: BenchmarkFixture) -> None:
+def _peer_throughput(
+    benchmark: BenchmarkFixture,
+    submit: Callable[[int], Any],
+    wait: Callable[[Any], Any],
+    tasks: int,
+) -> None:
+    """Submit ``tasks`` trivial tasks at once to a peer, wait for all; tasks per second."""
     rates: list[float] = []
+
+    def batch() -> None:
+        started = time.perf_counter()
+        for handle in [submit(i) for i in range(tasks)]:
+            wait(handle)
+        rates.append(tasks / (time.perf_counter() - started))
+
+    benchmark.pedantic(batch, rounds=3, iterations=1)
+    benchmark.extra_info["tasks_per_s"] = round(statistics.median(rates))
+
+
+def test_throughput_ppe(benchmark: BenchmarkFixture) -> None:
     with ProcessPoolExecutor(2) as executor:
         list(executor.map(identity, range(200)))
-
-        def batch() -> None:
-            started = time.perf_counter()
-            futures = [executor.submit(identity, i) for i in range(THROUGHPUT_TASKS)]
-            for future in futures:
-                future.result()
-            rates.append(THROUGHPUT_TASKS / (time.perf_counter() - started))
-
-        benchmark.pedantic(batch, rounds=3, iterations=1)
-    benchmark.extra_info["tasks_per_s"] = round(statistics.median(rates))
+        _peer_throughput(
+            benchmark,
+            lambda i: executor.submit(identity, i),
+            lambda f: f.result(),
+            THROUGHPUT_TASKS,
+        )
 
 
 def test_throughput_mp_pool(benchmark: BenchmarkFixture) -> None:
-    rates: list[float] = []
     with multiprocessing.Pool(2) as pool:
         pool.map(identity, range(200))
-
-        def batch() -> None:
-            started = time.perf_counter()
-            results = [pool.apply_async(identity, (i,)) for i in range(THROUGHPUT_TASKS)]
-            for result in results:
-                result.get()
-            rates.append(THROUGHPUT_TASKS / (time.perf_counter() - started))
-
-        benchmark.pedantic(batch, rounds=3, iterations=1)
-    benchmark.extra_info["tasks_per_s"] = round(statistics.median(rates))
+        _peer_throughput(
+            benchmark,
+            lambda i: pool.apply_async(identity, (i,)),
+            lambda r: r.get(),
+            THROUGHPUT_TASKS,
+        )
 
 
 def test_throughput_pebble(benchmark: BenchmarkFixture) -> None:
-    rates: list[float] = []
     with pebble.ProcessPool(2) as pool:
         pool.schedule(identity, args=(0,)).result()
-
-        def batch() -> None:
-            started = time.perf_counter()
-            futures = [pool.schedule(identity, args=(i,)) for i in range(THROUGHPUT_TASKS // 4)]
-            for future in futures:
-                future.result()
-            rates.append(THROUGHPUT_TASKS // 4 / (time.perf_counter() - started))
-
-        benchmark.pedantic(batch, rounds=3, iterations=1)
-    benchmark.extra_info["tasks_per_s"] = round(statistics.median(rates))
+        _peer_throughput(
+            benchmark,
+            lambda i: pool.schedule(identity, args=(i,)),
+            lambda f: f.result(),
+            THROUGHPUT_TASKS // 4,
+        )
 
 
 # -- start-up --------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +55,7 @@ from pypit._errors import (
 from pypit._log import check_level, get_logger, set_levels
 from pypit.pool._channel import Connection, Server, signal_factory
 from pypit.pool._config import PoolConfig
-from pypit.pool._worker import DEVNULL, PIPE, Request, WorkerHandle, crash_error
+from pypit.pool._worker import Request, WorkerHandle, crash_error
 from pypit.telemetry import _registry
 from pypit.telemetry._registry import _dispatch, execute, has_handlers
 from pypit.worker._telemetry import (
@@ -1103,9 +1104,9 @@ class Pool:
             with anyio.CancelScope(shield=True):
                 process = await anyio.open_process(
                     [self.config.python, "-m", "pypit.worker"],
-                    stdin=DEVNULL,
-                    stdout=PIPE,
-                    stderr=PIPE,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
                     env=env,
                     start_new_session=True,
                 )

@@ -12,7 +12,6 @@ import contextlib
 import math
 import os
 import signal
-import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
@@ -426,7 +425,3 @@ def crash_error(
     return lambda: WorkerCrashedError(
         message, worker_id=handle.worker_id, exit_code=exit_code, signal=signum
     )
-
-
-DEVNULL: Final = subprocess.DEVNULL
-PIPE: Final = subprocess.PIPE

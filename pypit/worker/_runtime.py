@@ -155,7 +155,9 @@ class Runtime:
         self._adapter: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
-        self.telemetry = WorkerTelemetry(EventBuffer(buffer_size))
+        # One event wakes the flusher for both of its reasons: a held result,
+        # and a batch of telemetry waiting.
+        self.telemetry = WorkerTelemetry(EventBuffer(buffer_size, filling=self._holding))
         self.events = self.telemetry.buffer
         self._sample_interval = 0.0
         self._sampler_wake = threading.Event()
@@ -615,7 +617,6 @@ class Runtime:
         """Ship telemetry every _FLUSH_INTERVAL, or as soon as a batch is waiting; release
         results held back longer than _HOLD_AT_MOST."""
         wake = self._holding
-        self.events.filling = wake  # one event wakes this thread for both reasons
         while not self._stopping.is_set():
             if wake.wait(_FLUSH_INTERVAL):
                 wake.clear()

@@ -140,10 +140,12 @@ class EventBuffer:
     by the few threads that pass the check at the same moment.
     """
 
-    def __init__(self, capacity: int = DEFAULT_BUFFER_SIZE) -> None:
+    def __init__(
+        self, capacity: int = DEFAULT_BUFFER_SIZE, filling: threading.Event | None = None
+    ) -> None:
         self._capacity = capacity
         self._watermark = min(MAX_BATCH, max(1, capacity // 2))
-        self.filling = threading.Event()
+        self.filling = filling if filling is not None else threading.Event()
         """Set when a batch's worth is waiting: the shipper need not wait for its timer."""
         self._lock = threading.Lock()
         self._events: deque[tuple[str, dict[str, int | float], dict[str, Any]]] = deque()
