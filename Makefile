@@ -1,15 +1,31 @@
 # Two commands for users: `make demo` and `make test`. Both set themselves up.
+#
+# Everything they run is installed from uv.lock (exact versions with hashes). uv itself is
+# installed by pip from requirements/uv.txt (exact version with hashes) into .tools, so the
+# machine needs nothing but Python 3.11+ and make.
 PYTHON ?= python3
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# uv never downloads an interpreter: the machine's own Python is used.
+export UV_PYTHON_DOWNLOADS := never
+# Installed modules are compiled once, so that each worker process imports them quickly even
+# where PYTHONDONTWRITEBYTECODE is set.
+export UV_COMPILE_BYTECODE := 1
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint typecheck unit bench docs clean
+.PHONY: demo test lint typecheck unit bench docs lock test-latest clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,prometheus,otel]'
+$(UV): requirements/uv.txt
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check \
+		--require-hashes --no-deps -r requirements/uv.txt
+	touch $(UV)
+
+$(STAMP): $(UV) uv.lock pyproject.toml
+	$(UV) sync --locked --all-extras --python $(PYTHON) --quiet
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -25,13 +41,33 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
+	$(PY) -m compileall -q pypit tests examples
 	$(PY) -m pytest
 
+# The benchmarks and the table of targets (docs/performance.md); BENCH_ARGS go to pytest.
 bench: $(STAMP)
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 docs: $(STAMP)
-	$(PY) -c 'from pypit.telemetry._catalog import render_markdown as r; print(r(), end="")' > docs/events.md
+	$(PY) -m pypit.telemetry > docs/events.md
+
+# Regenerate uv.lock after a change to pyproject.toml's dependencies, or to take newer versions
+# (`make lock UPGRADE=1`).
+lock: $(UV)
+	$(UV) lock --python $(PYTHON) $(if $(UPGRADE),--upgrade)
+
+# The suite against the newest release of every dependency, in a throwaway environment; the
+# lock is left as it is. Not part of `make test`: run it before `make lock UPGRADE=1`.
+test-latest: $(UV)
+	rm -rf .venv-latest
+	$(UV) venv --quiet --python $(PYTHON) .venv-latest
+	$(UV) pip install --quiet --python .venv-latest/bin/python --upgrade --refresh \
+		-e '.[prometheus,otel]' --group dev
+	.venv-latest/bin/ruff check pypit tests benchmarks examples
+	.venv-latest/bin/mypy
+	.venv-latest/bin/python -m pytest -p no:cacheprovider
+	rm -rf .venv-latest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .hypothesis .benchmarks
+	rm -rf $(VENV) $(TOOLS) .venv-latest .pytest_cache .mypy_cache .ruff_cache .coverage \
+		.hypothesis .benchmarks

@@ -1,4 +1,4 @@
-"""Run the benchmarks and print each target of PERFORMANCE.md with its ratio and verdict.
+"""Run the benchmarks and print each target of docs/performance.md with its ratio and verdict.
 
 Every target is a ratio of two medians measured in the same run (or, where the
 target is absolute, a median beside its floor), because absolute times move

@@ -2,7 +2,7 @@
 
 Latency benchmarks record every operation and report p50/p95 in
 ``extra_info``; pytest-benchmark times the batches. ``benchmarks/run.py``
-turns them into the ratios of PERFORMANCE.md.
+turns them into the ratios of docs/performance.md.
 """
 
 from __future__ import annotations

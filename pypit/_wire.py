@@ -56,11 +56,13 @@ class Ping(_Message, tag=3):
 
 
 class Shutdown(_Message, tag=4):
-    """Finish, run ``teardown()`` and exit."""
+    """Stop reading, run ``teardown()`` and exit; calls still running are not awaited
+    (the pool drains them before it sends this)."""
 
 
 class Configure(_Message, tag=5):
-    """Worker settings the parent may change at any time; the worker answers ``Ack(seq)``.
+    """Worker settings the parent may change at any time; when ``seq`` is not 0 the worker
+    answers ``Ack(seq)``.
 
     ``listened`` names the python events someone in the parent listens to
     (``"call.stop"``, ``"tool.execution.stop"``, ...): the worker ships only
@@ -172,8 +174,10 @@ def _refuse(value: Any) -> Any:
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=_refuse)
-_from_worker = msgspec.msgpack.Decoder(FromWorker)
-_to_worker = msgspec.msgpack.Decoder(ToWorker)
+# Annotated rather than inferred: how a decoder built from a union alias is typed differs
+# between msgspec releases, and these annotations hold for all of them.
+_from_worker: msgspec.msgpack.Decoder[FromWorker] = msgspec.msgpack.Decoder(FromWorker)
+_to_worker: msgspec.msgpack.Decoder[ToWorker] = msgspec.msgpack.Decoder(ToWorker)
 
 
 def encode(message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
@@ -200,7 +204,7 @@ def encode(message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> b
 def decode_from_worker(payload: bytes | memoryview) -> FromWorker:
     """A message a worker may send, or :class:`ProtocolError`."""
     try:
-        return _from_worker.decode(payload)  # type: ignore[no-any-return]
+        return _from_worker.decode(payload)
     except Exception as exc:
         # Not only MsgspecError: invalid UTF-8 in a string surfaces as
         # UnicodeDecodeError. Whatever the bytes were, they are refused.
@@ -210,7 +214,7 @@ def decode_from_worker(payload: bytes | memoryview) -> FromWorker:
 def decode_to_worker(payload: bytes | memoryview) -> ToWorker:
     """A message the parent may send, or :class:`ProtocolError`."""
     try:
-        return _to_worker.decode(payload)  # type: ignore[no-any-return]
+        return _to_worker.decode(payload)
     except Exception as exc:
         raise ProtocolError(f"malformed message from the pool: {exc!r}") from None
 
@@ -218,8 +222,8 @@ def decode_to_worker(payload: bytes | memoryview) -> ToWorker:
 class FrameReader:
     """Splits a byte stream into frame payloads.
 
-    Feed it what the socket returned; it yields ``(payload, size)`` for every
-    complete frame. A header announcing more than ``max_frame_size`` raises
+    Feed it what the socket returned; :meth:`feed` returns the payload of every
+    frame it completed, in order. A header announcing more than ``max_frame_size`` raises
     :class:`FrameTooLargeError` at once, before the body is buffered.
     """
 

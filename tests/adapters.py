@@ -35,6 +35,19 @@ class Echo(Adapter):
         time.sleep(seconds)
         return seconds
 
+    @tool(description="Block until the file `gate` exists (at most 30 s), then return `tag`")
+    def hold(self, gate: str, tag: str = "") -> str:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return tag
+
+    @tool(description="Record the call in a file, then hold until `gate` exists")
+    def record_hold(self, path: str, tag: str, gate: str) -> str:
+        with open(path, "a") as f:
+            f.write(tag + "\n")
+        return self.hold(gate, tag)
+
     @tool(description="Sleep too, under another name")
     def pause(self, seconds: float) -> float:
         time.sleep(seconds)

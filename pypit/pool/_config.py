@@ -57,7 +57,7 @@ def _default_size() -> int:
 
 @attrs.frozen(kw_only=True)
 class PoolConfig:
-    """Everything :func:`~pypit.pool.open_pool` accepts besides the adapter.
+    """Everything :func:`~pypit.pool.open_pool` accepts, the adapter included.
 
     Times are in seconds. ``None`` for a timeout means no limit.
     """
@@ -104,7 +104,7 @@ class PoolConfig:
     failure (with jitter), up to ``restart_backoff_max``. A worker that was serving and
     died is replaced at once."""
     restart_backoff_max: float = attrs.field(default=5.0, validator=_non_negative)
-    """Longest delay between two restarts of a slot."""
+    """Cap on the back-off delay after failed starts."""
     max_restarts: int = attrs.field(default=10, validator=_non_negative)
     """Restarts of one slot allowed within ``restart_window``; one more and the slot stays
     down for a window (the pool reports itself degraded) instead of looping hot."""

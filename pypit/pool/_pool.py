@@ -604,7 +604,8 @@ class Pool:
     def _pick(self, avoid: str | None = None) -> WorkerHandle | None:
         """The least loaded worker with spare capacity, idle ones in rotation.
 
-        ``avoid`` names a worker to pass over while another one is free.
+        ``avoid`` names a worker never picked in a pool of more than one (the call
+        queues when only that worker is free).
         """
         best: WorkerHandle | None = None
         workers = self._workers
@@ -1267,7 +1268,8 @@ class Pool:
         )
 
     async def _watch_health(self, handle: WorkerHandle) -> None:
-        """Heartbeat, age and memory of one worker, checked every heartbeat interval."""
+        """Heartbeat, age and memory of one worker, checked every heartbeat interval (every
+        second when the heartbeat is off)."""
         config = self.config
         interval = config.heartbeat_interval or 1.0
         while not handle._closing and handle.kill_reason is None:

@@ -191,48 +191,48 @@ class WorkerHandle:
     def on_frame(self, payload: bytes) -> None:
         """Handle one frame from the worker; :class:`ProtocolError` if it is not valid."""
         message = _wire.decode_from_worker(payload)
-        kind = type(message)
-        if kind is _wire.Result:
-            pending = self._settle(message.id)  # type: ignore[union-attr]
-            if pending is not None and not pending.abandoned:
-                pending.value = message.value  # type: ignore[union-attr]
-                pending.size = len(payload) + 4
+        match message:
+            case _wire.Result():
+                pending = self._settle(message.id)
+                if pending is not None and not pending.abandoned:
+                    pending.value = message.value
+                    pending.size = len(payload) + 4
+                    pending.done.set()
+            case _wire.Chunk():
+                pending = self.pending.get(message.id)
+                if pending is None or pending.chunks is None:
+                    raise ProtocolError(f"a chunk for call {message.id} that is not a stream")
+                if not pending.abandoned:
+                    pending.chunks.append((message.value, len(payload) + 4))
+                    if pending.arrived is not None:
+                        pending.arrived.set()
+            case _wire.End() | _wire.Error():
+                pending = self._settle(message.id)
+                if pending is None or pending.abandoned:
+                    return
+                if isinstance(message, _wire.Error):
+                    pending.error = error_from_reply(message, pending.command)
                 pending.done.set()
-        elif kind is _wire.Chunk:
-            pending = self.pending.get(message.id)  # type: ignore[union-attr]
-            if pending is None or pending.chunks is None:
-                raise ProtocolError(f"a chunk for call {message.id} that is not a stream")  # type: ignore[union-attr]
-            if not pending.abandoned:
-                pending.chunks.append((message.value, len(payload) + 4))  # type: ignore[union-attr]
                 if pending.arrived is not None:
                     pending.arrived.set()
-        elif kind is _wire.End or kind is _wire.Error:
-            pending = self._settle(message.id)  # type: ignore[union-attr]
-            if pending is None or pending.abandoned:
-                return
-            if kind is _wire.Error:
-                pending.error = error_from_reply(message, pending.command)  # type: ignore[arg-type]
-            pending.done.set()
-            if pending.arrived is not None:
-                pending.arrived.set()
-        elif kind is _wire.Events:
-            self.on_events(self, message)  # type: ignore[arg-type]
-        elif kind is _wire.Ready:
-            if self.ready:
-                raise ProtocolError("a second Ready")
-            self.tools = {t.name: t for t in message.tools}  # type: ignore[union-attr]
-            self.ready = self.accepting = True
-            self.ready_at = time.monotonic_ns()
-            self.changed.set()
-        elif kind is _wire.Failed:
-            self.failure = message  # type: ignore[assignment]
-            self.changed.set()
-        elif kind is _wire.Ack:
-            self.acked = max(self.acked, message.seq)  # type: ignore[union-attr]
-        elif kind is _wire.Pong:
-            self.pongs_seen = max(self.pongs_seen, message.seq)  # type: ignore[union-attr]
-        else:
-            raise ProtocolError(f"unexpected {kind.__name__} from a worker")
+            case _wire.Events():
+                self.on_events(self, message)
+            case _wire.Ready():
+                if self.ready:
+                    raise ProtocolError("a second Ready")
+                self.tools = {t.name: t for t in message.tools}
+                self.ready = self.accepting = True
+                self.ready_at = time.monotonic_ns()
+                self.changed.set()
+            case _wire.Failed():
+                self.failure = message
+                self.changed.set()
+            case _wire.Ack():
+                self.acked = max(self.acked, message.seq)
+            case _wire.Pong():
+                self.pongs_seen = max(self.pongs_seen, message.seq)
+            case _:
+                raise ProtocolError(f"unexpected {type(message).__name__} from a worker")
 
     def _settle(self, call_id: int) -> Request | None:
         pending = self.pending.pop(call_id, None)
@@ -248,8 +248,9 @@ class WorkerHandle:
         """Learn how long this worker's calls take, and prefetch only while they are short.
 
         ``elapsed`` is send to answer, which includes waiting behind the
-        ``ahead`` calls sent before: the call's own time is about
-        ``elapsed / (ahead / max_concurrency + 1)``.
+        ``ahead`` calls sent before, about ``ahead // max_concurrency`` calls' time
+        on each slot: the call's own time is about
+        ``elapsed / (ahead // max_concurrency + 1)``.
         """
         own = elapsed / (ahead // self.max_concurrency + 1)
         self.call_time = own if not self.call_time else 0.9 * self.call_time + 0.1 * own

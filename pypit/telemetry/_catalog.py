@@ -2,7 +2,7 @@
 
 Users write dashboards against these names and keys, so the catalog is a
 contract. The documentation page ``docs/events.md`` is generated from this
-module (``python -m pypit.telemetry._catalog``) and a test fails when the two
+module (``python -m pypit.telemetry > docs/events.md``) and a test fails when the two
 drift; the tests of each emitter check the emitted keys against the entry here.
 """
 
@@ -239,7 +239,7 @@ CATALOG: Final[tuple[EventSpec, ...]] = (
         (*_PYTHON, "call", "exception"),
         _m(("duration", NANOSECONDS)),
         (*_PYTHON_CALL_KEYS, "error_type", "error_message"),
-        "the command's tool raised",
+        "the command's tool raised, or the call was cancelled (`error_type` `Cancelled`)",
     ),
     *(
         EventSpec(

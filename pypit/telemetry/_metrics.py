@@ -198,7 +198,7 @@ _DOCS: Final = {
     "counter": "the number of events.",
     "sum": "the running sum of a measurement.",
     "last_value": "the last value of a measurement.",
-    "summary": "count, sum and quantiles of a measurement.",
+    "summary": "count and sum of a measurement.",
     "distribution": "a histogram of a measurement (``reporter_options={'buckets': [...]}``).",
 }
 

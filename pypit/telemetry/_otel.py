@@ -41,6 +41,9 @@ class OpenTelemetryBridge:
     """
 
     def __init__(self, tracer_provider: Any = None) -> None:
+        #: The provider given, or None for the global one. The bridge made by
+        #: :func:`configure_opentelemetry` owns its provider: shut it down there.
+        self.provider: Any = tracer_provider
         self._tracer = trace.get_tracer("pypit", tracer_provider=tracer_provider)
         self._handler_id = f"pypit.otel.{next(_ids)}"
         # Bounded: a call that never reaches a worker leaves its entry behind.
@@ -181,7 +184,8 @@ def configure_opentelemetry(
     service_name: str = "pypit",
     batch: bool = True,
 ) -> OpenTelemetryBridge | None:
-    """Export pypit's call spans over OTLP/HTTP to ``endpoint`` (``http://collector:4318``).
+    """Export pypit's call spans over OTLP/HTTP to ``endpoint`` (default
+    ``http://localhost:4318``).
 
     Builds its own tracer provider (the application's global provider is not
     touched) and returns the started bridge; call its ``stop()`` and the
@@ -200,6 +204,5 @@ def configure_opentelemetry(
     processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
     provider.add_span_processor(processor)
     bridge = OpenTelemetryBridge(provider)
-    bridge.provider = provider  # type: ignore[attr-defined]
     bridge.start()
     return bridge

@@ -11,8 +11,9 @@ counted in ``("pypit", "telemetry", "dropped")`` with its reason:
 ``unknown_event`` (not in the catalog nor allowed), ``invalid_measurements``,
 ``invalid_metadata``, ``buffer_full``. Nothing is lost silently.
 
-Outside a worker process every function here is a cheap no-op, so adapter
-code can be imported and tested on its own.
+Outside a worker process ``emit`` and ``span`` send nothing (a cheap no-op),
+so adapter code can be imported and tested on its own; the correlation id
+functions work in any process.
 """
 
 from __future__ import annotations

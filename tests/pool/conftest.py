@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import anyio
+import pytest
+
 from pypit import telemetry
+from pypit.pool import Pool
 from pypit.telemetry import CapturedEvent
 
 
@@ -30,3 +37,56 @@ def options(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"size": 1, "status_interval": 0, "stop_grace": 1.0}
     base.update(overrides)
     return base
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail, naming ``what``, after ``timeout`` seconds."""
+    with anyio.move_on_after(timeout):
+        while not condition():
+            await anyio.sleep(0.002)
+        return
+    pytest.fail(f"gave up after {timeout}s waiting for {what}")
+
+
+def accepted(pool: Pool) -> int:
+    """Calls accepted and not finished: running or waiting, wherever they wait."""
+    status = pool.status()
+    return status.in_flight + status.queue_depth
+
+
+# A worker that learned that its calls are quick prefetches; the queue's limits must hold
+# either way. "warm" runs a test on such a worker.
+PREFETCH_DEFECT = pytest.mark.xfail(
+    reason="prefetched calls bypass the queue (to be fixed by the scheduler rebuild)",
+    strict=True,
+)
+WARM = pytest.mark.parametrize(
+    "warm", [False, pytest.param(True, marks=PREFETCH_DEFECT)], ids=["fresh", "warm"]
+)
+
+
+def warmth(warm: bool) -> dict[str, Any]:
+    """Options for a warm pool: ``prefetch_below=0`` counts every call as quick, so that the
+    workers prefetch after :func:`warm_up` whatever this machine's speed, as they do at the
+    default threshold once they served quick calls."""
+    return {"prefetch_below": 0} if warm else {}
+
+
+async def warm_up(pool: Pool, warm: bool, session_id: str | None = None) -> None:
+    """With ``warm``, teach the workers that calls are quick, as a busy service would."""
+    if warm:
+        for _ in range(4):
+            await pool.execute("identity", 0, session_id=session_id)
+
+
+@asynccontextmanager
+async def opened_at_exit(gate: Path) -> AsyncIterator[None]:
+    """Create ``gate`` (which ``hold`` calls wait for) when the block ends, however it ends,
+    so that a failing test does not leave a worker held until the pool's shutdown timeout.
+
+    Enter it inside the task group whose calls wait for it: it opens before the group
+    waits for them."""
+    try:
+        yield
+    finally:
+        gate.touch()

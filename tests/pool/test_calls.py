@@ -19,8 +19,17 @@ from pypit import (
     WorkerCrashedError,
     WorkerTimeoutError,
 )
-from pypit.pool import open_pool
-from tests.pool.conftest import adapter, options
+from pypit.pool import Pool, open_pool
+from tests.pool.conftest import (
+    WARM,
+    accepted,
+    adapter,
+    opened_at_exit,
+    options,
+    wait_until,
+    warm_up,
+    warmth,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -109,52 +118,79 @@ async def test_frame_size_limit_applies_both_ways() -> None:
         assert await pool.execute("blob", {"n": 100}) == b"x" * 100
 
 
-async def test_full_queue_rejects_at_once() -> None:
+@WARM
+async def test_full_queue_rejects_at_once(tmp_path: Path, warm: bool) -> None:
     """With the worker busy and the queue full, the next call raises PoolSaturatedError."""
-    async with open_pool(adapter(), **options(prefetch=0, max_queue_size=1)) as pool:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(pool.execute, "sleep", {"seconds": 0.3})
-            await anyio.sleep(0.05)
+    gate = tmp_path / "gate"
+    # max_queue_size=1: the default (1000) would need a thousand waiting calls.
+    async with open_pool(adapter(), **options(max_queue_size=1, **warmth(warm))) as pool:
+        await warm_up(pool, warm)
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+            tasks.start_soon(pool.execute, "hold", {"gate": str(gate)})
+            await wait_until(lambda: pool.status().in_flight == 1, "the first call to start")
             tasks.start_soon(pool.execute, "identity", 1)
-            await anyio.sleep(0.05)
+            await wait_until(lambda: accepted(pool) == 2, "the second call to be accepted")
             assert pool.status().queue_depth == 1
             with pytest.raises(PoolSaturatedError, match="max_queue_size=1"):
                 await pool.execute("identity", 2)
         assert pool.status().rejected == 1
 
 
-async def test_queue_timeout_and_the_request_never_runs(tmp_path: Path) -> None:
+@WARM
+async def test_queue_timeout_and_the_request_never_runs(tmp_path: Path, warm: bool) -> None:
     """A call that waited past queue_timeout raises QueueTimeoutError and is never executed."""
-    log = tmp_path / "calls.log"
-    async with open_pool(adapter(), **options(prefetch=0, queue_timeout=0.1)) as pool:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(pool.execute, "record", {"path": str(log), "tag": "a", "seconds": 0.4})
-            await anyio.sleep(0.05)
+    log, gate = tmp_path / "calls.log", tmp_path / "gate"
+    # queue_timeout is off by default.
+    async with open_pool(adapter(), **options(queue_timeout=0.1, **warmth(warm))) as pool:
+        await warm_up(pool, warm)
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+            first = {"path": str(log), "tag": "a", "gate": str(gate)}
+            tasks.start_soon(pool.execute, "record_hold", first)
+            await wait_until(lambda: pool.status().in_flight == 1, "the first call to start")
             with pytest.raises(QueueTimeoutError, match="was not run"):
-                await pool.execute("record", {"path": str(log), "tag": "b"})
+                # The deadline only bounds the test when the queue timeout does not hold.
+                await pool.execute("record", {"path": str(log), "tag": "b"}, timeout=1)
         assert await pool.execute("record", {"path": str(log), "tag": "c"}) == "c"
 
     assert log.read_text().split() == ["a", "c"]
 
 
-async def test_cancelled_waiting_call_never_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "warm",
+    [
+        False,
+        # Racy today: a prefetched call cancelled before it starts sometimes runs anyway.
+        pytest.param(True, marks=pytest.mark.xfail(reason="prefetch defect", strict=False)),
+    ],
+    ids=["fresh", "warm"],
+)
+async def test_cancelled_waiting_call_never_runs(tmp_path: Path, warm: bool) -> None:
     """A queued call whose caller gave up is removed and never reaches a worker."""
-    log = tmp_path / "calls.log"
-    async with open_pool(adapter(), **options(prefetch=0)) as pool:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(pool.execute, "record", {"path": str(log), "tag": "a", "seconds": 0.3})
-            await anyio.sleep(0.05)
-            with anyio.move_on_after(0.05):
+    log, gate = tmp_path / "calls.log", tmp_path / "gate"
+    async with open_pool(adapter(), **options(**warmth(warm))) as pool:
+        await warm_up(pool, warm)
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+            first = {"path": str(log), "tag": "a", "gate": str(gate)}
+            tasks.start_soon(pool.execute, "record_hold", first)
+            await wait_until(lambda: pool.status().in_flight == 1, "the first call to start")
+            with anyio.CancelScope() as scope:
+                tasks.start_soon(wait_then_cancel, pool, scope)
                 await pool.execute("record", {"path": str(log), "tag": "b"})
+            assert scope.cancelled_caught
             assert pool.status().queue_depth == 0
         assert await pool.execute("record", {"path": str(log), "tag": "c"}) == "c"
 
     assert log.read_text().split() == ["a", "c"]
 
 
+async def wait_then_cancel(pool: Pool, scope: anyio.CancelScope) -> None:
+    await wait_until(lambda: accepted(pool) == 2, "the second call to be accepted")
+    scope.cancel()
+
+
 async def test_cancelled_running_call_frees_the_worker() -> None:
     """Cancelling a running async call cancels it in the worker, which then serves again."""
-    async with open_pool(adapter(), **options(prefetch=0)) as pool:
+    async with open_pool(adapter(), **options()) as pool:
         with anyio.move_on_after(0.1):
             await pool.execute("async_sleep", {"seconds": 30})
         with anyio.fail_after(5):
@@ -184,7 +220,7 @@ async def test_stream_yields_every_chunk(tool: str) -> None:
 @pytest.mark.parametrize("tool", ["count", "async_count"])
 async def test_stream_cancelled_midway_stops_in_the_worker(tool: str) -> None:
     """Leaving the loop early cancels the stream; the worker serves the next call."""
-    async with open_pool(adapter(), **options(prefetch=0)) as pool:
+    async with open_pool(adapter(), **options()) as pool:
         seen = []
         async with contextlib.aclosing(pool.stream(tool, {"n": 1000, "delay": 0.01})) as chunks:
             async for chunk in chunks:
@@ -227,10 +263,12 @@ async def test_two_named_pools_are_independent() -> None:
         assert (left.status().requests, right.status().requests) == (1, 1)
 
 
-async def test_shutdown_drains_calls_in_flight_and_refuses_queued_ones() -> None:
+@WARM
+async def test_shutdown_drains_calls_in_flight_and_refuses_queued_ones(warm: bool) -> None:
     """Closing waits for running calls; queued ones get PoolClosedError; later calls too."""
     outcomes: dict[str, object] = {}
-    async with open_pool(adapter(), **options(prefetch=0)) as pool:
+    async with open_pool(adapter(), **options(**warmth(warm))) as pool:
+        await warm_up(pool, warm)
 
         async def call(name: str, command: str, args: object) -> None:
             try:
@@ -240,9 +278,9 @@ async def test_shutdown_drains_calls_in_flight_and_refuses_queued_ones() -> None
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(call, "running", "sleep", {"seconds": 0.3})
-            await anyio.sleep(0.05)
+            await wait_until(lambda: pool.status().in_flight == 1, "the first call to start")
             tasks.start_soon(call, "queued", "identity", 1)
-            await anyio.sleep(0.05)
+            await wait_until(lambda: accepted(pool) == 2, "the second call to be accepted")
             await pool.aclose()
 
     assert outcomes["running"] == 0.3
@@ -279,7 +317,7 @@ async def test_a_result_is_not_held_back_behind_a_long_call() -> None:
     """Under load a worker batches results, holding one back for the next call when that
     tool is usually quick; when the next call runs long anyway, the result still leaves."""
     # No heartbeat: its answer would carry the held result along.
-    async with open_pool(adapter(), **options(prefetch=2, heartbeat_interval=0)) as pool:
+    async with open_pool(adapter(), **options(heartbeat_interval=0)) as pool:
         for _ in range(20):
             await pool.execute("pause", {"seconds": 0})
         finished: list[str] = []
@@ -290,13 +328,9 @@ async def test_a_result_is_not_held_back_behind_a_long_call() -> None:
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(call, "first", "sleep", 0.2)
-            with anyio.fail_after(5):
-                while pool.status().in_flight < 1:
-                    await anyio.sleep(0.001)
+            await wait_until(lambda: pool.status().in_flight == 1, "the first call to start")
             tasks.start_soon(call, "usually quick", "pause", 1.0)
-            with anyio.fail_after(5):
-                while not finished:
-                    await anyio.sleep(0.005)
+            await wait_until(lambda: bool(finished), "the first call's result")
             assert finished == ["first"]
             assert pool.status().in_flight == 1
 
@@ -304,6 +338,8 @@ async def test_a_result_is_not_held_back_behind_a_long_call() -> None:
 async def test_prefetch_only_while_calls_are_short() -> None:
     """A worker whose calls are short holds extra calls; one whose calls are long does not,
     so long calls wait in the pool's queue for whichever worker frees first."""
+    # Non-default prefetch and threshold: the test counts the calls a worker holds, and a
+    # 5 ms threshold tells quick calls from 20 ms ones on a loaded machine.
     async with open_pool(adapter(), **options(prefetch=2, prefetch_below=0.005)) as pool:
 
         async def depth_with_three_calls_running() -> int:
@@ -311,7 +347,10 @@ async def test_prefetch_only_while_calls_are_short() -> None:
             async with anyio.create_task_group() as tasks:
                 for _ in range(3):
                     tasks.start_soon(pool.execute, "sleep", {"seconds": 0.2})
-                await anyio.sleep(0.05)
+                await wait_until(
+                    lambda: pool.status().in_flight + pool.status().queue_depth == 3,
+                    "three calls to be accepted",
+                )
                 depths.append(pool.status().queue_depth)
             return depths[0]
 

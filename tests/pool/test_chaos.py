@@ -14,7 +14,7 @@ import pytest
 
 from pypit import PypitError
 from pypit.pool import open_pool
-from tests.pool.conftest import adapter, options
+from tests.pool.conftest import adapter, options, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -31,6 +31,10 @@ async def test_chaos(tmp_path: Path) -> None:
     outcomes: Counter[str] = Counter()
     late: list[float] = []
     kills = 0
+    # max_restarts is lifted because every kill still counts toward the restart limit, so
+    # the default policy takes the pool offline under this storm (see
+    # test_healthy_restarts_never_take_the_pool_offline). A short heartbeat finds workers
+    # the killer froze mid-write sooner.
     settings = options(size=WORKERS, max_restarts=100_000, heartbeat_interval=0.2)
     async with open_pool(adapter(), **settings) as pool:
 
@@ -71,9 +75,7 @@ async def test_chaos(tmp_path: Path) -> None:
                         calls.start_soon(caller, n)
                 stop.set()
         last_kill = time.monotonic()
-        with anyio.fail_after(10):
-            while pool.status().total_workers < WORKERS:
-                await anyio.sleep(0.005)
+        await wait_until(lambda: pool.status().total_workers == WORKERS, "a full pool again")
         recovery = time.monotonic() - last_kill
         status = pool.status()
 

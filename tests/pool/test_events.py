@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -14,17 +16,21 @@ from pypit import (
     ToolError,
     WorkerCrashedError,
     WorkerStartError,
+    _wire,
     telemetry,
 )
-from pypit.pool import open_pool
-from pypit.telemetry import CapturedEvent
-from tests.pool.conftest import adapter, assert_catalog_shape, options
+from pypit.pool import Pool, _pool, open_pool
+from pypit.pool import _worker as _worker_module
+from pypit.pool._worker import WorkerHandle
+from pypit.telemetry import CapturedEvent, _registry
+from tests.pool.conftest import adapter, assert_catalog_shape, opened_at_exit, options, wait_until
 
 pytestmark = pytest.mark.anyio
 
 POOL = ("pypit", "pool")
 RPC = ("pypit", "rpc")
 PYTHON = ("pypit", "python")
+PYPIT_EVENTS = [spec.name for spec in telemetry.CATALOG if spec.name[0] == "pypit"]
 
 
 def names(seen: telemetry.Capture) -> list[tuple[str, ...]]:
@@ -178,18 +184,20 @@ async def test_crash_events() -> None:
     assert restarted.measurements["restart_count"] == 1
 
 
-async def test_queue_events() -> None:
+async def test_queue_events(tmp_path: Path) -> None:
     """enqueued and dequeued for a waiting call; timeout for one that waited too long."""
     events = [(*POOL, "queue", e) for e in ("enqueued", "dequeued", "timeout")]
+    gate = tmp_path / "gate"
     with telemetry.capture(*events) as seen:
-        async with open_pool(adapter(), **options(prefetch=0, queue_timeout=0.2)) as pool:
+        # queue_timeout is off by default.
+        async with open_pool(adapter(), **options(queue_timeout=0.2)) as pool:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(pool.execute, "sleep", {"seconds": 0.1})
-                await anyio.sleep(0.03)
+                await wait_until(lambda: pool.status().in_flight == 1, "the first call to start")
                 await pool.execute("identity", 1, session_id="s")
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(pool.execute, "sleep", {"seconds": 0.5})
-                await anyio.sleep(0.03)
+            async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+                tasks.start_soon(pool.execute, "hold", {"gate": str(gate)})
+                await wait_until(lambda: pool.status().in_flight == 1, "the first call to start")
                 with pytest.raises(QueueTimeoutError):
                     await pool.execute("identity", 2, correlation_id="late")
 
@@ -200,19 +208,21 @@ async def test_queue_events() -> None:
     assert enqueued[0].measurements["queue_depth"] == 1
     dequeued = only(seen, *POOL, "queue", "dequeued")
     assert dequeued.metadata["request_id"] == enqueued[0].metadata["request_id"]
-    assert dequeued.measurements["queue_time"] > 30_000_000
+    assert dequeued.measurements["queue_time"] > 0
     timeout = only(seen, *POOL, "queue", "timeout")
     assert timeout.metadata["correlation_id"] == "late"
     assert timeout.measurements["queue_time"] >= 150_000_000
 
 
-async def test_saturated_event() -> None:
+async def test_saturated_event(tmp_path: Path) -> None:
     """A rejected call emits saturated with the queue and worker figures."""
+    gate = tmp_path / "gate"
     with telemetry.capture((*POOL, "saturated")) as seen:
-        async with open_pool(adapter(), **options(prefetch=0, max_queue_size=0)) as pool:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(pool.execute, "sleep", {"seconds": 0.2})
-                await anyio.sleep(0.05)
+        # max_queue_size=0: saturated as soon as the one worker is busy.
+        async with open_pool(adapter(), **options(max_queue_size=0)) as pool:
+            async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+                tasks.start_soon(pool.execute, "hold", {"gate": str(gate)})
+                await wait_until(lambda: pool.status().in_flight == 1, "the first call to start")
                 with pytest.raises(PoolSaturatedError):
                     await pool.execute("identity", 1)
 
@@ -271,15 +281,28 @@ async def test_python_call_events_are_shipped_from_the_worker() -> None:
     assert exception.metadata["error_message"] == "nope"
 
 
-async def test_python_events_not_listened_to_are_not_shipped() -> None:
+async def test_python_events_not_listened_to_are_not_shipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """With no handler on python.call.*, the workers do not send those events at all."""
-    async with open_pool(adapter(), **options()) as pool:
-        await pool.execute("identity", 1)
-        with telemetry.capture((*PYTHON, "call", "stop")) as seen:
-            await pool.execute("identity", 2)
-        await pool.execute("identity", 3)
+    received: list[list[str]] = []
+    original = Pool._on_events
 
-    assert len(seen) == 1
+    def spy(pool: Pool, worker: WorkerHandle, batch: _wire.Events) -> None:
+        received[-1].extend(name for name, _, _ in batch.events)
+        original(pool, worker, batch)
+
+    monkeypatch.setattr(Pool, "_on_events", spy)
+    async with open_pool(adapter(), **options()) as pool:
+        for listened in (False, True, False):
+            received.append([])
+            with contextlib.ExitStack() as stack:
+                if listened:
+                    stack.enter_context(telemetry.capture((*PYTHON, "call", "stop")))
+                # A call's events travel ahead of its result.
+                await pool.execute("identity", 1)
+
+    assert [("call.stop" in names) for names in received] == [False, True, False]
 
 
 async def test_spawn_failed_when_setup_raises() -> None:
@@ -307,12 +330,35 @@ async def test_spawn_failed_when_the_adapter_cannot_be_imported() -> None:
     assert only(seen, *POOL, "worker", "spawn_failed").metadata["reason"] == "import_failed"
 
 
-async def test_no_handlers_means_no_events_built() -> None:
-    """Without handlers the pool still works; nothing is attached behind the user's back."""
-    assert telemetry.list_handlers(("pypit",)) == []
-    async with open_pool(adapter(), **options()) as pool:
-        assert await pool.execute("identity", os.getpid()) == os.getpid()
-    assert telemetry.list_handlers(("pypit",)) == []
+@pytest.mark.parametrize("listening", [False, True])
+async def test_no_handlers_means_no_events_built(
+    monkeypatch: pytest.MonkeyPatch, listening: bool
+) -> None:
+    """Without handlers the pool builds and dispatches no event at all (and, to show the
+    check can fail, with one handler per event it does)."""
+    dispatched: list[tuple[str, ...]] = []
+
+    def counting(real: Any) -> Any:
+        def wrapper(*args: Any) -> None:
+            dispatched.append(args[1] if real is _registry._dispatch else args[0])
+            real(*args)
+
+        return wrapper
+
+    for module in (_pool, _worker_module):
+        for name in ("execute", "_dispatch"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, counting(getattr(module, name)))
+    with contextlib.ExitStack() as stack:
+        if listening:
+            stack.enter_context(telemetry.capture(*(spec.name for spec in telemetry.CATALOG)))
+        assert len(telemetry.list_handlers(("pypit",))) == (len(PYPIT_EVENTS) if listening else 0)
+        async with open_pool(adapter(), **options()) as pool:
+            assert await pool.execute("identity", os.getpid()) == os.getpid()
+            async with contextlib.aclosing(pool.stream("count", {"n": 2})) as chunks:
+                assert [c async for c in chunks] == [1, 2]
+
+    assert bool(dispatched) == listening
 
 
 async def test_the_callers_correlation_id_is_used_when_none_is_given() -> None:

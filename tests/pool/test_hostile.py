@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from pypit import ProtocolError, WorkerCrashedError, _wire
 from pypit.pool import open_pool
 from pypit.pool._worker import Request, WorkerHandle
-from tests.pool.conftest import adapter, options
+from tests.pool.conftest import adapter, opened_at_exit, options, wait_until
 
 
 class _FakeProcess:
@@ -113,25 +114,28 @@ GARBAGE = [
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("garbage", GARBAGE, ids=range(len(GARBAGE)))
-async def test_hostile_worker_is_dropped_and_the_pool_serves_on(garbage: bytes) -> None:
+async def test_hostile_worker_is_dropped_and_the_pool_serves_on(
+    garbage: bytes, tmp_path: Path
+) -> None:
     """The offender's call fails with WorkerCrashedError and a log line; the other worker's
     call completes; the slot is restarted."""
     outcome: dict[str, Any] = {}
+    gate = tmp_path / "gate"
     with structlog.testing.capture_logs() as logs:
-        async with open_pool(adapter("Hostile"), **options(size=2, prefetch=0)) as pool:
-            async with anyio.create_task_group() as tasks:
+        async with open_pool(adapter("Hostile"), **options(size=2)) as pool:
+            async with anyio.create_task_group() as tasks, opened_at_exit(gate):
 
                 async def slow() -> None:
-                    outcome["slow"] = await pool.execute("sleep", {"seconds": 0.3})
+                    outcome["slow"] = await pool.execute("hold", {"gate": str(gate), "tag": "s"})
 
                 tasks.start_soon(slow)
-                await anyio.sleep(0.05)
+                await wait_until(lambda: pool.status().in_flight == 1, "the slow call to start")
                 with pytest.raises(WorkerCrashedError, match="broke the protocol"):
                     await pool.execute("garbage", {"data": garbage}, timeout=5)
             with anyio.fail_after(10):
                 assert await pool.execute("identity", 1) == 1
 
-    assert outcome["slow"] == 0.3
+    assert outcome["slow"] == "s"
     broke = [entry for entry in logs if "broke the protocol" in entry["event"]]
     assert len(broke) == 1
     assert broke[0]["log_level"] == "error"

@@ -18,7 +18,17 @@ from pypit import (
     telemetry,
 )
 from pypit.pool import open_pool
-from tests.pool.conftest import adapter, assert_catalog_shape, options
+from tests.pool.conftest import (
+    WARM,
+    accepted,
+    adapter,
+    assert_catalog_shape,
+    opened_at_exit,
+    options,
+    wait_until,
+    warm_up,
+    warmth,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -63,22 +73,23 @@ async def test_an_exception_escaping_the_worker_loop_is_a_crash() -> None:
     assert info.value.exit_code == 1
 
 
-async def test_a_crash_fails_only_that_workers_calls() -> None:
+async def test_a_crash_fails_only_that_workers_calls(tmp_path: Path) -> None:
     """The other worker's call completes; calls queued meanwhile run on the survivors."""
-    async with open_pool(adapter(), **options(size=2, prefetch=0)) as pool:
-        async with anyio.create_task_group() as tasks:
+    gate = tmp_path / "gate"
+    async with open_pool(adapter(), **options(size=2)) as pool:
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
             results: list[object] = []
 
             async def slow() -> None:
-                results.append(await pool.execute("sleep", {"seconds": 0.4}))
+                results.append(await pool.execute("hold", {"gate": str(gate), "tag": "slow"}))
 
             tasks.start_soon(slow)
-            await anyio.sleep(0.05)
+            await wait_until(lambda: pool.status().in_flight == 1, "the slow call to start")
             with pytest.raises(WorkerCrashedError):
                 await pool.execute("die")
             results.append(await pool.execute("identity", "after"))
 
-    assert sorted(map(str, results)) == ["0.4", "after"]
+    assert sorted(map(str, results)) == ["after", "slow"]
 
 
 async def test_restart_intensity_marks_the_pool_degraded() -> None:
@@ -87,19 +98,33 @@ async def test_restart_intensity_marks_the_pool_degraded() -> None:
     with telemetry.capture(SPAWN_STARTED) as seen:
         async with open_pool(adapter(), **settings) as pool:
             for _ in range(3):
-                with anyio.fail_after(10):
-                    while not pool.status().total_workers:
-                        await anyio.sleep(0.01)
+                await wait_until(lambda: pool.status().total_workers == 1, "a ready worker")
                 with pytest.raises(WorkerCrashedError):
                     await pool.execute("die")
-            with anyio.fail_after(5):
-                while not pool.status().degraded:
-                    await anyio.sleep(0.01)
+            await wait_until(lambda: pool.status().degraded, "the pool to be degraded")
             with pytest.raises(PoolDegradedError, match="degraded"):
                 await pool.execute("identity", 1)
             assert pool.status().total_workers == 0
 
     assert [e.metadata["reason"] for e in seen] == ["initial", "restart", "restart"]
+
+
+@pytest.mark.xfail(
+    reason="every unplanned end of a worker counts toward max_restarts today", strict=True
+)
+async def test_healthy_restarts_never_take_the_pool_offline() -> None:
+    """A worker that got ready and then died is replaced at once, however often: more kills
+    than max_restarts (default 10) in restart_window leave the pool serving."""
+    async with open_pool(adapter(), **options()) as pool:
+        for _ in range(pool.config.max_restarts + 2):
+            with pytest.raises(WorkerCrashedError):
+                await pool.execute("die")
+            await wait_until(
+                lambda: pool.status().total_workers == 1 or pool.status().degraded,
+                "a replacement, or the pool degraded",
+            )
+            assert not pool.status().degraded
+        assert await pool.execute("identity", 1) == 1
 
 
 async def test_handshake_timeout_is_a_spawn_failure() -> None:
@@ -202,7 +227,7 @@ async def test_recycle_drains_the_call_in_flight() -> None:
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(slow)
-            await anyio.sleep(0.05)
+            await wait_until(lambda: pool.status().in_flight == 1, "the slow call to start")
             with anyio.fail_after(10):
                 await pool.recycle_worker("default_worker_1")
         new = await pool.execute("pid")
@@ -239,29 +264,49 @@ async def test_session_affinity_hint_prefers_the_sessions_worker() -> None:
     assert (info.worker_pid, info.calls, info.rehomed) == (first, 6, 0)
 
 
-async def test_strict_affinity_waits_for_the_sessions_worker() -> None:
+@WARM
+async def test_strict_affinity_waits_for_the_sessions_worker(tmp_path: Path, warm: bool) -> None:
     """strict: with the session's worker busy, the call waits for it, not for another."""
-    async with open_pool(adapter(), **options(size=2, prefetch=0)) as pool:
-        home = await pool.execute("pid", session_id="s")
-        async with anyio.create_task_group() as tasks:
+    gate = tmp_path / "gate"
+    async with open_pool(adapter(), **options(size=2, **warmth(warm))) as pool:
+        # The session starts with a call long enough that the worker learns nothing quick.
+        await pool.execute("sleep", {"seconds": 0.01}, session_id="s")
+        await warm_up(pool, warm, session_id="s")
+        info = pool.session("s")
+        assert info is not None
+        home = info.worker_pid
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
             tasks.start_soon(
-                functools.partial(pool.execute, "sleep", {"seconds": 0.3}, session_id="s")
+                functools.partial(pool.execute, "hold", {"gate": str(gate)}, session_id="s")
             )
-            await anyio.sleep(0.05)
-            assert await pool.execute("pid", session_id="s", affinity="strict") == home
+            await wait_until(lambda: pool.status().in_flight == 1, "the session's call to start")
+            waiting = {"pid": 0}
+
+            async def strict_call() -> None:
+                waiting["pid"] = await pool.execute("pid", session_id="s", affinity="strict")
+
+            tasks.start_soon(strict_call)
+            await wait_until(lambda: accepted(pool) == 2, "the strict call to be accepted")
+            assert pool.status().queue_depth == 1
+        assert waiting["pid"] == home
 
 
-async def test_strict_fail_fast_affinity_raises_at_once() -> None:
+@WARM
+async def test_strict_fail_fast_affinity_raises_at_once(tmp_path: Path, warm: bool) -> None:
     """strict_fail_fast: the session's worker is busy, so the call fails at once."""
-    async with open_pool(adapter(), **options(size=2, prefetch=0)) as pool:
-        await pool.execute("pid", session_id="s")
-        async with anyio.create_task_group() as tasks:
+    gate = tmp_path / "gate"
+    async with open_pool(adapter(), **options(size=2, **warmth(warm))) as pool:
+        # The session starts with a call long enough that the worker learns nothing quick.
+        await pool.execute("sleep", {"seconds": 0.01}, session_id="s")
+        await warm_up(pool, warm, session_id="s")
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
             tasks.start_soon(
-                functools.partial(pool.execute, "sleep", {"seconds": 0.3}, session_id="s")
+                functools.partial(pool.execute, "hold", {"gate": str(gate)}, session_id="s")
             )
-            await anyio.sleep(0.05)
+            await wait_until(lambda: pool.status().in_flight == 1, "the session's call to start")
             with pytest.raises(SessionUnavailableError, match="'s'"):
-                await pool.execute("pid", session_id="s", affinity="strict_fail_fast")
+                # The deadline only bounds the test if the call is not refused at once.
+                await pool.execute("pid", session_id="s", affinity="strict_fail_fast", timeout=1)
 
 
 async def test_session_of_a_dead_worker_is_rehomed_and_the_caller_can_tell() -> None:

@@ -51,7 +51,7 @@ def test_closing_a_stream_early_cancels_it() -> None:
     """Closing the generator cancels the stream in the worker; the pool serves on."""
     with (
         telemetry.capture(("pypit", "rpc", "stream", "closed")) as seen,
-        start_pool(adapter(), **options(prefetch=0)) as pool,
+        start_pool(adapter(), **options()) as pool,
     ):
         chunks = pool.stream("count", {"n": 1000, "delay": 0.01})
         assert [next(chunks), next(chunks)] == [1, 2]

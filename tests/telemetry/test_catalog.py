@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,14 @@ DOCS = Path(__file__).parents[2] / "docs" / "events.md"
 def test_events_page_is_generated_from_the_catalog() -> None:
     """docs/events.md is exactly what the catalog renders: run `make docs` after a change."""
     assert render_markdown() == DOCS.read_text(encoding="utf-8")
+
+
+def test_the_documented_command_prints_the_events_page() -> None:
+    """`python -m pypit.telemetry` writes the page, and nothing on stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pypit.telemetry"], capture_output=True, text=True, check=True
+    )
+    assert (done.stdout, done.stderr) == (DOCS.read_text(encoding="utf-8"), "")
 
 
 def test_every_event_is_on_the_page() -> None:

@@ -76,7 +76,7 @@ async def test_spans_are_exported_with_parents_across_the_process_boundary(
     attributes from metadata, error status on a tool error; the worker got the context."""
     bridge = configure_opentelemetry(endpoint=collector.endpoint, batch=False)
     assert bridge is not None
-    tracer = bridge.provider.get_tracer("test")  # type: ignore[attr-defined]
+    tracer = bridge.provider.get_tracer("test")
     try:
         async with open_pool(adapter("Traced"), **options()) as pool:
             with tracer.start_as_current_span("caller"):
@@ -85,7 +85,7 @@ async def test_spans_are_exported_with_parents_across_the_process_boundary(
                     await pool.execute("fail")
     finally:
         bridge.stop()
-        bridge.provider.shutdown()  # type: ignore[attr-defined]
+        bridge.provider.shutdown()
 
     assert set(collector.paths) == {"/v1/traces"}
     by_name: dict[str, list[Any]] = {}

@@ -14,7 +14,7 @@ from pypit import WorkerCrashedError, _log, telemetry
 from pypit.pool import open_pool
 from pypit.telemetry import CapturedEvent
 from pypit.worker import _telemetry
-from tests.pool.conftest import adapter, assert_catalog_shape, options
+from tests.pool.conftest import adapter, assert_catalog_shape, options, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -184,16 +184,14 @@ async def test_sampling_keeps_or_drops_a_calls_events_together(rate: float) -> N
 
 async def test_control_is_acknowledged_per_worker_and_survives_a_restart() -> None:
     """Disabled for one worker: it sends nothing, even after it is replaced; the other does."""
-    name, settings = instrumented(size=2, prefetch=0)
+    name, settings = instrumented(size=2)
     with telemetry.capture(STOP) as seen:
         async with open_pool(name, **settings) as pool:
             await pool.configure_telemetry(enabled=False, worker_id="default_worker_1")
             for worker_id in ("default_worker_1", "default_worker_2"):
                 with pytest.raises(WorkerCrashedError):
                     await pool.execute("die", session_id=worker_id, affinity="hint")
-            with anyio.fail_after(10):
-                while len(pool.workers()) < 2:
-                    await anyio.sleep(0.01)
+            await wait_until(lambda: len(pool.workers()) == 2, "both workers to be replaced")
             pids = pool.workers()
             for _ in range(6):
                 await pool.execute("emit_many", {"name": "tool.execution.stop", "n": 1})
