@@ -128,8 +128,19 @@ async def test_rpc_call_exception_for_tool_error_timeout_and_cancellation() -> N
                 await pool.execute("fail")
             with pytest.raises(TimeoutError):
                 await pool.execute("async_sleep", {"seconds": 10}, timeout=0.05)
-            with anyio.move_on_after(0.05):
-                await pool.execute("async_sleep", {"seconds": 10})
+            # The worker answers the cancelled call before the next one can start.
+            await wait_until(lambda: pool.status().in_flight == 0, "the cancel's answer")
+            with anyio.CancelScope() as scope:
+                tasks_started = pool.status().requests
+                async with anyio.create_task_group() as tasks:
+
+                    async def cancel_once_running() -> None:
+                        await wait_until(lambda: pool.status().in_flight == 1, "the third call")
+                        scope.cancel()
+
+                    tasks.start_soon(cancel_once_running)
+                    await pool.execute("async_sleep", {"seconds": 10})
+            assert pool.status().requests == tasks_started + 1
 
     exceptions = seen.named(*RPC, "call", "exception")
     assert seen.named(*RPC, "call", "stop") == []
