@@ -46,9 +46,17 @@ class Call(_Message, tag=1):
 
 
 class Cancel(_Message, tag=2):
-    """Stop call ``id``; the worker answers with an error of kind ``cancelled`` or its result."""
+    """Stop call ``id``.
+
+    A call that has not started is dropped at once and answered with an error of
+    kind ``dropped``: it never runs. A running call is cancelled and answered
+    with an error of kind ``cancelled``, or with its result if it ended first.
+    ``if_waiting`` drops the call only if it has not started, and leaves a
+    running call alone (the queue timeout of a call the worker holds).
+    """
 
     id: int
+    if_waiting: bool = False
 
 
 class Ping(_Message, tag=3):
@@ -117,19 +125,28 @@ class Failed(_Message, tag=23):
 
 
 class Result(_Message, tag=24):
+    """Call ``id`` returned ``value``. Every final answer (``Result``, ``Error``, ``End``)
+    says how long the call waited in the worker before it started (``waited``) and how
+    long it ran (``took``), in nanoseconds."""
+
     id: int
     value: Any
+    waited: int = 0
+    took: int = 0
 
 
 class Error(_Message, tag=25):
     """Call ``id`` failed. ``kind`` is ``tool``, ``unknown_command``, ``serialization``,
-    ``frame_too_large``, ``cancelled`` or ``usage``."""
+    ``frame_too_large``, ``cancelled``, ``dropped`` (cancelled before it started: it never
+    ran) or ``usage``."""
 
     id: int
     kind: str
     type: str
     message: str
     traceback: str = ""
+    waited: int = 0
+    took: int = 0
 
 
 class Chunk(_Message, tag=26):
@@ -142,6 +159,8 @@ class End(_Message, tag=27):
     """The stream of call ``id`` is complete."""
 
     id: int
+    waited: int = 0
+    took: int = 0
 
 
 class Events(_Message, tag=28):

@@ -247,8 +247,9 @@ class Server:
 class _FutureSignal:
     """A one-shot event for asyncio, on a bare future: cheaper than ``anyio.Event``.
 
-    A waiter cancelled while waiting cancels the future; the signal then
-    reports not set, and a later :meth:`set` is a no-op.
+    A waiter cancelled while waiting cancels the future; the next :meth:`set` or
+    :meth:`wait` puts a fresh one in its place, so the signal can be waited for
+    again (a deadline that passed, then a longer one) and a set is never lost.
     """
 
     __slots__ = ("_future",)
@@ -256,16 +257,23 @@ class _FutureSignal:
     def __init__(self) -> None:
         self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    def _renewed(self) -> asyncio.Future[None]:
+        future = self._future
+        if future.cancelled():
+            future = self._future = future.get_loop().create_future()
+        return future
+
     def set(self) -> None:
-        if not self._future.done():
-            self._future.set_result(None)
+        future = self._renewed()
+        if not future.done():
+            future.set_result(None)
 
     def is_set(self) -> bool:
         future = self._future
         return future.done() and not future.cancelled()
 
     async def wait(self) -> None:
-        await self._future
+        await self._renewed()
 
 
 def signal_factory() -> Callable[[], Any]:

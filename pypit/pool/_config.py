@@ -71,24 +71,27 @@ class PoolConfig:
     name: str = attrs.field(default="default", validator=[attrs.validators.instance_of(str), _name])
     """The pool's name: in every event, and in worker ids ``<name>_worker_<n>``."""
     max_queue_size: int = attrs.field(default=1000, validator=_non_negative)
-    """Calls allowed to wait for a worker; one more is rejected with ``PoolSaturatedError``."""
+    """Calls allowed to wait (accepted and not started, in the pool's queue or prefetched in
+    a worker); one more is rejected with ``PoolSaturatedError``."""
     queue_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
-    """Longest wait in the queue; then ``QueueTimeoutError`` and the call never runs."""
+    """Longest wait before a call starts, wherever it waits; then ``QueueTimeoutError`` and
+    the call never runs."""
     max_concurrency: int = attrs.field(default=1, validator=_positive)
     """Calls one worker runs at once (threads for sync tools, tasks for async ones)."""
     prefetch: int = attrs.field(default=8, validator=_non_negative)
-    """Calls a busy worker may hold queued beyond ``max_concurrency``, while its calls are
-    short (see ``prefetch_below``).
+    """Calls of quick commands (see ``prefetch_below``) a busy worker may hold beyond
+    ``max_concurrency``, waiting; they count as queued until they start.
 
-    Prefetched calls travel with others in one write and start the moment the
-    worker frees up, which multiplies throughput for short calls; the price is
-    that a prefetched call waits behind the calls of its worker rather than
-    taking whichever worker frees first. 0 never prefetches.
+    Prefetched calls travel with others in one write and start the moment a
+    slot frees, which multiplies throughput for short calls; the price is that a
+    prefetched call waits behind the calls of its worker rather than taking
+    whichever worker frees first. 0 never prefetches.
     """
     prefetch_below: float = attrs.field(default=0.001, validator=_non_negative)
-    """A worker prefetches only while its calls take less than this many seconds on
-    average, so a prefetched call waits at most about ``prefetch * prefetch_below``;
-    pools of long calls keep the queue's fairness. 0 means always prefetch."""
+    """A command is quick while its calls run less than this many seconds on average (as
+    its workers report); unknown commands and streams are slow. Only quick calls are
+    prefetched, and never behind a slow one, so a prefetched call waits about
+    ``prefetch * prefetch_below`` at most. 0 treats every command but streams as quick."""
     status_interval: float = attrs.field(default=5.0, validator=_non_negative)
     """Period of the ``pool.status`` event; 0 disables it."""
     max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_positive)

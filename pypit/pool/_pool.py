@@ -3,12 +3,14 @@
 Everything here runs on one event loop, so the scheduler needs no locks: a
 worker's ``in_flight`` and the queue change only between awaits. A call is
 encoded once (a :class:`~pypit.pool._worker.Request`) and goes to a worker
-directly when one has spare capacity and nobody is queued; otherwise it waits
-in a bounded FIFO queue, and whoever frees capacity -- usually the answer of
-another call -- sends the first queued request on its behalf, so its caller
-wakes only once, with the result. A caller that is cancelled takes its request
-out of the queue at once, and the dispatcher skips a request whose queue
-deadline has passed: neither ever reaches a worker.
+directly when one has a free slot and nobody is queued. Otherwise it waits:
+calls of a command known to be quick may wait in a busy worker (prefetch),
+the others in a FIFO queue, and whoever frees capacity -- usually the answer
+of another call -- sends the first queued request on its behalf, so its
+caller wakes only once, with the result. Wherever it waits, a call counts as
+queued until it starts. A caller that is cancelled takes its request out of
+the queue at once, or has its worker drop it, and the dispatcher skips a
+request whose queue deadline has passed: none of these ever runs.
 
 The second half of the class supervises the workers: one task per slot
 spawns, hand-shakes, watches and replaces its worker (see docs/supervision.md).
@@ -86,6 +88,9 @@ RECYCLED: Final = ("pypit", "pool", "worker", "recycled")
 RECONNECTED: Final = ("pypit", "rpc", "connection", "reconnected")
 DROPPED: Final = ("pypit", "telemetry", "dropped")
 _EXIT_GRACE: Final = 0.2
+# How long a caller whose call waits in a worker waits for the worker to confirm that it
+# withdrew the call, when the call's deadline passed: the confirmation takes a round trip.
+_WITHDRAW_GRACE: Final = 0.25
 CALL_START: Final = ("pypit", "rpc", "call", "start")
 CALL_STOP: Final = ("pypit", "rpc", "call", "stop")
 CALL_EXCEPTION: Final = ("pypit", "rpc", "call", "exception")
@@ -108,7 +113,10 @@ class PoolStatus:
     """A snapshot of a pool, from :meth:`Pool.status`.
 
     ``available_workers`` are ready and idle, ``busy_workers`` ready with at
-    least one call in flight; together they are ``total_workers``.
+    least one call in flight; together they are ``total_workers``. ``in_flight``
+    counts the calls running in workers, ``queue_depth`` the calls accepted and
+    not started, wherever they wait (the pool's queue, or a worker that will run
+    them next); a call is in one or the other.
     """
 
     pool_name: str
@@ -227,6 +235,10 @@ class Pool:
         self._slots = [_Slot(i, f"{config.name}_worker_{i + 1}") for i in range(config.size)]
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._targeted = 0  # queued requests that wait for one worker (strict affinity)
+        # What each command costs a worker (ns, moving average of its own time): only
+        # commands known to be quick are prefetched.
+        self._cost: dict[str, float] = {}
+        self._quick_below = int(config.prefetch_below * 1e9)
         self._counters = dict.fromkeys(
             (
                 "requests",
@@ -299,15 +311,8 @@ class Pool:
 
     async def _call(self, request: Request, affinity: str | None, avoid: str | None) -> Any:
         self._submit(request, affinity or self.config.affinity, avoid)
-        deadline = request.queue_deadline if request.worker is None else request.deadline
         try:
-            if deadline == math.inf:
-                await request.done.wait()
-            else:
-                with anyio.CancelScope(deadline=deadline) as scope:
-                    request.scope = scope
-                    await request.done.wait()
-                request.scope = None
+            await self._wait(request)
         except BaseException as exc:
             self._abandon(request)
             self._failed(request, exc)
@@ -318,6 +323,14 @@ class Pool:
             self._failed(request, error)
             raise error
         if request.error is not None:
+            if isinstance(request.error, QueueTimeoutError):
+                # Its worker dropped it before it started: the pool closed, or the call
+                # waited too long.
+                request.error = (
+                    PoolClosedError(f"pool {self.name!r} closed while the call was queued")
+                    if self._closed
+                    else self._queue_timeout(request)
+                )
             self._failed(request, request.error)
             raise request.error
         self._counters["completed"] += 1
@@ -335,6 +348,36 @@ class Pool:
                 request.metadata,
             )
         return request.value
+
+    async def _wait(self, request: Request) -> None:
+        """Wait for the answer while the call's deadlines allow.
+
+        A call waiting for a worker has its queue deadline; once it runs, its
+        deadline. A call waiting inside a worker (prefetched) is withdrawn when
+        its queue deadline passes: the worker drops it and says so, unless it
+        started meanwhile, and then the call runs on to its deadline.
+        """
+        waiting = request.worker is None or request.prefetched
+        deadline = request.queue_deadline if waiting else request.deadline
+        if deadline == math.inf:
+            await request.done.wait()
+            return
+        with anyio.CancelScope(deadline=deadline) as scope:
+            request.scope = scope
+            await request.done.wait()
+        request.scope = None
+        worker = request.worker
+        if request.done.is_set() or worker is None or not request.prefetched:
+            return
+        if worker.waiting(request):
+            worker.send(_wire.encode(_wire.Cancel(request.request_id, if_waiting=True)))
+            deadline = max(request.deadline, anyio.current_time() + _WITHDRAW_GRACE)
+        elif request.deadline > deadline:
+            deadline = request.deadline
+        else:
+            return
+        with anyio.CancelScope(deadline=deadline):
+            await request.done.wait()
 
     async def stream(
         self,
@@ -416,11 +459,13 @@ class Pool:
         busy = sum(1 for w in ready if w.in_flight)
         return PoolStatus(
             pool_name=self.name,
-            queue_depth=len(self._queue),
+            queue_depth=self._queue_depth(),
             available_workers=len(ready) - busy,
             busy_workers=busy,
             total_workers=len(ready),
-            in_flight=sum(w.in_flight for w in self._workers if w is not None),
+            in_flight=sum(
+                min(w.in_flight, w.max_concurrency) for w in self._workers if w is not None
+            ),
             max_queue_size=self.config.max_queue_size,
             size=self.config.size,
             closed=self._closed,
@@ -495,53 +540,80 @@ class Pool:
         return request
 
     def _submit(self, request: Request, affinity: str, avoid: str | None) -> None:
-        """Send the request to a free worker, or queue it (or refuse it: the queue is full)."""
+        """Start the request on a worker with a free slot, or let it wait: in a worker
+        that will run it next (prefetch, for quick commands) or in the pool's queue. A
+        request that would wait is refused when ``max_queue_size`` requests already do."""
         self._counters["requests"] += 1
         if self._generation != _registry.generation:
             self._push_configuration()
+        request.quick = request.chunks is None and self._is_quick(request.command)
         target = None if request.session_id is None else self._session_worker(request)
         wait_for = None
         if target is not None:
-            if target.accepting and target.in_flight < target.capacity:
+            if target.accepting and target.in_flight < target.max_concurrency:
                 if affinity != "hint" or not self._queue:
                     self._send(target, request)
                     return
             elif affinity == "strict_fail_fast":
+                self._counters["rejected"] += 1
                 raise SessionUnavailableError(
                     f"session {request.session_id!r} is served by {target.worker_id}, "
                     "which cannot take another call now"
                 )
             if affinity == "strict":
                 wait_for = target
+                if target.accepting and not self._queue and self._has_room(target, request.quick):
+                    self._prefetch(target, request)
+                    return
         if wait_for is None and not self._queue:
-            worker = self._pick(avoid)
+            worker = self._pick(avoid, request.quick)
             if worker is not None:
-                self._send(worker, request)
+                if worker.in_flight < worker.max_concurrency:
+                    self._send(worker, request)
+                else:
+                    self._prefetch(worker, request)
                 return
         if all(slot.down for slot in self._slots):
-            raise self._degraded_error()
-        if len(self._queue) >= self.config.max_queue_size:
             self._counters["rejected"] += 1
-            if has_handlers(SATURATED):
-                status = self.status()
-                execute(
-                    SATURATED,
-                    {"queue_depth": status.queue_depth, "max_queue_size": status.max_queue_size},
-                    {
-                        "pool_name": self.name,
-                        "command": request.command,
-                        "available_workers": status.available_workers,
-                        "busy_workers": status.busy_workers,
-                    },
-                )
-            raise PoolSaturatedError(
-                f"pool {self.name!r} is saturated: {len(self._queue)} calls queued "
-                f"(max_queue_size={self.config.max_queue_size})"
-            )
+            raise self._degraded_error()
+        self._refuse_if_saturated(request)
+        self._enqueued(request)
         self._queue.append(request)
         if wait_for is not None:
             request.target = wait_for
             self._targeted += 1
+
+    def _prefetch(self, worker: WorkerHandle, request: Request) -> None:
+        """Send a request to wait in a busy worker; it counts as queued until it starts."""
+        self._refuse_if_saturated(request)
+        self._enqueued(request)
+        self._send(worker, request)
+
+    def _refuse_if_saturated(self, request: Request) -> None:
+        depth = self._queue_depth()
+        if depth < self.config.max_queue_size:
+            return
+        self._counters["rejected"] += 1
+        if has_handlers(SATURATED):
+            status = self.status()
+            execute(
+                SATURATED,
+                {"queue_depth": depth, "max_queue_size": status.max_queue_size},
+                {
+                    "pool_name": self.name,
+                    "command": request.command,
+                    "available_workers": status.available_workers,
+                    "busy_workers": status.busy_workers,
+                },
+            )
+        raise PoolSaturatedError(
+            f"pool {self.name!r} is saturated: {depth} calls waiting "
+            f"(max_queue_size={self.config.max_queue_size})"
+        )
+
+    def _enqueued(self, request: Request) -> None:
+        """The request cannot start at once and is about to wait: its queue time and queue
+        deadline start now."""
         request.enqueued = time.monotonic_ns()
         if self.config.queue_timeout is not None:
             request.queue_deadline = min(
@@ -551,7 +623,7 @@ class Pool:
             _dispatch(
                 entries,
                 ENQUEUED,
-                {"queue_depth": len(self._queue), "system_time": time.time_ns()},
+                {"queue_depth": self._queue_depth() + 1, "system_time": time.time_ns()},
                 {
                     "pool_name": self.name,
                     "command": request.command,
@@ -561,10 +633,43 @@ class Pool:
                 },
             )
 
+    def _queue_depth(self) -> int:
+        """Requests accepted and not started: in the pool's queue, or waiting in a worker
+        behind ``max_concurrency`` calls sent before them."""
+        depth = len(self._queue)
+        for worker in self._workers:
+            if worker is not None:
+                waiting = worker.in_flight - worker.withdrawn - worker.max_concurrency
+                if waiting > 0:
+                    depth += waiting
+        return depth
+
+    def _is_quick(self, command: str) -> bool:
+        """Whether calls of ``command`` may wait in a busy worker: it is known to take less
+        than ``prefetch_below`` (with ``prefetch_below=0``, any command)."""
+        if not self.config.prefetch:
+            return False
+        if not self._quick_below:
+            return True
+        cost = self._cost.get(command)
+        return cost is not None and cost < self._quick_below
+
+    def _has_room(self, worker: WorkerHandle, quick: bool) -> bool:
+        """A free slot, or, for a quick command, room to wait behind quick calls only."""
+        if worker.in_flight < worker.max_concurrency:
+            return True
+        return (
+            quick
+            and not worker.slow
+            and worker.in_flight < worker.max_concurrency + self.config.prefetch
+        )
+
     def _send(self, worker: WorkerHandle, request: Request) -> None:
-        request.ahead = worker.in_flight
+        request.prefetched = worker.in_flight >= worker.max_concurrency
         request.sent_at = time.monotonic_ns()
         worker.in_flight += 1
+        if not request.quick:
+            worker.slow += 1
         worker.pending[request.request_id] = request
         request.worker = worker
         if request.session_id is not None:
@@ -601,8 +706,8 @@ class Pool:
                     request.metadata,
                 )
 
-    def _pick(self, avoid: str | None = None) -> WorkerHandle | None:
-        """The least loaded worker with spare capacity, idle ones in rotation.
+    def _pick(self, avoid: str | None = None, quick: bool = False) -> WorkerHandle | None:
+        """The least loaded worker with room (see :meth:`_has_room`), idle ones in rotation.
 
         ``avoid`` names a worker never picked in a pool of more than one (the call
         queues when only that worker is free).
@@ -613,7 +718,7 @@ class Pool:
         start = self._rotation
         for offset in range(count):
             worker = workers[(start + offset) % count]
-            if worker is None or not worker.accepting or worker.in_flight >= worker.capacity:
+            if worker is None or not worker.accepting or not self._has_room(worker, quick):
                 continue
             if worker.worker_id == avoid and count > 1:
                 continue
@@ -624,8 +729,29 @@ class Pool:
                 best = worker
         return best
 
-    def _release(self, worker: WorkerHandle) -> None:
+    def _release(
+        self,
+        worker: WorkerHandle,
+        request: Request,
+        answer: _wire.Result | _wire.Error | _wire.End | None,
+    ) -> None:
+        """A call's answer came: free its place, learn what its command costs, and report
+        when a call that waited in the worker started."""
         worker.in_flight -= 1
+        if not request.quick:
+            worker.slow -= 1
+        if request.withdrawn:
+            worker.withdrawn -= 1
+        if answer is not None and answer.took:
+            if request.chunks is None and not request.abandoned:
+                cost = self._cost.get(request.command)
+                took = answer.took
+                self._cost[request.command] = took if cost is None else (cost + took) / 2
+                if len(self._cost) > 10_000:
+                    self._cost.clear()
+            if request.prefetched:
+                queue_time = request.sent_at - request.enqueued + answer.waited
+                self._dequeued(worker, request, queue_time)
         if worker.recycle_reason is not None:
             if not worker.in_flight and not worker._closing:
                 worker.request_stop()
@@ -644,7 +770,7 @@ class Pool:
             return
         queue = self._queue
         while queue:
-            worker = self._pick()
+            worker = self._pick(None, queue[0].quick)
             if worker is None:
                 return
             request = queue.popleft()
@@ -654,16 +780,11 @@ class Pool:
         """The queue holds requests waiting for one worker (strict affinity): each free
         worker takes the first request that is for it or for anyone."""
         for worker in self._workers:
-            while (
-                worker is not None
-                and worker.accepting
-                and worker.in_flight < worker.capacity
-                and self._queue
-            ):
+            while worker is not None and worker.accepting and self._queue:
                 request = next(
                     (r for r in self._queue if r.target is None or r.target is worker), None
                 )
-                if request is None:
+                if request is None or not self._has_room(worker, request.quick):
                     break
                 self._queue.remove(request)
                 if request.target is not None:
@@ -682,14 +803,21 @@ class Pool:
         late = request.queue_deadline
         if late != math.inf and anyio.current_time() >= late:
             return  # its caller is about to raise QueueTimeoutError; it must not run
+        starts = worker.in_flight < worker.max_concurrency
+        self._send(worker, request)
+        if starts:
+            self._dequeued(worker, request, time.monotonic_ns() - request.enqueued)
+            if request.scope is not None:
+                request.scope.deadline = request.deadline
+        if request.arrived is not None:
+            request.arrived.set()
+
+    def _dequeued(self, worker: WorkerHandle, request: Request, queue_time: int) -> None:
         if entries := _registry._table.get(DEQUEUED):
             _dispatch(
                 entries,
                 DEQUEUED,
-                {
-                    "queue_time": time.monotonic_ns() - request.enqueued,
-                    "queue_depth": len(self._queue),
-                },
+                {"queue_time": queue_time, "queue_depth": self._queue_depth()},
                 {
                     "pool_name": self.name,
                     "command": request.command,
@@ -698,11 +826,6 @@ class Pool:
                     "worker_id": worker.worker_id,
                 },
             )
-        self._send(worker, request)
-        if request.scope is not None:
-            request.scope.deadline = request.deadline
-        if request.arrived is not None:
-            request.arrived.set()
 
     # -- sessions --------------------------------------------------------------------
 
@@ -768,6 +891,9 @@ class Pool:
                     self._targeted -= 1
         elif not request.done.is_set():
             request.abandoned = True
+            if request.prefetched and not request.withdrawn and worker.waiting(request):
+                request.withdrawn = True
+                worker.withdrawn += 1
             if request.request_id in worker.pending:
                 worker.send(_wire.encode(_wire.Cancel(request.request_id)))
                 if self._task_group is not None and not self._closed:
@@ -782,12 +908,16 @@ class Pool:
             )
         if self._closed:
             return PoolClosedError(f"pool {self.name!r} closed while the call was queued")
+        return self._queue_timeout(request)
+
+    def _queue_timeout(self, request: Request) -> QueueTimeoutError:
+        """The error of a request that waited too long and never ran; counted, reported."""
         self._counters["queue_timeouts"] += 1
         queue_time = time.monotonic_ns() - request.enqueued
         if has_handlers(QUEUE_TIMEOUT):
             execute(
                 QUEUE_TIMEOUT,
-                {"queue_time": queue_time, "queue_depth": len(self._queue)},
+                {"queue_time": queue_time, "queue_depth": self._queue_depth()},
                 {
                     "pool_name": self.name,
                     "command": request.command,
@@ -1119,10 +1249,7 @@ class Pool:
             pool_name=self.name,
             worker_id=worker_id,
             process=process,
-            capacity=self.config.max_concurrency,
             max_concurrency=self.config.max_concurrency,
-            prefetch=self.config.prefetch,
-            prefetch_below_ns=int(self.config.prefetch_below * 1e9),
             max_frame_size=self.config.max_frame_size,
             on_release=self._release,
             on_events=self._on_events,
@@ -1547,6 +1674,13 @@ class Pool:
             request.done.set()
             if request.arrived is not None:
                 request.arrived.set()
+        for worker in self._workers:
+            if worker is None:
+                continue
+            # Calls waiting in a worker are withdrawn too; those already started drain.
+            for request in list(worker.pending.values()):
+                if request.prefetched and worker.waiting(request):
+                    worker.send(_wire.encode(_wire.Cancel(request.request_id, if_waiting=True)))
         with anyio.move_on_after(self.config.shutdown_timeout):
             while any(w is not None and w.pending for w in self._workers):
                 await anyio.sleep(0.005)

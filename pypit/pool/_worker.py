@@ -27,6 +27,7 @@ from pypit._errors import (
     PoolClosedError,
     ProtocolError,
     PypitError,
+    QueueTimeoutError,
     SerializationError,
     ToolError,
     UnknownCommandError,
@@ -48,14 +49,14 @@ class Request:
     """One call, from the moment it is encoded until its caller has the answer.
 
     It waits in the pool's queue (``worker`` is None) or sits in its worker's
-    ``pending`` map. ``abandoned`` requests (their caller timed out or was
+    ``pending`` map (``prefetched`` if it was sent while the worker had no free slot:
+    then it may still wait there). ``abandoned`` requests (their caller timed out or was
     cancelled) stay there until the worker answers, so the worker's capacity
     stays counted as used.
     """
 
     __slots__ = (
         "abandoned",
-        "ahead",
         "arrived",
         "chunks",
         "command",
@@ -67,7 +68,9 @@ class Request:
         "frame",
         "message",
         "metadata",
+        "prefetched",
         "queue_deadline",
+        "quick",
         "request_id",
         "scope",
         "sent_at",
@@ -76,6 +79,7 @@ class Request:
         "started",
         "target",
         "value",
+        "withdrawn",
         "worker",
     )
 
@@ -100,7 +104,11 @@ class Request:
         self.enqueued = 0
         self.started = 0
         self.sent_at = 0
-        self.ahead = 0
+        # Sent to a worker that had no free slot: it waits there, and counts as queued.
+        self.prefetched = False
+        self.quick = False
+        # Its caller gave up while it waited in the worker, which is told to drop it.
+        self.withdrawn = False
         self.metadata: dict[str, Any] = {}
         self.scope: anyio.CancelScope | None = None
         self.worker: WorkerHandle | None = None
@@ -117,6 +125,8 @@ def error_from_reply(reply: _wire.Error, command: str) -> PypitError:
         return SerializationError(f"the worker could not send the result: {reply.message}")
     if reply.kind == "frame_too_large":
         return FrameTooLargeError(f"the worker's result is too large: {reply.message}")
+    if reply.kind == "dropped":
+        return QueueTimeoutError(f"{command!r} was withdrawn before it started; it was not run")
     return ToolError(reply.type, reply.message, reply.traceback)
 
 
@@ -127,18 +137,20 @@ class WorkerHandle:
     pool_name: str
     worker_id: str
     process: anyio.abc.Process
-    capacity: int
-    """Calls the worker may hold now: ``max_concurrency``, plus ``prefetch`` while its
-    calls are short."""
     max_frame_size: int
-    on_release: Callable[[WorkerHandle], None]
+    on_release: Callable[
+        [WorkerHandle, Request, _wire.Result | _wire.Error | _wire.End | None], None
+    ]
+    """Called with each call whose answer came, and that answer (None: the answer was lost)."""
     on_events: Callable[[WorkerHandle, _wire.Events], None]
     spawn_started: int
     slot: int = 0
     max_concurrency: int = 1
-    prefetch: int = 0
-    prefetch_below_ns: int = 0
-    call_time: float = 0.0  # moving average of a call's own time, in ns (0: unknown)
+    slow: int = 0
+    withdrawn: int = 0
+    """Calls in flight whose callers gave up while they waited here: being dropped."""
+    """Calls in flight whose command was not known to be quick when sent: while there is
+    one, the worker is sent no call beyond ``max_concurrency`` (see the pool's prefetch)."""
     pid: int = attrs.field(init=False)
     connection: Connection | None = None
     tools: dict[str, _wire.Tool] = attrs.field(factory=dict)
@@ -193,7 +205,7 @@ class WorkerHandle:
         message = _wire.decode_from_worker(payload)
         match message:
             case _wire.Result():
-                pending = self._settle(message.id)
+                pending = self._settle(message.id, message)
                 if pending is not None and not pending.abandoned:
                     pending.value = message.value
                     pending.size = len(payload) + 4
@@ -207,7 +219,7 @@ class WorkerHandle:
                     if pending.arrived is not None:
                         pending.arrived.set()
             case _wire.End() | _wire.Error():
-                pending = self._settle(message.id)
+                pending = self._settle(message.id, message)
                 if pending is None or pending.abandoned:
                     return
                 if isinstance(message, _wire.Error):
@@ -234,28 +246,24 @@ class WorkerHandle:
             case _:
                 raise ProtocolError(f"unexpected {type(message).__name__} from a worker")
 
-    def _settle(self, call_id: int) -> Request | None:
+    def _settle(
+        self, call_id: int, answer: _wire.Result | _wire.Error | _wire.End | None = None
+    ) -> Request | None:
         pending = self.pending.pop(call_id, None)
         if pending is None:
             raise ProtocolError(f"an answer to call {call_id}, which is not in flight")
-        self.total_commands += 1
-        if pending.sent_at and pending.chunks is None and self.prefetch:
-            self._observe(time.monotonic_ns() - pending.sent_at, pending.ahead)
-        self.on_release(self)
+        if not isinstance(answer, _wire.Error) or answer.kind != "dropped":
+            self.total_commands += 1
+        self.on_release(self, pending, answer)
         return pending
 
-    def _observe(self, elapsed: int, ahead: int) -> None:
-        """Learn how long this worker's calls take, and prefetch only while they are short.
-
-        ``elapsed`` is send to answer, which includes waiting behind the
-        ``ahead`` calls sent before, about ``ahead // max_concurrency`` calls' time
-        on each slot: the call's own time is about
-        ``elapsed / (ahead // max_concurrency + 1)``.
-        """
-        own = elapsed / (ahead // self.max_concurrency + 1)
-        self.call_time = own if not self.call_time else 0.9 * self.call_time + 0.1 * own
-        quick = not self.prefetch_below_ns or self.call_time < self.prefetch_below_ns
-        self.capacity = self.max_concurrency + (self.prefetch if quick else 0)
+    def waiting(self, request: Request) -> bool:
+        """Whether ``request`` still waits in the worker for a slot, as far as the pool
+        can tell: ``max_concurrency`` calls sent before it are still in flight."""
+        for ahead, other in enumerate(self.pending.values()):
+            if other is request:
+                return ahead >= self.max_concurrency
+        return False
 
     def fail_pending(self, error_for: Callable[[], BaseException]) -> None:
         """Settle every call in flight with an error; the worker is gone."""
@@ -267,7 +275,7 @@ class WorkerHandle:
             call.done.set()
             if call.arrived is not None:
                 call.arrived.set()
-        self.in_flight = 0
+        self.in_flight = self.slow = self.withdrawn = 0
 
     # -- output ----------------------------------------------------------------
 

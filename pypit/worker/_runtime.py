@@ -69,14 +69,21 @@ class _Cancelled(Exception):
 
 
 class _Running:
-    """A call in progress, so that a Cancel can reach it."""
+    """A call received and not yet answered, so that a Cancel can reach it.
 
-    __slots__ = ("cancelled", "loop", "task")
+    ``received`` and ``started`` are monotonic nanoseconds; ``started`` is 0
+    while the call waits for a slot (a sync call in the local queue, an async
+    one for the concurrency limit).
+    """
+
+    __slots__ = ("cancelled", "loop", "received", "started", "task")
 
     def __init__(self) -> None:
         self.cancelled = False
         self.task: asyncio.Task[Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.received = time.monotonic_ns()
+        self.started = 0
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -383,8 +390,17 @@ class Runtime:
         with self._state_lock:
             if self._queue and self._busy_slots < self._max_concurrency:
                 self._busy_slots += 1
-                return self._queue.popleft()
+                return self._start_next()
         return None
+
+    def _start_next(self) -> _wire.Call:
+        """Take the first queued call and mark it started (the state lock is held): from
+        here on a Cancel cancels it instead of dropping it."""
+        call = self._queue.popleft()
+        running = self._running.get(call.id)
+        if running is not None:
+            running.started = time.monotonic_ns()
+        return call
 
     def _run_queue(self, call: _wire.Call) -> None:
         """Run ``call``, then, holding the same slot, every call queued meanwhile."""
@@ -394,9 +410,9 @@ class Runtime:
             if running is None:
                 reply: _wire._Message | None = None
             elif running.cancelled:
-                reply = self._cancelled(call, started)
+                reply = _waited(self._cancelled(call, started), running)
             else:
-                reply = self._run_sync(call, self._tools[call.command], running)
+                reply = _waited(self._run_sync(call, self._tools[call.command], running), running)
                 elapsed = time.monotonic_ns() - started
                 typical = self._typical.get(call.command)
                 self._typical[call.command] = (
@@ -410,7 +426,7 @@ class Runtime:
                 if not self._queue:
                     self._busy_slots -= 1
                     return
-                call = self._queue.popleft()
+                call = self._start_next()
 
     def stop(self) -> None:
         """Stop the threads, run ``teardown()``, flush telemetry."""
@@ -452,9 +468,50 @@ class Runtime:
 
     def _on_cancel(self, message: _wire.Cancel) -> bool:
         running = self._running.get(message.id)
-        if running is not None:
+        if running is None:
+            return True
+        if running.loop is not None:
+            running.loop.call_soon_threadsafe(self._cancel_async, running, message.if_waiting)
+            return True
+        with self._state_lock:
+            waiting = not running.started and self._unqueue(message.id)
+        if waiting:
+            self._drop(message.id, running)
+        elif not message.if_waiting:
             running.cancel()
         return True
+
+    def _unqueue(self, call_id: int) -> bool:
+        """Remove a call that has not started from the local queue (state lock held)."""
+        for call in self._queue:
+            if call.id == call_id:
+                self._queue.remove(call)
+                return True
+        return False
+
+    def _drop(self, call_id: int, running: _Running) -> None:
+        """Answer a call cancelled before it started: it never runs."""
+        self.send(
+            self._encode_reply(
+                _wire.Error(
+                    call_id,
+                    "dropped",
+                    "Dropped",
+                    "the call was dropped before it started",
+                    waited=time.monotonic_ns() - running.received,
+                )
+            ),
+            answers=call_id,
+        )
+
+    def _cancel_async(self, running: _Running, if_waiting: bool) -> None:
+        """On the loop thread: cancel an async call (only if it waits, with
+        ``if_waiting``); a task not yet running sees ``cancelled`` when it starts."""
+        if running.started and if_waiting:
+            return
+        running.cancelled = True
+        if running.task is not None:
+            running.task.cancel()
 
     def _on_call(self, call: _wire.Call) -> bool:
         spec = self._tools.get(call.command)
@@ -537,14 +594,18 @@ class Runtime:
 
         if self._async_slots is None:
             self._async_slots = asyncio.Semaphore(self._max_concurrency)
-        running.task = asyncio.current_task()
-        if running.cancelled:
-            running.task.cancel()  # type: ignore[union-attr]
+        task = running.task = asyncio.current_task()
+        if running.cancelled and task is not None:
+            task.cancel()
         try:
             async with self._async_slots:
+                running.started = time.monotonic_ns()
                 await self._run_async_call(call, spec, running)
         except asyncio.CancelledError:
-            self._finish(self._cancelled(call, time.monotonic_ns()))
+            if running.started:
+                self._finish(_waited(self._cancelled(call, running.started), running))
+            else:
+                self._drop(call.id, running)
 
     async def _run_async_call(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
         import asyncio
@@ -568,7 +629,7 @@ class Runtime:
             reply = self._failed(call, started, exc)
         else:
             self._call_stopped(call, started)
-        self._finish(reply)
+        self._finish(_waited(reply, running))
 
     # -- python.call.* events ------------------------------------------------
 
@@ -654,6 +715,15 @@ class Runtime:
                 "memory.sampled", {"rss_bytes": memory.rss, "vms_bytes": memory.vms}, {}
             )
             self.telemetry.ship("cpu.sampled", {"cpu_percent": process.cpu_percent(None)}, {})
+
+
+def _waited(reply: _wire._Message, running: _Running) -> _wire._Message:
+    """The call's final answer, with the time it waited in this worker before it started
+    and the time it ran."""
+    if running.started and isinstance(reply, _wire.Result | _wire.Error | _wire.End):
+        reply.waited = running.started - running.received
+        reply.took = time.monotonic_ns() - running.started
+    return reply
 
 
 def _qualified_name(cls: type) -> str:

@@ -56,13 +56,7 @@ def accepted(pool: Pool) -> int:
 
 # A worker that learned that its calls are quick prefetches; the queue's limits must hold
 # either way. "warm" runs a test on such a worker.
-PREFETCH_DEFECT = pytest.mark.xfail(
-    reason="prefetched calls bypass the queue (to be fixed by the scheduler rebuild)",
-    strict=True,
-)
-WARM = pytest.mark.parametrize(
-    "warm", [False, pytest.param(True, marks=PREFETCH_DEFECT)], ids=["fresh", "warm"]
-)
+WARM = pytest.mark.parametrize("warm", [False, True], ids=["fresh", "warm"])
 
 
 def warmth(warm: bool) -> dict[str, Any]:

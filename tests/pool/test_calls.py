@@ -18,6 +18,7 @@ from pypit import (
     UnknownCommandError,
     WorkerCrashedError,
     WorkerTimeoutError,
+    telemetry,
 )
 from pypit.pool import Pool, open_pool
 from tests.pool.conftest import (
@@ -155,15 +156,7 @@ async def test_queue_timeout_and_the_request_never_runs(tmp_path: Path, warm: bo
     assert log.read_text().split() == ["a", "c"]
 
 
-@pytest.mark.parametrize(
-    "warm",
-    [
-        False,
-        # Racy today: a prefetched call cancelled before it starts sometimes runs anyway.
-        pytest.param(True, marks=pytest.mark.xfail(reason="prefetch defect", strict=False)),
-    ],
-    ids=["fresh", "warm"],
-)
+@WARM
 async def test_cancelled_waiting_call_never_runs(tmp_path: Path, warm: bool) -> None:
     """A queued call whose caller gave up is removed and never reaches a worker."""
     log, gate = tmp_path / "calls.log", tmp_path / "gate"
@@ -181,6 +174,32 @@ async def test_cancelled_waiting_call_never_runs(tmp_path: Path, warm: bool) -> 
         assert await pool.execute("record", {"path": str(log), "tag": "c"}) == "c"
 
     assert log.read_text().split() == ["a", "c"]
+
+
+async def test_a_waiting_calls_deadline_never_costs_the_busy_worker(tmp_path: Path) -> None:
+    """A call waiting in a busy worker whose deadline passes fails with QueueTimeoutError
+    and never runs; the worker is not killed, and its running call completes."""
+    log, gate = tmp_path / "calls.log", tmp_path / "gate"
+    # prefetch_below=0: every command is quick, so the second call waits in the worker.
+    # A short cancel_grace: a kill for the withdrawn call, if it came, would come at once.
+    settings = options(prefetch_below=0, cancel_grace=0.05)
+    with telemetry.capture(("pypit", "pool", "worker", "terminated")) as terminated:
+        async with open_pool(adapter(), **settings) as pool:
+            pid = await pool.execute("pid")
+            async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+                long = {"path": str(log), "tag": "long", "gate": str(gate)}
+                tasks.start_soon(pool.execute, "record_hold", long)
+                await wait_until(lambda: pool.status().in_flight == 1, "the long call to start")
+                with pytest.raises(QueueTimeoutError, match="not run"):
+                    await pool.execute("record", {"path": str(log), "tag": "late"}, timeout=0.2)
+                await wait_until(lambda: accepted(pool) == 1, "the late call to be dropped")
+                with anyio.move_on_after(0.3):
+                    await terminated.wait(("pypit", "pool", "worker", "terminated"))
+                assert pool.status().queue_timeouts == 1
+            assert await pool.execute("pid") == pid
+
+    assert log.read_text().split() == ["long"]
+    assert [e.metadata["reason"] for e in terminated] == ["shutdown"]
 
 
 async def wait_then_cancel(pool: Pool, scope: anyio.CancelScope) -> None:
@@ -335,31 +354,32 @@ async def test_a_result_is_not_held_back_behind_a_long_call() -> None:
             assert pool.status().in_flight == 1
 
 
-async def test_prefetch_only_while_calls_are_short() -> None:
-    """A worker whose calls are short holds extra calls; one whose calls are long does not,
-    so long calls wait in the pool's queue for whichever worker frees first."""
-    # Non-default prefetch and threshold: the test counts the calls a worker holds, and a
-    # 5 ms threshold tells quick calls from 20 ms ones on a loaded machine.
-    async with open_pool(adapter(), **options(prefetch=2, prefetch_below=0.005)) as pool:
+async def test_only_quick_commands_wait_in_a_busy_worker(tmp_path: Path) -> None:
+    """Prefetch is learned per command: calls of a command known to be quick wait in a
+    busy worker (still counted as queued); calls of an unknown or slow command, or any
+    call behind a slow one, wait in the pool's queue for whichever worker frees first."""
+    gate = tmp_path / "gate"
+    async with open_pool(adapter(), **options(size=2)) as pool:
+        for _ in range(20):
+            await pool.execute("pause", {"seconds": 0})
+        assert pool.tools()["pause"].name == "pause"
 
-        async def depth_with_three_calls_running() -> int:
-            depths = []
-            async with anyio.create_task_group() as tasks:
-                for _ in range(3):
-                    tasks.start_soon(pool.execute, "sleep", {"seconds": 0.2})
-                await wait_until(
-                    lambda: pool.status().in_flight + pool.status().queue_depth == 3,
-                    "three calls to be accepted",
-                )
-                depths.append(pool.status().queue_depth)
-            return depths[0]
+        async def placement(command: str, args: dict[str, object]) -> tuple[int, int]:
+            """(queue_depth, calls in the pool's own queue) with five calls accepted."""
+            async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+                for _ in range(5):
+                    tasks.start_soon(pool.execute, command, args)
+                await wait_until(lambda: accepted(pool) == 5, "five calls to be accepted")
+                # The pool's own queue is private; the test looks at it to tell where the
+                # waiting calls wait.
+                placed = (pool.status().queue_depth, len(pool._queue))
+            gate.unlink()
+            return placed
 
-        for _ in range(60):
-            await pool.execute("identity", 1)
-        assert await depth_with_three_calls_running() == 0
-        for _ in range(30):
-            await pool.execute("sleep", {"seconds": 0.02})
-        assert await depth_with_three_calls_running() == 2
+        # "pause" is known to be quick: the three calls that cannot start wait in workers.
+        assert await placement("pause", {"seconds": 0.3}) == (3, 0)
+        # "hold" was never seen: it is treated as slow, and its calls wait in the pool.
+        assert await placement("hold", {"gate": str(gate)}) == (3, 3)
 
 
 async def test_an_error_in_the_pools_block_propagates_as_raised() -> None:

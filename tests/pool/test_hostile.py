@@ -29,9 +29,9 @@ def handle() -> WorkerHandle:
         pool_name="fuzz",
         worker_id="fuzz_worker_1",
         process=_FakeProcess(),  # type: ignore[arg-type]
-        capacity=4,
+        max_concurrency=4,
         max_frame_size=1 << 20,
-        on_release=lambda w: None,
+        on_release=lambda w, r, a: None,
         on_events=lambda w, e: None,
         spawn_started=0,
     )
