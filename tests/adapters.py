@@ -176,6 +176,18 @@ class SlowSetup(Adapter):
         return None
 
 
+class StartsOnce(Echo):
+    """Starts once per marker file (``STARTS_ONCE_MARKER``); every later start fails."""
+
+    def setup(self) -> None:
+        marker = os.environ["STARTS_ONCE_MARKER"]
+        if os.path.exists(marker):
+            raise RuntimeError("started once already")
+        with open(marker, "w"):
+            pass
+        super().setup()
+
+
 class FailingSetup(Adapter):
     def setup(self) -> None:
         raise RuntimeError("the model file is missing")

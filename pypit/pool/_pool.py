@@ -778,7 +778,16 @@ class Pool:
 
     def _dispatch_targeted(self) -> None:
         """The queue holds requests waiting for one worker (strict affinity): each free
-        worker takes the first request that is for it or for anyone."""
+        worker takes the first request that is for it or for anyone. A session whose
+        worker is gone is re-homed first: any worker will do."""
+        for waiting in self._queue:
+            target = waiting.target
+            if target is not None and self._workers[target.slot] is not target:
+                waiting.target = None
+                self._targeted -= 1
+        if not self._targeted:
+            self._dispatch_queue()
+            return
         for worker in self._workers:
             while worker is not None and worker.accepting and self._queue:
                 request = next(
@@ -791,12 +800,6 @@ class Pool:
                     request.target = None
                     self._targeted -= 1
                 self._dispatch(worker, request)
-        for request in list(self._queue):
-            # A session whose worker is gone is re-homed: any worker will do.
-            target = request.target
-            if target is not None and self._workers[target.slot] is not target:
-                request.target = None
-                self._targeted -= 1
 
     def _dispatch(self, worker: WorkerHandle, request: Request) -> None:
         """Send a request taken from the queue, unless its queue deadline passed."""
@@ -1308,6 +1311,9 @@ class Pool:
                     await done.wait()
             tasks.cancel_scope.cancel()
         self._workers[slot.index] = None
+        if self._queue:
+            # Requests that waited for this worker (strict affinity) may go elsewhere now.
+            self._dispatch_queue()
         if handle.connection is not None:
             handle.connection.close()
         closing = handle._closing
@@ -1446,20 +1452,35 @@ class Pool:
         """Retire ``worker_id`` by hand: it drains, stops and is replaced (reason ``manual``).
 
         Returns once the replacement is ready. Raises ``LookupError`` for an
-        unknown or stopped worker.
+        unknown or stopped worker, and :class:`~pypit.WorkerStartError` when no
+        replacement got ready in time: the old worker's drain and stop
+        (``shutdown_timeout`` and twice ``stop_grace``), then ``startup_timeout``
+        and ``restart_backoff_max`` for the new one. The slot keeps trying.
         """
         handle = next((w for w in self._workers if w and w.worker_id == worker_id), None)
         if handle is None or not handle.ready:
             raise LookupError(f"no live worker {worker_id!r} in pool {self.name!r}")
         slot = self._slots[int(worker_id.rsplit("_", 1)[1]) - 1]
         self._recycle(handle, "manual")
-        while True:
-            current = self._workers[slot.index]
-            if current is not None and current is not handle and current.accepting:
-                return
-            if self._closed:
-                raise PoolClosedError(f"pool {self.name!r} closed while recycling {worker_id}")
-            await anyio.sleep(0.01)
+        config = self.config
+        bound = (
+            config.shutdown_timeout
+            + 2 * config.stop_grace
+            + config.startup_timeout
+            + config.restart_backoff_max
+        )
+        with anyio.move_on_after(bound):
+            while True:
+                current = self._workers[slot.index]
+                if current is not None and current is not handle and current.accepting:
+                    return
+                if self._closed:
+                    raise PoolClosedError(f"pool {self.name!r} closed while recycling {worker_id}")
+                await anyio.sleep(0.01)
+        raise WorkerStartError(
+            f"pool {self.name!r}: no replacement for {worker_id} got ready within {bound:g}s; "
+            "the slot keeps trying (see the log for its errors)"
+        )
 
     async def _enforce_cancel(self, handle: WorkerHandle, request_id: int) -> None:
         """Kill a worker that does not answer a cancelled call within ``cancel_grace``."""
@@ -1599,6 +1620,8 @@ class Pool:
                     hello.running,
                     _wire.encode(self._configure_message(handle.worker_id)),
                 )
+                # It accepts calls again: whatever waited for it goes now.
+                self._dispatch_queue()
                 if has_handlers(RECONNECTED):
                     execute(
                         RECONNECTED,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -236,6 +238,51 @@ async def test_recycle_drains_the_call_in_flight() -> None:
 
     assert results == [0.3]
     assert old != new
+
+
+async def test_recycle_returns_when_the_replacement_cannot_start(tmp_path: Path) -> None:
+    """recycle_worker raises WorkerStartError, bounded, when no replacement gets ready."""
+    # Short start-up and drain bounds: the bound recycle_worker waits is their sum.
+    settings = options(
+        startup_timeout=2,
+        shutdown_timeout=1,
+        restart_backoff_max=0.5,
+        env={"STARTS_ONCE_MARKER": str(tmp_path / "started")},
+    )
+    async with open_pool(adapter("StartsOnce"), **settings) as pool:
+        assert await pool.execute("identity", 1) == 1
+        with anyio.fail_after(30), pytest.raises(WorkerStartError, match="no replacement"):
+            await pool.recycle_worker("default_worker_1")
+
+
+async def test_a_strict_call_waiting_for_a_dead_worker_goes_to_its_replacement(
+    tmp_path: Path,
+) -> None:
+    """A call waiting for its session's worker (strict) runs on the replacement when that
+    worker dies, and the calls behind it are not held up."""
+    gate = tmp_path / "gate"
+    async with open_pool(adapter(), **options(affinity="strict")) as pool:
+        await pool.execute("sleep", {"seconds": 0.01}, session_id="s")
+        results: list[object] = []
+
+        async def call(*args: Any, **kwargs: Any) -> None:
+            try:
+                results.append(await pool.execute(*args, **kwargs))
+            except WorkerCrashedError as exc:
+                results.append(type(exc).__name__)
+
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+            tasks.start_soon(functools.partial(call, "hold", {"gate": str(gate)}, session_id="s"))
+            await wait_until(lambda: pool.status().in_flight == 1, "the session's call to start")
+            tasks.start_soon(functools.partial(call, "identity", "strict", session_id="s"))
+            await wait_until(lambda: pool.status().queue_depth == 1, "the strict call to wait")
+            os.kill(pool.workers()["default_worker_1"], signal.SIGKILL)
+            with anyio.fail_after(10):
+                await wait_until(lambda: len(results) == 2, "both calls to end")
+            with anyio.fail_after(10):
+                assert await pool.execute("identity", "after", session_id="s") == "after"
+
+    assert results == ["WorkerCrashedError", "strict"]
 
 
 async def test_missed_heartbeats_kill_and_replace_the_worker() -> None:
