@@ -3,13 +3,46 @@ process left behind by any test."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
+from typing import Any
 
+import anyio
 import psutil
 import pytest
 
 from pypit import telemetry
+
+ASYNC_TEST_LIMIT = 60.0
+"""Seconds an async test may take (``@pytest.mark.limit(seconds)`` sets another): past it,
+it fails with TimeoutError, alone. pytest-timeout, set higher in pyproject.toml, is the
+backstop for the rest: it ends the whole run."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, None, None]:
+    """Run each async test under ``anyio.fail_after``: a lost wake-up fails that test, on
+    either backend, and the next test runs on a sound event loop (a signal raised into a
+    running loop would leave it broken)."""
+    test = pyfuncitem.obj
+    if inspect.iscoroutinefunction(test) and not hasattr(test, "hypothesis"):
+        marker = pyfuncitem.get_closest_marker("limit")
+        limit = float(marker.args[0]) if marker is not None else ASYNC_TEST_LIMIT
+        pyfuncitem.obj = _bounded(test, limit)
+    yield
+
+
+def _bounded(
+    test: Callable[..., Coroutine[Any, Any, None]], limit: float
+) -> Callable[..., Coroutine[Any, Any, None]]:
+    @functools.wraps(test)
+    async def bounded(**kwargs: Any) -> None:
+        with anyio.fail_after(limit):
+            await test(**kwargs)
+
+    return bounded
 
 
 @pytest.fixture(params=["asyncio", "trio"])
