@@ -14,6 +14,7 @@ from pypit import (
     PoolSaturatedError,
     QueueTimeoutError,
     SerializationError,
+    SessionUnavailableError,
     ToolError,
     UnknownCommandError,
     WorkerCrashedError,
@@ -174,6 +175,36 @@ async def test_cancelled_waiting_call_never_runs(tmp_path: Path, warm: bool) -> 
         assert await pool.execute("record", {"path": str(log), "tag": "c"}) == "c"
 
     assert log.read_text().split() == ["a", "c"]
+
+
+async def test_the_counters_add_up(tmp_path: Path) -> None:
+    """requests = completed + failed + rejected + in_flight + queue_depth, at any moment
+    no abandoned call is still being answered."""
+    gate = tmp_path / "gate"
+
+    def balance(pool: Pool) -> tuple[int, int]:
+        s = pool.status()
+        return s.requests, s.completed + s.failed + s.rejected + s.in_flight + s.queue_depth
+
+    # max_queue_size=1: a rejection after one waiting call.
+    async with open_pool(adapter(), **options(max_queue_size=1)) as pool:
+        await pool.execute("identity", 1, session_id="s")
+        with pytest.raises(ToolError):
+            await pool.execute("fail")
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+            tasks.start_soon(pool.execute, "hold", {"gate": str(gate)})
+            await wait_until(lambda: pool.status().in_flight == 1, "the held call to start")
+            tasks.start_soon(pool.execute, "identity", 2)
+            await wait_until(lambda: pool.status().queue_depth == 1, "a call to wait")
+            with pytest.raises(PoolSaturatedError):
+                await pool.execute("identity", 3)
+            with pytest.raises(SessionUnavailableError):
+                await pool.execute("identity", 4, session_id="s", affinity="strict_fail_fast")
+            requests, accounted = balance(pool)
+            assert (requests, accounted) == (6, 6)
+        assert balance(pool) == (6, 6)
+        status = pool.status()
+        assert (status.completed, status.failed, status.rejected) == (3, 1, 2)
 
 
 async def test_a_waiting_calls_deadline_never_costs_the_busy_worker(tmp_path: Path) -> None:
