@@ -8,7 +8,9 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# One stamp per interpreter asked for: `make PYTHON=python3.12 test` rebuilds .venv with it,
+# and a later plain `make test` goes back to python3.
+STAMP := $(VENV)/.installed-$(notdir $(PYTHON))
 # uv never downloads an interpreter: the machine's own Python is used.
 export UV_PYTHON_DOWNLOADS := never
 # Installed modules are compiled once, so that each worker process imports them quickly even
@@ -25,6 +27,7 @@ $(UV): requirements/uv.txt
 	touch $(UV)
 
 $(STAMP): $(UV) uv.lock pyproject.toml
+	rm -f $(VENV)/.installed*
 	$(UV) sync --locked --all-extras --python $(PYTHON) --quiet
 	touch $(STAMP)
 
@@ -49,7 +52,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 docs: $(STAMP)
-	$(PY) -m pypit.telemetry > docs/events.md
+	$(PY) -m pypit.telemetry > docs/events.md.new
+	mv docs/events.md.new docs/events.md
 
 # Regenerate uv.lock after a change to pyproject.toml's dependencies, or to take newer versions
 # (`make lock UPGRADE=1`).
@@ -60,13 +64,14 @@ lock: $(UV)
 # lock is left as it is. Not part of `make test`: run it before `make lock UPGRADE=1`.
 test-latest: $(UV)
 	rm -rf .venv-latest
-	$(UV) venv --quiet --python $(PYTHON) .venv-latest
+	trap 'rm -rf .venv-latest' EXIT; \
+	$(UV) venv --quiet --python $(PYTHON) .venv-latest && \
 	$(UV) pip install --quiet --python .venv-latest/bin/python --upgrade --refresh \
-		-e '.[prometheus,otel]' --group dev
-	.venv-latest/bin/ruff check pypit tests benchmarks examples
-	.venv-latest/bin/mypy
+		-e '.[prometheus,otel]' --group dev && \
+	.venv-latest/bin/ruff check pypit tests benchmarks examples && \
+	.venv-latest/bin/ruff format --check pypit tests benchmarks examples && \
+	.venv-latest/bin/mypy && \
 	.venv-latest/bin/python -m pytest -p no:cacheprovider
-	rm -rf .venv-latest
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .venv-latest .pytest_cache .mypy_cache .ruff_cache .coverage \

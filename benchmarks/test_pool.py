@@ -271,6 +271,7 @@ def test_crash_to_replacement(benchmark: BenchmarkFixture) -> None:
 
         telemetry.attach("bench-restarted", ("pypit", "pool", "worker", "restarted"), on_restarted)
         try:
+            # Twenty kills in a row: past the default restart limit.
             async with open_pool(ADAPTER, size=1, status_interval=0, max_restarts=1000) as pool:
                 for _ in range(20):
                     restarted = anyio.Event()

@@ -42,6 +42,13 @@ class Echo(Adapter):
             time.sleep(0.002)
         return tag
 
+    @tool(description="Without blocking the worker's loop, wait until `gate` exists (30 s at most)")
+    async def async_hold(self, gate: str, tag: str = "") -> str:
+        with anyio.move_on_after(30):
+            while not os.path.exists(gate):
+                await anyio.sleep(0.002)
+        return tag
+
     @tool(description="Record the call in a file, then hold until `gate` exists")
     def record_hold(self, path: str, tag: str, gate: str) -> str:
         with open(path, "a") as f:

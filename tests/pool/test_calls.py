@@ -287,6 +287,7 @@ async def test_stream_cancelled_midway_stops_in_the_worker(tool: str) -> None:
 async def test_many_concurrent_callers_all_get_their_own_result() -> None:
     """Results are routed to the right caller under concurrency."""
     results: dict[int, object] = {}
+    # Two workers running two calls each: answers of concurrent calls interleave.
     async with open_pool(adapter(), **options(size=2, max_concurrency=2)) as pool:
 
         async def call(i: int) -> None:
@@ -314,9 +315,12 @@ async def test_two_named_pools_are_independent() -> None:
 
 
 @WARM
-async def test_shutdown_drains_calls_in_flight_and_refuses_queued_ones(warm: bool) -> None:
+async def test_shutdown_drains_calls_in_flight_and_refuses_queued_ones(
+    tmp_path: Path, warm: bool
+) -> None:
     """Closing waits for running calls; queued ones get PoolClosedError; later calls too."""
     outcomes: dict[str, object] = {}
+    gate = tmp_path / "gate"
     async with open_pool(adapter(), **options(**warmth(warm))) as pool:
         await warm_up(pool, warm)
 
@@ -326,14 +330,16 @@ async def test_shutdown_drains_calls_in_flight_and_refuses_queued_ones(warm: boo
             except PoolClosedError as exc:
                 outcomes[name] = exc
 
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(call, "running", "sleep", {"seconds": 0.3})
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+            tasks.start_soon(call, "running", "hold", {"gate": str(gate), "tag": "drained"})
             await wait_until(lambda: pool.status().in_flight == 1, "the first call to start")
             tasks.start_soon(call, "queued", "identity", 1)
             await wait_until(lambda: accepted(pool) == 2, "the second call to be accepted")
-            await pool.aclose()
+            tasks.start_soon(pool.aclose)
+            await wait_until(lambda: "queued" in outcomes, "the queued call to be refused")
+            assert "running" not in outcomes
 
-    assert outcomes["running"] == 0.3
+    assert outcomes["running"] == "drained"
     assert isinstance(outcomes["queued"], PoolClosedError)
     with pytest.raises(PoolClosedError):
         await pool.execute("identity", 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -198,14 +199,15 @@ async def test_crash_events() -> None:
 async def test_queue_events(tmp_path: Path) -> None:
     """enqueued and dequeued for a waiting call; timeout for one that waited too long."""
     events = [(*POOL, "queue", e) for e in ("enqueued", "dequeued", "timeout")]
-    gate = tmp_path / "gate"
+    gate, first = tmp_path / "gate", tmp_path / "first"
     with telemetry.capture(*events) as seen:
         # queue_timeout is off by default.
-        async with open_pool(adapter(), **options(queue_timeout=0.2)) as pool:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(pool.execute, "sleep", {"seconds": 0.1})
+        async with open_pool(adapter(), **options(queue_timeout=1.0)) as pool:
+            async with anyio.create_task_group() as tasks, opened_at_exit(first):
+                tasks.start_soon(pool.execute, "hold", {"gate": str(first)})
                 await wait_until(lambda: pool.status().in_flight == 1, "the first call to start")
-                await pool.execute("identity", 1, session_id="s")
+                tasks.start_soon(functools.partial(pool.execute, "identity", 1, session_id="s"))
+                await wait_until(lambda: pool.status().queue_depth == 1, "the call to queue")
             async with anyio.create_task_group() as tasks, opened_at_exit(gate):
                 tasks.start_soon(pool.execute, "hold", {"gate": str(gate)})
                 await wait_until(lambda: pool.status().in_flight == 1, "the first call to start")
@@ -222,7 +224,7 @@ async def test_queue_events(tmp_path: Path) -> None:
     assert dequeued.measurements["queue_time"] > 0
     timeout = only(seen, *POOL, "queue", "timeout")
     assert timeout.metadata["correlation_id"] == "late"
-    assert timeout.measurements["queue_time"] >= 150_000_000
+    assert timeout.measurements["queue_time"] >= 950_000_000
 
 
 async def test_saturated_event(tmp_path: Path) -> None:

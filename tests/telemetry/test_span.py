@@ -36,7 +36,7 @@ def test_context_manager_emits_start_and_stop_with_exact_keys() -> None:
     assert ({"duration", "monotonic_time"}, {"job", "telemetry_span_context"}) == keys(stop)
     assert start.metadata["telemetry_span_context"] == stop.metadata["telemetry_span_context"]
     assert current.context == start.metadata["telemetry_span_context"]
-    assert stop.measurements["duration"] >= 0
+    assert stop.measurements["duration"] > 0
     expected_end = start.measurements["monotonic_time"] + stop.measurements["duration"]
     assert expected_end == stop.measurements["monotonic_time"]
     assert all(isinstance(v, int) for e in seen for v in e.measurements.values())

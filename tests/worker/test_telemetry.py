@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -233,7 +234,7 @@ async def test_memory_and_cpu_samplers() -> None:
         assert event.metadata["python_pid"] == pid
     assert memory.measurements["rss_bytes"] > 1_000_000
     assert memory.measurements["vms_bytes"] >= memory.measurements["rss_bytes"]
-    assert cpu.measurements["cpu_percent"] >= 0
+    assert 0 <= cpu.measurements["cpu_percent"] <= 100 * (os.cpu_count() or 1)
 
 
 @pytest.fixture
@@ -288,6 +289,8 @@ async def test_log_level_and_categories_filter_pypits_records() -> None:
 
 async def test_a_flood_of_events_does_not_starve_calls() -> None:
     """A worker flooding events still answers calls; what it could not ship is counted."""
+    # Two slots: the flood runs in one while calls are answered in the other. A small
+    # buffer fills at once, so that drops are certain.
     name, settings = instrumented(size=1, max_concurrency=2, telemetry_buffer_size=1000)
     with telemetry.capture(STOP, DROPPED) as seen:
         async with open_pool(name, **settings) as pool:
@@ -295,8 +298,8 @@ async def test_a_flood_of_events_does_not_starve_calls() -> None:
                 tasks.start_soon(
                     pool.execute, "emit_many", {"name": "tool.execution.stop", "n": 200_000}
                 )
-                for _ in range(20):
-                    assert await pool.execute("pid") > 0
+                pids = {await pool.execute("pid") for _ in range(20)}
+                assert pids == set(pool.workers().values())
 
     shipped = len(seen.named(*STOP))
     assert shipped + dropped_by_reason(seen).get("buffer_full", 0) == 200_000
