@@ -89,7 +89,8 @@ RECONNECTED: Final = ("pypit", "rpc", "connection", "reconnected")
 DROPPED: Final = ("pypit", "telemetry", "dropped")
 _EXIT_GRACE: Final = 0.2
 # How long a caller whose call waits in a worker waits for the worker to confirm that it
-# withdrew the call, when the call's deadline passed: the confirmation takes a round trip.
+# dropped the call, when the call's deadline passed or its caller was cancelled: the
+# confirmation takes a round trip.
 _WITHDRAW_GRACE: Final = 0.25
 CALL_START: Final = ("pypit", "rpc", "call", "start")
 CALL_STOP: Final = ("pypit", "rpc", "call", "stop")
@@ -316,6 +317,11 @@ class Pool:
         except BaseException as exc:
             self._abandon(request)
             self._failed(request, exc)
+            if request.withdrawn:
+                # It waited in its worker: resume the caller once the worker dropped it
+                # (or, if a slot freed before the cancel arrived, started it).
+                with anyio.move_on_after(_WITHDRAW_GRACE, shield=True):
+                    await request.done.wait()
             raise
         if not request.done.is_set():
             self._abandon(request)

@@ -206,9 +206,10 @@ class WorkerHandle:
         match message:
             case _wire.Result():
                 pending = self._settle(message.id, message)
-                if pending is not None and not pending.abandoned:
-                    pending.value = message.value
-                    pending.size = len(payload) + 4
+                if pending is not None:
+                    if not pending.abandoned:
+                        pending.value = message.value
+                        pending.size = len(payload) + 4
                     pending.done.set()
             case _wire.Chunk():
                 pending = self.pending.get(message.id)
@@ -220,7 +221,10 @@ class WorkerHandle:
                         pending.arrived.set()
             case _wire.End() | _wire.Error():
                 pending = self._settle(message.id, message)
-                if pending is None or pending.abandoned:
+                if pending is None:
+                    return
+                if pending.abandoned:
+                    pending.done.set()  # for a caller that waits to know it was dropped
                     return
                 if isinstance(message, _wire.Error):
                     pending.error = error_from_reply(message, pending.command)
