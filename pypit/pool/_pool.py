@@ -692,6 +692,8 @@ class Pool:
         # Per-call events look their handlers up once and dispatch directly:
         # with handlers attached, this is most of what telemetry costs a call.
         table = _registry._table
+        if request.chunks is not None:
+            return  # a stream: it has rpc.stream.* instead
         if CALL_START in table or CALL_STOP in table or CALL_EXCEPTION in table:
             request.started = now = request.sent_at
             request.metadata = {

@@ -246,6 +246,26 @@ async def test_saturated_event(tmp_path: Path) -> None:
     assert saturated.metadata["command"] == "identity"
 
 
+async def test_every_call_start_ends_in_a_stop_or_an_exception() -> None:
+    """rpc.call.* is for calls: a stream emits rpc.stream.* only, so every rpc.call.start
+    has its stop or exception."""
+    events = [(*RPC, "call", e) for e in ("start", "stop", "exception")]
+    with telemetry.capture(*events) as seen:
+        async with open_pool(adapter(), **options()) as pool:
+            assert [c async for c in pool.stream("count", {"n": 2})] == [1, 2]
+            assert await pool.execute("identity", 1) == 1
+            with pytest.raises(ToolError):
+                await pool.execute("fail")
+
+    starts = [e.metadata["request_id"] for e in seen.named(*RPC, "call", "start")]
+    ends = [
+        e.metadata["request_id"]
+        for e in seen.named(*RPC, "call", "stop") + seen.named(*RPC, "call", "exception")
+    ]
+    assert len(starts) == 2
+    assert sorted(starts) == sorted(ends)
+
+
 async def test_stream_events() -> None:
     """opened, one message per chunk with sequence numbers, closed complete or cancelled."""
     events = [(*RPC, "stream", e) for e in ("opened", "message", "closed")]
