@@ -99,20 +99,22 @@ CATALOG: Final[tuple[EventSpec, ...]] = (
         (*_POOL, "queue", "enqueued"),
         _m(("queue_depth", COUNT), ("system_time", EPOCH)),
         ("pool_name", "command", "request_id", "correlation_id", "session_id"),
-        "a request waits because no worker is free",
+        "a request cannot start at once: it waits in the pool's queue, or in a busy worker "
+        "that will run it next",
         nullable=frozenset({"session_id"}),
     ),
     EventSpec(
         (*_POOL, "queue", "dequeued"),
         _m(("queue_time", NANOSECONDS), ("queue_depth", COUNT)),
         ("pool_name", "command", "request_id", "correlation_id", "worker_id"),
-        "a waiting request goes to a worker",
+        "a waiting request starts on a worker; for one that waited in its worker, this comes "
+        "with its answer, `queue_time` still the time until it started",
     ),
     EventSpec(
         (*_POOL, "queue", "timeout"),
         _m(("queue_time", NANOSECONDS), ("queue_depth", COUNT)),
         ("pool_name", "command", "request_id", "correlation_id"),
-        "a waiting request's queue deadline passed; it will never run",
+        "a waiting request's queue deadline (or deadline) passed; it never ran",
     ),
     EventSpec(
         (*_POOL, "saturated"),
