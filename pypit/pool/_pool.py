@@ -376,7 +376,7 @@ class Pool:
         if request.done.is_set() or worker is None or not request.prefetched:
             return
         if worker.waiting(request):
-            worker.send(_wire.encode(_wire.Cancel(request.request_id, if_waiting=True)))
+            worker.cancel(request.request_id, if_waiting=True)
             deadline = max(request.deadline, anyio.current_time() + _WITHDRAW_GRACE)
         elif request.deadline > deadline:
             deadline = request.deadline
@@ -906,7 +906,7 @@ class Pool:
                 request.withdrawn = True
                 worker.withdrawn += 1
             if request.request_id in worker.pending:
-                worker.send(_wire.encode(_wire.Cancel(request.request_id)))
+                worker.cancel(request.request_id)
                 if self._task_group is not None and not self._closed:
                     self._task_group.start_soon(self._enforce_cancel, worker, request.request_id)
 
@@ -1711,7 +1711,7 @@ class Pool:
             # Calls waiting in a worker are withdrawn too; those already started drain.
             for request in list(worker.pending.values()):
                 if request.prefetched and worker.waiting(request):
-                    worker.send(_wire.encode(_wire.Cancel(request.request_id, if_waiting=True)))
+                    worker.cancel(request.request_id, if_waiting=True)
         with anyio.move_on_after(self.config.shutdown_timeout):
             while any(w is not None and w.pending for w in self._workers):
                 await anyio.sleep(0.005)

@@ -185,6 +185,11 @@ class WorkerHandle:
         if self.connection is not None:
             self.connection.send(frame)
 
+    def cancel(self, request_id: int, *, if_waiting: bool = False) -> None:
+        """Tell the worker to drop the call (if it has not started) or cancel it (if it
+        runs, unless ``if_waiting``)."""
+        self.send(_wire.encode(_wire.Cancel(request_id, if_waiting=if_waiting)))
+
     def on_lost(self, reason: str) -> None:
         """The channel closed or the worker broke the protocol."""
         if self.lost_reason is None:

@@ -399,7 +399,6 @@ async def test_only_quick_commands_wait_in_a_busy_worker(tmp_path: Path) -> None
     async with open_pool(adapter(), **options(size=2)) as pool:
         for _ in range(20):
             await pool.execute("pause", {"seconds": 0})
-        assert pool.tools()["pause"].name == "pause"
 
         async def placement(command: str, args: dict[str, object]) -> tuple[int, int]:
             """(queue_depth, calls in the pool's own queue) with five calls accepted."""

@@ -19,7 +19,7 @@ from pypit import (
     WorkerTimeoutError,
     telemetry,
 )
-from pypit.pool import open_pool
+from pypit.pool import Pool, open_pool
 from tests.pool.conftest import (
     WARM,
     accepted,
@@ -321,17 +321,22 @@ async def test_session_affinity_hint_prefers_the_sessions_worker() -> None:
     assert (info.worker_pid, info.calls, info.rehomed) == (first, 6, 0)
 
 
+async def start_session(pool: Pool, warm: bool) -> int:
+    """Start session "s" with a call long enough that its worker learns nothing quick (then
+    warm it up if asked); return the session's worker pid."""
+    await pool.execute("sleep", {"seconds": 0.01}, session_id="s")
+    await warm_up(pool, warm, session_id="s")
+    info = pool.session("s")
+    assert info is not None
+    return info.worker_pid
+
+
 @WARM
 async def test_strict_affinity_waits_for_the_sessions_worker(tmp_path: Path, warm: bool) -> None:
     """strict: with the session's worker busy, the call waits for it, not for another."""
     gate = tmp_path / "gate"
     async with open_pool(adapter(), **options(size=2, **warmth(warm))) as pool:
-        # The session starts with a call long enough that the worker learns nothing quick.
-        await pool.execute("sleep", {"seconds": 0.01}, session_id="s")
-        await warm_up(pool, warm, session_id="s")
-        info = pool.session("s")
-        assert info is not None
-        home = info.worker_pid
+        home = await start_session(pool, warm)
         async with anyio.create_task_group() as tasks, opened_at_exit(gate):
             tasks.start_soon(
                 functools.partial(pool.execute, "hold", {"gate": str(gate)}, session_id="s")
@@ -353,9 +358,7 @@ async def test_strict_fail_fast_affinity_raises_at_once(tmp_path: Path, warm: bo
     """strict_fail_fast: the session's worker is busy, so the call fails at once."""
     gate = tmp_path / "gate"
     async with open_pool(adapter(), **options(size=2, **warmth(warm))) as pool:
-        # The session starts with a call long enough that the worker learns nothing quick.
-        await pool.execute("sleep", {"seconds": 0.01}, session_id="s")
-        await warm_up(pool, warm, session_id="s")
+        await start_session(pool, warm)
         async with anyio.create_task_group() as tasks, opened_at_exit(gate):
             tasks.start_soon(
                 functools.partial(pool.execute, "hold", {"gate": str(gate)}, session_id="s")
