@@ -750,7 +750,9 @@ class Pool:
             worker.slow -= 1
         if request.withdrawn:
             worker.withdrawn -= 1
-        if answer is not None and answer.took:
+        # Times the worker reports are checked: a negative one says the call never ran
+        # (or lies), and counts for nothing.
+        if answer is not None and answer.took > 0:
             if request.chunks is None and not request.abandoned:
                 cost = self._cost.get(request.command)
                 took = answer.took
@@ -758,7 +760,7 @@ class Pool:
                 if len(self._cost) > 10_000:
                     self._cost.clear()
             if request.prefetched:
-                queue_time = request.sent_at - request.enqueued + answer.waited
+                queue_time = request.sent_at - request.enqueued + max(0, answer.waited)
                 self._dequeued(worker, request, queue_time)
         if worker.recycle_reason is not None:
             if not worker.in_flight and not worker._closing:
