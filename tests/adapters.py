@@ -163,6 +163,17 @@ class Echo(Adapter):
 
         _runtime.current._reader = Broken()  # type: ignore[assignment]
 
+    @tool(description="Make the thread that runs the next call fail after it")
+    def break_turns(self) -> None:
+        from pypit.worker import _runtime
+
+        assert _runtime.current is not None
+
+        def broken() -> None:
+            raise RuntimeError("the worker's calling thread broke")
+
+        _runtime.current.events.drain = broken  # type: ignore[assignment,method-assign]
+
     @tool(description="Break the worker's channel (its process lives on)")
     def drop_channel(self) -> int:
         import socket

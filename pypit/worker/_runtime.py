@@ -293,13 +293,28 @@ class Runtime:
             _wire.Shutdown: lambda _message: False,
             _wire.Configure: self._on_configure,
         }
-        threading.Thread(target=self._flusher, name="pypit-telemetry", daemon=True).start()
+        threading.Thread(
+            target=self._or_stop, args=(self._flusher,), name="pypit-telemetry", daemon=True
+        ).start()
         # One thread more than can run calls: some thread is always reading.
         for n in range(self._max_concurrency + 1):
-            threading.Thread(target=self._take_turns, name=f"pypit-tools-{n}", daemon=True).start()
+            threading.Thread(
+                target=self._or_stop, args=(self._take_turns,), name=f"pypit-tools-{n}", daemon=True
+            ).start()
         self._finished.wait()
         if self.error is not None:
             raise self.error
+
+    def _or_stop(self, work: Callable[[], None]) -> None:
+        """Run one of the worker's own threads; an exception escaping it is a defect that
+        ends the worker (the pool sees a crash and replaces it) rather than a thread that
+        vanishes and leaves its calls unanswered."""
+        try:
+            work()
+        except BaseException as exc:
+            if self.error is None:
+                self.error = exc
+            self._finished.set()
 
     def _take_turns(self) -> None:
         """Lead (read the channel) until a call can run, then run it and the calls queued

@@ -135,10 +135,11 @@ class Settings:
 class EventBuffer:
     """A bounded, thread-safe buffer of worker events and drop counts.
 
-    Adding takes no lock: ``deque.append`` and ``popleft`` are atomic, so an
-    event is either taken by a drain or left for the next one, never lost
-    between them. The bound is checked without a lock and may be overshot
-    by the few threads that pass the check at the same moment.
+    Adding and draining take no lock: ``deque.append`` and ``popleft`` are
+    atomic, so an event is taken by exactly one drain or left for the next
+    one, never lost or taken twice, however many threads drain at once. The
+    bound is checked without a lock and may be overshot by the few threads
+    that pass the check at the same moment.
     """
 
     def __init__(
@@ -174,7 +175,16 @@ class EventBuffer:
         if not events and not self._dropped:
             # Checked without the lock: a drop counted meanwhile leaves with the next drain.
             return None
-        taken = [events.popleft() for _ in range(min(limit, len(events)))]
+        # Several threads may drain at once (a call's end and the shipper):
+        # each pops until the deque is empty rather than trusting a length
+        # another thread may shrink meanwhile.
+        taken: list[tuple[str, dict[str, int | float], dict[str, Any]]] = []
+        popleft = events.popleft
+        try:
+            for _ in range(limit):
+                taken.append(popleft())
+        except IndexError:
+            pass
         with self._lock:
             dropped = [(reason, name, n) for (reason, name), n in self._dropped.items()]
             self._dropped.clear()

@@ -75,6 +75,18 @@ async def test_an_exception_escaping_the_worker_loop_is_a_crash() -> None:
     assert info.value.exit_code == 1
 
 
+async def test_an_exception_escaping_a_calling_thread_is_a_crash() -> None:
+    """A worker thread that fails (not a tool: the worker's own code) ends the worker;
+    the call it was answering fails instead of waiting forever."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(WorkerCrashedError) as info:
+            await pool.execute("break_turns")
+        with anyio.fail_after(10):
+            assert await pool.execute("identity", 2) == 2
+
+    assert info.value.exit_code == 1
+
+
 async def test_a_crash_fails_only_that_workers_calls(tmp_path: Path) -> None:
     """The other worker's call completes; calls queued meanwhile run on the survivors."""
     gate = tmp_path / "gate"

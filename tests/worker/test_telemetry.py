@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -303,6 +304,38 @@ async def test_a_flood_of_events_does_not_starve_calls() -> None:
 
     shipped = len(seen.named(*STOP))
     assert shipped + dropped_by_reason(seen).get("buffer_full", 0) == 200_000
+
+
+def test_concurrent_drains_take_each_event_once() -> None:
+    """A call's end and the shipper drain at once: every event leaves exactly once."""
+    buffer = _telemetry.EventBuffer(capacity=1_000_000)
+    total = 200_000
+    taken: list[list[Any]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+    adding = threading.Event()
+
+    def drain(into: list[Any]) -> None:
+        try:
+            while adding.is_set() or len(buffer):
+                batch = buffer.drain(limit=3)
+                if batch is not None:
+                    into.extend(batch.events)
+        except BaseException as exc:
+            errors.append(exc)
+
+    adding.set()
+    drainers = [threading.Thread(target=drain, args=(into,)) for into in taken]
+    for thread in drainers:
+        thread.start()
+    for n in range(total):
+        buffer.add("tool.execution.stop", {"n": n}, {})
+    adding.clear()
+    for thread in drainers:
+        thread.join()
+
+    assert errors == []
+    numbers = sorted(event[1]["n"] for into in taken for event in into)
+    assert numbers == list(range(total))
 
 
 def test_worker_catalog_names_match_the_catalog() -> None:
