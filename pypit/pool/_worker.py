@@ -9,7 +9,6 @@ worker, never the pool.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import time
@@ -35,84 +34,13 @@ from pypit._errors import (
 )
 from pypit._log import get_logger
 from pypit.pool._channel import Connection
-from pypit.telemetry._registry import execute, has_handlers
+from pypit.pool._events import CONNECTION_ESTABLISHED, CONNECTION_LOST, emit, listened
+from pypit.pool._request import Request
 
 _log = get_logger("worker")
 
-CONNECTION_ESTABLISHED: Final = ("pypit", "rpc", "connection", "established")
-CONNECTION_LOST: Final = ("pypit", "rpc", "connection", "lost")
 _MAX_LOG_LINE: Final = 65_536
 _STDERR_TAIL: Final = 20
-
-
-class Request:
-    """One call, from the moment it is encoded until its caller has the answer.
-
-    It waits in the pool's queue (``worker`` is None) or sits in its worker's
-    ``pending`` map (``prefetched`` if it was sent while the worker had no free slot:
-    then it may still wait there). ``abandoned`` requests (their caller timed out or was
-    cancelled) stay there until the worker answers, so the worker's capacity
-    stays counted as used.
-    """
-
-    __slots__ = (
-        "abandoned",
-        "arrived",
-        "chunks",
-        "command",
-        "correlation_id",
-        "deadline",
-        "done",
-        "enqueued",
-        "error",
-        "frame",
-        "message",
-        "metadata",
-        "prefetched",
-        "queue_deadline",
-        "quick",
-        "request_id",
-        "scope",
-        "sent_at",
-        "session_id",
-        "size",
-        "started",
-        "target",
-        "value",
-        "withdrawn",
-        "worker",
-    )
-
-    def __init__(self, command: str, signal: Callable[[], Any], stream: bool = False) -> None:
-        self.command = command
-        self.done = signal()
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.size = 0
-        self.abandoned = False
-        # Streams: chunks (value, size) not yet taken, and a signal the
-        # consumer renews before each wait.
-        self.chunks: deque[tuple[Any, int]] | None = deque() if stream else None
-        self.arrived: Any = None
-        self.request_id = 0
-        self.correlation_id = ""
-        self.session_id: str | None = None
-        self.frame = b""
-        self.message: _wire.Call | None = None
-        self.deadline = math.inf
-        self.queue_deadline = math.inf
-        self.enqueued = 0
-        self.started = 0
-        self.sent_at = 0
-        # Sent to a worker that had no free slot: it waits there, and counts as queued.
-        self.prefetched = False
-        self.quick = False
-        # Its caller gave up while it waited in the worker, which is told to drop it.
-        self.withdrawn = False
-        self.metadata: dict[str, Any] = {}
-        self.scope: anyio.CancelScope | None = None
-        self.worker: WorkerHandle | None = None
-        self.target: WorkerHandle | None = None
 
 
 def error_from_reply(reply: _wire.Error, command: str) -> PypitError:
@@ -171,9 +99,15 @@ class WorkerHandle:
     lost_at: int = 0
     acked: int = 0
     pending: dict[int, Request] = attrs.field(factory=dict)
+    cancel_grace: float = 2.0
+    cancelling: dict[int, float] = attrs.field(factory=dict)
+    """Calls told to cancel, oldest first, with the time (the loop's clock) by which the
+    worker must have answered them: past it, the worker is killed."""
+    _cancel_wake: anyio.Event | None = None
     stderr_tail: deque[str] = attrs.field(factory=lambda: deque(maxlen=_STDERR_TAIL))
     changed: anyio.Event = attrs.field(factory=anyio.Event)
-    _closing: bool = False
+    closing: bool = False
+    """Asked to stop: it finishes its calls and exits."""
 
     def __attrs_post_init__(self) -> None:
         self.pid = self.process.pid
@@ -187,8 +121,31 @@ class WorkerHandle:
 
     def cancel(self, request_id: int, *, if_waiting: bool = False) -> None:
         """Tell the worker to drop the call (if it has not started) or cancel it (if it
-        runs, unless ``if_waiting``)."""
+        runs, unless ``if_waiting``). A call cancelled outright must be answered within
+        ``cancel_grace``, or :meth:`enforce_cancels` kills the worker."""
         self.send(_wire.encode(_wire.Cancel(request_id, if_waiting=if_waiting)))
+        if not if_waiting and request_id not in self.cancelling:
+            self.cancelling[request_id] = anyio.current_time() + self.cancel_grace
+            if self._cancel_wake is not None:
+                self._cancel_wake.set()
+
+    async def enforce_cancels(self) -> None:
+        """Kill the worker once a cancelled call is still unanswered ``cancel_grace``
+        after the cancel. One task per worker, however many calls are cancelled: their
+        deadlines come in the order of the cancels, and an answer forgets its own."""
+        while self.process.returncode is None:
+            if not self.cancelling:
+                self._cancel_wake = anyio.Event()
+                await self._cancel_wake.wait()
+                continue
+            request_id, deadline = next(iter(self.cancelling.items()))
+            if anyio.current_time() < deadline:
+                await anyio.sleep_until(deadline)
+                continue
+            if request_id in self.pending:
+                self.kill("timeout")
+                return
+            del self.cancelling[request_id]
 
     def on_lost(self, reason: str) -> None:
         """The channel closed or the worker broke the protocol."""
@@ -211,31 +168,25 @@ class WorkerHandle:
         match message:
             case _wire.Result():
                 pending = self._settle(message.id, message)
-                if pending is not None:
-                    if not pending.abandoned:
-                        pending.value = message.value
-                        pending.size = len(payload) + 4
-                    pending.done.set()
+                if pending.abandoned:
+                    pending.end()
+                else:
+                    pending.succeed(message.value, len(payload) + 4)
             case _wire.Chunk():
-                pending = self.pending.get(message.id)
-                if pending is None or pending.chunks is None:
+                streaming = self.pending.get(message.id)
+                if streaming is None or streaming.chunks is None:
                     raise ProtocolError(f"a chunk for call {message.id} that is not a stream")
-                if not pending.abandoned:
-                    pending.chunks.append((message.value, len(payload) + 4))
-                    if pending.arrived is not None:
-                        pending.arrived.set()
+                if not streaming.abandoned:
+                    streaming.chunks.append((message.value, len(payload) + 4))
+                    if streaming.arrived is not None:
+                        streaming.arrived.set()
             case _wire.End() | _wire.Error():
                 pending = self._settle(message.id, message)
-                if pending is None:
-                    return
-                if pending.abandoned:
-                    pending.done.set()  # for a caller that waits to know it was dropped
-                    return
-                if isinstance(message, _wire.Error):
-                    pending.error = error_from_reply(message, pending.command)
-                pending.done.set()
-                if pending.arrived is not None:
-                    pending.arrived.set()
+                if isinstance(message, _wire.Error) and not pending.abandoned:
+                    pending.fail(error_from_reply(message, pending.command))
+                else:
+                    # An abandoned call ends too: its caller may wait to know it was dropped.
+                    pending.end()
             case _wire.Events():
                 self.on_events(self, message)
             case _wire.Ready():
@@ -257,10 +208,11 @@ class WorkerHandle:
 
     def _settle(
         self, call_id: int, answer: _wire.Result | _wire.Error | _wire.End | None = None
-    ) -> Request | None:
+    ) -> Request:
         pending = self.pending.pop(call_id, None)
         if pending is None:
             raise ProtocolError(f"an answer to call {call_id}, which is not in flight")
+        self.cancelling.pop(call_id, None)
         if not isinstance(answer, _wire.Error) or answer.kind != "dropped":
             self.total_commands += 1
         self.on_release(self, pending, answer)
@@ -277,13 +229,10 @@ class WorkerHandle:
     def fail_pending(self, error_for: Callable[[], BaseException]) -> None:
         """Settle every call in flight with an error; the worker is gone."""
         pending, self.pending = self.pending, {}
+        self.cancelling.clear()
         for call in pending.values():
-            if call.abandoned:
-                continue
-            call.error = error_for()
-            call.done.set()
-            if call.arrived is not None:
-                call.arrived.set()
+            if not call.abandoned:
+                call.fail(error_for())
         self.in_flight = self.slow = self.withdrawn = 0
 
     # -- output ----------------------------------------------------------------
@@ -341,14 +290,14 @@ class WorkerHandle:
 
     def request_stop(self) -> None:
         """Ask the worker to finish and exit."""
-        self._closing = True
+        self.closing = True
         self.accepting = False
         self.send(_wire.encode(_wire.Shutdown()))
         self.changed.set()
 
     def kill(self, reason: str) -> None:
         """Kill the worker now (it hangs or ignores a cancellation); it will be replaced."""
-        if self.kill_reason is None and not self._closing:
+        if self.kill_reason is None and not self.closing:
             self.kill_reason = reason
             self.accepting = False
             _log.warning(
@@ -377,29 +326,27 @@ class WorkerHandle:
         """
         still_running = set(running)
         for request_id in [r for r in self.pending if r not in still_running]:
-            request = self.pending[request_id]
-            self._settle(request_id)
+            request = self._settle(request_id)
             if not request.abandoned:
-                request.error = WorkerCrashedError(
-                    f"the channel to worker {self.worker_id} broke and the answer of the call "
-                    "was lost with it",
-                    worker_id=self.worker_id,
+                request.fail(
+                    WorkerCrashedError(
+                        f"the channel to worker {self.worker_id} broke and the answer of the "
+                        "call was lost with it",
+                        worker_id=self.worker_id,
+                    )
                 )
-                request.done.set()
-                if request.arrived is not None:
-                    request.arrived.set()
         self.connection = connection
         self.lost_reason = None
         self.lost_emitted = False
         connection.attach(self.on_frame, self.on_lost)
         if configure:
             connection.send(configure)
-        self.accepting = self.recycle_reason is None and not self._closing
+        self.accepting = self.recycle_reason is None and not self.closing
         self.changed.set()
 
     def connection_established(self, duration: int) -> None:
-        if has_handlers(CONNECTION_ESTABLISHED):
-            execute(
+        if listened(CONNECTION_ESTABLISHED):
+            emit(
                 CONNECTION_ESTABLISHED,
                 {"duration": duration, "system_time": time.time_ns()},
                 {"pool_name": self.pool_name, "worker_id": self.worker_id, "python_pid": self.pid},
@@ -409,15 +356,15 @@ class WorkerHandle:
         if self.lost_emitted:
             return
         self.lost_emitted = True
-        if has_handlers(CONNECTION_LOST):
-            execute(
+        if listened(CONNECTION_LOST):
+            emit(
                 CONNECTION_LOST,
                 {"system_time": time.time_ns()},
                 {
                     "pool_name": self.pool_name,
                     "worker_id": self.worker_id,
                     "python_pid": self.pid,
-                    "reason": "shutdown" if self._closing else (self.lost_reason or "closed"),
+                    "reason": "shutdown" if self.closing else (self.lost_reason or "closed"),
                 },
             )
 

@@ -21,7 +21,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from pypit.pool import _pool
+from pypit.pool import _events as _pool_events
 from pypit.telemetry._registry import EventName, Measurements, Metadata, attach_many, detach
 
 _RPC: Final = ("pypit", "rpc", "call")
@@ -135,10 +135,10 @@ class OpenTelemetryBridge:
     def start(self) -> None:
         if self._started:
             return
-        if _pool.trace_hook is not None:
+        if _pool_events.trace_hook is not None:
             raise RuntimeError("another tracing bridge is installed")
         attach_many(self._handler_id, _EVENTS, self._handle)
-        _pool.trace_hook = self
+        _pool_events.trace_hook = self
         self._started = True
 
     def stop(self) -> None:
@@ -146,8 +146,8 @@ class OpenTelemetryBridge:
             return
         self._started = False
         detach(self._handler_id)
-        if _pool.trace_hook is self:
-            _pool.trace_hook = None
+        if _pool_events.trace_hook is self:
+            _pool_events.trace_hook = None
         for span in self._clients.values():
             span.end()
         for span, _ in self._servers.values():

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pypit import _wire
 from pypit._errors import FrameTooLargeError, SerializationError
+from pypit._shared import MAX_STRING_LENGTH, correlation_id_var
 from pypit.worker import _telemetry
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter
 from pypit.worker._logging import apply_level
@@ -44,7 +45,6 @@ from pypit.worker._telemetry import (
     EventBuffer,
     Settings,
     WorkerTelemetry,
-    correlation_id_var,
     trace_context_var,
 )
 
@@ -686,7 +686,7 @@ class Runtime:
     ) -> None:
         metadata = self._call_metadata(call)
         metadata["error_type"] = error_type
-        metadata["error_message"] = message[: _telemetry.MAX_STRING_LENGTH]
+        metadata["error_message"] = message[:MAX_STRING_LENGTH]
         self.telemetry.ship("call.exception", {"duration": time.monotonic_ns() - started}, metadata)
 
     def _flusher(self) -> None:

@@ -30,56 +30,31 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 from pypit import _wire
 from pypit._decorate import within
+from pypit._shared import (
+    CATALOG_NAMES,
+    MAX_KEY_LENGTH,
+    MAX_METADATA_KEYS,
+    MAX_STRING_LENGTH,
+    SCALARS,
+    correlation_id_var,
+    matches,
+    valid_name,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_BUFFER_SIZE: Final = 65_536
 MAX_BATCH: Final = 4096
-MAX_METADATA_KEYS: Final = 32
-MAX_KEY_LENGTH: Final = 128
-MAX_STRING_LENGTH: Final = 1024
-
-# The python.* events of the catalog, as workers name them (a test keeps
-# this in step with pypit.telemetry.CATALOG, which workers do not import).
-CATALOG_NAMES: Final = frozenset(
-    {
-        "call.start",
-        "call.stop",
-        "call.exception",
-        "tool.execution.start",
-        "tool.execution.stop",
-        "tool.execution.exception",
-        "memory.sampled",
-        "cpu.sampled",
-    }
-)
-
 _SHIP: Final = 1
 _IGNORE: Final = 2  # allowed, but filtered on purpose (denied, or nobody listens)
 _UNKNOWN: Final = 3
-_SCALARS: Final = (str, int, float, bool, type(None))
-_SCALAR_TYPES: Final = frozenset(_SCALARS)
+_SCALAR_TYPES: Final = frozenset(SCALARS)
 
-correlation_id_var: ContextVar[str | None] = ContextVar("pypit_correlation_id", default=None)
 _span_var: ContextVar[str | None] = ContextVar("pypit_span", default=None)
 trace_context_var: ContextVar[Mapping[str, str] | None] = ContextVar(
     "pypit_trace_context", default=None
 )
-
-
-def matches(name: str, patterns: Iterable[str]) -> bool:
-    """Whether ``name`` matches one of ``patterns``: exact names, ``"prefix.*"`` or ``"*"``."""
-    for pattern in patterns:
-        if pattern == "*" or pattern == name:
-            return True
-        if pattern.endswith(".*") and name.startswith(pattern[:-1]):
-            return True
-    return False
-
-
-def valid_name(name: object) -> bool:
-    return isinstance(name, str) and bool(name) and all(name.split("."))
 
 
 class Settings:
@@ -222,18 +197,6 @@ class WorkerTelemetry:
 
 current: WorkerTelemetry | None = None
 """This process's telemetry, set when it runs as a pool's worker."""
-
-
-def invalid_metadata(metadata: Mapping[str, Any]) -> bool:
-    """Whether metadata breaks the bounds: at most 32 str keys, scalar values, short strings."""
-    if len(metadata) > MAX_METADATA_KEYS:
-        return True
-    for key, value in metadata.items():
-        if type(key) is not str or len(key) > MAX_KEY_LENGTH or not isinstance(value, _SCALARS):
-            return True
-        if type(value) is str and len(value) > MAX_STRING_LENGTH:
-            return True
-    return False
 
 
 def emit(

@@ -408,7 +408,7 @@ async def test_only_quick_commands_wait_in_a_busy_worker(tmp_path: Path) -> None
                 await wait_until(lambda: accepted(pool) == 5, "five calls to be accepted")
                 # The pool's own queue is private; the test looks at it to tell where the
                 # waiting calls wait.
-                placed = (pool.status().queue_depth, len(pool._queue))
+                placed = (pool.status().queue_depth, len(pool._scheduler.queue))
             gate.unlink()
             return placed
 

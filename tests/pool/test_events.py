@@ -20,8 +20,8 @@ from pypit import (
     _wire,
     telemetry,
 )
-from pypit.pool import Pool, _pool, open_pool
-from pypit.pool import _worker as _worker_module
+from pypit.pool import _events, open_pool
+from pypit.pool._control import Control
 from pypit.pool._worker import WorkerHandle
 from pypit.telemetry import CapturedEvent, _registry
 from tests.pool.conftest import adapter, assert_catalog_shape, opened_at_exit, options, wait_until
@@ -319,13 +319,13 @@ async def test_python_events_not_listened_to_are_not_shipped(
 ) -> None:
     """With no handler on python.call.*, the workers do not send those events at all."""
     received: list[list[str]] = []
-    original = Pool._on_events
+    original = Control.on_events
 
-    def spy(pool: Pool, worker: WorkerHandle, batch: _wire.Events) -> None:
+    def spy(control: Control, worker: WorkerHandle, batch: _wire.Events) -> None:
         received[-1].extend(name for name, _, _ in batch.events)
-        original(pool, worker, batch)
+        original(control, worker, batch)
 
-    monkeypatch.setattr(Pool, "_on_events", spy)
+    monkeypatch.setattr(Control, "on_events", spy)
     async with open_pool(adapter(), **options()) as pool:
         for listened in (False, True, False):
             received.append([])
@@ -378,10 +378,9 @@ async def test_no_handlers_means_no_events_built(
 
         return wrapper
 
-    for module in (_pool, _worker_module):
-        for name in ("execute", "_dispatch"):
-            if hasattr(module, name):
-                monkeypatch.setattr(module, name, counting(getattr(module, name)))
+    # Every event of the pool leaves through these two functions of its events module.
+    for name in ("execute", "_dispatch"):
+        monkeypatch.setattr(_events, name, counting(getattr(_events, name)))
     with contextlib.ExitStack() as stack:
         if listening:
             stack.enter_context(telemetry.capture(*(spec.name for spec in telemetry.CATALOG)))

@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pypit import ProtocolError, WorkerCrashedError, _wire, telemetry
-from pypit.pool import Pool, PoolConfig, open_pool
-from pypit.pool._worker import Request, WorkerHandle
+from pypit.pool import open_pool
+from pypit.pool._request import Request
+from pypit.pool._scheduler import Limits, Scheduler
+from pypit.pool._worker import WorkerHandle
 from tests.pool.conftest import adapter, opened_at_exit, options, wait_until
 
 
@@ -145,7 +147,7 @@ async def test_hostile_worker_is_dropped_and_the_pool_serves_on(
 def test_times_a_worker_reports_cannot_poison_the_pool() -> None:
     """A negative run time teaches nothing, and a negative wait never makes a negative
     queue_time: what a worker says about its calls' times is checked."""
-    pool = Pool(PoolConfig(adapter="tests.adapters:Echo", size=1))
+    scheduler: Scheduler[WorkerHandle] = Scheduler("default", 1, Limits(max_queue_size=10))
     worker = handle()
     with telemetry.capture(("pypit", "pool", "queue", "dequeued")) as seen:
         for took, waited in ((-5, -(10**12)), (-(10**18), 0), (1000, -(10**12))):
@@ -155,8 +157,8 @@ def test_times_a_worker_reports_cannot_poison_the_pool() -> None:
             worker.in_flight += 1
             worker.slow += 1
             answer = _wire.Result(1, None, waited=waited, took=took)
-            pool._release(worker, request, answer)
+            scheduler.release(worker, request, answer)
 
     assert [e.measurements["queue_time"] for e in seen] == [0]
-    assert pool._is_quick("identity")  # only the 1 µs answer counted
+    assert scheduler.is_quick("identity")  # only the 1 µs answer counted
     assert (worker.in_flight, worker.slow) == (0, 0)

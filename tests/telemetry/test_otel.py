@@ -138,7 +138,7 @@ async def test_without_a_caller_span_the_call_starts_a_trace() -> None:
 
 def test_disabled_configuration_installs_nothing() -> None:
     """enabled=False returns None and leaves the pool untraced."""
-    from pypit.pool import _pool
+    from pypit.pool import _events
 
     assert configure_opentelemetry(enabled=False) is None
-    assert _pool.trace_hook is None
+    assert _events.trace_hook is None

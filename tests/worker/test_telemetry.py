@@ -12,7 +12,7 @@ import anyio
 import pytest
 import structlog
 
-from pypit import WorkerCrashedError, _log, telemetry
+from pypit import WorkerCrashedError, _log, _shared, telemetry
 from pypit.pool import open_pool
 from pypit.telemetry import CapturedEvent
 from pypit.worker import _telemetry
@@ -341,7 +341,7 @@ def test_concurrent_drains_take_each_event_once() -> None:
 def test_worker_catalog_names_match_the_catalog() -> None:
     """The worker's list of python event names is the catalog's."""
     names = {".".join(spec.name[2:]) for spec in telemetry.CATALOG if spec.name[:2] == PYTHON}
-    assert names == _telemetry.CATALOG_NAMES
+    assert names == _shared.CATALOG_NAMES
 
 
 def test_emit_outside_a_worker_is_a_no_op() -> None:
@@ -362,11 +362,11 @@ def test_emit_outside_a_worker_is_a_no_op() -> None:
 
 def test_patterns() -> None:
     """Exact names, "prefix.*" and "*"."""
-    assert _telemetry.matches("a.b", ["a.b"])
-    assert _telemetry.matches("a.b.c", ["a.*"])
-    assert not _telemetry.matches("ab.c", ["a.*"])
-    assert _telemetry.matches("x", ["*"])
-    assert not _telemetry.valid_name("a..b")
+    assert _shared.matches("a.b", ["a.b"])
+    assert _shared.matches("a.b.c", ["a.*"])
+    assert not _shared.matches("ab.c", ["a.*"])
+    assert _shared.matches("x", ["*"])
+    assert not _shared.valid_name("a..b")
 
 
 def captured_names(events: list[CapturedEvent]) -> list[str]:

@@ -1,0 +1,685 @@
+"""The supervisor: the pool's slots and the worker processes that fill them.
+
+One task per slot spawns a worker, hand-shakes, watches it (exit, heartbeat,
+age, memory, cancelled calls left unanswered), lets a broken channel
+reconnect, and replaces the worker when it ends, by the restart policy (see
+docs/supervision.md). It tells the scheduler whenever capacity changes; the
+scheduler never calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import attrs
+
+from pypit import _wire
+from pypit._errors import PoolClosedError, PoolDegradedError, ProtocolError, WorkerStartError
+from pypit._log import get_logger
+from pypit.pool import _events
+from pypit.pool._channel import Connection
+from pypit.pool._config import PoolConfig
+from pypit.pool._control import Control
+from pypit.pool._request import Request
+from pypit.pool._scheduler import Scheduler
+from pypit.pool._worker import WorkerHandle, crash_error
+
+_log = get_logger("pool")
+
+_EXIT_GRACE: Final = 0.2
+
+
+@attrs.frozen
+class ToolDescription:
+    """A tool the workers serve, as they reported it."""
+
+    name: str
+    description: str
+    stream: bool
+
+
+@attrs.define(eq=False)
+class Slot:
+    """One place in the pool, kept across the workers that fill it."""
+
+    index: int
+    worker_id: str
+    restarts: int = 0
+    recent: deque[float] = attrs.field(factory=deque)
+    down: bool = False
+    failed_starts: int = 0
+    previous_pid: int | None = None
+    lost_at: int = 0
+    lost_reason: str = ""
+
+
+class _Greeting:
+    __slots__ = ("arrived", "connection")
+
+    def __init__(self) -> None:
+        self.arrived = anyio.Event()
+        self.connection: Connection | None = None
+
+
+class Supervisor:
+    """The slots of one pool and their workers."""
+
+    def __init__(
+        self, config: PoolConfig, scheduler: Scheduler[WorkerHandle], control: Control
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.scheduler = scheduler
+        self.control = control
+        self.slots = [Slot(i, f"{config.name}_worker_{i + 1}") for i in range(config.size)]
+        self.tools: dict[str, ToolDescription] = {}
+        self.closed = False
+        self.socket_path = ""
+        self.task_group: anyio.abc.TaskGroup | None = None
+        self._expected: dict[str, _Greeting] = {}
+        self._reconnecting: dict[str, WorkerHandle] = {}
+        self._startup_reports = 0
+        self._startup_done = anyio.Event()
+
+    def handles(self) -> list[WorkerHandle | None]:
+        """Each slot's worker handle (None while it has none)."""
+        return self.scheduler.workers
+
+    def worker_ids(self) -> list[str]:
+        return [slot.worker_id for slot in self.slots]
+
+    def ready_count(self) -> int:
+        return sum(1 for w in self.handles() if w is not None and w.ready)
+
+    def restarts(self) -> int:
+        return sum(slot.restarts for slot in self.slots)
+
+    def degraded(self) -> bool:
+        return any(slot.down for slot in self.slots)
+
+    async def start(self, task_group: anyio.abc.TaskGroup, socket_path: str) -> int:
+        """Start every slot; return once each worker is ready or failed its first start,
+        with the number ready."""
+        self.task_group = task_group
+        self.socket_path = socket_path
+        for slot in self.slots:
+            task_group.start_soon(self._serve_slot, slot)
+        await self._startup_done.wait()
+        return self.ready_count()
+
+    def stop(self) -> None:
+        """Ask every worker to finish and exit (the pool closes)."""
+        self.closed = True
+        for worker in self.handles():
+            if worker is not None:
+                worker.request_stop()
+                worker.changed.set()
+
+    def _released(
+        self,
+        worker: WorkerHandle,
+        request: Request,
+        answer: _wire.Result | _wire.Error | _wire.End | None,
+    ) -> None:
+        """A call's answer came: the scheduler frees its place; a worker due for
+        recycling is retired; the freed capacity goes to the queue."""
+        self.scheduler.release(worker, request, answer)
+        if worker.recycle_reason is not None:
+            if not worker.in_flight and not worker.closing:
+                worker.request_stop()
+        elif (
+            self.config.max_requests is not None
+            and worker.total_commands >= self.config.max_requests
+        ):
+            self._recycle(worker, "max_requests")
+        self.scheduler.dispatch()
+
+    async def _serve_slot(self, slot: Slot) -> None:
+        """Keep one slot's worker running until the pool closes.
+
+        An unplanned end (crash, kill, failed start) counts against the restart
+        intensity: past ``max_restarts`` in ``restart_window`` the slot stays
+        down for a window. A worker that was serving is replaced at once;
+        starts that keep failing back off exponentially, with jitter.
+        """
+        reason = "initial"
+        while not self.closed:
+            spawned = await self._spawn(slot, reason)
+            ready = False
+            handle: WorkerHandle | None = None
+            if spawned is not None:
+                handle, greeting = spawned
+                try:
+                    ready = await self._supervise(slot, handle, greeting, reason)
+                finally:
+                    if handle.process.returncode is None:
+                        handle.kill_group(signal.SIGKILL)
+                        with anyio.CancelScope(shield=True):
+                            await handle.process.wait()
+            elif reason == "initial":
+                self._startup_reported(ready=False)
+            if self._is_closed():
+                return
+            if handle is not None and ready and handle.recycle_reason is not None:
+                reason = "recycle"
+                continue
+            if ready and handle is not None:
+                self.scheduler.counters["crashes"] += 1
+                slot.previous_pid = handle.pid
+                slot.lost_at = time.monotonic_ns()
+                slot.lost_reason = _termination_reason(handle, handle.process.returncode)
+            await self._back_off(slot, served=ready)
+            slot.restarts += 1
+            reason = "restart"
+
+    async def _back_off(self, slot: Slot, *, served: bool) -> None:
+        config = self.config
+        now = time.monotonic()
+        recent = slot.recent
+        recent.append(now)
+        while recent and now - recent[0] > config.restart_window:
+            recent.popleft()
+        if len(recent) > config.max_restarts:
+            slot.down = True
+            _log.error(
+                "worker restarts too frequent; the slot stays down for a window",
+                pool_name=self.name,
+                worker_id=slot.worker_id,
+                restarts=len(recent),
+                window=config.restart_window,
+            )
+            self._fail_queue_if_degraded()
+            await anyio.sleep(config.restart_window)
+            recent.clear()
+            slot.down = False
+            self.scheduler.degraded = None
+            return
+        if served:
+            slot.failed_starts = 0
+            return
+        slot.failed_starts += 1
+        delay = config.restart_backoff * 2 ** (slot.failed_starts - 1)
+        await anyio.sleep(min(config.restart_backoff_max, delay) * random.uniform(0.5, 1.0))
+
+    def _fail_queue_if_degraded(self) -> None:
+        """With every slot down, nothing queued can be served: fail it now, and refuse
+        what comes until a slot is up again."""
+        if not all(slot.down for slot in self.slots):
+            return
+        self.scheduler.degraded = self._degraded_error
+        self.scheduler.fail_queue(self._degraded_error)
+
+    def _degraded_error(self) -> PoolDegradedError:
+        return PoolDegradedError(
+            f"pool {self.name!r} is degraded: every worker failed more than "
+            f"{self.config.max_restarts} times in {self.config.restart_window}s; "
+            "see the log for their errors"
+        )
+
+    def _is_closed(self) -> bool:
+        # A method, not the attribute: the flag changes across awaits.
+        return self.closed
+
+    def _startup_reported(self, *, ready: bool) -> None:
+        self._startup_reports += 1
+        if self._startup_reports == self.config.size:
+            self._startup_done.set()
+
+    async def _spawn(self, slot: Slot, reason: str) -> tuple[WorkerHandle, _Greeting] | None:
+        worker_id = slot.worker_id
+        started = time.monotonic_ns()
+        if _events.listened(_events.SPAWN_STARTED):
+            _events.emit(
+                _events.SPAWN_STARTED,
+                {"system_time": time.time_ns()},
+                {"pool_name": self.name, "worker_id": worker_id, "reason": reason},
+            )
+        token = secrets.token_hex(16)
+        greeting = _Greeting()
+        self._expected[token] = greeting
+        env = {
+            **os.environ,
+            **self.config.env,
+            "PYTHONUNBUFFERED": "1",
+            "PYPIT_WORKER_SOCKET": self.socket_path,
+            "PYPIT_WORKER_TOKEN": token,
+            "PYPIT_WORKER_ADAPTER": self.config.adapter,
+            "PYPIT_WORKER_PARENT_PID": str(os.getpid()),
+            "PYPIT_WORKER_MAX_CONCURRENCY": str(self.config.max_concurrency),
+            "PYPIT_WORKER_MAX_FRAME_SIZE": str(self.config.max_frame_size),
+            "PYPIT_WORKER_SYS_PATH": json.dumps([p for p in sys.path if p]),
+            "PYPIT_WORKER_RECONNECT_WINDOW": str(self.config.reconnect_window),
+            "PYPIT_WORKER_CONFIGURE": self.control.initial(worker_id),
+            "PYPIT_WORKER_BUFFER_SIZE": str(self.config.telemetry_buffer_size),
+        }
+        try:
+            # Shielded: a cancellation here could leave a started process with
+            # nobody holding it; past this point the slot always reaps it.
+            with anyio.CancelScope(shield=True):
+                process = await anyio.open_process(
+                    [self.config.python, "-m", "pypit.worker"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            del self._expected[token]
+            self._spawn_failed(worker_id, started, f"exec_failed: {exc}", None)
+            return None
+        handle = WorkerHandle(
+            pool_name=self.name,
+            worker_id=worker_id,
+            process=process,
+            max_concurrency=self.config.max_concurrency,
+            max_frame_size=self.config.max_frame_size,
+            on_release=self._released,
+            on_events=self.control.on_events,
+            cancel_grace=self.config.cancel_grace,
+            spawn_started=started,
+            slot=slot.index,
+        )
+        handle.token = token
+        self.scheduler.workers[slot.index] = handle
+        return handle, greeting
+
+    async def _supervise(
+        self, slot: Slot, handle: WorkerHandle, greeting: _Greeting, reason: str
+    ) -> bool:
+        """Run one worker from handshake to exit, then settle everything it held.
+
+        Returns whether the worker got ready.
+        """
+        returncode: int | None = None
+        drained = [anyio.Event(), anyio.Event()]
+
+        async def drain(stream: Any, name: str, done: anyio.Event) -> None:
+            try:
+                await handle.drain_output(stream, name)
+            finally:
+                done.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(drain, handle.process.stdout, "stdout", drained[0])
+            tasks.start_soon(drain, handle.process.stderr, "stderr", drained[1])
+            exited = anyio.Event()
+
+            async def watch_exit() -> None:
+                await handle.process.wait()
+                exited.set()
+                handle.changed.set()
+                greeting.arrived.set()
+
+            tasks.start_soon(watch_exit)
+            ready = await self._handshake(handle, greeting, exited, tasks)
+            self._expected.pop(handle.token, None)
+            if ready and reason == "initial":
+                self._startup_reported(ready=True)
+            if ready:
+                if reason == "restart" and slot.previous_pid is not None:
+                    self._restarted(slot, handle)
+                if self.closed:
+                    handle.request_stop()
+                tasks.start_soon(self._watch_health, handle)
+                tasks.start_soon(handle.enforce_cancels)
+                await self._run_ready(handle)
+            returncode = await handle.reap(self.config.stop_grace if handle.closing else 0.5)
+            handle.kill_group(signal.SIGKILL)
+            # The last lines the worker wrote (its traceback, often) are
+            # still in the pipes: read them before the drains are cancelled.
+            with anyio.move_on_after(1.0):
+                for done in drained:
+                    await done.wait()
+            tasks.cancel_scope.cancel()
+        self.scheduler.workers[slot.index] = None
+        # Requests that waited for this worker (strict affinity) may go elsewhere now.
+        self.scheduler.dispatch()
+        if handle.connection is not None:
+            handle.connection.close()
+        closing = handle.closing
+        handle.fail_pending(crash_error(handle, returncode, closing and self.closed))
+        if ready:
+            self._terminated(handle, returncode)
+        else:
+            self._failed_to_start(handle, returncode)
+            if reason == "initial":
+                self._startup_reported(ready=False)
+        return ready
+
+    def _restarted(self, slot: Slot, handle: WorkerHandle) -> None:
+        if _events.listened(_events.RESTARTED):
+            _events.emit(
+                _events.RESTARTED,
+                {"downtime": time.monotonic_ns() - slot.lost_at, "restart_count": slot.restarts},
+                {
+                    "pool_name": self.name,
+                    "worker_id": handle.worker_id,
+                    "previous_pid": slot.previous_pid,
+                    "new_pid": handle.pid,
+                    "reason": slot.lost_reason,
+                },
+            )
+
+    def _terminated(self, handle: WorkerHandle, returncode: int | None) -> None:
+        handle.connection_lost()
+        lifetime = time.monotonic_ns() - handle.ready_at
+        reason = _termination_reason(handle, returncode)
+        if handle.recycle_reason is not None and _events.listened(_events.RECYCLED):
+            _events.emit(
+                _events.RECYCLED,
+                {
+                    "lifetime": lifetime,
+                    "total_commands": handle.total_commands,
+                    "rss_bytes": handle.rss_bytes,
+                },
+                {
+                    "pool_name": self.name,
+                    "worker_id": handle.worker_id,
+                    "reason": handle.recycle_reason,
+                },
+            )
+        if _events.listened(_events.TERMINATED):
+            _events.emit(
+                _events.TERMINATED,
+                {"lifetime": lifetime, "total_commands": handle.total_commands},
+                {
+                    "node": _events.NODE,
+                    "pool_name": self.name,
+                    "worker_id": handle.worker_id,
+                    "worker_pid": handle.pid,
+                    "reason": reason,
+                    "planned": handle.closing,
+                    "exit_code": returncode,
+                },
+            )
+        if not handle.closing:
+            _log.warning(
+                "worker terminated unexpectedly; restarting",
+                pool_name=self.name,
+                worker_id=handle.worker_id,
+                worker_pid=handle.pid,
+                exit_code=returncode,
+                reason=reason,
+            )
+
+    def _failed_to_start(self, handle: WorkerHandle, returncode: int | None) -> None:
+        if handle.failure is not None:
+            failure = handle.failure.reason
+        elif handle.kill_reason is not None:
+            failure = handle.kill_reason
+        else:
+            failure = "exited"
+        self._spawn_failed(handle.worker_id, handle.spawn_started, failure, returncode)
+        _log.error(
+            "worker failed to start",
+            pool_name=self.name,
+            worker_id=handle.worker_id,
+            reason=failure,
+            error=handle.failure.message if handle.failure else None,
+            exit_code=returncode,
+            stderr="\n".join(handle.stderr_tail),
+        )
+
+    async def _watch_health(self, handle: WorkerHandle) -> None:
+        """Heartbeat, age and memory of one worker, checked every heartbeat interval (every
+        second when the heartbeat is off)."""
+        config = self.config
+        interval = config.heartbeat_interval or 1.0
+        while not handle.closing and handle.kill_reason is None:
+            await anyio.sleep(interval)
+            if handle.lost_reason is not None:
+                # Reconnecting: the window, not the heartbeat, bounds that.
+                handle.pongs_seen = handle.pings_sent
+                continue
+            if config.heartbeat_interval:
+                if handle.pings_sent - handle.pongs_seen >= config.heartbeat_misses:
+                    handle.kill("heartbeat_timeout")
+                    return
+                handle.pings_sent += 1
+                handle.send(_wire.encode(_wire.Ping(handle.pings_sent)))
+            if config.ttl is not None and time.monotonic_ns() - handle.ready_at > config.ttl * 1e9:
+                self._recycle(handle, "ttl")
+            elif config.max_rss_bytes is not None and handle.measure_rss() > config.max_rss_bytes:
+                self._recycle(handle, "memory")
+
+    def _recycle(self, handle: WorkerHandle, reason: str) -> None:
+        """Retire a worker on purpose: it takes no new work, finishes what it has, and is
+        replaced."""
+        if handle.recycle_reason is not None or handle.closing or handle.kill_reason:
+            return
+        handle.recycle_reason = reason
+        handle.accepting = False
+        if not handle.rss_bytes:
+            handle.measure_rss()
+        _log.info(
+            "recycling worker",
+            pool_name=self.name,
+            worker_id=handle.worker_id,
+            worker_pid=handle.pid,
+            reason=reason,
+        )
+        if not handle.in_flight:
+            handle.request_stop()
+        elif self.task_group is not None:
+            self.task_group.start_soon(self._bound_drain, handle)
+
+    async def _bound_drain(self, handle: WorkerHandle) -> None:
+        await anyio.sleep(self.config.shutdown_timeout)
+        if not handle.closing and handle.process.returncode is None:
+            handle.request_stop()
+
+    async def recycle_worker(self, worker_id: str) -> None:
+        """Retire ``worker_id`` by hand: it drains, stops and is replaced (reason ``manual``).
+
+        Returns once the replacement is ready. Raises ``LookupError`` for an
+        unknown or stopped worker, and :class:`~pypit.WorkerStartError` when no
+        replacement got ready in time: the old worker's drain and stop
+        (``shutdown_timeout`` and twice ``stop_grace``), then ``startup_timeout``
+        and ``restart_backoff_max`` for the new one. The slot keeps trying.
+        """
+        handle = next((w for w in self.scheduler.workers if w and w.worker_id == worker_id), None)
+        if handle is None or not handle.ready:
+            raise LookupError(f"no live worker {worker_id!r} in pool {self.name!r}")
+        slot = self.slots[int(worker_id.rsplit("_", 1)[1]) - 1]
+        self._recycle(handle, "manual")
+        config = self.config
+        bound = (
+            config.shutdown_timeout
+            + 2 * config.stop_grace
+            + config.startup_timeout
+            + config.restart_backoff_max
+        )
+        with anyio.move_on_after(bound):
+            while True:
+                current = self.scheduler.workers[slot.index]
+                if current is not None and current is not handle and current.accepting:
+                    return
+                if self.closed:
+                    raise PoolClosedError(f"pool {self.name!r} closed while recycling {worker_id}")
+                await anyio.sleep(0.01)
+        raise WorkerStartError(
+            f"pool {self.name!r}: no replacement for {worker_id} got ready within {bound:g}s; "
+            "the slot keeps trying (see the log for its errors)"
+        )
+
+    async def _handshake(
+        self,
+        handle: WorkerHandle,
+        greeting: _Greeting,
+        exited: anyio.Event,
+        tasks: anyio.abc.TaskGroup,
+    ) -> bool:
+        with anyio.move_on_after(self.config.startup_timeout) as deadline:
+            await greeting.arrived.wait()
+            if greeting.connection is None:
+                return False
+            handle.connection = greeting.connection
+            handle.connection_established(time.monotonic_ns() - handle.spawn_started)
+            greeting.connection.attach(handle.on_frame, handle.on_lost)
+            while not (
+                handle.ready
+                or handle.failure
+                or exited.is_set()
+                or handle.lost_reason
+                or self.closed
+            ):
+                await handle.changed.wait()
+                handle.changed = anyio.Event()
+        if not handle.ready:
+            if deadline.cancelled_caught:
+                # Silent past the deadline: stuck in import or setup().
+                handle.kill_reason = "handshake_timeout"
+            if handle.failure is None:
+                # A worker that reported its failure exits by itself, after
+                # writing its traceback to stderr.
+                handle.kill_group(signal.SIGKILL)
+            return False
+        self.control.greet(handle)
+        if not self.tools:
+            self.tools = {
+                t.name: ToolDescription(t.name, t.description, t.stream)
+                for t in handle.tools.values()
+            }
+        if _events.listened(_events.SPAWNED):
+            _events.emit(
+                _events.SPAWNED,
+                {
+                    "duration": time.monotonic_ns() - handle.spawn_started,
+                    "system_time": time.time_ns(),
+                },
+                {
+                    "node": _events.NODE,
+                    "pool_name": self.name,
+                    "worker_id": handle.worker_id,
+                    "worker_pid": handle.pid,
+                    "python_pid": handle.pid,
+                    "mode": "process",
+                },
+            )
+        self.scheduler.dispatch()
+        return True
+
+    async def _run_ready(self, handle: WorkerHandle) -> None:
+        """Wait while the worker serves; give a broken channel a chance to come back."""
+        while True:
+            while (
+                handle.lost_reason is None
+                and handle.process.returncode is None
+                and not handle.closing
+            ):
+                await handle.changed.wait()
+                handle.changed = anyio.Event()
+            if handle.lost_reason == "protocol_error":
+                handle.kill("protocol_error")
+                break
+            if handle.closing:
+                break
+            handle.connection_lost()
+            if not await self._reconnected(handle):
+                break
+        handle.accepting = False
+
+    async def _reconnected(self, handle: WorkerHandle) -> bool:
+        """The channel closed: did the worker die, or does it come back in time?"""
+        window = self.config.reconnect_window
+        if window:
+            self._reconnecting[handle.token] = handle
+        try:
+            # A dead worker's channel closes a moment before its exit shows.
+            with anyio.move_on_after(_EXIT_GRACE):
+                await handle.process.wait()
+            if handle.process.returncode is not None:
+                return False
+            with anyio.move_on_after(window):
+                while handle.lost_reason is not None and handle.process.returncode is None:
+                    await handle.changed.wait()
+                    handle.changed = anyio.Event()
+        finally:
+            self._reconnecting.pop(handle.token, None)
+        if handle.lost_reason is None:
+            return True
+        if handle.process.returncode is None:
+            handle.kill("connection_lost")
+        return False
+
+    def _spawn_failed(
+        self, worker_id: str, started: int, reason: str, exit_code: int | None
+    ) -> None:
+        if _events.listened(_events.SPAWN_FAILED):
+            _events.emit(
+                _events.SPAWN_FAILED,
+                {"duration": time.monotonic_ns() - started, "system_time": time.time_ns()},
+                {
+                    "pool_name": self.name,
+                    "worker_id": worker_id,
+                    "reason": reason,
+                    "exit_code": exit_code,
+                },
+            )
+
+    def on_greeting(self, connection: Connection, payload: bytes) -> bool:
+        """A new connection's first frame: accept it if it is the Hello of a worker we started."""
+        try:
+            hello = _wire.decode_from_worker(payload)
+        except ProtocolError:
+            hello = None
+        if isinstance(hello, _wire.Hello) and hello.token in self._reconnecting:
+            handle = self._reconnecting.pop(hello.token)
+            if handle.pid == hello.pid:
+                handle.resume(
+                    connection,
+                    hello.running,
+                    _wire.encode(self.control.message(handle.worker_id)),
+                )
+                # It accepts calls again: whatever waited for it goes now.
+                self.scheduler.dispatch()
+                if _events.listened(_events.RECONNECTED):
+                    _events.emit(
+                        _events.RECONNECTED,
+                        {"downtime": time.monotonic_ns() - handle.lost_at},
+                        {
+                            "pool_name": self.name,
+                            "worker_id": handle.worker_id,
+                            "python_pid": handle.pid,
+                        },
+                    )
+                _log.info(
+                    "worker reconnected",
+                    pool_name=self.name,
+                    worker_id=handle.worker_id,
+                    worker_pid=handle.pid,
+                )
+                return True
+        greeting = self._expected.get(hello.token) if isinstance(hello, _wire.Hello) else None
+        if greeting is None or greeting.connection is not None:
+            _log.warning("refused a connection to the pool's socket", pool_name=self.name)
+            return False
+        greeting.connection = connection
+        greeting.arrived.set()
+        return True
+
+
+def _termination_reason(handle: WorkerHandle, returncode: int | None) -> str:
+    if handle.recycle_reason is not None:
+        return "recycle"
+    if handle.closing:
+        return "shutdown"
+    if handle.kill_reason is not None:
+        return handle.kill_reason
+    if handle.lost_reason == "protocol_error":
+        return "protocol_error"
+    if returncode is not None and returncode < 0:
+        return "killed"
+    return "exited"
