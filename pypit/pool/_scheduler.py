@@ -130,10 +130,13 @@ class Scheduler(Generic[W]):
         self.counters["requests"] += 1
         request.quick = request.chunks is None and self.is_quick(request.command)
         target = None if request.session_id is None else self._session_worker(request)
+        # Calls that wait for one worker (strict affinity) do not hold up the others: a
+        # call may start at once unless something queued could be served first.
+        blocked = self._targeted != len(self.queue)
         wait_for = None
         if target is not None:
             if target.accepting and target.in_flight < target.max_concurrency:
-                if affinity != "hint" or not self.queue:
+                if affinity != "hint" or not blocked:
                     self._send(target, request)
                     return
             elif affinity == "strict_fail_fast":
@@ -147,8 +150,10 @@ class Scheduler(Generic[W]):
                 if target.accepting and not self.queue and self._has_room(target, request.quick):
                     self._prefetch(target, request)
                     return
-        if wait_for is None and not self.queue:
-            worker = self._pick(avoid, request.quick)
+        if wait_for is None and not blocked:
+            # Behind calls waiting for their worker, only a free slot will do: a call
+            # prefetched into that worker would pass them.
+            worker = self._pick(avoid, request.quick and not self.queue)
             if worker is not None:
                 if worker.in_flight < worker.max_concurrency:
                     self._send(worker, request)
