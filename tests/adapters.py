@@ -264,6 +264,15 @@ class Hostile(Echo):
         assert _runtime.current is not None
         _runtime.current.send(data)
 
+    @tool(description="Send the first `sent` bytes of a frame of `size` bytes, then die")
+    def half_frame(self, size: int, sent: int) -> None:
+        from pypit import _wire
+        from pypit.worker import _runtime
+
+        assert _runtime.current is not None
+        _runtime.current.send(_wire.HEADER.pack(size) + bytes(sent))
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 class Instrumented(Adapter):
     """Tools that use the worker telemetry API the way the seed's examples do."""
