@@ -20,6 +20,11 @@ class Echo(Adapter):
 
     def setup(self) -> None:
         self.calls = 0
+        # Calls of the occupancy tools: started so far, and in progress now (threads and
+        # the loop thread alike).
+        self.occupancy = threading.Lock()
+        self.entered = 0
+        self.inside = 0
 
     @tool(description="Return the arguments")
     def echo(self, **kwargs: Any) -> dict[str, Any]:
@@ -64,6 +69,40 @@ class Echo(Adapter):
     async def async_sleep(self, seconds: float) -> float:
         await anyio.sleep(seconds)
         return seconds
+
+    def _enter(self) -> list[int]:
+        with self.occupancy:
+            self.entered += 1
+            self.inside += 1
+            return [self.entered, self.inside]
+
+    def _leave(self) -> None:
+        with self.occupancy:
+            self.inside -= 1
+
+    @tool(description="Stay `seconds`; return [n, m]: this call started n-th, with m in progress")
+    def occupy(self, seconds: float) -> list[int]:
+        seen = self._enter()
+        try:
+            time.sleep(seconds)
+        finally:
+            self._leave()
+        return seen
+
+    @tool(description="Like occupy, without blocking the worker's loop")
+    async def async_occupy(self, seconds: float) -> list[int]:
+        seen = self._enter()
+        try:
+            await anyio.sleep(seconds)
+        finally:
+            self._leave()
+        return seen
+
+    @tool(description="Record the call in a file, asynchronously")
+    async def async_record(self, path: str, tag: str) -> str:
+        with open(path, "a") as f:
+            f.write(tag + "\n")
+        return tag
 
     @tool(description="Add two numbers, asynchronously")
     async def add(self, a: float, b: float) -> float:
@@ -224,6 +263,15 @@ class Hostile(Echo):
 
         assert _runtime.current is not None
         _runtime.current.send(data)
+
+    @tool(description="Send the first `sent` bytes of a frame of `size` bytes, then die")
+    def half_frame(self, size: int, sent: int) -> None:
+        from pypit import _wire
+        from pypit.worker import _runtime
+
+        assert _runtime.current is not None
+        _runtime.current.send(_wire.HEADER.pack(size) + bytes(sent))
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Instrumented(Adapter):

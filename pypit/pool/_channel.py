@@ -10,6 +10,11 @@ event loop leave in one ``write``.
 A new connection starts in greeting mode: the server hands its first frame to
 ``on_greeting``; frames that arrive before the owner attaches are kept and
 replayed by :meth:`Connection.attach`.
+
+A connection and its owner (a worker handle) refer to each other. Closing a
+connection breaks that cycle and drops every byte it holds, so that nothing of
+a dead worker's channel, such as a large frame half received, waits for the
+cyclic garbage collector.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Connection:
 
     def __init__(self, on_greeting: GreetingHandler, max_frame_size: int) -> None:
         self._on_greeting = on_greeting
+        self._max_frame_size = max_frame_size
         self._reader = _wire.FrameReader(max_frame_size)
         self._on_frame: FrameHandler | None = None
         self._on_lost: LostHandler | None = None
@@ -65,7 +71,17 @@ class Connection:
         raise NotImplementedError
 
     def close(self) -> None:
+        """Close the channel and let go of what it holds: the start of a frame not yet
+        complete, frames not yet written or not yet handed over, and the owner's
+        callbacks."""
         raise NotImplementedError
+
+    def _release(self) -> None:
+        self._reader = _wire.FrameReader(self._max_frame_size)
+        self._early = []
+        self._outbox.clear()
+        self._on_frame = None
+        self._on_lost = None
 
     def _received(self, data: bytes) -> None:
         try:
@@ -91,6 +107,8 @@ class Connection:
             return
         self._lost = reason
         self._on_frame = None
+        # Nothing arrives any more: a frame cut short never completes, however large.
+        self._reader = _wire.FrameReader(self._max_frame_size)
         if self._on_lost is not None:
             self._on_lost(reason)
 
@@ -143,6 +161,7 @@ class _ProtocolConnection(Connection, asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+        self._release()
 
 
 class _StreamConnection(Connection):
@@ -204,6 +223,7 @@ class _StreamConnection(Connection):
     def close(self) -> None:
         self._closed(self._lost or "closed")
         self._scope.cancel()
+        self._release()
 
 
 class Server:

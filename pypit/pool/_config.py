@@ -77,7 +77,8 @@ class PoolConfig:
     """Longest wait before a call starts, wherever it waits; then ``QueueTimeoutError`` and
     the call never runs."""
     max_concurrency: int = attrs.field(default=1, validator=_positive)
-    """Calls one worker runs at once (threads for sync tools, tasks for async ones)."""
+    """Calls one worker runs at once, sync and async tools together; calls sent beyond it
+    wait in the worker and start in the order they came."""
     prefetch: int = attrs.field(default=8, validator=_non_negative)
     """Calls of quick commands (see ``prefetch_below``) a busy worker may hold beyond
     ``max_concurrency``, waiting; they count as queued until they start.

@@ -1,6 +1,6 @@
 """The worker process: connect, hand-shake, serve calls until told to stop.
 
-Threads, and why. Sync calls run on a leader/followers pool of
+Threads, and why. Calls run on a leader/followers pool of
 ``max_concurrency + 1`` threads. The leader reads the channel and queues the
 calls it reads; when a call can take a free slot, the leader hands the
 reading over to a follower and runs the call itself, so an idle worker starts
@@ -10,8 +10,12 @@ holding its result back to leave with the next one's when that call is
 typically quick (never longer than a millisecond): under load, calls run
 without thread switches and results leave in batches. Some thread is always
 reading, so pings and cancellations are answered while tools block. Async
-tools run on one asyncio loop thread, started on first use; a flusher thread
-ships telemetry emitted between calls.
+tools run on one asyncio loop thread, started on first use; the thread that
+starts a call of one holds its slot and waits while the loop runs it, and then
+the async calls queued behind it, in the same slot. Sync and async calls thus
+queue together, in the order they came, for the same ``max_concurrency``
+slots: an adapter that is not thread-safe is never entered twice at once with
+``max_concurrency=1``. A flusher thread ships telemetry emitted between calls.
 
 Writes from any thread go through :meth:`Runtime.send`, which coalesces: the
 thread that finds the channel idle writes everything queued so far in one
@@ -72,8 +76,7 @@ class _Running:
     """A call received and not yet answered, so that a Cancel can reach it.
 
     ``received`` and ``started`` are monotonic nanoseconds; ``started`` is 0
-    while the call waits for a slot (a sync call in the local queue, an async
-    one for the concurrency limit).
+    while the call waits for a slot in the local queue.
     """
 
     __slots__ = ("cancelled", "loop", "received", "started", "task")
@@ -88,7 +91,13 @@ class _Running:
     def cancel(self) -> None:
         self.cancelled = True
         if self.task is not None and self.loop is not None:
-            self.loop.call_soon_threadsafe(self.task.cancel)
+            self.loop.call_soon_threadsafe(self._cancel_task)
+
+    def _cancel_task(self) -> None:
+        # On the loop thread. One task runs a slot's async calls one after the other: once
+        # this call ended (``task`` is None again), the task runs another call.
+        if self.task is not None:
+            self.task.cancel()
 
 
 def _kill_process_group(signum: int, frame: object) -> None:
@@ -142,8 +151,8 @@ class Runtime:
         self._flushing = False
         self._broken = False
         self._running: dict[int, _Running] = {}
-        # Sync calls wait here for one of max_concurrency slots; the pool may
-        # send more than that at once (its prefetch).
+        # Calls, sync and async, wait here for one of max_concurrency slots; the
+        # pool may send more than that at once (its prefetch).
         self._queue: deque[_wire.Call] = deque()
         self._read_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -157,7 +166,6 @@ class Runtime:
         self._typical: dict[str, float] = {}
         self._held_since = 0
         self._holding = threading.Event()
-        self._async_slots: asyncio.Semaphore | None = None
         self._tools: dict[str, ToolSpec] = {}
         self._adapter: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -422,12 +430,18 @@ class Runtime:
         while True:
             started = time.monotonic_ns()
             running = self._running.get(call.id)
+            spec = self._tools[call.command]
             if running is None:
                 reply: _wire._Message | None = None
+            elif spec.is_async:
+                # The answers leave from the loop thread; this thread waits, holding the
+                # slot, so that async calls count against max_concurrency too.
+                self._await_async(call, spec, running)
+                reply = None
             elif running.cancelled:
                 reply = _waited(self._cancelled(call, started), running)
             else:
-                reply = _waited(self._run_sync(call, self._tools[call.command], running), running)
+                reply = _waited(self._run_sync(call, spec, running), running)
                 elapsed = time.monotonic_ns() - started
                 typical = self._typical.get(call.command)
                 self._typical[call.command] = (
@@ -485,9 +499,6 @@ class Runtime:
         running = self._running.get(message.id)
         if running is None:
             return True
-        if running.loop is not None:
-            running.loop.call_soon_threadsafe(self._cancel_async, running, message.if_waiting)
-            return True
         with self._state_lock:
             waiting = not running.started and self._unqueue(message.id)
         if waiting:
@@ -519,15 +530,6 @@ class Runtime:
             answers=call_id,
         )
 
-    def _cancel_async(self, running: _Running, if_waiting: bool) -> None:
-        """On the loop thread: cancel an async call (only if it waits, with
-        ``if_waiting``); a task not yet running sees ``cancelled`` when it starts."""
-        if running.started and if_waiting:
-            return
-        running.cancelled = True
-        if running.task is not None:
-            running.task.cancel()
-
     def _on_call(self, call: _wire.Call) -> bool:
         spec = self._tools.get(call.command)
         if spec is None:
@@ -547,14 +549,7 @@ class Runtime:
                 _wire.Error(call.id, "usage", "TypeError", f"{call.command!r} is called with {how}")
             )
             return True
-        running = _Running()
-        self._running[call.id] = running
-        if spec.is_async:
-            import asyncio
-
-            running.loop = self._event_loop()
-            asyncio.run_coroutine_threadsafe(self._run_async(call, spec, running), running.loop)
-            return True
+        self._running[call.id] = _Running()
         with self._state_lock:
             self._queue.append(call)
         return True
@@ -604,23 +599,43 @@ class Runtime:
             trace_context_var.reset(trace)
         return reply
 
-    async def _run_async(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
+    def _await_async(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
+        """Run a started call of an async tool on the loop thread, then, in the same slot,
+        the calls of async tools queued behind it; wait until the last one ended."""
         import asyncio
 
-        if self._async_slots is None:
-            self._async_slots = asyncio.Semaphore(self._max_concurrency)
-        task = running.task = asyncio.current_task()
-        if running.cancelled and task is not None:
-            task.cancel()
-        try:
-            async with self._async_slots:
-                running.started = time.monotonic_ns()
-                await self._run_async_call(call, spec, running)
-        except asyncio.CancelledError:
-            if running.started:
-                self._finish(_waited(self._cancelled(call, running.started), running))
-            else:
-                self._drop(call.id, running)
+        loop = self._event_loop()
+        asyncio.run_coroutine_threadsafe(self._run_async(call, spec, running, loop), loop).result()
+
+    async def _run_async(
+        self,
+        call: _wire.Call,
+        spec: ToolSpec,
+        running: _Running | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        import asyncio
+
+        task = asyncio.current_task()
+        while True:
+            if running is not None:
+                running.loop = loop
+                running.task = task
+                # A Cancel that came before the task was set only marked the call; one
+                # that comes from here on cancels the task, between the tool's steps.
+                if running.cancelled:
+                    self._finish(_waited(self._cancelled(call, running.started), running))
+                else:
+                    await self._run_async_call(call, spec, running)
+                running.task = None
+            # Straight on to the next call if it is async too, as a thread does with sync
+            # calls: a run of async calls costs no thread switch.
+            with self._state_lock:
+                if not self._queue or not self._tools[self._queue[0].command].is_async:
+                    return
+                call = self._start_next()
+            spec = self._tools[call.command]
+            running = self._running.get(call.id)
 
     async def _run_async_call(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
         import asyncio

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import stat
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio
 import pytest
 import structlog
 
-from pypit import _wire, telemetry
+from pypit import WorkerCrashedError, _wire, telemetry
 from pypit.pool import open_pool
 from tests.pool.conftest import adapter, assert_catalog_shape, options
 
 pytestmark = pytest.mark.anyio
 
 RPC = ("pypit", "rpc", "connection")
+MiB = 1024 * 1024
 
 
 async def test_broken_channel_reconnects_and_the_call_completes() -> None:
@@ -71,3 +76,31 @@ async def test_the_socket_is_private_and_strangers_are_refused() -> None:
             assert stranger.recv(100) == b""
             stranger.close()
             assert await pool.execute("identity", 1) == 1
+
+
+@contextmanager
+def without_cyclic_gc() -> Iterator[None]:
+    """Trace allocations, with the cyclic garbage collector off: what is not freed as soon
+    as nothing refers to it stays counted."""
+    gc.disable()
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+
+
+async def test_a_dead_workers_half_received_frame_is_not_kept() -> None:
+    """A worker that dies in the middle of sending a large frame leaves nothing of it in
+    the parent's memory, even before any cyclic garbage collection."""
+    async with open_pool(adapter("Hostile"), **options()) as pool:
+        with without_cyclic_gc():
+            with pytest.raises(WorkerCrashedError):
+                await pool.execute("half_frame", {"size": 32 * MiB, "sent": 24 * MiB})
+            with anyio.fail_after(10):
+                assert await pool.execute("identity", 1) == 1
+            retained, peak = tracemalloc.get_traced_memory()
+
+    assert peak > 24 * MiB  # the part of the frame was received
+    assert retained < 4 * MiB
