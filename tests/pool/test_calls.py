@@ -258,6 +258,21 @@ async def test_timeout_raises_worker_timeout_error() -> None:
         assert await pool.execute("identity", 5, timeout=5) == 5
 
 
+async def test_calls_that_time_out_leave_nothing_behind_once_answered() -> None:
+    """A timed-out call whose worker answers the cancel at once keeps no task or timer in
+    the pool: what watches the cancel is per worker, not per call."""
+    async with open_pool(adapter(), **options()) as pool:
+        await pool.execute("identity", 0)
+        before = len(anyio.get_running_tasks())
+        for _ in range(50):
+            with pytest.raises(WorkerTimeoutError):
+                await pool.execute("async_sleep", {"seconds": 30}, timeout=0.01)
+            # The worker answers the cancel in milliseconds, well within cancel_grace (2 s).
+            await wait_until(lambda: pool.status().in_flight == 0, "the cancel to be answered")
+        assert len(anyio.get_running_tasks()) - before <= 2
+        assert await pool.execute("identity", 1) == 1
+
+
 @pytest.mark.parametrize("tool", ["count", "async_count"])
 async def test_stream_yields_every_chunk(tool: str) -> None:
     """A generator tool streams its chunks in order."""
