@@ -214,13 +214,32 @@ class Echo(Adapter):
         _runtime.current.events.drain = broken  # type: ignore[assignment,method-assign]
 
     @tool(description="Break the worker's channel (its process lives on)")
-    def drop_channel(self) -> int:
+    def drop_channel(self, after: float = 0.0, reconnect_after: float = 0.0) -> int:
+        """Break it now, or ``after`` seconds once this call answered (no call in flight);
+        the worker tries to reconnect ``reconnect_after`` seconds later."""
         import socket
 
         from pypit.worker import _runtime
 
-        assert _runtime.current is not None
-        _runtime.current._sock.shutdown(socket.SHUT_RDWR)
+        runtime = _runtime.current
+        assert runtime is not None
+        if reconnect_after:
+            reconnect = runtime._reconnect
+
+            def later() -> bool:
+                time.sleep(reconnect_after)
+                return reconnect()
+
+            runtime._reconnect = later  # type: ignore[method-assign]
+
+        def drop() -> None:
+            time.sleep(after)
+            runtime._sock.shutdown(socket.SHUT_RDWR)
+
+        if after:
+            threading.Thread(target=drop, daemon=True).start()
+        else:
+            drop()
         return os.getpid()
 
 

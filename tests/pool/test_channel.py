@@ -16,7 +16,7 @@ import structlog
 
 from pypit import WorkerCrashedError, _wire, telemetry
 from pypit.pool import open_pool
-from tests.pool.conftest import adapter, assert_catalog_shape, options
+from tests.pool.conftest import adapter, assert_catalog_shape, options, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -40,6 +40,17 @@ async def test_broken_channel_reconnects_and_the_call_completes() -> None:
     assert_catalog_shape(reconnected)
     assert lost.metadata["python_pid"] == pid
     assert reconnected.measurements["downtime"] > 0
+
+
+async def test_a_call_made_while_the_channel_is_down_runs_once_it_is_back() -> None:
+    """A call accepted while the only worker reconnects waits in the queue and is sent as
+    soon as the worker is back, not when some other event happens to dispatch."""
+    async with open_pool(adapter(), **options()) as pool:
+        # The channel breaks once nothing is in flight, and stays down half a second.
+        pid = await pool.execute("drop_channel", {"after": 0.1, "reconnect_after": 0.5})
+        await wait_until(lambda: not pool.workers(), "the channel to break")
+        with anyio.fail_after(5):
+            assert await pool.execute("pid") == pid
 
 
 async def test_without_a_reconnect_window_a_broken_channel_replaces_the_worker() -> None:
