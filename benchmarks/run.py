@@ -98,6 +98,22 @@ TARGETS = [
         metric="p50_us",
     ),
     Target(
+        "chaos: back to full size after the last kill (ms)",
+        "test_chaos",
+        None,
+        le(1000),
+        "<= 1000 ms",
+        metric="recovery_ms",
+    ),
+    Target(
+        "chaos: calls refused as PoolDegradedError",
+        "test_chaos",
+        None,
+        le(0),
+        "0",
+        metric="degraded",
+    ),
+    Target(
         "worker telemetry.emit (ns)",
         "test_emit_in_worker",
         None,

@@ -272,7 +272,7 @@ def test_crash_to_replacement(benchmark: BenchmarkFixture) -> None:
         telemetry.attach("bench-restarted", ("pypit", "pool", "worker", "restarted"), on_restarted)
         try:
             # Twenty kills in a row: past the default restart limit.
-            async with open_pool(ADAPTER, size=1, status_interval=0, max_restarts=1000) as pool:
+            async with open_pool(ADAPTER, size=1, status_interval=0) as pool:
                 for _ in range(20):
                     restarted = anyio.Event()
                     (pid,) = pool.workers().values()
@@ -286,3 +286,55 @@ def test_crash_to_replacement(benchmark: BenchmarkFixture) -> None:
 
     benchmark.pedantic(run_async, args=(main,), rounds=1, iterations=1)
     record(benchmark, latencies)
+
+
+# -- chaos -------------------------------------------------------------------------------
+
+
+def test_chaos(benchmark: BenchmarkFixture) -> None:
+    """4 workers, 32 callers, a random worker SIGKILLed every 50 ms for 6 s, at default
+    settings: calls lost per kill, refusals, and the time back to full size."""
+    outcomes: dict[str, int] = {}
+    figures: dict[str, float] = {}
+
+    async def main() -> None:
+        kills = 0
+        async with open_pool(ADAPTER, size=4, status_interval=0) as pool:
+            stop = anyio.Event()
+
+            async def caller() -> None:
+                while not stop.is_set():
+                    try:
+                        await pool.execute("identity", 1, timeout=5.0)
+                        name = "ok"
+                    except Exception as exc:
+                        name = type(exc).__name__
+                    outcomes[name] = outcomes.get(name, 0) + 1
+
+            async def killer() -> None:
+                nonlocal kills
+                ends = time.monotonic() + 6.0
+                while time.monotonic() < ends:
+                    await anyio.sleep(0.05)
+                    alive = list(pool.workers().values())
+                    if alive:
+                        os.kill(alive[kills % len(alive)], 9)
+                        kills += 1
+                stop.set()
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(killer)
+                for _ in range(32):
+                    tasks.start_soon(caller)
+            last_kill = time.perf_counter()
+            while pool.status().total_workers < 4:
+                await anyio.sleep(0.001)
+            figures["recovery_ms"] = (time.perf_counter() - last_kill) * 1e3
+        figures["kills"] = kills
+        lost = sum(n for name, n in outcomes.items() if name != "ok")
+        figures["lost_per_kill"] = lost / max(1, kills)
+
+    benchmark.pedantic(run_async, args=(main,), rounds=1, iterations=1)
+    benchmark.extra_info.update({k: round(v, 2) for k, v in figures.items()})
+    benchmark.extra_info["ok"] = outcomes.get("ok", 0)
+    benchmark.extra_info["degraded"] = outcomes.get("PoolDegradedError", 0)

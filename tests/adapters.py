@@ -264,6 +264,15 @@ class StartsOnce(Echo):
         super().setup()
 
 
+class FailsWhile(Echo):
+    """Fails to start while the file ``FAILS_WHILE_MARKER`` names exists."""
+
+    def setup(self) -> None:
+        if os.path.exists(os.environ["FAILS_WHILE_MARKER"]):
+            raise RuntimeError("the marker file says this start fails")
+        super().setup()
+
+
 class FailingSetup(Adapter):
     def setup(self) -> None:
         raise RuntimeError("the model file is missing")

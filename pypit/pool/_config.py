@@ -105,15 +105,11 @@ class PoolConfig:
     """After a stop request, how long a worker has before SIGTERM, then again before SIGKILL."""
     restart_backoff: float = attrs.field(default=0.1, validator=_non_negative)
     """Delay before retrying a worker that failed to start; it doubles with each further
-    failure (with jitter), up to ``restart_backoff_max``. A worker that was serving and
-    died is replaced at once."""
+    failure in a row (with jitter), up to ``restart_backoff_max``, and the slot is retried
+    for as long as the pool is open. A worker that got ready and then ended is replaced at
+    once, always (see docs/supervision.md)."""
     restart_backoff_max: float = attrs.field(default=5.0, validator=_non_negative)
     """Cap on the back-off delay after failed starts."""
-    max_restarts: int = attrs.field(default=10, validator=_non_negative)
-    """Restarts of one slot allowed within ``restart_window``; one more and the slot stays
-    down for a window (the pool reports itself degraded) instead of looping hot."""
-    restart_window: float = attrs.field(default=60.0, validator=_positive)
-    """The window, in seconds, of ``max_restarts``."""
     cancel_grace: float = attrs.field(default=2.0, validator=_non_negative)
     """How long a worker has to answer a cancelled or timed-out call before it is killed."""
     heartbeat_interval: float = attrs.field(default=1.0, validator=_non_negative)

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from typing import Any, Final
 
 import anyio
@@ -56,9 +55,13 @@ class Slot:
     index: int
     worker_id: str
     restarts: int = 0
-    recent: deque[float] = attrs.field(factory=deque)
     down: bool = False
+    """Its starts fail: it serves nothing, and is retried with back-off until one succeeds."""
     failed_starts: int = 0
+    """Starts that failed in a row."""
+    down_at: int = 0
+    failure: str = ""
+    """What its last start failed with."""
     previous_pid: int | None = None
     lost_at: int = 0
     lost_reason: str = ""
@@ -148,10 +151,11 @@ class Supervisor:
     async def _serve_slot(self, slot: Slot) -> None:
         """Keep one slot's worker running until the pool closes.
 
-        An unplanned end (crash, kill, failed start) counts against the restart
-        intensity: past ``max_restarts`` in ``restart_window`` the slot stays
-        down for a window. A worker that was serving is replaced at once;
-        starts that keep failing back off exponentially, with jitter.
+        A worker that got ready and then ended, for whatever reason, is replaced at once,
+        however often. A start that fails (spawn, import, ``setup()``, handshake, or an
+        exit before ready) is retried after a back-off that doubles with each failure in
+        a row, with jitter, up to ``restart_backoff_max``: the slot is degraded until a
+        start succeeds, and keeps being tried while the pool is open.
         """
         reason = "initial"
         while not self.closed:
@@ -179,52 +183,63 @@ class Supervisor:
                 slot.previous_pid = handle.pid
                 slot.lost_at = time.monotonic_ns()
                 slot.lost_reason = _termination_reason(handle, handle.process.returncode)
-            await self._back_off(slot, served=ready)
+            else:
+                await self._back_off(slot)
             slot.restarts += 1
             reason = "restart"
 
-    async def _back_off(self, slot: Slot, *, served: bool) -> None:
+    async def _back_off(self, slot: Slot) -> None:
+        """A start failed: the slot is degraded (if it was not already), and waits before
+        the next start."""
         config = self.config
-        now = time.monotonic()
-        recent = slot.recent
-        recent.append(now)
-        while recent and now - recent[0] > config.restart_window:
-            recent.popleft()
-        if len(recent) > config.max_restarts:
+        slot.failed_starts += 1
+        if not slot.down:
             slot.down = True
+            slot.down_at = time.monotonic_ns()
+            _events.emit(
+                _events.SLOT_DEGRADED,
+                {"failed_starts": slot.failed_starts, "system_time": time.time_ns()},
+                {"pool_name": self.name, "worker_id": slot.worker_id, "reason": slot.failure},
+            )
             _log.error(
-                "worker restarts too frequent; the slot stays down for a window",
+                "worker slot degraded: its starts fail; retrying with back-off",
                 pool_name=self.name,
                 worker_id=slot.worker_id,
-                restarts=len(recent),
-                window=config.restart_window,
+                reason=slot.failure,
             )
-            self._fail_queue_if_degraded()
-            await anyio.sleep(config.restart_window)
-            recent.clear()
-            slot.down = False
-            self.scheduler.degraded = None
-            return
-        if served:
-            slot.failed_starts = 0
-            return
-        slot.failed_starts += 1
-        delay = config.restart_backoff * 2 ** (slot.failed_starts - 1)
+            if all(other.down for other in self.slots):
+                # Nothing can serve what waits, nor what comes, until a start succeeds.
+                self.scheduler.degraded = self._degraded_error
+                self.scheduler.fail_queue(self._degraded_error)
+        delay = config.restart_backoff * 2 ** min(slot.failed_starts - 1, 32)
         await anyio.sleep(min(config.restart_backoff_max, delay) * random.uniform(0.5, 1.0))
 
-    def _fail_queue_if_degraded(self) -> None:
-        """With every slot down, nothing queued can be served: fail it now, and refuse
-        what comes until a slot is up again."""
-        if not all(slot.down for slot in self.slots):
-            return
-        self.scheduler.degraded = self._degraded_error
-        self.scheduler.fail_queue(self._degraded_error)
+    def _started(self, slot: Slot, handle: WorkerHandle) -> None:
+        """A worker got ready: a degraded slot serves again."""
+        if slot.down:
+            slot.down = False
+            self.scheduler.degraded = None
+            _events.emit(
+                _events.SLOT_RECOVERED,
+                {
+                    "downtime": time.monotonic_ns() - slot.down_at,
+                    "failed_starts": slot.failed_starts,
+                },
+                {"pool_name": self.name, "worker_id": slot.worker_id, "worker_pid": handle.pid},
+            )
+            _log.info(
+                "worker slot recovered",
+                pool_name=self.name,
+                worker_id=slot.worker_id,
+                failed_starts=slot.failed_starts,
+            )
+        slot.failed_starts = 0
 
     def _degraded_error(self) -> PoolDegradedError:
+        failures = "; ".join(f"{slot.worker_id}: {slot.failure}" for slot in self.slots)
         return PoolDegradedError(
-            f"pool {self.name!r} is degraded: every worker failed more than "
-            f"{self.config.max_restarts} times in {self.config.restart_window}s; "
-            "see the log for their errors"
+            f"pool {self.name!r} is degraded: no worker could start since every slot's "
+            f"starts began to fail ({failures}); the slots keep being retried, see the log"
         )
 
     def _is_closed(self) -> bool:
@@ -277,7 +292,8 @@ class Supervisor:
                 )
         except OSError as exc:
             del self._expected[token]
-            self._spawn_failed(worker_id, started, f"exec_failed: {exc}", None)
+            slot.failure = f"exec_failed: {exc}"
+            self._spawn_failed(worker_id, started, "exec_failed", None)
             return None
         handle = WorkerHandle(
             pool_name=self.name,
@@ -328,6 +344,7 @@ class Supervisor:
             if ready and reason == "initial":
                 self._startup_reported(ready=True)
             if ready:
+                self._started(slot, handle)
                 if reason == "restart" and slot.previous_pid is not None:
                     self._restarted(slot, handle)
                 if self.closed:
@@ -353,7 +370,7 @@ class Supervisor:
         if ready:
             self._terminated(handle, returncode)
         else:
-            self._failed_to_start(handle, returncode)
+            self._failed_to_start(slot, handle, returncode)
             if reason == "initial":
                 self._startup_reported(ready=False)
         return ready
@@ -414,13 +431,15 @@ class Supervisor:
                 reason=reason,
             )
 
-    def _failed_to_start(self, handle: WorkerHandle, returncode: int | None) -> None:
+    def _failed_to_start(self, slot: Slot, handle: WorkerHandle, returncode: int | None) -> None:
         if handle.failure is not None:
             failure = handle.failure.reason
+            slot.failure = f"{failure}: {handle.failure.message}"
         elif handle.kill_reason is not None:
-            failure = handle.kill_reason
+            failure = slot.failure = handle.kill_reason
         else:
             failure = "exited"
+            slot.failure = f"exited with code {returncode}"
         self._spawn_failed(handle.worker_id, handle.spawn_started, failure, returncode)
         _log.error(
             "worker failed to start",

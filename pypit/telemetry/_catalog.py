@@ -155,6 +155,19 @@ CATALOG: Final[tuple[EventSpec, ...]] = (
         "the replacement of an unplanned termination is ready",
     ),
     EventSpec(
+        (*_POOL, "worker", "degraded"),
+        _m(("failed_starts", COUNT), ("system_time", EPOCH)),
+        ("pool_name", "worker_id", "reason"),
+        "a slot's start failed: it serves nothing until a start succeeds, and is retried "
+        "with back-off meanwhile; `reason` says what the start failed with",
+    ),
+    EventSpec(
+        (*_POOL, "worker", "recovered"),
+        _m(("downtime", NANOSECONDS), ("failed_starts", COUNT)),
+        ("pool_name", "worker_id", "worker_pid"),
+        "a degraded slot's worker got ready: it serves again",
+    ),
+    EventSpec(
         (*_POOL, "worker", "recycled"),
         _m(("lifetime", NANOSECONDS), ("total_commands", COUNT), ("rss_bytes", BYTES)),
         ("pool_name", "worker_id", "reason"),

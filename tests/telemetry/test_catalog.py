@@ -49,9 +49,12 @@ def test_names_are_unique_and_valid() -> None:
 
 
 def test_catalog_covers_the_contract() -> None:
-    """The catalog has every event of the contract: 12 pool, 9 rpc, 8 python, 2 bus."""
+    """The catalog has every event of the contract: 12 pool, 9 rpc, 8 python, 2 bus; and
+    the two of a slot whose starts fail."""
     prefixes = [spec.name[:2] for spec in telemetry.CATALOG]
-    assert prefixes.count(("pypit", "pool")) == 12
+    assert prefixes.count(("pypit", "pool")) == 14
+    slot_states = {("pypit", "pool", "worker", state) for state in ("degraded", "recovered")}
+    assert slot_states <= {spec.name for spec in telemetry.CATALOG}
     assert prefixes.count(("pypit", "rpc")) == 9
     assert prefixes.count(("pypit", "python")) == 8
     assert {("telemetry", "handler", "failure"), ("pypit", "telemetry", "dropped")} <= {
