@@ -32,6 +32,11 @@ CATALOG_NAMES: Final = frozenset(
     }
 )
 
+DROP_REASONS: Final = frozenset(
+    {"unknown_event", "invalid_measurements", "invalid_metadata", "buffer_full"}
+)
+"""Why a worker may say it dropped events; it reports nothing else."""
+
 correlation_id_var: ContextVar[str | None] = ContextVar("pypit_correlation_id", default=None)
 """The correlation id of the current context: set by the caller, or by a worker around
 each call it serves."""

@@ -243,14 +243,18 @@ class FrameReader:
 
     Feed it what the socket returned; :meth:`feed` returns the payload of every
     frame it completed, in order. A header announcing more than ``max_frame_size`` raises
-    :class:`FrameTooLargeError` at once, before the body is buffered.
+    :class:`FrameTooLargeError` at once, before the body is buffered. ``first_frame_size``,
+    when given, bounds the first frame instead (a greeting, from a peer not yet trusted).
     """
 
-    __slots__ = ("_buffer", "_max")
+    __slots__ = ("_buffer", "_first", "_max")
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, first_frame_size: int | None = None
+    ) -> None:
         self._buffer = bytearray()
         self._max = max_frame_size
+        self._first = first_frame_size
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
@@ -260,14 +264,16 @@ class FrameReader:
         available = len(buffer)
         while available - position >= _HEADER_SIZE:
             (size,) = HEADER.unpack_from(buffer, position)
-            if size > self._max:
+            limit = self._max if self._first is None else self._first
+            if size > limit:
                 raise FrameTooLargeError(
-                    f"the peer announced a frame of {size} bytes, over the limit of {self._max}"
+                    f"the peer announced a frame of {size} bytes, over the limit of {limit}"
                 )
             end = position + _HEADER_SIZE + size
             if end > available:
                 break
             frames.append(bytes(buffer[position + _HEADER_SIZE : end]))
+            self._first = None
             position = end
         if position:
             del buffer[:position]

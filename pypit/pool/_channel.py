@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import struct
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -34,23 +37,80 @@ FrameHandler = Callable[[bytes], None]
 LostHandler = Callable[[str], None]
 GreetingHandler = Callable[["Connection", bytes], bool]
 
-_GREETING_TIMEOUT: Final = 10.0
+# A peer is not trusted until its greeting was accepted: it may send one small frame,
+# within a second, and only so many may wait at once.
+GREETING_MAX_SIZE: Final = 16_384
+GREETING_TIMEOUT: Final = 1.0
+MAX_PENDING_GREETINGS: Final = 64
 _READ_SIZE: Final = 262_144
+_PEERCRED: Final = struct.Struct("3i")
+
+
+def peer_credentials(sock: socket.socket | None) -> tuple[int, int] | None:
+    """The (pid, uid) of the process at the other end of a Unix socket, where the system
+    says (Linux: ``SO_PEERCRED``); None elsewhere."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or option is None:
+        return None
+    try:
+        pid, uid, _gid = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, option, _PEERCRED.size)
+        )
+    except OSError:
+        return None
+    return pid, uid
+
+
+class _Waiting:
+    """The connections of one server that wait to be greeted, oldest first."""
+
+    __slots__ = ("connections",)
+
+    def __init__(self) -> None:
+        self.connections: dict[Connection, None] = {}
 
 
 class Connection:
     """One framed channel to a worker."""
 
-    def __init__(self, on_greeting: GreetingHandler, max_frame_size: int) -> None:
+    def __init__(
+        self, on_greeting: GreetingHandler, max_frame_size: int, waiting: _Waiting | None = None
+    ) -> None:
+        self._waiting = waiting if waiting is not None else _Waiting()
         self._on_greeting = on_greeting
         self._max_frame_size = max_frame_size
-        self._reader = _wire.FrameReader(max_frame_size)
+        self._reader = _wire.FrameReader(max_frame_size, GREETING_MAX_SIZE)
+        self.peer: tuple[int, int] | None = None
+        """(pid, uid) of the connected process, where the system tells (Linux)."""
         self._on_frame: FrameHandler | None = None
         self._on_lost: LostHandler | None = None
         self._early: list[bytes] = []
         self._greeted = False
         self._lost: str | None = None
         self._outbox: list[bytes] = []
+
+    def _admit(self, sock: socket.socket | None) -> None:
+        """A peer connected: note who it is. When too many wait to be greeted, the one that
+        waited longest is closed: a worker, which greets as soon as it connects, always
+        gets in, and a crowd of strangers costs a bounded number of descriptors."""
+        self.peer = peer_credentials(sock)
+        waiting = self._waiting.connections
+        if len(waiting) >= MAX_PENDING_GREETINGS:
+            oldest = next(iter(waiting))
+            oldest.close()
+            waiting.pop(oldest, None)
+        waiting[self] = None
+
+    def _settled(self) -> None:
+        """Greeted or gone: it no longer waits."""
+        self._waiting.connections.pop(self, None)
+
+    def is_from(self, pid: int) -> bool:
+        """Whether the connected process is ``pid``, run by this process's user. Where the
+        system cannot tell, the token alone vouches for the peer."""
+        if self.peer is None:
+            return True
+        return self.peer == (pid, os.getuid())
 
     def attach(self, on_frame: FrameHandler, on_lost: LostHandler) -> None:
         """Route frames to ``on_frame`` from now on, first those that came early."""
@@ -77,6 +137,7 @@ class Connection:
         raise NotImplementedError
 
     def _release(self) -> None:
+        self._settled()
         self._reader = _wire.FrameReader(self._max_frame_size)
         self._early = []
         self._outbox.clear()
@@ -90,6 +151,7 @@ class Connection:
                     self._on_frame(payload)
                 elif not self._greeted:
                     self._greeted = True
+                    self._settled()
                     if not self._on_greeting(self, payload):
                         self.close()
                         return
@@ -106,6 +168,7 @@ class Connection:
         if self._lost is not None:
             return
         self._lost = reason
+        self._settled()
         self._on_frame = None
         # Nothing arrives any more: a frame cut short never completes, however large.
         self._reader = _wire.FrameReader(self._max_frame_size)
@@ -116,8 +179,10 @@ class Connection:
 class _ProtocolConnection(Connection, asyncio.Protocol):
     """asyncio: frames handled in callbacks, writes coalesced per loop turn."""
 
-    def __init__(self, on_greeting: GreetingHandler, max_frame_size: int) -> None:
-        super().__init__(on_greeting, max_frame_size)
+    def __init__(
+        self, on_greeting: GreetingHandler, max_frame_size: int, waiting: _Waiting
+    ) -> None:
+        super().__init__(on_greeting, max_frame_size, waiting)
         self._transport: asyncio.Transport | None = None
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
@@ -125,7 +190,8 @@ class _ProtocolConnection(Connection, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._loop.call_later(_GREETING_TIMEOUT, self._check_greeted)
+        self._admit(transport.get_extra_info("socket"))
+        self._loop.call_later(GREETING_TIMEOUT, self._check_greeted)
 
     def _check_greeted(self) -> None:
         if not self._greeted:
@@ -172,17 +238,19 @@ class _StreamConnection(Connection):
         stream: anyio.abc.SocketStream,
         on_greeting: GreetingHandler,
         max_frame_size: int,
+        waiting: _Waiting,
     ) -> None:
-        super().__init__(on_greeting, max_frame_size)
+        super().__init__(on_greeting, max_frame_size, waiting)
         self._stream = stream
         self._wake = anyio.Event()
         self._scope = anyio.CancelScope()
 
     async def run(self) -> None:
+        self._admit(self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None))
         with self._scope:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._write_loop)
-                with anyio.move_on_after(_GREETING_TIMEOUT):
+                with anyio.move_on_after(GREETING_TIMEOUT):
                     while not self._greeted and self._lost is None:
                         await self._read_once()
                 if not self._greeted:
@@ -232,6 +300,7 @@ class Server:
     def __init__(self, on_greeting: GreetingHandler, max_frame_size: int) -> None:
         self._on_greeting = on_greeting
         self._max_frame_size = max_frame_size
+        self._waiting = _Waiting()
         self._asyncio_server: asyncio.AbstractServer | None = None
 
     async def serve(self, path: str, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
@@ -243,7 +312,8 @@ class Server:
             return
         loop = asyncio.get_running_loop()
         server = await loop.create_unix_server(
-            lambda: _ProtocolConnection(self._on_greeting, self._max_frame_size), path
+            lambda: _ProtocolConnection(self._on_greeting, self._max_frame_size, self._waiting),
+            path,
         )
         task_status.started()
         try:
@@ -260,7 +330,9 @@ class Server:
         async with listener, anyio.create_task_group() as connections:
             while True:
                 stream = await listener.accept()
-                connection = _StreamConnection(stream, self._on_greeting, self._max_frame_size)
+                connection = _StreamConnection(
+                    stream, self._on_greeting, self._max_frame_size, self._waiting
+                )
                 connections.start_soon(connection.run)
 
 

@@ -124,7 +124,13 @@ class PoolConfig:
     ttl: float | None = attrs.field(default=None, validator=_optional_positive)
     """Recycle a worker after this many seconds of service."""
     max_rss_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
-    """Recycle a worker whose resident memory (RSS) exceeds this."""
+    """Recycle a worker whose resident memory (RSS) exceeds this. Checked every heartbeat
+    interval, between and during calls: a soft limit, which one call can overshoot."""
+    max_vm_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
+    """A hard limit on each worker's virtual memory (``RLIMIT_AS``, set in the worker
+    before the adapter is imported): an allocation past it fails in the worker
+    (``MemoryError`` in Python code), whatever the call. Counts address space, not
+    resident memory, so leave room for what the interpreter and libraries map."""
     affinity: str = attrs.field(
         default="hint", validator=attrs.validators.in_(("hint", "strict", "strict_fail_fast"))
     )

@@ -15,8 +15,9 @@ from typing import Any
 import anyio
 
 from pypit import _wire
+from pypit._errors import ProtocolError
 from pypit._log import check_level
-from pypit._shared import CATALOG_NAMES, invalid_metadata, matches, valid_name
+from pypit._shared import CATALOG_NAMES, DROP_REASONS, invalid_metadata, matches, valid_name
 from pypit.pool import _events
 from pypit.pool._config import PoolConfig
 from pypit.pool._worker import WorkerHandle
@@ -205,6 +206,8 @@ class Control:
             if _events.listened(event):
                 _events.emit(event, measurements, {**metadata, **added})
         for reason, name, n in batch.dropped:
+            if reason not in DROP_REASONS or n <= 0:
+                raise ProtocolError(f"a drop report {reason!r} x {n} that no worker makes")
             count(reason, name, n)
         if dropped and _events.listened(_events.DROPPED):
             for reason, (n, names) in dropped.items():

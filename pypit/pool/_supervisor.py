@@ -68,11 +68,13 @@ class Slot:
 
 
 class _Greeting:
-    __slots__ = ("arrived", "connection")
+    __slots__ = ("arrived", "connection", "pid")
 
     def __init__(self) -> None:
         self.arrived = anyio.Event()
         self.connection: Connection | None = None
+        self.pid: int | None = None
+        """The process spawned for this greeting: only it may present the token."""
 
 
 class Supervisor:
@@ -263,12 +265,17 @@ class Supervisor:
         token = secrets.token_hex(16)
         greeting = _Greeting()
         self._expected[token] = greeting
+        # The token travels through a pipe the worker inherits, never the environment or
+        # the command line, which other processes of the user can read.
+        token_reader, token_writer = os.pipe()
+        os.write(token_writer, token.encode())
+        os.close(token_writer)
         env = {
             **os.environ,
             **self.config.env,
             "PYTHONUNBUFFERED": "1",
             "PYPIT_WORKER_SOCKET": self.socket_path,
-            "PYPIT_WORKER_TOKEN": token,
+            "PYPIT_WORKER_TOKEN_FD": str(token_reader),
             "PYPIT_WORKER_ADAPTER": self.config.adapter,
             "PYPIT_WORKER_PARENT_PID": str(os.getpid()),
             "PYPIT_WORKER_MAX_CONCURRENCY": str(self.config.max_concurrency),
@@ -277,6 +284,7 @@ class Supervisor:
             "PYPIT_WORKER_RECONNECT_WINDOW": str(self.config.reconnect_window),
             "PYPIT_WORKER_CONFIGURE": self.control.initial(worker_id),
             "PYPIT_WORKER_BUFFER_SIZE": str(self.config.telemetry_buffer_size),
+            "PYPIT_WORKER_MAX_VM_BYTES": str(self.config.max_vm_bytes or ""),
         }
         try:
             # Shielded: a cancellation here could leave a started process with
@@ -289,12 +297,16 @@ class Supervisor:
                     stderr=subprocess.PIPE,
                     env=env,
                     start_new_session=True,
+                    pass_fds=(token_reader,),
                 )
         except OSError as exc:
+            os.close(token_reader)
             del self._expected[token]
             slot.failure = f"exec_failed: {exc}"
             self._spawn_failed(worker_id, started, "exec_failed", None)
             return None
+        os.close(token_reader)
+        greeting.pid = process.pid
         handle = WorkerHandle(
             pool_name=self.name,
             worker_id=worker_id,
@@ -648,43 +660,48 @@ class Supervisor:
                 },
             )
 
+    def _refuse(self) -> bool:
+        _log.warning("refused a connection to the pool's socket", pool_name=self.name)
+        return False
+
     def on_greeting(self, connection: Connection, payload: bytes) -> bool:
         """A new connection's first frame: accept it if it is the Hello of a worker we started."""
         try:
             hello = _wire.decode_from_worker(payload)
         except ProtocolError:
             hello = None
-        if isinstance(hello, _wire.Hello) and hello.token in self._reconnecting:
-            handle = self._reconnecting.pop(hello.token)
-            if handle.pid == hello.pid:
-                handle.resume(
-                    connection,
-                    hello.running,
-                    _wire.encode(self.control.message(handle.worker_id)),
-                )
-                # It accepts calls again: whatever waited for it goes now.
-                self.scheduler.dispatch()
-                if _events.listened(_events.RECONNECTED):
-                    _events.emit(
-                        _events.RECONNECTED,
-                        {"downtime": time.monotonic_ns() - handle.lost_at},
-                        {
-                            "pool_name": self.name,
-                            "worker_id": handle.worker_id,
-                            "python_pid": handle.pid,
-                        },
-                    )
-                _log.info(
-                    "worker reconnected",
-                    pool_name=self.name,
-                    worker_id=handle.worker_id,
-                    worker_pid=handle.pid,
-                )
-                return True
-        greeting = self._expected.get(hello.token) if isinstance(hello, _wire.Hello) else None
-        if greeting is None or greeting.connection is not None:
-            _log.warning("refused a connection to the pool's socket", pool_name=self.name)
-            return False
+        if not isinstance(hello, _wire.Hello):
+            return self._refuse()
+        handle = self._reconnecting.get(hello.token)
+        # Only the worker's own process may take its place back: a stranger that presents
+        # the token is refused and leaves the worker's window open.
+        if handle is not None and handle.pid == hello.pid and connection.is_from(handle.pid):
+            del self._reconnecting[hello.token]
+            handle.resume(
+                connection, hello.running, _wire.encode(self.control.message(handle.worker_id))
+            )
+            # It accepts calls again: whatever waited for it goes now.
+            self.scheduler.dispatch()
+            _events.emit(
+                _events.RECONNECTED,
+                {"downtime": time.monotonic_ns() - handle.lost_at},
+                {"pool_name": self.name, "worker_id": handle.worker_id, "python_pid": handle.pid},
+            )
+            _log.info(
+                "worker reconnected",
+                pool_name=self.name,
+                worker_id=handle.worker_id,
+                worker_pid=handle.pid,
+            )
+            return True
+        greeting = self._expected.get(hello.token)
+        if (
+            greeting is None
+            or greeting.connection is not None
+            or greeting.pid is None
+            or not connection.is_from(greeting.pid)
+        ):
+            return self._refuse()
         greeting.connection = connection
         greeting.arrived.set()
         return True

@@ -202,6 +202,9 @@ class WorkerHandle:
             case _wire.Ack():
                 self.acked = max(self.acked, message.seq)
             case _wire.Pong():
+                if message.seq > self.pings_sent:
+                    # Answering pings never sent would switch the heartbeat off.
+                    raise ProtocolError(f"a pong for ping {message.seq}, which was not sent")
                 self.pongs_seen = max(self.pongs_seen, message.seq)
             case _:
                 raise ProtocolError(f"unexpected {type(message).__name__} from a worker")

@@ -763,12 +763,23 @@ def _qualified_name(cls: type) -> str:
     return f"{module}.{cls.__qualname__}"
 
 
+def _read_token(fd: int) -> str:
+    """The token, from the pipe the pool passed (it holds nothing else)."""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 256):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
+
+
 def main() -> int:
     """Entry point of ``python -m pypit.worker``; configured through the environment."""
     env = os.environ
     try:
         path = env[ENV_PREFIX + "SOCKET"]
-        token = env.pop(ENV_PREFIX + "TOKEN")
+        token = _read_token(int(env.pop(ENV_PREFIX + "TOKEN_FD")))
         adapter_spec = env[ENV_PREFIX + "ADAPTER"]
         parent_pid = int(env[ENV_PREFIX + "PARENT_PID"])
         max_concurrency = int(env.get(ENV_PREFIX + "MAX_CONCURRENCY", "1"))
@@ -776,15 +787,20 @@ def main() -> int:
         extra_path = json.loads(env.get(ENV_PREFIX + "SYS_PATH", "[]"))
         reconnect_window = float(env.get(ENV_PREFIX + "RECONNECT_WINDOW", "0"))
         buffer_size = int(env.get(ENV_PREFIX + "BUFFER_SIZE", _telemetry.DEFAULT_BUFFER_SIZE))
+        max_vm_bytes = int(env.get(ENV_PREFIX + "MAX_VM_BYTES") or 0)
         settings = (
             _wire.decode_to_worker(bytes.fromhex(env.get(ENV_PREFIX + "CONFIGURE", "")))
             if env.get(ENV_PREFIX + "CONFIGURE")
             else None
         )
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, OSError) as exc:
         print(f"pypit worker: missing or bad setting: {exc}", file=sys.stderr)
         return 2
     _die_with_parent(parent_pid)
+    if max_vm_bytes:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (max_vm_bytes, max_vm_bytes))
     sys.path[:0] = [p for p in extra_path if p not in sys.path]
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import socket
 import stat
+import struct
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import anyio
 import pytest
@@ -16,6 +19,7 @@ import structlog
 
 from pypit import WorkerCrashedError, _wire, telemetry
 from pypit.pool import open_pool
+from pypit.pool._channel import MAX_PENDING_GREETINGS
 from tests.pool.conftest import adapter, assert_catalog_shape, options, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -87,6 +91,97 @@ async def test_the_socket_is_private_and_strangers_are_refused() -> None:
             assert stranger.recv(100) == b""
             stranger.close()
             assert await pool.execute("identity", 1) == 1
+
+
+linux_only = pytest.mark.skipif(
+    not hasattr(socket, "SO_PEERCRED"), reason="peer credentials are checked where the system tells"
+)
+
+
+@linux_only
+async def test_the_token_is_in_no_place_another_process_can_read() -> None:
+    """The worker got its token through a pipe: it is in neither its environment nor its
+    command line, which any process of the same user can read."""
+    async with open_pool(adapter(), **options()) as pool:
+        pid = await pool.execute("pid")
+        # The test reads the pool's own record of the token, to look for it elsewhere.
+        (handle,) = [h for h in pool._supervisor.handles() if h is not None]
+        token = handle.token.encode()
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+
+    assert len(token) == 32
+    assert token not in environ
+    assert b"PYPIT_WORKER_TOKEN=" not in environ
+    assert token not in cmdline
+
+
+@linux_only
+async def test_a_process_with_the_token_cannot_take_the_workers_place() -> None:
+    """While a worker reconnects, another process of the same user that presents its token
+    and its pid is refused: the socket tells the pool who connected. The worker then comes
+    back and serves."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter(), **options()) as pool:
+            pid = await pool.execute("pid")
+            # The impostor is given what it should never have: the token.
+            (handle,) = [h for h in pool._supervisor.handles() if h is not None]
+            token = handle.token
+            await pool.execute("drop_channel", {"after": 0.1, "reconnect_after": 1.0})
+            await wait_until(lambda: not pool.workers(), "the channel to break")
+            impostor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            impostor.connect(pool._socket_path)
+            impostor.sendall(_wire.encode(_wire.Hello(token, pid)))
+            impostor.settimeout(5)
+            assert await anyio.to_thread.run_sync(closed_by_the_pool, impostor)
+            impostor.close()
+            with anyio.fail_after(10):
+                assert await pool.execute("pid") == pid
+
+    assert any("refused" in entry["event"] for entry in logs)
+
+
+def closed_by_the_pool(sock: socket.socket) -> bool:
+    """Wait until the pool closes the connection (read to its end, or reset: it closed with
+    bytes of ours unread); the socket's timeout raises if it does not."""
+    try:
+        while sock.recv(65_536):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+async def test_an_unauthenticated_peer_costs_a_few_bytes_and_a_second() -> None:
+    """Before its greeting is accepted a peer may send one small frame, within about a
+    second, and only so many may wait at once: the pool buffers nothing large, keeps no
+    idle stranger, and replaces a worker while strangers crowd the socket."""
+    async with open_pool(adapter(), **options()) as pool:
+        with contextlib.ExitStack() as sockets:
+
+            def stranger() -> socket.socket:
+                sock = sockets.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+                sock.connect(pool._socket_path)
+                sock.settimeout(10)
+                return sock
+
+            large = stranger()
+            large.sendall(struct.pack(">I", 60 * MiB) + b"x" * 65_536)
+            idle = stranger()
+            crowd = [stranger() for _ in range(MAX_PENDING_GREETINGS + 16)]
+            with anyio.fail_after(15):
+                for sock in (large, idle, *crowd):
+                    # Closed by the pool: the large frame at once, the oldest of the crowd
+                    # as newer ones come, the others once GREETING_TIMEOUT passed.
+                    assert await anyio.to_thread.run_sync(closed_by_the_pool, sock)
+
+            pid = await pool.execute("pid")
+            for _ in range(MAX_PENDING_GREETINGS + 16):
+                stranger()
+            with pytest.raises(WorkerCrashedError):
+                await pool.execute("die")
+            with anyio.fail_after(10):
+                assert await pool.execute("pid") != pid
 
 
 @contextmanager

@@ -112,6 +112,11 @@ GARBAGE = [
     framed(_wire.encode(_wire.Hello("t", 1))[4:]),
     framed(_wire.encode(_wire.Result(10**9, None))[4:]),
     framed(_wire.encode(_wire.Events([("x", {"v": 1}, {})], []))[4:].replace(b"\x01", b"\xc1")),
+    # A pong for a ping never sent: it would switch the heartbeat off.
+    _wire.encode(_wire.Pong(2**62)),
+    # A drop report no worker makes: invented reasons would be re-emitted as drops.
+    _wire.encode(_wire.Events([], [("invented", "", 1)])),
+    _wire.encode(_wire.Events([], [("buffer_full", "", -5)])),
 ]
 
 
