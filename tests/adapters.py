@@ -134,6 +134,10 @@ class Echo(Adapter):
     def blob(self, n: int) -> bytes:
         return b"x" * n
 
+    @tool(description="Allocate n bytes, and say how many")
+    def allocate(self, n: int) -> int:
+        return len(bytearray(n))
+
     @tool(description="Print to stdout and stderr")
     def chatter(self, text: str) -> None:
         print(text)

@@ -14,6 +14,7 @@ import pytest
 from pypit import (
     PoolDegradedError,
     SessionUnavailableError,
+    ToolError,
     WorkerCrashedError,
     WorkerStartError,
     WorkerTimeoutError,
@@ -147,6 +148,23 @@ async def test_healthy_restarts_never_take_the_pool_offline() -> None:
             )
             assert not pool.status().degraded
         assert await pool.execute("identity", 1) == 1
+
+
+async def test_max_vm_bytes_is_a_limit_no_call_passes() -> None:
+    """With max_vm_bytes, an allocation past it fails inside the call (MemoryError, as a
+    ToolError) and the same worker serves on; without it, the same allocation succeeds."""
+    gib = 1024**3
+    # The option under test is not a default: it is off unless set. A worker maps about
+    # 300 MB of address space before any call.
+    async with open_pool(adapter(), **options(max_vm_bytes=gib)) as pool:
+        pid = await pool.execute("pid")
+        with pytest.raises(ToolError) as info:
+            await pool.execute("allocate", gib)
+        assert info.value.remote_type == "MemoryError"
+        assert await pool.execute("allocate", 1024) == 1024
+        assert await pool.execute("pid") == pid
+    async with open_pool(adapter(), **options()) as pool:
+        assert await pool.execute("allocate", gib) == gib
 
 
 async def test_handshake_timeout_is_a_spawn_failure() -> None:
