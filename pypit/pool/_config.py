@@ -2,33 +2,88 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 import attrs
 
 from pypit._log import check_level
 from pypit._wire import DEFAULT_MAX_FRAME_SIZE
 
+MIN_MAX_FRAME_SIZE = 65_536
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+def _invalid(name: str, value: Any, expected: str) -> Exception:
+    """The one-line error of an option: its name, the value given, what it takes."""
+    kind = (
+        ValueError if isinstance(value, int | float) and not isinstance(value, bool) else TypeError
+    )
+    return kind(f"{name} must be {expected}, not {value!r}")
 
 
-def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+def _count(minimum: int, *, optional: bool = False) -> Any:
+    """An int (not a bool) of at least ``minimum``; None too if ``optional``."""
+    expected = f"an int >= {minimum}" + (" or None" if optional else "")
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        if type(value) is not int:
+            raise TypeError(f"{attribute.name} must be {expected}, not {value!r}")
+        if value < minimum:
+            raise ValueError(f"{attribute.name} must be {expected}, not {value!r}")
+
+    return check
 
 
-def _optional_positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0 or None, got {value!r}")
+def _seconds(*, positive: bool, optional: bool = False) -> Any:
+    """A finite number of seconds (not a bool), > 0 or >= 0; None too if ``optional``."""
+    expected = ("a number > 0" if positive else "a number >= 0") + (" or None" if optional else "")
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+            or (positive and value == 0)
+        ):
+            raise _invalid(attribute.name, value, expected)
+
+    return check
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    """A list of event name patterns; a bare string is refused, not split into letters."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"telemetry_allow must be a list of name patterns such as ['inference.*'], "
+            f"not {value!r}"
+        )
+    return tuple(value)
+
+
+def _str_mapping(name: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise TypeError(f"{name} must be a mapping of str to str, not {value!r}")
+    return dict(value)
+
+
+def _env(value: Any) -> dict[str, str]:
+    return _str_mapping("env", value)
+
+
+def _log_categories(value: Any) -> dict[str, str]:
+    return _str_mapping("log_categories", value)
 
 
 def _adapter(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -40,6 +95,22 @@ def _adapter(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None
 def _name(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if not _NAME.match(value):
         raise ValueError(f"a pool name is 1-64 characters of [A-Za-z0-9_.-], not {value!r}")
+
+
+def _text(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a str, not {value!r}")
+
+
+Affinity = Literal["hint", "strict", "strict_fail_fast"]
+AFFINITIES: tuple[str, ...] = ("hint", "strict", "strict_fail_fast")
+
+
+def _affinity(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in AFFINITIES:
+        raise ValueError(
+            f"affinity must be one of {', '.join(map(repr, AFFINITIES))}, not {value!r}"
+        )
 
 
 def _pattern(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -62,24 +133,24 @@ class PoolConfig:
     Times are in seconds. ``None`` for a timeout means no limit.
     """
 
-    adapter: str = attrs.field(validator=[attrs.validators.instance_of(str), _adapter])
+    adapter: str = attrs.field(validator=[_text, _adapter])
     """The adapter class, ``"package.module:Class"``, imported by each worker."""
-    size: int = attrs.field(
-        factory=_default_size, validator=[attrs.validators.instance_of(int), _positive]
-    )
+    size: int = attrs.field(factory=_default_size, validator=_count(1))
     """Number of worker processes."""
-    name: str = attrs.field(default="default", validator=[attrs.validators.instance_of(str), _name])
+    name: str = attrs.field(default="default", validator=[_text, _name])
     """The pool's name: in every event, and in worker ids ``<name>_worker_<n>``."""
-    max_queue_size: int = attrs.field(default=1000, validator=_non_negative)
+    max_queue_size: int = attrs.field(default=1000, validator=_count(0))
     """Calls allowed to wait (accepted and not started, in the pool's queue or prefetched in
     a worker); one more is rejected with ``PoolSaturatedError``."""
-    queue_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
+    queue_timeout: float | None = attrs.field(
+        default=None, validator=_seconds(positive=True, optional=True)
+    )
     """Longest wait before a call starts, wherever it waits; then ``QueueTimeoutError`` and
     the call never runs."""
-    max_concurrency: int = attrs.field(default=1, validator=_positive)
+    max_concurrency: int = attrs.field(default=1, validator=_count(1))
     """Calls one worker runs at once, sync and async tools together; calls sent beyond it
     wait in the worker and start in the order they came."""
-    prefetch: int = attrs.field(default=8, validator=_non_negative)
+    prefetch: int = attrs.field(default=8, validator=_count(0))
     """Calls of quick commands (see ``prefetch_below``) a busy worker may hold beyond
     ``max_concurrency``, waiting; they count as queued until they start.
 
@@ -88,71 +159,72 @@ class PoolConfig:
     prefetched call waits behind the calls of its worker rather than taking
     whichever worker frees first. 0 never prefetches.
     """
-    prefetch_below: float = attrs.field(default=0.001, validator=_non_negative)
+    prefetch_below: float = attrs.field(default=0.001, validator=_seconds(positive=False))
     """A command is quick while its calls run less than this many seconds on average (as
     its workers report); unknown commands and streams are slow. Only quick calls are
     prefetched, and never behind a slow one, so a prefetched call waits about
     ``prefetch * prefetch_below`` at most. 0 treats every command but streams as quick."""
-    status_interval: float = attrs.field(default=5.0, validator=_non_negative)
+    status_interval: float = attrs.field(default=5.0, validator=_seconds(positive=False))
     """Period of the ``pool.status`` event; 0 disables it."""
-    max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_positive)
-    """Largest message, in bytes, in either direction."""
-    startup_timeout: float = attrs.field(default=30.0, validator=_positive)
+    max_frame_size: int = attrs.field(
+        default=DEFAULT_MAX_FRAME_SIZE, validator=_count(MIN_MAX_FRAME_SIZE)
+    )
+    """Largest message, in bytes, in either direction (at least 64 KiB: a worker's
+    handshake lists its tools)."""
+    startup_timeout: float = attrs.field(default=30.0, validator=_seconds(positive=True))
     """Longest a worker may take from spawn to ready (import and ``setup()``)."""
-    shutdown_timeout: float = attrs.field(default=10.0, validator=_non_negative)
+    shutdown_timeout: float = attrs.field(default=10.0, validator=_seconds(positive=False))
     """Longest the pool waits for in-flight calls when it closes."""
-    stop_grace: float = attrs.field(default=3.0, validator=_non_negative)
+    stop_grace: float = attrs.field(default=3.0, validator=_seconds(positive=False))
     """After a stop request, how long a worker has before SIGTERM, then again before SIGKILL."""
-    restart_backoff: float = attrs.field(default=0.1, validator=_non_negative)
+    restart_backoff: float = attrs.field(default=0.1, validator=_seconds(positive=False))
     """Delay before retrying a worker that failed to start; it doubles with each further
     failure in a row (with jitter), up to ``restart_backoff_max``, and the slot is retried
     for as long as the pool is open. A worker that got ready and then ended is replaced at
     once, always (see docs/supervision.md)."""
-    restart_backoff_max: float = attrs.field(default=5.0, validator=_non_negative)
+    restart_backoff_max: float = attrs.field(default=5.0, validator=_seconds(positive=False))
     """Cap on the back-off delay after failed starts."""
-    cancel_grace: float = attrs.field(default=2.0, validator=_non_negative)
+    cancel_grace: float = attrs.field(default=2.0, validator=_seconds(positive=False))
     """How long a worker has to answer a cancelled or timed-out call before it is killed."""
-    heartbeat_interval: float = attrs.field(default=1.0, validator=_non_negative)
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_seconds(positive=False))
     """Period of the heartbeat sent to each worker; 0 disables it."""
-    heartbeat_misses: int = attrs.field(default=3, validator=_positive)
+    heartbeat_misses: int = attrs.field(default=3, validator=_count(1))
     """Unanswered heartbeats in a row after which a worker is killed and replaced."""
-    reconnect_window: float = attrs.field(default=5.0, validator=_non_negative)
+    reconnect_window: float = attrs.field(default=5.0, validator=_seconds(positive=False))
     """How long a worker whose channel broke (while its process lives) has to connect
     again with its token; then it is replaced. 0 replaces it at once."""
-    max_requests: int | None = attrs.field(default=None, validator=_optional_positive)
+    max_requests: int | None = attrs.field(default=None, validator=_count(1, optional=True))
     """Recycle a worker after this many calls."""
-    ttl: float | None = attrs.field(default=None, validator=_optional_positive)
+    ttl: float | None = attrs.field(default=None, validator=_seconds(positive=True, optional=True))
     """Recycle a worker after this many seconds of service."""
-    max_rss_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
+    max_rss_bytes: int | None = attrs.field(default=None, validator=_count(1, optional=True))
     """Recycle a worker whose resident memory (RSS) exceeds this. Checked every heartbeat
     interval, between and during calls: a soft limit, which one call can overshoot."""
-    max_vm_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
+    max_vm_bytes: int | None = attrs.field(default=None, validator=_count(1, optional=True))
     """A hard limit on each worker's virtual memory (``RLIMIT_AS``, set in the worker
     before the adapter is imported): an allocation past it fails in the worker
     (``MemoryError`` in Python code), whatever the call. Counts address space, not
     resident memory, so leave room for what the interpreter and libraries map."""
-    affinity: str = attrs.field(
-        default="hint", validator=attrs.validators.in_(("hint", "strict", "strict_fail_fast"))
-    )
+    affinity: Affinity = attrs.field(default="hint", validator=_affinity)
     """What ``session_id`` means: ``hint`` prefers the session's worker, ``strict`` waits
     for it, ``strict_fail_fast`` fails at once when it is busy."""
-    max_sessions: int = attrs.field(default=10_000, validator=_positive)
+    max_sessions: int = attrs.field(default=10_000, validator=_count(1))
     """Sessions remembered for affinity (least recently used are forgotten)."""
     telemetry_allow: tuple[str, ...] = attrs.field(
-        factory=tuple, converter=tuple, validator=attrs.validators.deep_iterable(_pattern)
+        factory=tuple, converter=_patterns, validator=attrs.validators.deep_iterable(_pattern)
     )
     """Worker event names accepted beyond the catalog: exact (``"inference.stop"``),
     ``"prefix.*"`` or ``"*"``. Set by the application, never by a worker."""
-    telemetry_buffer_size: int = attrs.field(default=65_536, validator=_positive)
+    telemetry_buffer_size: int = attrs.field(default=65_536, validator=_count(1))
     """Events a worker holds before shipping; past it, events are dropped and counted."""
-    sample_interval: float = attrs.field(default=10.0, validator=_non_negative)
+    sample_interval: float = attrs.field(default=10.0, validator=_seconds(positive=False))
     """Period of python.memory.sampled and python.cpu.sampled in each worker; 0 disables."""
     log_level: str | None = attrs.field(default=None, validator=attrs.validators.optional(_level))
     """pypit's log level in this process (debug, info, warning, error or none), and the
     level the workers start with."""
-    log_categories: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    log_categories: Mapping[str, str] = attrs.field(factory=dict, converter=_log_categories)
     """Levels per category (``pool``, ``worker``, ``rpc``, ``telemetry``), over ``log_level``."""
-    python: str = attrs.field(default=sys.executable)
+    python: str = attrs.field(default=sys.executable, validator=_text)
     """The interpreter that runs the workers."""
-    env: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_env)
     """Extra environment variables for the workers."""

@@ -40,7 +40,7 @@ from pypit._log import get_logger, set_levels
 from pypit._shared import correlation_id_var
 from pypit.pool import _events
 from pypit.pool._channel import Server, signal_factory
-from pypit.pool._config import PoolConfig
+from pypit.pool._config import AFFINITIES, Affinity, PoolConfig
 from pypit.pool._control import Control
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Limits, Scheduler, SessionInfo
@@ -138,7 +138,7 @@ class Pool:
         timeout: float | None = None,
         session_id: str | None = None,
         correlation_id: str | None = None,
-        affinity: str | None = None,
+        affinity: Affinity | None = None,
         idempotent: bool = False,
     ) -> Any:
         """Run ``command`` on a worker and return its result.
@@ -163,6 +163,9 @@ class Pool:
             PoolDegradedError: every worker is down after too many restarts.
             SessionUnavailableError: ``strict_fail_fast`` and the session's worker is busy.
         """
+        if affinity is not None and affinity not in AFFINITIES:
+            choices = ", ".join(map(repr, AFFINITIES))
+            raise ValueError(f"affinity must be one of {choices} or None, not {affinity!r}")
         request = self._request(command, args, timeout, session_id, correlation_id, stream=False)
         if not idempotent:
             return await self._call(request, affinity, None)
@@ -399,6 +402,15 @@ class Pool:
     ) -> Request:
         """Check and encode a call; nothing is sent or queued yet."""
         self._check(command, stream=stream)
+        if timeout is not None and (
+            (type(timeout) is not float and type(timeout) is not int) or not 0 < timeout < math.inf
+        ):
+            number = type(timeout) is float or type(timeout) is int
+            kind = ValueError if number else TypeError
+            raise kind(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
+        for name, value in (("session_id", session_id), ("correlation_id", correlation_id)):
+            if value is not None and type(value) is not str:
+                raise TypeError(f"{name} must be a str or None, not {value!r}")
         request_id = next(_request_ids)
         correlation_id = correlation_id or correlation_id_var.get() or _new_correlation_id()
         message = _wire.Call(request_id, command, args, correlation_id, timeout, stream)

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio.from_thread
 
+from pypit.pool._config import Affinity
 from pypit.pool._pool import Pool, PoolStatus, SessionInfo, ToolDescription, open_pool
 
 
@@ -35,7 +36,7 @@ class SyncPool:
         timeout: float | None = None,
         session_id: str | None = None,
         correlation_id: str | None = None,
-        affinity: str | None = None,
+        affinity: Affinity | None = None,
         idempotent: bool = False,
     ) -> Any:
         """Blocking :meth:`Pool.execute`."""

@@ -1,0 +1,87 @@
+"""Options and call arguments are checked where they are written, with one-line errors."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from pypit.pool import PoolConfig, open_pool
+from tests.pool.conftest import adapter, options
+
+BAD_OPTIONS = [
+    ({"size": 2.5}, TypeError, "size must be an int >= 1, not 2.5"),
+    ({"size": True}, TypeError, "size must be an int >= 1, not True"),
+    ({"size": 0}, ValueError, "size must be an int >= 1, not 0"),
+    ({"max_concurrency": 1.5}, TypeError, "max_concurrency must be an int >= 1"),
+    ({"max_queue_size": -1}, ValueError, "max_queue_size must be an int >= 0"),
+    ({"prefetch": "8"}, TypeError, "prefetch must be an int >= 0, not '8'"),
+    ({"max_frame_size": 10}, ValueError, "max_frame_size must be an int >= 65536, not 10"),
+    ({"queue_timeout": 0}, ValueError, "queue_timeout must be a number > 0 or None, not 0"),
+    ({"queue_timeout": math.nan}, ValueError, "queue_timeout must be a number > 0 or None"),
+    ({"startup_timeout": math.inf}, ValueError, "startup_timeout must be a number > 0"),
+    ({"cancel_grace": "2"}, TypeError, "cancel_grace must be a number >= 0, not '2'"),
+    ({"ttl": -1.0}, ValueError, "ttl must be a number > 0 or None"),
+    ({"max_rss_bytes": 1.0e9}, TypeError, "max_rss_bytes must be an int >= 1 or None"),
+    ({"telemetry_allow": "inference.*"}, TypeError, "telemetry_allow must be a list of name"),
+    ({"telemetry_allow": ["ok", ""]}, ValueError, "telemetry_allow holds event name patterns"),
+    ({"env": {"A": 1}}, TypeError, "env must be a mapping of str to str"),
+    ({"env": ["A=1"]}, TypeError, "env must be a mapping of str to str"),
+    ({"log_categories": {"pool": 10}}, TypeError, "log_categories must be a mapping of str"),
+    ({"affinity": "sticky"}, ValueError, "affinity must be one of 'hint', 'strict'"),
+    ({"python": None}, TypeError, "python must be a str, not None"),
+    ({"name": "a b"}, ValueError, "a pool name is 1-64 characters"),
+]
+
+
+@pytest.mark.parametrize(("settings", "kind", "message"), BAD_OPTIONS)
+def test_a_bad_option_names_itself_its_value_and_what_it_takes(
+    settings: dict[str, Any], kind: type[Exception], message: str
+) -> None:
+    """One line, with the option, the value given and what is expected."""
+    with pytest.raises(kind) as info:
+        PoolConfig(adapter="tests.adapters:Echo", **settings)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert "Attribute(" not in str(info.value)
+
+
+def test_the_defaults_and_good_values_are_accepted() -> None:
+    """The defaults pass their own checks, and so do values of every accepted form."""
+    PoolConfig(adapter="tests.adapters:Echo")
+    config = PoolConfig(
+        adapter="tests.adapters:Echo",
+        size=2,
+        queue_timeout=1,
+        max_frame_size=65_536,
+        telemetry_allow=("inference.*", "x.y"),
+        env={"A": "1"},
+        ttl=None,
+        affinity="strict",
+    )
+    assert config.telemetry_allow == ("inference.*", "x.y")
+
+
+@pytest.mark.anyio
+async def test_a_bad_call_argument_is_refused_before_anything_is_sent() -> None:
+    """timeout, session_id, correlation_id and affinity are checked in the caller; the
+    refused calls are not counted and nothing reaches a worker."""
+    async with open_pool(adapter(), **options()) as pool:
+        cases: list[tuple[dict[str, Any], type[Exception]]] = [
+            ({"timeout": 0}, ValueError),
+            ({"timeout": -1}, ValueError),
+            ({"timeout": math.nan}, ValueError),
+            ({"timeout": math.inf}, ValueError),
+            ({"timeout": "5"}, TypeError),
+            ({"timeout": True}, TypeError),
+            ({"session_id": 1}, TypeError),
+            ({"correlation_id": b"id"}, TypeError),
+            ({"affinity": "sticky"}, ValueError),
+        ]
+        for kwargs, kind in cases:
+            with pytest.raises(kind, match=next(iter(kwargs))):
+                await pool.execute("identity", 1, **kwargs)
+        status = pool.status()
+        assert (status.requests, status.completed, status.failed) == (0, 0, 0)
+        assert await pool.execute("identity", 1, timeout=5) == 1
