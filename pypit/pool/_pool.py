@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final, Protocol
 
@@ -57,6 +57,7 @@ from pypit._errors import (
 from pypit._log import check_level, get_logger, set_levels
 from pypit.pool._channel import Connection, Server, signal_factory
 from pypit.pool._config import PoolConfig
+from pypit.pool._stream import Stream
 from pypit.pool._worker import Request, WorkerHandle, crash_error
 from pypit.telemetry import _registry
 from pypit.telemetry._registry import _dispatch, execute, has_handlers
@@ -71,7 +72,6 @@ from pypit.worker._telemetry import (
 _log = get_logger("pool")
 _NODE: Final = socket.gethostname()
 _request_ids = itertools.count(1)
-_stream_ids = itertools.count(1)
 
 INITIALIZED: Final = ("pypit", "pool", "initialized")
 STATUS: Final = ("pypit", "pool", "status")
@@ -95,9 +95,6 @@ _WITHDRAW_GRACE: Final = 0.25
 CALL_START: Final = ("pypit", "rpc", "call", "start")
 CALL_STOP: Final = ("pypit", "rpc", "call", "stop")
 CALL_EXCEPTION: Final = ("pypit", "rpc", "call", "exception")
-STREAM_OPENED: Final = ("pypit", "rpc", "stream", "opened")
-STREAM_MESSAGE: Final = ("pypit", "rpc", "stream", "message")
-STREAM_CLOSED: Final = ("pypit", "rpc", "stream", "closed")
 
 
 @attrs.frozen
@@ -385,7 +382,7 @@ class Pool:
         with anyio.CancelScope(deadline=deadline):
             await request.done.wait()
 
-    async def stream(
+    def stream(
         self,
         command: str,
         args: Any = None,
@@ -393,71 +390,26 @@ class Pool:
         timeout: float | None = None,
         session_id: str | None = None,
         correlation_id: str | None = None,
-    ) -> AsyncGenerator[Any, None]:
-        """Iterate over the chunks a generator tool yields.
+    ) -> Stream:
+        """The chunks a generator tool yields, as a :class:`~pypit.pool.Stream`::
 
-        Leaving the loop early cancels the stream in the worker. ``timeout``
-        bounds the wait for a worker and then each wait for a chunk. For a
-        deterministic early close, wrap it in ``contextlib.aclosing``.
+            async with pool.stream("generate", {"prompt": "hi"}) as chunks:
+                async for chunk in chunks:
+                    ...
+
+        The call is sent when the block starts. Leaving the block, however, cancels the
+        generator in the worker at once; iterating without ``async with`` raises
+        ``TypeError``. ``timeout`` bounds the wait for a worker and then each wait for a
+        chunk. The worker runs at most ``stream_window`` chunks ahead of the consumer.
         """
-        request = self._request(command, args, timeout, session_id, correlation_id, stream=True)
-        chunks = request.chunks
-        assert chunks is not None
-        self._submit(request, self.config.affinity, None)
-        started = 0
-        count = 0
-        reason = "cancelled"
-        base: dict[str, Any] = {}
-        try:
-            while True:
-                if not started and request.worker is not None:
-                    started = time.monotonic_ns()
-                    base = {
-                        "pool_name": self.name,
-                        "worker_id": request.worker.worker_id,
-                        "stream_id": next(_stream_ids),
-                    }
-                    if has_handlers(STREAM_OPENED):
-                        execute(
-                            STREAM_OPENED,
-                            {"system_time": time.time_ns()},
-                            {**base, "command": command, "correlation_id": request.correlation_id},
-                        )
-                if chunks:
-                    value, size = chunks.popleft()
-                    count += 1
-                    if has_handlers(STREAM_MESSAGE):
-                        execute(STREAM_MESSAGE, {"bytes": size, "sequence_number": count}, base)
-                    yield value
-                    continue
-                if request.done.is_set():
-                    if request.error is not None:
-                        reason = "error"
-                        raise request.error
-                    reason = "complete"
-                    self._counters["completed"] += 1
-                    return
-                request.arrived = self._signal()
-                if request.worker is None:
-                    deadline = request.queue_deadline
-                elif timeout is None:
-                    deadline = math.inf
-                else:
-                    deadline = anyio.current_time() + timeout
-                with anyio.CancelScope(deadline=deadline) as scope:
-                    await request.arrived.wait()
-                if scope.cancelled_caught and not request.arrived.is_set():
-                    raise self._timed_out(request)
-        finally:
-            self._abandon(request)
-            if reason != "complete":
-                self._counters["failed"] += 1
-            if started and has_handlers(STREAM_CLOSED):
-                execute(
-                    STREAM_CLOSED,
-                    {"duration": time.monotonic_ns() - started, "message_count": count},
-                    {**base, "reason": reason},
-                )
+        return Stream(
+            self,
+            command,
+            args,
+            timeout=timeout,
+            session_id=session_id,
+            correlation_id=correlation_id,
+        )
 
     def status(self) -> PoolStatus:
         """A snapshot of the queue, the workers and the counters."""

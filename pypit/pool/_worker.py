@@ -61,6 +61,7 @@ class Request:
         "chunks",
         "command",
         "correlation_id",
+        "credited",
         "deadline",
         "done",
         "enqueued",
@@ -71,6 +72,7 @@ class Request:
         "prefetched",
         "queue_deadline",
         "quick",
+        "received",
         "request_id",
         "scope",
         "sent_at",
@@ -79,6 +81,7 @@ class Request:
         "started",
         "target",
         "value",
+        "window",
         "withdrawn",
         "worker",
     )
@@ -90,10 +93,15 @@ class Request:
         self.error: BaseException | None = None
         self.size = 0
         self.abandoned = False
-        # Streams: chunks (value, size) not yet taken, and a signal the
-        # consumer renews before each wait.
+        # Streams: chunks (value, size) not yet taken, and what is told of each arrival
+        # (a worker, a chunk, the end); ``set()`` is all it has to offer.
         self.chunks: deque[tuple[Any, int]] | None = deque() if stream else None
         self.arrived: Any = None
+        # A stream's flow control: the worker may send ``window`` chunks beyond the count
+        # ``credited`` to it (the chunks its consumer took); more is a protocol error.
+        self.window = 0
+        self.received = 0
+        self.credited = 0
         self.request_id = 0
         self.correlation_id = ""
         self.session_id: str | None = None
@@ -220,6 +228,12 @@ class WorkerHandle:
                 pending = self.pending.get(message.id)
                 if pending is None or pending.chunks is None:
                     raise ProtocolError(f"a chunk for call {message.id} that is not a stream")
+                pending.received += 1
+                if pending.received > pending.credited + pending.window:
+                    raise ProtocolError(
+                        f"stream {message.id} sent {pending.received} chunks with credit for "
+                        f"{pending.credited} and a window of {pending.window}"
+                    )
                 if not pending.abandoned:
                     pending.chunks.append((message.value, len(payload) + 4))
                     if pending.arrived is not None:
@@ -394,6 +408,11 @@ class WorkerHandle:
         connection.attach(self.on_frame, self.on_lost)
         if configure:
             connection.send(configure)
+        # A credit may have gone down with the old channel: a stream whose worker waits
+        # for it would wait forever. The count is cumulative, so sending it again is safe.
+        for request in self.pending.values():
+            if request.credited:
+                connection.send(_wire.encode(_wire.Credit(request.request_id, request.credited)))
         self.accepting = self.recycle_reason is None and not self._closing
         self.changed.set()
 
