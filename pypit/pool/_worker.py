@@ -228,12 +228,12 @@ class WorkerHandle:
                 pending = self.pending.get(message.id)
                 if pending is None or pending.chunks is None:
                     raise ProtocolError(f"a chunk for call {message.id} that is not a stream")
-                pending.received += 1
-                if pending.received > pending.credited + pending.window:
+                if pending.received >= pending.credited + pending.window:
                     raise ProtocolError(
-                        f"stream {message.id} sent {pending.received} chunks with credit for "
-                        f"{pending.credited} and a window of {pending.window}"
+                        f"stream {message.id} sent chunk {pending.received + 1} with credit "
+                        f"for {pending.credited} and a window of {pending.window}"
                     )
+                pending.received += 1
                 if not pending.abandoned:
                     pending.chunks.append((message.value, len(payload) + 4))
                     if pending.arrived is not None:

@@ -119,6 +119,7 @@ class _Window:
         self._condition = threading.Condition(threading.Lock())
         self._loop = loop
         self._waiter: asyncio.Future[None] | None = None
+        running.window = self  # where credit and a cancellation find it
 
     def grant(self, consumed: int) -> None:
         """The parent's credit: its consumer has taken ``consumed`` chunks in all."""
@@ -736,7 +737,7 @@ class Runtime:
         the stream's last message. However it ends, the generator is closed before that
         message leaves, so a cancelled tool's ``finally`` has run when the parent hears."""
         iterator = iter(chunks)
-        window = running.window = _Window(call.window, running)
+        window = _Window(call.window, running)
         try:
             while window.wait():
                 try:
@@ -759,7 +760,7 @@ class Runtime:
         ends the wait."""
         import asyncio
 
-        window = running.window = _Window(call.window, running, asyncio.get_running_loop())
+        window = _Window(call.window, running, asyncio.get_running_loop())
         try:
             while True:
                 await window.wait_async()

@@ -17,7 +17,7 @@ from pypit import (
     _wire,
     telemetry,
 )
-from pypit.pool import open_pool
+from pypit.pool import PoolConfig, open_pool
 from tests.pool.conftest import adapter, opened_at_exit, options, wait_until
 
 if TYPE_CHECKING:
@@ -223,3 +223,12 @@ async def test_nonsense_credit_from_the_pool_stops_the_worker(tmp_path: Path) ->
                 await drain(chunks)
         with anyio.fail_after(10):
             assert await pool.execute("pid") != pid
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(0, ValueError), (-1, ValueError), (2.5, TypeError), ("8", TypeError)]
+)
+def test_stream_window_is_validated(value: Any, error: type[Exception]) -> None:
+    """A window is a whole number of chunks, at least one."""
+    with pytest.raises(error, match="stream_window"):
+        PoolConfig(adapter=adapter(), stream_window=value)
