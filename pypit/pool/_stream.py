@@ -317,11 +317,9 @@ class Stream:
             "stream_id": next(_stream_ids),
         }
         if has_handlers(STREAM_OPENED):
-            # When it was sent, which may be before the consumer noticed.
-            system_time = time.time_ns() - (time.monotonic_ns() - request.sent_at)
             execute(
                 STREAM_OPENED,
-                {"system_time": system_time},
+                {"system_time": time.time_ns()},
                 {
                     **self._metadata,
                     "command": request.command,

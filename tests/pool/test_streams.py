@@ -18,7 +18,13 @@ from pypit import (
     telemetry,
 )
 from pypit.pool import PoolConfig, open_pool
-from tests.pool.conftest import adapter, opened_at_exit, options, wait_until
+from tests.pool.conftest import (
+    adapter,
+    assert_catalog_shape,
+    opened_at_exit,
+    options,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from pypit.pool import Stream
@@ -54,6 +60,31 @@ async def test_a_stream_yields_every_chunk_inside_its_block(tool: str) -> None:
             assert pool.status().completed == 2
 
     assert [e.metadata["reason"] for e in seen] == ["complete"]
+
+
+async def test_a_stream_that_started_is_reported_though_never_read(tmp_path: Path) -> None:
+    """opened comes when the stream starts on a worker, whether or not the consumer waits
+    then (here it queued behind another call); closed comes once, cancelled, with no
+    message."""
+    gate = tmp_path / "gate"
+    events = [(*STREAM, e) for e in ("opened", "message", "closed")]
+    with telemetry.capture(*events) as seen:
+        async with open_pool(adapter(), **options()) as pool:
+            async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+                tasks.start_soon(pool.execute, "hold", {"gate": str(gate)})
+                await wait_until(lambda: pool.status().in_flight == 1, "the worker to be busy")
+                async with pool.stream("count", {"n": 3}):
+                    assert pool.status().queue_depth == 1
+                    assert not seen.events
+                    gate.touch()
+                    await wait_until(lambda: bool(seen.events), "the stream to start")
+                    assert pool.status().queue_depth == 0
+
+    for event in seen:
+        assert_catalog_shape(event)
+    assert [e.event[-1] for e in seen] == ["opened", "closed"]
+    assert seen.events[1].metadata["reason"] == "cancelled"
+    assert seen.events[1].measurements["message_count"] == 0
 
 
 async def test_iterating_without_async_with_is_a_type_error() -> None:
