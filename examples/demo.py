@@ -72,7 +72,7 @@ async def slow_calls(pool: Pool, stop: anyio.Event) -> None:
 async def streams(pool: Pool, stop: anyio.Event) -> None:
     while not stop.is_set():
         try:
-            async with contextlib.aclosing(pool.stream("generate", {"prompt": "tok"})) as tokens:
+            async with pool.stream("generate", {"prompt": "tok"}) as tokens:
                 async for token in tokens:
                     if token.endswith("-5") and random.random() < 0.5:
                         break

@@ -14,13 +14,13 @@ accepts only the messages a worker may send.
 from __future__ import annotations
 
 import struct
-from typing import Any, Final, TypeAlias
+from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
 
 from pypit._errors import FrameTooLargeError, ProtocolError, SerializationError
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
 HEADER: Final = struct.Struct(">I")
 _HEADER_SIZE: Final = HEADER.size
@@ -34,7 +34,12 @@ class _Message(msgspec.Struct, array_like=True, tag_field="t"):
 
 
 class Call(_Message, tag=1):
-    """Run ``command`` with ``args``; ``stream`` asks for a generator tool's chunks."""
+    """Run ``command`` with ``args``; ``stream`` asks for a generator tool's chunks.
+
+    ``window`` is a stream's flow control: the worker may have at most that many chunks
+    sent and not yet taken by the consumer (see :class:`Credit`). A stream with a window
+    under 1 is refused (the call fails); calls that do not stream leave it at 0.
+    """
 
     id: int
     command: str
@@ -43,6 +48,7 @@ class Call(_Message, tag=1):
     timeout: float | None = None
     stream: bool = False
     trace_context: dict[str, str] | None = None
+    window: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class Cancel(_Message, tag=2):
@@ -86,6 +92,22 @@ class Configure(_Message, tag=5):
     deny: list[str] = []
     log_level: str | None = None
     sample_interval: float = 0.0
+
+
+class Credit(_Message, tag=6):
+    """The consumer of stream ``id`` has taken ``consumed`` of its chunks in all: the
+    worker may advance the generator while fewer than the call's ``window`` chunks are
+    sent and not taken.
+
+    The count is cumulative rather than an increment, so a credit lost with a broken
+    channel is made good by the next one (the pool sends its count again when the worker
+    reconnects), and a repeated one changes nothing. A count that goes down, or that is
+    over the chunks the worker sent, is a protocol error: the worker stops. A credit for
+    a call the worker no longer runs is ignored (it crossed the stream's end).
+    """
+
+    id: int
+    consumed: Annotated[int, msgspec.Meta(ge=1)]
 
 
 # -- worker -> parent --------------------------------------------------------
@@ -150,6 +172,9 @@ class Error(_Message, tag=25):
 
 
 class Chunk(_Message, tag=26):
+    """Chunk ``seq`` (from 1) of stream ``id``; at most the call's ``window`` of them
+    are sent ahead of the parent's :class:`Credit`, more is a protocol error."""
+
     id: int
     seq: int
     value: Any
@@ -181,7 +206,7 @@ class Ack(_Message, tag=30):
     seq: int
 
 
-ToWorker: TypeAlias = Call | Cancel | Ping | Shutdown | Configure
+ToWorker: TypeAlias = Call | Cancel | Ping | Shutdown | Configure | Credit
 FromWorker: TypeAlias = Hello | Ready | Failed | Result | Error | Chunk | End | Events | Pong | Ack
 
 

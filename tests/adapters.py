@@ -126,6 +126,39 @@ class Echo(Adapter):
                 await anyio.sleep(delay)
             yield i
 
+    @tool(
+        description="Yield [i, `size` bytes] for i in 1..n, noting each i in the file `path` "
+        "as it is produced, and 'closed' when the generator ends"
+    )
+    def blobs(self, n: int, path: str, size: int = 0, delay: float = 0.0) -> Iterator[list[Any]]:
+        try:
+            for i in range(1, n + 1):
+                if delay:
+                    time.sleep(delay)
+                _note(path, str(i))
+                yield [i, b"x" * size]
+        finally:
+            _note(path, "closed")
+
+    @tool(description="blobs, asynchronously")
+    async def async_blobs(
+        self, n: int, path: str, size: int = 0, delay: float = 0.0
+    ) -> AsyncIterator[list[Any]]:
+        try:
+            for i in range(1, n + 1):
+                if delay:
+                    await anyio.sleep(delay)
+                _note(path, str(i))
+                yield [i, b"x" * size]
+        finally:
+            _note(path, "closed")
+
+    @tool(description="Yield 1, then something msgpack cannot carry, then 2")
+    def unserializable_chunk(self) -> Iterator[Any]:
+        yield 1
+        yield {1, 2}.__iter__()
+        yield 2
+
     @tool(description="Return something msgpack cannot carry")
     def unserializable(self) -> Any:
         return {1, 2}.__iter__()
@@ -247,6 +280,11 @@ class Echo(Adapter):
         return os.getpid()
 
 
+def _note(path: str, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
 class SlowSetup(Adapter):
     def setup(self) -> None:
         time.sleep(30)
@@ -304,6 +342,17 @@ class Hostile(Echo):
         assert _runtime.current is not None
         _runtime.current.send(_wire.HEADER.pack(size) + bytes(sent))
         os.kill(os.getpid(), signal.SIGKILL)
+
+    @tool(description="A stream that ignores its window: n chunks at once, then the end")
+    def flood(self, n: int) -> Iterator[int]:
+        from pypit import _wire
+        from pypit.worker import _runtime
+
+        runtime = _runtime.current
+        assert runtime is not None
+        (call_id,) = runtime._running  # the only call in flight: this one
+        runtime.send(*(_wire.encode(_wire.Chunk(call_id, i, i)) for i in range(1, n + 1)))
+        yield 0
 
 
 class Instrumented(Adapter):

@@ -4,6 +4,9 @@
 
     async with open_pool("myapp.model:Model", size=4) as pool:
         result = await pool.execute("predict", {"x": 1}, timeout=5.0)
+        async with pool.stream("generate", {"prompt": "hi"}) as chunks:
+            async for chunk in chunks:
+                ...
 
 ``start_pool`` is the same pool for synchronous code.
 """
@@ -15,7 +18,9 @@ from pypit.pool._pool import PoolStatus as PoolStatus
 from pypit.pool._pool import SessionInfo as SessionInfo
 from pypit.pool._pool import ToolDescription as ToolDescription
 from pypit.pool._pool import open_pool as open_pool
+from pypit.pool._stream import Stream as Stream
 from pypit.pool._sync import SyncPool as SyncPool
+from pypit.pool._sync import SyncStream as SyncStream
 from pypit.pool._sync import start_pool as start_pool
 
 __all__ = [
@@ -23,7 +28,9 @@ __all__ = [
     "PoolConfig",
     "PoolStatus",
     "SessionInfo",
+    "Stream",
     "SyncPool",
+    "SyncStream",
     "ToolDescription",
     "open_pool",
     "start_pool",

@@ -164,6 +164,12 @@ class PoolConfig:
     its workers report); unknown commands and streams are slow. Only quick calls are
     prefetched, and never behind a slow one, so a prefetched call waits about
     ``prefetch * prefetch_below`` at most. 0 treats every command but streams as quick."""
+    stream_window: int = attrs.field(default=16, validator=_count(1))
+    """Chunks of a stream the worker may send ahead of its consumer: when that many were
+    sent and not yet taken, the generator is not advanced until the consumer takes some.
+    It bounds what a stream holds in the parent (``stream_window`` chunks) whatever the
+    consumer does; the consumer's credit goes back in batches of half a window, so a fast
+    consumer costs one small frame per ``stream_window // 2`` chunks."""
     status_interval: float = attrs.field(default=5.0, validator=_seconds(positive=False))
     """Period of the ``pool.status`` event; 0 disables it."""
     max_frame_size: int = attrs.field(

@@ -13,6 +13,7 @@ runs; one that runs past its deadline is cancelled in the worker.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -20,7 +21,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -44,6 +45,7 @@ from pypit.pool._config import AFFINITIES, Affinity, PoolConfig
 from pypit.pool._control import Control
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Limits, Scheduler, SessionInfo
+from pypit.pool._stream import Stream
 from pypit.pool._supervisor import Supervisor, ToolDescription
 from pypit.pool._worker import WorkerHandle
 
@@ -51,7 +53,6 @@ __all__ = ["Pool", "PoolStatus", "SessionInfo", "ToolDescription", "open_pool"]
 
 _log = get_logger("pool")
 _request_ids = itertools.count(1)
-_stream_ids = itertools.count(1)
 
 # How long a caller whose call waits in a worker waits for the worker to confirm that it
 # dropped the call, when the call's deadline passed or its caller was cancelled: the
@@ -246,7 +247,7 @@ class Pool:
         with anyio.CancelScope(deadline=deadline):
             await request.done.wait()
 
-    async def stream(
+    def stream(
         self,
         command: str,
         args: Any = None,
@@ -254,73 +255,28 @@ class Pool:
         timeout: float | None = None,
         session_id: str | None = None,
         correlation_id: str | None = None,
-    ) -> AsyncGenerator[Any, None]:
-        """Iterate over the chunks a generator tool yields.
+    ) -> Stream:
+        """The chunks a generator tool yields, as a :class:`~pypit.pool.Stream`::
 
-        Leaving the loop early cancels the stream in the worker. ``timeout``
-        bounds the wait for a worker and then each wait for a chunk. For a
-        deterministic early close, wrap it in ``contextlib.aclosing``.
+            async with pool.stream("generate", {"prompt": "hi"}) as chunks:
+                async for chunk in chunks:
+                    ...
+
+        The call is sent when the block starts. Leaving the block, however, cancels the
+        generator in the worker at once; iterating without ``async with`` raises
+        ``TypeError``. ``timeout`` bounds the wait for a worker and then each wait for a
+        chunk. The worker runs at most ``stream_window`` chunks ahead of the consumer.
         """
-        request = self._request(command, args, timeout, session_id, correlation_id, stream=True)
-        chunks = request.chunks
-        assert chunks is not None
-        self._submit(request, self.config.affinity, None)
-        started = 0
-        count = 0
-        reason = "cancelled"
-        base: dict[str, Any] = {}
-        try:
-            while True:
-                if not started and request.worker is not None:
-                    started = time.monotonic_ns()
-                    base = {
-                        "pool_name": self.name,
-                        "worker_id": request.worker.worker_id,
-                        "stream_id": next(_stream_ids),
-                    }
-                    if _events.listened(_events.STREAM_OPENED):
-                        _events.emit(
-                            _events.STREAM_OPENED,
-                            {"system_time": time.time_ns()},
-                            {**base, "command": command, "correlation_id": request.correlation_id},
-                        )
-                if chunks:
-                    value, size = chunks.popleft()
-                    count += 1
-                    if _events.listened(_events.STREAM_MESSAGE):
-                        _events.emit(
-                            _events.STREAM_MESSAGE, {"bytes": size, "sequence_number": count}, base
-                        )
-                    yield value
-                    continue
-                if request.done.is_set():
-                    if request.error is not None:
-                        reason = "error"
-                        raise request.error
-                    reason = "complete"
-                    self._counters["completed"] += 1
-                    return
-                request.arrived = self._signal()
-                if request.worker is None:
-                    deadline = request.queue_deadline
-                elif timeout is None:
-                    deadline = math.inf
-                else:
-                    deadline = anyio.current_time() + timeout
-                with anyio.CancelScope(deadline=deadline) as scope:
-                    await request.arrived.wait()
-                if scope.cancelled_caught and not request.arrived.is_set():
-                    raise self._scheduler.timed_out(request)
-        finally:
-            self._scheduler.abandon(request)
-            if reason != "complete":
-                self._counters["failed"] += 1
-            if started and _events.listened(_events.STREAM_CLOSED):
-                _events.emit(
-                    _events.STREAM_CLOSED,
-                    {"duration": time.monotonic_ns() - started, "message_count": count},
-                    {**base, "reason": reason},
-                )
+        return Stream(
+            self.name,
+            self._scheduler,
+            prepare=functools.partial(
+                self._request, command, args, timeout, session_id, correlation_id, stream=True
+            ),
+            submit=functools.partial(self._submit, affinity=self.config.affinity, avoid=None),
+            window=self.config.stream_window,
+            timeout=timeout,
+        )
 
     def status(self) -> PoolStatus:
         """A snapshot of the queue, the workers and the counters."""
@@ -414,6 +370,8 @@ class Pool:
         request_id = next(_request_ids)
         correlation_id = correlation_id or correlation_id_var.get() or _new_correlation_id()
         message = _wire.Call(request_id, command, args, correlation_id, timeout, stream)
+        if stream:
+            message.window = self.config.stream_window
         frame = _wire.encode(message, self.config.max_frame_size)
         if _events.trace_hook is not None:
             _events.trace_hook.capture(request_id)
@@ -423,6 +381,7 @@ class Pool:
         request.correlation_id = correlation_id
         request.session_id = session_id
         request.frame = frame
+        request.window = message.window
         if timeout is not None:
             request.deadline = request.queue_deadline = anyio.current_time() + timeout
         return request

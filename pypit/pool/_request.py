@@ -64,6 +64,7 @@ class Request:
         "chunks",
         "command",
         "correlation_id",
+        "credited",
         "deadline",
         "done",
         "enqueued",
@@ -74,6 +75,7 @@ class Request:
         "prefetched",
         "queue_deadline",
         "quick",
+        "received",
         "request_id",
         "scope",
         "sent_at",
@@ -82,6 +84,7 @@ class Request:
         "started",
         "target",
         "value",
+        "window",
         "withdrawn",
         "worker",
     )
@@ -93,10 +96,15 @@ class Request:
         self.error: BaseException | None = None
         self.size = 0
         self.abandoned = False
-        # Streams: chunks (value, size) not yet taken, and a signal the
-        # consumer renews before each wait.
+        # Streams: chunks (value, size) not yet taken, and what is told of each arrival
+        # (a worker, a chunk, the end); ``set()`` is all it has to offer.
         self.chunks: deque[tuple[Any, int]] | None = deque() if stream else None
         self.arrived: Any = None
+        # A stream's flow control: the worker may send ``window`` chunks beyond the count
+        # ``credited`` to it (the chunks its consumer took); more is a protocol error.
+        self.window = 0
+        self.received = 0
+        self.credited = 0
         self.request_id = 0
         self.correlation_id = ""
         self.session_id: str | None = None

@@ -3,14 +3,74 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import anyio.from_thread
 
 from pypit.pool._config import Affinity
 from pypit.pool._pool import Pool, PoolStatus, SessionInfo, ToolDescription, open_pool
+from pypit.pool._stream import Stream
+
+
+class SyncStream:
+    """A blocking view of a :class:`~pypit.pool.Stream`, from :meth:`SyncPool.stream`::
+
+        with pool.stream("generate", {"prompt": "hi"}) as chunks:
+            for chunk in chunks:
+                ...
+
+    Leaving the block, however, cancels the generator in the worker at once, as
+    :meth:`close` does (from any thread: an iteration blocked in another thread ends).
+    Iterating without ``with`` raises ``TypeError``, for the reason a
+    :class:`~pypit.pool.Stream` does: a loop left by ``break`` never tells its
+    iterator, and a stream must not wait for the garbage collector to end.
+    """
+
+    __slots__ = ("_entered", "_portal", "_stream")
+
+    def __init__(self, stream: Stream, portal: anyio.from_thread.BlockingPortal) -> None:
+        self._stream = stream
+        self._portal = portal
+        self._entered = False
+
+    @property
+    def buffered(self) -> int:
+        """Chunks that arrived and are not taken yet (see :attr:`Stream.buffered`)."""
+        return self._stream.buffered
+
+    def __enter__(self) -> Self:
+        self._portal.call(self._stream.__aenter__)
+        self._entered = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Self:
+        if not self._entered:
+            raise TypeError(
+                "iterate a stream inside its block: `with pool.stream(...) as chunks: "
+                "for chunk in chunks: ...`, so that leaving the loop early cancels it at once"
+            )
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self._portal.call(self._stream.__anext__)
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """End the stream, as leaving its block does; nothing happens the second time."""
+        self._portal.call(self._stream.aclose)
 
 
 class SyncPool:
@@ -61,19 +121,13 @@ class SyncPool:
         timeout: float | None = None,
         session_id: str | None = None,
         correlation_id: str | None = None,
-    ) -> Generator[Any, None, None]:
-        """Blocking :meth:`Pool.stream`: a generator of chunks; closing it cancels the stream."""
-        chunks = self._pool.stream(
+    ) -> SyncStream:
+        """Blocking :meth:`Pool.stream`: ``with pool.stream(...) as chunks: for chunk in
+        chunks: ...``; leaving the block cancels the stream (see :class:`SyncStream`)."""
+        stream = self._pool.stream(
             command, args, timeout=timeout, session_id=session_id, correlation_id=correlation_id
         )
-        try:
-            while True:
-                try:
-                    yield self._portal.call(chunks.__anext__)
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._portal.call(chunks.aclose)
+        return SyncStream(stream, self._portal)
 
     def status(self) -> PoolStatus:
         """:meth:`Pool.status`."""

@@ -176,6 +176,12 @@ class WorkerHandle:
                 streaming = self.pending.get(message.id)
                 if streaming is None or streaming.chunks is None:
                     raise ProtocolError(f"a chunk for call {message.id} that is not a stream")
+                if streaming.received >= streaming.credited + streaming.window:
+                    raise ProtocolError(
+                        f"stream {message.id} sent chunk {streaming.received + 1} with credit "
+                        f"for {streaming.credited} and a window of {streaming.window}"
+                    )
+                streaming.received += 1
                 if not streaming.abandoned:
                     streaming.chunks.append((message.value, len(payload) + 4))
                     if streaming.arrived is not None:
@@ -344,6 +350,11 @@ class WorkerHandle:
         connection.attach(self.on_frame, self.on_lost)
         if configure:
             connection.send(configure)
+        # A credit may have gone down with the old channel: a stream whose worker waits
+        # for it would wait forever. The count is cumulative, so sending it again is safe.
+        for request in self.pending.values():
+            if request.credited:
+                connection.send(_wire.encode(_wire.Credit(request.request_id, request.credited)))
         self.accepting = self.recycle_reason is None and not self.closing
         self.changed.set()
 

@@ -36,11 +36,11 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from pypit import _wire
-from pypit._errors import FrameTooLargeError, SerializationError
+from pypit._errors import FrameTooLargeError, ProtocolError, SerializationError
 from pypit._shared import MAX_STRING_LENGTH, correlation_id_var
 from pypit.worker import _telemetry
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter
@@ -79,7 +79,7 @@ class _Running:
     while the call waits for a slot in the local queue.
     """
 
-    __slots__ = ("cancelled", "loop", "received", "started", "task")
+    __slots__ = ("cancelled", "loop", "received", "started", "task", "window")
 
     def __init__(self) -> None:
         self.cancelled = False
@@ -87,17 +87,96 @@ class _Running:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.received = time.monotonic_ns()
         self.started = 0
+        self.window: _Window | None = None
 
     def cancel(self) -> None:
         self.cancelled = True
         if self.task is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(self._cancel_task)
+        if self.window is not None:
+            self.window.wake()
 
     def _cancel_task(self) -> None:
         # On the loop thread. One task runs a slot's async calls one after the other: once
         # this call ended (``task`` is None again), the task runs another call.
         if self.task is not None:
             self.task.cancel()
+
+
+class _Window:
+    """A stream's flow control (see ``_wire.Credit``): its generator is advanced only while
+    fewer than ``size`` of its chunks are sent and not yet taken by the consumer in the
+    parent, so a consumer that stops reading stops the generator instead of filling the
+    parent's memory.
+
+    A sync generator's thread waits in :meth:`wait`, an async generator in
+    :meth:`wait_async`; the reading thread grants credit, and a cancellation ends the wait
+    (the call's flag for a thread, the task's cancellation on the loop).
+    """
+
+    __slots__ = ("_condition", "_loop", "_running", "_waiter", "consumed", "sent", "size")
+
+    def __init__(
+        self, size: int, running: _Running, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        if size < 1:
+            raise ProtocolError(f"a stream needs a window of at least one chunk, not {size}")
+        self.size = size
+        self.sent = 0
+        self.consumed = 0
+        self._running = running
+        self._condition = threading.Condition(threading.Lock())
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+        running.window = self  # where credit and a cancellation find it
+
+    def grant(self, consumed: int) -> None:
+        """The parent's credit: its consumer has taken ``consumed`` chunks in all."""
+        with self._condition:
+            if consumed == self.consumed:
+                return  # sent again after a reconnection
+            if not self.consumed < consumed <= self.sent:
+                raise ProtocolError(
+                    f"credit for {consumed} chunks of a stream that sent {self.sent} "
+                    f"and had credit for {self.consumed}"
+                )
+            self.consumed = consumed
+            self._condition.notify()
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(_resolve, waiter)
+
+    def wake(self) -> None:
+        """The call was cancelled: a thread waiting for credit stops waiting."""
+        with self._condition:
+            self._condition.notify()
+
+    def wait(self) -> bool:
+        """Wait until the generator may be advanced; False once the call is cancelled."""
+        with self._condition:
+            while self.sent - self.consumed >= self.size and not self._running.cancelled:
+                self._condition.wait()
+            return not self._running.cancelled
+
+    async def wait_async(self) -> None:
+        """Wait, on the loop, until the generator may be advanced."""
+        while True:
+            with self._condition:
+                if self.sent - self.consumed < self.size:
+                    return
+                assert self._loop is not None
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+
+    def sent_one(self) -> None:
+        """Count a chunk before it leaves: its credit may come back at once."""
+        with self._condition:
+            self.sent += 1
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _kill_process_group(signum: int, frame: object) -> None:
@@ -300,6 +379,7 @@ class Runtime:
             _wire.Ping: self._on_ping,
             _wire.Shutdown: lambda _message: False,
             _wire.Configure: self._on_configure,
+            _wire.Credit: self._on_credit,
         }
         threading.Thread(
             target=self._or_stop, args=(self._flusher,), name="pypit-telemetry", daemon=True
@@ -507,6 +587,15 @@ class Runtime:
             running.cancel()
         return True
 
+    def _on_credit(self, message: _wire.Credit) -> bool:
+        running = self._running.get(message.id)
+        if running is None:
+            return True  # the stream ended, or was dropped, while the credit was on its way
+        if running.window is None:
+            raise ProtocolError(f"credit for call {message.id}, which has sent no chunk")
+        running.window.grant(message.consumed)
+        return True
+
     def _unqueue(self, call_id: int) -> bool:
         """Remove a call that has not started from the local queue (state lock held)."""
         for call in self._queue:
@@ -580,12 +669,9 @@ class Runtime:
         try:
             positional, keywords = self._arguments(call.args)
             if spec.is_stream:
-                seq = 0
-                for seq, value in enumerate(spec.function(*positional, **keywords), 1):
-                    if running.cancelled:
-                        raise _Cancelled
-                    self.send(self._encode_reply(_wire.Chunk(call.id, seq, value)))
-                reply: _wire._Message = _wire.End(call.id)
+                reply: _wire._Message = self._stream(
+                    call, spec.function(*positional, **keywords), running
+                )
             else:
                 reply = _wire.Result(call.id, spec.function(*positional, **keywords))
         except _Cancelled:
@@ -646,11 +732,9 @@ class Runtime:
         try:
             positional, keywords = self._arguments(call.args)
             if spec.is_stream:
-                seq = 0
-                async for value in spec.function(*positional, **keywords):
-                    seq += 1
-                    self.send(self._encode_reply(_wire.Chunk(call.id, seq, value)))
-                reply: _wire._Message = _wire.End(call.id)
+                reply: _wire._Message = await self._stream_async(
+                    call, spec.function(*positional, **keywords), running
+                )
             else:
                 reply = _wire.Result(call.id, await spec.function(*positional, **keywords))
         except asyncio.CancelledError:
@@ -660,6 +744,65 @@ class Runtime:
         else:
             self._call_stopped(call, started)
         self._finish(_waited(reply, running))
+
+    # -- streams -------------------------------------------------------------
+
+    def _stream(self, call: _wire.Call, chunks: Iterable[Any], running: _Running) -> _wire._Message:
+        """Send a sync generator's chunks, advancing it only while its window has room;
+        the stream's last message. However it ends, the generator is closed before that
+        message leaves, so a cancelled tool's ``finally`` has run when the parent hears."""
+        iterator = iter(chunks)
+        window = _Window(call.window, running)
+        try:
+            while window.wait():
+                try:
+                    value = next(iterator)
+                except StopIteration:
+                    return _wire.End(call.id)
+                error = self._send_chunk(call.id, window, value)
+                if error is not None:
+                    return error
+            raise _Cancelled
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    async def _stream_async(
+        self, call: _wire.Call, chunks: AsyncIterator[Any], running: _Running
+    ) -> _wire._Message:
+        """:meth:`_stream` for an async generator: it awaits credit, and a cancellation
+        ends the wait."""
+        import asyncio
+
+        window = _Window(call.window, running, asyncio.get_running_loop())
+        try:
+            while True:
+                await window.wait_async()
+                try:
+                    value = await anext(chunks)
+                except StopAsyncIteration:
+                    return _wire.End(call.id)
+                error = self._send_chunk(call.id, window, value)
+                if error is not None:
+                    return error
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def _send_chunk(self, call_id: int, window: _Window, value: Any) -> _wire.Error | None:
+        """Send one chunk, or the error that ends the stream when it cannot travel: no
+        chunk may follow the call's last message."""
+        try:
+            frame = _wire.encode(_wire.Chunk(call_id, window.sent + 1, value), self._max_frame_size)
+        except FrameTooLargeError as exc:
+            return _wire.Error(call_id, "frame_too_large", "FrameTooLargeError", str(exc))
+        except SerializationError as exc:
+            return _wire.Error(call_id, "serialization", "SerializationError", str(exc))
+        window.sent_one()
+        self.send(frame)
+        return None
 
     # -- python.call.* events ------------------------------------------------
 

@@ -20,7 +20,9 @@ import structlog
 from pypit import WorkerCrashedError, _wire, telemetry
 from pypit.pool import open_pool
 from pypit.pool._channel import MAX_PENDING_GREETINGS
+from pypit.pool._request import Request
 from tests.pool.conftest import adapter, assert_catalog_shape, options, wait_until
+from tests.pool.test_hostile import _Signal, handle
 
 pytestmark = pytest.mark.anyio
 
@@ -210,3 +212,27 @@ async def test_a_dead_workers_half_received_frame_is_not_kept() -> None:
 
     assert peak > 24 * MiB  # the part of the frame was received
     assert retained < 4 * MiB
+
+
+def test_a_reconnected_worker_is_sent_its_streams_credit_again() -> None:
+    """Credit sent while the channel was down is lost with it; the worker of a stream
+    would wait for it forever. On reconnection the pool sends each stream's count again
+    (it is cumulative: a repeat changes nothing)."""
+    sent: list[bytes] = []
+
+    class NewConnection:
+        def attach(self, *callbacks: object) -> None:
+            pass
+
+        def send(self, frame: bytes) -> None:
+            sent.append(frame)
+
+    worker = handle()
+    stream = Request("s", _Signal, stream=True)
+    stream.request_id, stream.window, stream.credited = 7, 4, 12
+    fresh = Request("s", _Signal, stream=True)
+    fresh.request_id, fresh.window = 8, 4
+    worker.pending = {7: stream, 8: fresh}
+    worker.resume(NewConnection(), [7, 8], b"")  # type: ignore[arg-type]
+
+    assert [_wire.decode_to_worker(frame[4:]) for frame in sent] == [_wire.Credit(7, 12)]

@@ -99,7 +99,7 @@ async def test_chaos(tmp_path: Path) -> None:
     )
     assert set(outcomes) <= {"ok", "WorkerCrashedError", "WorkerTimeoutError", "QueueTimeoutError"}
     assert outcomes["ok"] > 0
-    assert kills > 50
+    assert kills > 20  # one every 50 ms at best; fewer on a loaded machine
     assert late == []
     assert twice == []
     assert status.total_workers == WORKERS

@@ -252,7 +252,8 @@ async def test_every_call_start_ends_in_a_stop_or_an_exception() -> None:
     events = [(*RPC, "call", e) for e in ("start", "stop", "exception")]
     with telemetry.capture(*events) as seen:
         async with open_pool(adapter(), **options()) as pool:
-            assert [c async for c in pool.stream("count", {"n": 2})] == [1, 2]
+            async with pool.stream("count", {"n": 2}) as chunks:
+                assert [c async for c in chunks] == [1, 2]
             assert await pool.execute("identity", 1) == 1
             with pytest.raises(ToolError):
                 await pool.execute("fail")
@@ -271,8 +272,9 @@ async def test_stream_events() -> None:
     events = [(*RPC, "stream", e) for e in ("opened", "message", "closed")]
     with telemetry.capture(*events) as seen:
         async with open_pool(adapter(), **options()) as pool:
-            assert [c async for c in pool.stream("count", {"n": 3})] == [1, 2, 3]
-            async with contextlib.aclosing(pool.stream("count", {"n": 100})) as chunks:
+            async with pool.stream("count", {"n": 3}) as chunks:
+                assert [c async for c in chunks] == [1, 2, 3]
+            async with pool.stream("count", {"n": 100}) as chunks:
                 async for chunk in chunks:
                     if chunk == 2:
                         break
@@ -387,7 +389,7 @@ async def test_no_handlers_means_no_events_built(
         assert len(telemetry.list_handlers(("pypit",))) == (len(PYPIT_EVENTS) if listening else 0)
         async with open_pool(adapter(), **options()) as pool:
             assert await pool.execute("identity", os.getpid()) == os.getpid()
-            async with contextlib.aclosing(pool.stream("count", {"n": 2})) as chunks:
+            async with pool.stream("count", {"n": 2}) as chunks:
                 assert [c async for c in chunks] == [1, 2]
 
     assert bool(dispatched) == listening

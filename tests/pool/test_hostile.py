@@ -167,3 +167,49 @@ def test_times_a_worker_reports_cannot_poison_the_pool() -> None:
     assert [e.measurements["queue_time"] for e in seen] == [0]
     assert scheduler.is_quick("identity")  # only the 1 µs answer counted
     assert (worker.in_flight, worker.slow) == (0, 0)
+
+
+def test_a_stream_past_its_window_is_a_protocol_error() -> None:
+    """A worker may send a stream's window of chunks beyond the credit it was given, no
+    more: the parent never holds more than the window."""
+    worker = handle()
+    request = Request("s", _Signal, stream=True)
+    request.window = 2
+    worker.pending[7] = request
+    for seq in (1, 2):
+        worker.on_frame(_wire.encode(_wire.Chunk(7, seq, seq))[4:])
+    with pytest.raises(ProtocolError, match="window of 2"):
+        worker.on_frame(_wire.encode(_wire.Chunk(7, 3, 3))[4:])
+    assert request.chunks is not None
+    assert [value for value, _ in request.chunks] == [1, 2]
+
+    request.credited = 1  # the consumer took one chunk, and said so
+    worker.on_frame(_wire.encode(_wire.Chunk(7, 3, 3))[4:])
+    assert len(request.chunks) == 3
+
+
+@pytest.mark.anyio
+async def test_a_worker_that_ignores_its_window_is_replaced() -> None:
+    """A worker flooding a stream past its window breaks the protocol: the stream fails
+    with WorkerCrashedError after at most a window of chunks, and the slot gets a new
+    worker."""
+    taken = []
+    most = 0
+    async with open_pool(adapter("Hostile"), **options(stream_window=4)) as pool:
+        pid = await pool.execute("pid")
+
+        async def consume() -> None:
+            nonlocal most
+            async with pool.stream("flood", {"n": 1000}) as chunks:
+                async for chunk in chunks:
+                    most = max(most, chunks.buffered + 1)
+                    taken.append(chunk)
+
+        with pytest.raises(WorkerCrashedError):
+            await consume()
+        with anyio.fail_after(10):
+            assert await pool.execute("pid") != pid
+
+    assert most <= 4
+    assert taken == list(range(1, len(taken) + 1))
+    assert len(taken) < 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,8 @@ def test_blocking_execute_and_stream(backend: str) -> None:
     """execute and stream block and return plain values; errors are raised as in async code."""
     with start_pool(adapter(), backend=backend, **options()) as pool:
         assert pool.execute("add", {"a": 1, "b": 2}) == 3
-        assert list(pool.stream("count", {"n": 4})) == [1, 2, 3, 4]
+        with pool.stream("count", {"n": 4}) as chunks:
+            assert list(chunks) == [1, 2, 3, 4]
         with pytest.raises(ToolError, match="boom"):
             pool.execute("fail")
         assert pool.status().completed == 2
@@ -47,18 +49,48 @@ def test_many_threads_call_at_once() -> None:
     assert results == {(t, i): [t, i] for t in range(16) for i in range(25)}
 
 
-def test_closing_a_stream_early_cancels_it() -> None:
-    """Closing the generator cancels the stream in the worker; the pool serves on."""
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_leaving_a_stream_early_cancels_it_at_once(backend: str, tmp_path: Path) -> None:
+    """Leaving the block early ends the generator in the worker before the block ends, and
+    frees the worker's slot; the pool serves on."""
+    notes = tmp_path / "notes"
     with (
         telemetry.capture(("pypit", "rpc", "stream", "closed")) as seen,
-        start_pool(adapter(), **options()) as pool,
+        start_pool(adapter(), backend=backend, **options()) as pool,
     ):
-        chunks = pool.stream("count", {"n": 1000, "delay": 0.01})
-        assert [next(chunks), next(chunks)] == [1, 2]
-        chunks.close()
+        with pool.stream("blobs", {"n": 100_000, "path": str(notes), "delay": 0.002}) as chunks:
+            assert [next(chunks)[0], next(chunks)[0]] == [1, 2]
+        assert "closed" in notes.read_text().split()
+        assert pool.status().in_flight == 0
         assert pool.execute("identity", 9, timeout=5) == 9
 
     assert [e.metadata["reason"] for e in seen] == ["cancelled"]
+
+
+def test_iterating_a_stream_without_with_is_a_type_error() -> None:
+    """As in async code, a stream iterated outside its block raises TypeError before
+    anything is sent."""
+    with start_pool(adapter(), **options()) as pool:
+        with pytest.raises(TypeError, match=r"with pool\.stream"):
+            list(pool.stream("count", {"n": 3}))
+        assert pool.status().requests == 0
+
+
+def test_closing_a_stream_from_another_thread_ends_its_iteration(tmp_path: Path) -> None:
+    """close() from another thread ends an iteration blocked waiting for a chunk; the
+    generator is ended in the worker once its chunk is done (a sync generator cannot be
+    interrupted inside one), and its worker serves on."""
+    notes = tmp_path / "notes"
+    with start_pool(adapter(), **options()) as pool:
+        pid = pool.execute("pid")
+        with pool.stream("blobs", {"n": 1000, "path": str(notes), "delay": 1.0}) as chunks:
+            closer = threading.Timer(0.2, chunks.close)
+            closer.start()
+            assert list(chunks) == []
+            closer.join()
+        assert pool.execute("pid", timeout=5) == pid
+
+    assert notes.read_text().split() == ["1", "closed"]
 
 
 def test_status_events_from_the_loop_thread() -> None:
