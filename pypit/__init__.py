@@ -7,6 +7,7 @@ none of them.
 """
 
 from pypit._decorate import publish as _publish
+from pypit._errors import AcknowledgeTimeoutError as AcknowledgeTimeoutError
 from pypit._errors import FrameTooLargeError as FrameTooLargeError
 from pypit._errors import HandlerExistsError as HandlerExistsError
 from pypit._errors import HandlerNotFoundError as HandlerNotFoundError
@@ -19,13 +20,16 @@ from pypit._errors import QueueTimeoutError as QueueTimeoutError
 from pypit._errors import SerializationError as SerializationError
 from pypit._errors import SessionUnavailableError as SessionUnavailableError
 from pypit._errors import ToolError as ToolError
+from pypit._errors import ToolKindError as ToolKindError
 from pypit._errors import UnknownCommandError as UnknownCommandError
+from pypit._errors import UnknownWorkerError as UnknownWorkerError
 from pypit._errors import WorkerCrashedError as WorkerCrashedError
 from pypit._errors import WorkerStartError as WorkerStartError
 from pypit._errors import WorkerTimeoutError as WorkerTimeoutError
 from pypit._version import __version__ as __version__
 
 __all__ = [
+    "AcknowledgeTimeoutError",
     "FrameTooLargeError",
     "HandlerExistsError",
     "HandlerNotFoundError",
@@ -38,7 +42,9 @@ __all__ = [
     "SerializationError",
     "SessionUnavailableError",
     "ToolError",
+    "ToolKindError",
     "UnknownCommandError",
+    "UnknownWorkerError",
     "WorkerCrashedError",
     "WorkerStartError",
     "WorkerTimeoutError",

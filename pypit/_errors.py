@@ -17,12 +17,20 @@ works on a call that ran out of time::
     ├── WorkerStartError (RuntimeError)         no worker could be started
     ├── ToolError (RuntimeError)                the tool raised inside the worker
     ├── UnknownCommandError (LookupError)       no such tool in the adapter
+    ├── UnknownWorkerError (LookupError)        no worker of that id in the pool
+    ├── ToolKindError (TypeError)               execute() on a stream tool, or the reverse
+    ├── AcknowledgeTimeoutError (TimeoutError)  workers did not apply new settings in time
     ├── SerializationError (TypeError)          a value the wire cannot carry
     └── ProtocolError (ValueError)              a malformed or oversized frame
         └── FrameTooLargeError                  a frame over the size limit
 
 All of them survive a pickle round trip with their attributes, so they can be
 handed between threads, processes and test runners unchanged.
+
+Misuse -- an option or an argument of the wrong type or out of range -- raises the
+plain ``TypeError`` or ``ValueError`` before anything changes, with a message that
+names the option, the value and what it takes: the error is in the calling code, not
+in anything pypit did.
 """
 
 from __future__ import annotations
@@ -102,7 +110,22 @@ class WorkerCrashedError(PypitError, RuntimeError):
 
 
 class WorkerStartError(PypitError, RuntimeError):
-    """No worker of the pool could be started."""
+    """No worker of the pool could be started.
+
+    ``failures`` maps each worker id to what its start failed with (the reason, and the
+    exception the worker reported or the last lines it wrote); the message lists them.
+    """
+
+    def __init__(self, message: str, failures: dict[str, str] | None = None) -> None:
+        self.failures = dict(failures or {})
+        if self.failures:
+            message += "".join(
+                f"\n  {worker_id}: {failure}" for worker_id, failure in self.failures.items()
+            )
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"failures": self.failures}))
 
 
 class ToolError(PypitError, RuntimeError):
@@ -141,6 +164,20 @@ class UnknownCommandError(PypitError, LookupError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.command, self.known))
+
+
+class UnknownWorkerError(PypitError, LookupError):
+    """The pool has no worker of that id (or none that is live, for an operation that needs
+    one)."""
+
+
+class ToolKindError(PypitError, TypeError):
+    """``execute()`` was called on a stream tool, or ``stream()`` on a tool that returns."""
+
+
+class AcknowledgeTimeoutError(PypitError, TimeoutError):
+    """Workers did not acknowledge new settings (telemetry, log level) in time; those
+    that did apply them, the others apply them when they next read their channel."""
 
 
 class SerializationError(PypitError, TypeError):

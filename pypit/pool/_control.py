@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from pypit import _wire
-from pypit._errors import ProtocolError
+from pypit._errors import AcknowledgeTimeoutError, ProtocolError, UnknownWorkerError
 from pypit._log import check_level
 from pypit._shared import CATALOG_NAMES, DROP_REASONS, invalid_metadata, matches, valid_name
 from pypit.pool import _events
@@ -108,20 +108,33 @@ class Control:
         seq = self._seq
         self._allowed.clear()
         self.push(seq, worker_id)
-        with anyio.fail_after(timeout):
-            while any(
-                w is not None
+
+        def late() -> list[str]:
+            return [
+                w.worker_id
+                for w in self._workers()
+                if w is not None
                 and w.ready
                 and w.acked < seq
                 and w.process.returncode is None
                 and (worker_id is None or w.worker_id == worker_id)
-                for w in self._workers()
-            ):
+            ]
+
+        with anyio.move_on_after(timeout):
+            while late():
                 await anyio.sleep(0.005)
+        if waiting := late():
+            raise AcknowledgeTimeoutError(
+                f"pool {self._name!r}: {', '.join(waiting)} did not acknowledge the new "
+                f"settings within {timeout:g}s; they apply them when they next read their channel"
+            )
 
     def _check_worker(self, worker_id: str) -> None:
         if worker_id not in self._worker_ids:
-            raise LookupError(f"pool {self._name!r} has no worker {worker_id!r}")
+            known = ", ".join(self._worker_ids)
+            raise UnknownWorkerError(
+                f"pool {self._name!r} has no worker {worker_id!r}; its workers are {known}"
+            )
 
     # -- the public operations ---------------------------------------------------------------
 

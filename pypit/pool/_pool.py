@@ -33,6 +33,7 @@ from pypit import _wire
 from pypit._errors import (
     PoolClosedError,
     QueueTimeoutError,
+    ToolKindError,
     UnknownCommandError,
     WorkerCrashedError,
     WorkerStartError,
@@ -344,7 +345,8 @@ class Pool:
             raise UnknownCommandError(command, tuple(sorted(self._supervisor.tools)))
         if tool.stream != stream:
             how = "pool.stream()" if tool.stream else "pool.execute()"
-            raise TypeError(f"{command!r} is a {'stream' if tool.stream else 'call'}; use {how}")
+            kind = "stream" if tool.stream else "call"
+            raise ToolKindError(f"{command!r} is a {kind}; use {how}")
 
     def _request(
         self,
@@ -471,7 +473,8 @@ class Pool:
         if not ready:
             raise WorkerStartError(
                 f"pool {self.name!r}: none of {self.config.size} workers could start "
-                f"{self.config.adapter}; see the log for each worker's error"
+                f"{self.config.adapter}:",
+                self._supervisor.failures(),
             )
         if self.config.status_interval:
             task_group.start_soon(self._emit_status_periodically)

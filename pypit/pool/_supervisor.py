@@ -24,7 +24,13 @@ import anyio.abc
 import attrs
 
 from pypit import _wire
-from pypit._errors import PoolClosedError, PoolDegradedError, ProtocolError, WorkerStartError
+from pypit._errors import (
+    PoolClosedError,
+    PoolDegradedError,
+    ProtocolError,
+    UnknownWorkerError,
+    WorkerStartError,
+)
 from pypit._log import get_logger
 from pypit.pool import _events
 from pypit.pool._channel import Connection
@@ -106,6 +112,10 @@ class Supervisor:
 
     def ready_count(self) -> int:
         return sum(1 for w in self.handles() if w is not None and w.ready)
+
+    def failures(self) -> dict[str, str]:
+        """What the last start of each slot failed with, for slots whose last start failed."""
+        return {slot.worker_id: slot.failure for slot in self.slots if slot.failure}
 
     def restarts(self) -> int:
         return sum(slot.restarts for slot in self.slots)
@@ -218,6 +228,7 @@ class Supervisor:
 
     def _started(self, slot: Slot, handle: WorkerHandle) -> None:
         """A worker got ready: a degraded slot serves again."""
+        slot.failure = ""
         if slot.down:
             slot.down = False
             self.scheduler.degraded = None
@@ -304,6 +315,13 @@ class Supervisor:
             del self._expected[token]
             slot.failure = f"exec_failed: {exc}"
             self._spawn_failed(worker_id, started, "exec_failed", None)
+            _log.error(
+                "worker failed to start",
+                pool_name=self.name,
+                worker_id=worker_id,
+                reason="exec_failed",
+                error=slot.failure,
+            )
             return None
         os.close(token_reader)
         greeting.pid = process.pid
@@ -433,7 +451,7 @@ class Supervisor:
                     "exit_code": returncode,
                 },
             )
-        if not handle.closing:
+        if not handle.closing and not self.closed:
             _log.warning(
                 "worker terminated unexpectedly; restarting",
                 pool_name=self.name,
@@ -444,24 +462,36 @@ class Supervisor:
             )
 
     def _failed_to_start(self, slot: Slot, handle: WorkerHandle, returncode: int | None) -> None:
+        early = handle.early_stderr
+        last = next((line.strip() for line in reversed(early) if line.strip()), "")
         if handle.failure is not None:
             failure = handle.failure.reason
             slot.failure = f"{failure}: {handle.failure.message}"
+        elif handle.kill_reason == "handshake_timeout":
+            failure = handle.kill_reason
+            slot.failure = f"not ready within startup_timeout={self.config.startup_timeout:g}s"
         elif handle.kill_reason is not None:
             failure = slot.failure = handle.kill_reason
         else:
             failure = "exited"
-            slot.failure = f"exited with code {returncode}"
+            slot.failure = f"exited with code {returncode}" + (f": {last}" if last else "")
         self._spawn_failed(handle.worker_id, handle.spawn_started, failure, returncode)
+        if self.closed:
+            # The pool stopped this start: nothing failed.
+            _log.info("worker start abandoned: the pool is closing", **self._fields(handle))
+            return
+        traceback = handle.failure.traceback if handle.failure else "\n".join(early)
         _log.error(
             "worker failed to start",
-            pool_name=self.name,
-            worker_id=handle.worker_id,
+            **self._fields(handle),
             reason=failure,
-            error=handle.failure.message if handle.failure else None,
+            error=slot.failure,
             exit_code=returncode,
-            stderr="\n".join(handle.stderr_tail),
+            traceback=traceback,
         )
+
+    def _fields(self, handle: WorkerHandle) -> dict[str, Any]:
+        return {"pool_name": self.name, "worker_id": handle.worker_id, "worker_pid": handle.pid}
 
     async def _watch_health(self, handle: WorkerHandle) -> None:
         """Heartbeat, age and memory of one worker, checked every heartbeat interval (every
@@ -522,7 +552,7 @@ class Supervisor:
         """
         handle = next((w for w in self.scheduler.workers if w and w.worker_id == worker_id), None)
         if handle is None or not handle.ready:
-            raise LookupError(f"no live worker {worker_id!r} in pool {self.name!r}")
+            raise UnknownWorkerError(f"no live worker {worker_id!r} in pool {self.name!r}")
         slot = self.slots[int(worker_id.rsplit("_", 1)[1]) - 1]
         self._recycle(handle, "manual")
         config = self.config

@@ -41,6 +41,7 @@ _log = get_logger("worker")
 
 _MAX_LOG_LINE: Final = 65_536
 _STDERR_TAIL: Final = 20
+_EARLY_LINES: Final = 1000
 
 
 def error_from_reply(reply: _wire.Error, command: str) -> PypitError:
@@ -105,6 +106,8 @@ class WorkerHandle:
     worker must have answered them: past it, the worker is killed."""
     _cancel_wake: anyio.Event | None = None
     stderr_tail: deque[str] = attrs.field(factory=lambda: deque(maxlen=_STDERR_TAIL))
+    early_stderr: list[str] = attrs.field(factory=list)
+    """What the worker wrote to stderr before it was ready, not logged yet."""
     changed: anyio.Event = attrs.field(factory=anyio.Event)
     closing: bool = False
     """Asked to stop: it finishes its calls and exits."""
@@ -198,6 +201,7 @@ class WorkerHandle:
             case _wire.Ready():
                 if self.ready:
                     raise ProtocolError("a second Ready")
+                self.log_early_stderr()
                 self.tools = {t.name: t for t in message.tools}
                 self.ready = self.accepting = True
                 self.ready_at = time.monotonic_ns()
@@ -270,6 +274,11 @@ class WorkerHandle:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         if name == "stderr":
             self.stderr_tail.append(line)
+            if not self.ready and len(self.early_stderr) < _EARLY_LINES:
+                # Before the worker is ready its stderr is held: a failed start logs it
+                # once, in its own record; a start that succeeds logs it then.
+                self.early_stderr.append(line)
+                return
         log(
             line,
             stream=name,
@@ -277,6 +286,18 @@ class WorkerHandle:
             worker_id=self.worker_id,
             worker_pid=self.pid,
         )
+
+    def log_early_stderr(self) -> None:
+        """Log what the worker wrote to stderr while it started (its start succeeded)."""
+        early, self.early_stderr = self.early_stderr, []
+        for line in early:
+            _log.warning(
+                line,
+                stream="stderr",
+                pool_name=self.pool_name,
+                worker_id=self.worker_id,
+                worker_pid=self.pid,
+            )
 
     # -- stopping --------------------------------------------------------------
 
