@@ -34,8 +34,8 @@ async def test_worker_output_is_logged_line_by_line() -> None:
     assert record["category"] == "worker"
 
 
-async def test_failed_start_logs_the_error_and_stderr_tail() -> None:
-    """A worker that cannot start is logged with its reason, error and stderr."""
+async def test_failed_start_logs_the_error_and_its_traceback() -> None:
+    """A worker that cannot start is logged with its reason, error and traceback."""
     with structlog.testing.capture_logs() as logs, pytest.raises(WorkerStartError):
         async with open_pool(adapter("FailingSetup"), **options()):
             pass
@@ -43,4 +43,4 @@ async def test_failed_start_logs_the_error_and_stderr_tail() -> None:
     (failure,) = [e for e in logs if e["event"] == "worker failed to start"]
     assert failure["reason"] == "setup_failed"
     assert "the model file is missing" in failure["error"]
-    assert "RuntimeError" in failure["stderr"]
+    assert "RuntimeError: the model file is missing" in failure["traceback"]
