@@ -13,7 +13,10 @@ accepts only the messages a worker may send.
 
 from __future__ import annotations
 
+import contextlib
+import reprlib
 import struct
+import threading
 from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
@@ -210,10 +213,16 @@ ToWorker: TypeAlias = Call | Cancel | Ping | Shutdown | Configure | Credit
 FromWorker: TypeAlias = Hello | Ready | Failed | Result | Error | Chunk | End | Events | Pong | Ack
 
 
+# Bounded, and never raises: a value's own __repr__ may fail or build megabytes.
+_preview = reprlib.Repr()
+_preview.maxstring = _preview.maxother = 200
+
+
 def _refuse(value: Any) -> Any:
     raise SerializationError(
-        f"cannot send a value of type {type(value).__qualname__} over the wire: {value!r:.200}; "
-        "use msgpack types (dict, list, str, bytes, int, float, bool, None)"
+        f"cannot send a value of type {type(value).__qualname__} over the wire: "
+        f"{_preview.repr(value)}; use msgpack types (dict, list, str, bytes, int, float, "
+        "bool, None)"
     )
 
 
@@ -236,8 +245,15 @@ def encode(message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> b
         _encoder.encode_into(message, buffer, _HEADER_SIZE)
     except SerializationError:
         raise
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise SerializationError(f"cannot encode the message: {exc}") from None
+    except RecursionError:
+        raise SerializationError(
+            "cannot encode the message: a value in it is nested too deep (the interpreter's "
+            "recursion limit bounds the nesting of a value on the wire)"
+        ) from None
+    except Exception as exc:
+        # Not only msgspec's own errors: encoding reads the value's attributes, and whatever
+        # that raises means the value cannot travel, never that the sender must fail.
+        raise SerializationError(f"cannot encode the message: {_reason(exc)}") from None
     size = len(buffer) - _HEADER_SIZE
     if size > max_frame_size:
         raise FrameTooLargeError(f"a frame of {size} bytes is over the limit of {max_frame_size}")
@@ -245,14 +261,43 @@ def encode(message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> b
     return bytes(buffer)
 
 
+def _reason(exc: Exception) -> str:
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return f"{type(exc).__name__}: <unprintable>"
+
+
 def decode_from_worker(payload: bytes | memoryview) -> FromWorker:
     """A message a worker may send, or :class:`ProtocolError`."""
     try:
         return _from_worker.decode(payload)
+    except RecursionError:
+        # Nesting counts against the recursion limit together with the stack of the thread
+        # that decodes, deeper in the pool's event loop than the worker's was when it
+        # encoded: what the worker could send, a thread of its own can read.
+        return _decode_on_a_fresh_stack(payload)
     except Exception as exc:
         # Not only MsgspecError: invalid UTF-8 in a string surfaces as
         # UnicodeDecodeError. Whatever the bytes were, they are refused.
         raise ProtocolError(f"malformed message from worker: {exc!r}") from None
+
+
+def _decode_on_a_fresh_stack(payload: bytes | memoryview) -> FromWorker:
+    """Decode a message from a worker in a new thread, and wait for it (a matter of
+    microseconds, and only for values nested close to the recursion limit)."""
+    decoded: list[FromWorker] = []
+
+    def decode() -> None:
+        with contextlib.suppress(Exception):
+            decoded.append(_from_worker.decode(payload))
+
+    thread = threading.Thread(target=decode, name="pypit-decode")
+    thread.start()
+    thread.join()
+    if not decoded:
+        raise ProtocolError("malformed message from worker: a value nested too deep")
+    return decoded[0]
 
 
 def decode_to_worker(payload: bytes | memoryview) -> ToWorker:

@@ -355,6 +355,125 @@ class Hostile(Echo):
         yield 0
 
 
+class Unprintable(Exception):
+    """An exception that cannot describe itself."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this exception")
+
+
+class Unrepresentable:
+    """A value msgpack cannot carry, whose repr raises."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for this value")
+
+
+class Stop(BaseException):
+    """A BaseException of the tool's own, like those some frameworks use for control flow."""
+
+
+def nested(depth: int) -> list[Any]:
+    """A list nested ``depth`` deep."""
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def produce(kind: str) -> Any:
+    """What the Unruly tools return or raise: a value the wire cannot carry ("deep",
+    "object", "unrepresentable"), 100 kB ("large"), an exception that cannot describe
+    itself ("unprintable"), a BaseException ("exit", "interrupt", "stop"); any other kind
+    is returned as it is."""
+    if kind == "deep":
+        return nested(1000)
+    if kind == "object":
+        return object()
+    if kind == "large":
+        return b"x" * 100_000
+    if kind == "unrepresentable":
+        return Unrepresentable()
+    if kind == "unprintable":
+        raise Unprintable
+    if kind == "exit":
+        sys.exit(3)
+    if kind == "interrupt":
+        raise KeyboardInterrupt
+    if kind == "stop":
+        raise Stop("stopped by the tool")
+    return kind
+
+
+def wait_for(gate: str | None) -> None:
+    deadline = time.monotonic() + 30
+    while gate is not None and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+class Unruly(Echo):
+    """Echo, plus tools whose results, chunks or exceptions give their worker trouble."""
+
+    @tool(description="Once `gate` exists (if given), return or raise what `kind` says")
+    def value(self, kind: str, gate: str | None = None) -> Any:
+        wait_for(gate)
+        return produce(kind)
+
+    @tool(description="Return a list nested `depth` deep")
+    def nest(self, depth: int) -> list[Any]:
+        return nested(depth)
+
+    @tool(description="Like value, asynchronously")
+    async def async_value(self, kind: str, gate: str | None = None) -> Any:
+        with anyio.move_on_after(30):
+            while gate is not None and not os.path.exists(gate):
+                await anyio.sleep(0.002)
+        return produce(kind)
+
+    @tool(description="Yield 'first', then what `kind` says, then 'last'; log the close to `path`")
+    def chunks(self, kind: str, path: str) -> Iterator[Any]:
+        try:
+            yield "first"
+            yield produce(kind)
+            yield "last"
+        finally:
+            with open(path, "a") as f:
+                f.write("closed\n")
+
+    @tool(description="Like chunks, asynchronously")
+    async def async_chunks(self, kind: str, path: str) -> AsyncIterator[Any]:
+        try:
+            yield "first"
+            yield produce(kind)
+            yield "last"
+        finally:
+            with open(path, "a") as f:
+                f.write("closed\n")
+
+    @tool(description="Raise SystemExit in a task and in a callback, stop the loop; answer")
+    async def async_exit_elsewhere(self) -> str:
+        import asyncio
+
+        async def exit_now() -> None:
+            sys.exit(4)
+
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(exit_now())
+        await anyio.sleep(0.05)
+        loop.call_soon(sys.exit, 5)
+        await anyio.sleep(0.05)
+        loop.stop()
+        await anyio.sleep(0.05)
+        return "served" if task.done() else "the task did not run"
+
+    @tool(description="Run pure Python for `seconds`, deaf to cancellation; pings are answered")
+    def spin(self, seconds: float) -> float:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pass
+        return seconds
+
+
 class Instrumented(Adapter):
     """Tools that use the worker telemetry API the way the seed's examples do."""
 

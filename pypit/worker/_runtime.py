@@ -72,6 +72,14 @@ class _Cancelled(Exception):
     """Raised inside a sync stream between chunks when the parent cancelled it."""
 
 
+class _Unsendable(Exception):
+    """Raised inside a stream whose chunk cannot be encoded: the stream ends with ``reply``."""
+
+    def __init__(self, reply: _wire.Error) -> None:
+        super().__init__(reply.message)
+        self.reply = reply
+
+
 class _Running:
     """A call received and not yet answered, so that a Cancel can reach it.
 
@@ -324,17 +332,20 @@ class Runtime:
         self.send(*frames, answers=call_id)
 
     def _encode_reply(self, message: _wire._Message) -> bytes:
-        call_id = getattr(message, "id", 0)
+        """The frame of a call's answer or, if a value in it cannot travel, of the error
+        that says so: whatever a tool returned, its call gets an answer."""
         try:
             return _wire.encode(message, self._max_frame_size)
-        except FrameTooLargeError as exc:
-            return _wire.encode(
-                _wire.Error(call_id, "frame_too_large", "FrameTooLargeError", str(exc))
-            )
-        except SerializationError as exc:
-            return _wire.encode(
-                _wire.Error(call_id, "serialization", "SerializationError", str(exc))
-            )
+        except (FrameTooLargeError, SerializationError) as exc:
+            return _wire.encode(_unsent(getattr(message, "id", 0), exc))
+
+    def _encode_chunk(self, call_id: int, seq: int, value: Any) -> bytes:
+        """The frame of a stream's chunk; :class:`_Unsendable` if it cannot travel (the
+        stream must end there: a chunk after the error would break the protocol)."""
+        try:
+            return _wire.encode(_wire.Chunk(call_id, seq, value), self._max_frame_size)
+        except (FrameTooLargeError, SerializationError) as exc:
+            raise _Unsendable(_unsent(call_id, exc, f"chunk {seq}: ")) from None
 
     # -- start-up ------------------------------------------------------------
 
@@ -363,11 +374,25 @@ class Runtime:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
-                    target=loop.run_forever, name="pypit-async-tools", daemon=True
+                    target=self._run_loop, args=(loop,), name="pypit-async-tools", daemon=True
                 )
                 thread.start()
                 self._loop = loop
             return self._loop
+
+    def _run_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the async tools' loop for as long as the worker lives.
+
+        Tools can end ``run_forever``: ``loop.stop()``, or SystemExit and
+        KeyboardInterrupt raised in a task or callback of their own, which
+        asyncio lets escape the loop. The loop runs on, or every async call
+        started or waiting would wait for it forever.
+        """
+        while not self._stopping.is_set() and not loop.is_closed():
+            try:
+                loop.run_forever()
+            except BaseException:
+                traceback.print_exc()
 
     # -- serving -------------------------------------------------------------
 
@@ -508,34 +533,46 @@ class Runtime:
     def _run_queue(self, call: _wire.Call) -> None:
         """Run ``call``, then, holding the same slot, every call queued meanwhile."""
         while True:
-            started = time.monotonic_ns()
-            running = self._running.get(call.id)
-            spec = self._tools[call.command]
-            if running is None:
-                reply: _wire._Message | None = None
-            elif spec.is_async:
-                # The answers leave from the loop thread; this thread waits, holding the
-                # slot, so that async calls count against max_concurrency too.
-                self._await_async(call, spec, running)
-                reply = None
-            elif running.cancelled:
-                reply = _waited(self._cancelled(call, started), running)
-            else:
-                reply = _waited(self._run_sync(call, spec, running), running)
-                elapsed = time.monotonic_ns() - started
-                typical = self._typical.get(call.command)
-                self._typical[call.command] = (
-                    elapsed if typical is None else 0.8 * typical + 0.2 * elapsed
-                )
-            if reply is not None:
+            try:
+                self._run_call(call)
+            except BaseException:
+                # Not a tool's doing (what a tool raises is its call's answer) but a defect
+                # of the worker's own: it ends the worker (see _or_stop), and never with a
+                # slot held.
                 with self._state_lock:
-                    following = self._queue[0].command if self._queue else None
-                self._finish(reply, hold=self._may_hold(following, time.monotonic_ns()))
+                    self._busy_slots -= 1
+                raise
             with self._state_lock:
                 if not self._queue:
                     self._busy_slots -= 1
                     return
                 call = self._start_next()
+
+    def _run_call(self, call: _wire.Call) -> None:
+        """Run one started call and send its answer."""
+        started = time.monotonic_ns()
+        running = self._running.get(call.id)
+        spec = self._tools[call.command]
+        if running is None:
+            reply: _wire._Message | None = None
+        elif spec.is_async:
+            # The answers leave from the loop thread; this thread waits, holding the
+            # slot, so that async calls count against max_concurrency too.
+            self._await_async(call, spec, running)
+            reply = None
+        elif running.cancelled:
+            reply = _waited(self._cancelled(call, started), running)
+        else:
+            reply = _waited(self._run_sync(call, spec, running), running)
+            elapsed = time.monotonic_ns() - started
+            typical = self._typical.get(call.command)
+            self._typical[call.command] = (
+                elapsed if typical is None else 0.8 * typical + 0.2 * elapsed
+            )
+        if reply is not None:
+            with self._state_lock:
+                following = self._queue[0].command if self._queue else None
+            self._finish(reply, hold=self._may_hold(following, time.monotonic_ns()))
 
     def stop(self) -> None:
         """Stop the threads, run ``teardown()``, flush telemetry."""
@@ -676,7 +713,11 @@ class Runtime:
                 reply = _wire.Result(call.id, spec.function(*positional, **keywords))
         except _Cancelled:
             reply = self._cancelled(call, started)
-        except Exception as exc:
+        except _Unsendable as exc:
+            reply = self._unsendable(call, started, exc)
+        except BaseException as exc:
+            # SystemExit and KeyboardInterrupt too: raised by a tool, they end its call,
+            # not the worker (no signal is delivered to this thread; see docs/supervision.md).
             reply = self._failed(call, started, exc)
         else:
             self._call_stopped(call, started)
@@ -739,7 +780,11 @@ class Runtime:
                 reply = _wire.Result(call.id, await spec.function(*positional, **keywords))
         except asyncio.CancelledError:
             reply = self._cancelled(call, started)
-        except Exception as exc:
+        except _Unsendable as exc:
+            reply = self._unsendable(call, started, exc)
+        except BaseException as exc:
+            # Caught here, SystemExit and KeyboardInterrupt never reach asyncio, which
+            # would let them out of the loop.
             reply = self._failed(call, started, exc)
         else:
             self._call_stopped(call, started)
@@ -759,9 +804,7 @@ class Runtime:
                     value = next(iterator)
                 except StopIteration:
                     return _wire.End(call.id)
-                error = self._send_chunk(call.id, window, value)
-                if error is not None:
-                    return error
+                self._send_chunk(call.id, window, value)
             raise _Cancelled
         finally:
             close = getattr(iterator, "close", None)
@@ -783,26 +826,18 @@ class Runtime:
                     value = await anext(chunks)
                 except StopAsyncIteration:
                     return _wire.End(call.id)
-                error = self._send_chunk(call.id, window, value)
-                if error is not None:
-                    return error
+                self._send_chunk(call.id, window, value)
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
 
-    def _send_chunk(self, call_id: int, window: _Window, value: Any) -> _wire.Error | None:
-        """Send one chunk, or the error that ends the stream when it cannot travel: no
-        chunk may follow the call's last message."""
-        try:
-            frame = _wire.encode(_wire.Chunk(call_id, window.sent + 1, value), self._max_frame_size)
-        except FrameTooLargeError as exc:
-            return _wire.Error(call_id, "frame_too_large", "FrameTooLargeError", str(exc))
-        except SerializationError as exc:
-            return _wire.Error(call_id, "serialization", "SerializationError", str(exc))
+    def _send_chunk(self, call_id: int, window: _Window, value: Any) -> None:
+        """Send one chunk; :class:`_Unsendable` when it cannot travel, which ends the
+        stream with that error (no chunk may follow the call's last message)."""
+        frame = self._encode_chunk(call_id, window.sent + 1, value)
         window.sent_one()
         self.send(frame)
-        return None
 
     # -- python.call.* events ------------------------------------------------
 
@@ -830,14 +865,18 @@ class Runtime:
             self._call_exception(call, started, "Cancelled", "the call was cancelled")
         return _wire.Error(call.id, "cancelled", "Cancelled", "the call was cancelled")
 
-    def _failed(self, call: _wire.Call, started: int, exc: Exception) -> _wire.Error:
-        error_type = _qualified_name(type(exc))
-        message = str(exc)
+    def _failed(self, call: _wire.Call, started: int, exc: BaseException) -> _wire.Error:
+        error_type, message, formatted = _describe(exc)
         if self.telemetry.wants("call.exception"):
             self._call_exception(call, started, error_type, message)
-        return _wire.Error(
-            call.id, "tool", error_type, message, "".join(traceback.format_exception(exc))
-        )
+        return _wire.Error(call.id, "tool", error_type, message, formatted)
+
+    def _unsendable(self, call: _wire.Call, started: int, exc: _Unsendable) -> _wire.Error:
+        """A stream stopped at a chunk that cannot travel: the tool did not complete."""
+        reply = exc.reply
+        if self.telemetry.wants("call.exception"):
+            self._call_exception(call, started, reply.type, reply.message)
+        return reply
 
     def _call_exception(
         self, call: _wire.Call, started: int, error_type: str, message: str
@@ -897,6 +936,41 @@ def _waited(reply: _wire._Message, running: _Running) -> _wire._Message:
         reply.waited = running.started - running.received
         reply.took = time.monotonic_ns() - running.started
     return reply
+
+
+def _unsent(
+    call_id: int, exc: FrameTooLargeError | SerializationError, what: str = ""
+) -> _wire.Error:
+    """The error that answers a call whose result or chunk cannot travel."""
+    if isinstance(exc, FrameTooLargeError):
+        return _wire.Error(call_id, "frame_too_large", "FrameTooLargeError", what + str(exc))
+    return _wire.Error(call_id, "serialization", "SerializationError", what + str(exc))
+
+
+def _describe(exc: BaseException) -> tuple[str, str, str]:
+    """The qualified type name, message and formatted traceback of a tool's exception, as
+    text the wire can carry, whatever the exception's own methods do: an exception that
+    cannot describe itself still answers its call."""
+    error_type = _qualified_name(type(exc))
+    try:
+        message = str(exc)
+    except BaseException:
+        message = f"<unprintable {error_type} object>"
+    try:
+        formatted = "".join(traceback.format_exception(exc))
+    except BaseException:
+        formatted = ""
+    return error_type, _sendable(message), _sendable(formatted)
+
+
+def _sendable(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold escaped (lone surrogates, as in a file name
+    decoded with ``surrogateescape``): msgpack strings are UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="backslashreplace").decode()
+    return text
 
 
 def _qualified_name(cls: type) -> str:

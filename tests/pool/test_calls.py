@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -21,6 +22,7 @@ from pypit import (
     telemetry,
 )
 from pypit.pool import Pool, open_pool
+from tests.adapters import Unrepresentable, nested
 from tests.pool.conftest import (
     WARM,
     accepted,
@@ -99,6 +101,46 @@ async def test_non_serializable_argument_is_refused_before_sending() -> None:
             await pool.execute("identity", {"f": print})
         assert pool.status().requests == 0
         assert await pool.execute("identity", 2) == 2
+
+
+async def test_arguments_the_wire_cannot_carry_are_a_serialization_error() -> None:
+    """Arguments nested past the recursion limit, or of a type msgpack lacks whose repr
+    raises, raise SerializationError (a TypeError) in the caller; nothing is sent."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(SerializationError, match="nested too deep"):
+            await pool.execute("identity", nested(1000))
+        with pytest.raises(SerializationError, match="nested too deep"):
+            async with pool.stream("count", {"n": nested(1000)}):
+                pass
+        with pytest.raises(SerializationError, match="Unrepresentable"):
+            await pool.execute("identity", Unrepresentable())
+        assert pool.status().requests == 0
+        assert await pool.execute("identity", nested(10)) == nested(10)
+
+
+def depth_of(value: list[Any]) -> int:
+    """How deep a list made by ``nested`` is (counted without recursion: the test's own
+    stack is deep)."""
+    depth = 0
+    while value:
+        value = value[0]
+        depth += 1
+    return depth
+
+
+async def test_a_result_as_deep_as_the_worker_can_encode_arrives() -> None:
+    """A value's nesting is bounded by the recursion limit less the stack of the thread that
+    encodes or decodes it, and the pool reads answers deeper in its stack than the worker
+    writes them: whatever the worker could encode arrives, and what it could not is a
+    SerializationError; the worker serves on either way."""
+    async with open_pool(adapter("Unruly"), **options()) as pool:
+        pid = await pool.execute("pid")
+        depths = {depth: depth_of(await pool.execute("nest", depth)) for depth in (960, 980)}
+        with pytest.raises(SerializationError, match="nested too deep"):
+            await pool.execute("nest", 1000)
+        assert await pool.execute("pid") == pid
+
+    assert depths == {960: 960, 980: 980}
 
 
 async def test_non_serializable_result_is_a_clear_error() -> None:

@@ -200,6 +200,47 @@ async def test_stuck_sync_call_past_its_deadline_kills_and_replaces_the_worker()
     assert seen.events[0].metadata["planned"] is False
 
 
+async def test_a_worker_wedged_past_a_deadline_is_replaced_and_the_calls_behind_it_run() -> None:
+    """At default settings: a sync tool deaf to cancellation holds the worker's only slot
+    past its call's deadline, while the worker answers every heartbeat. cancel_grace after
+    the deadline the worker is killed (reason "timeout") and replaced; the calls queued
+    behind the wedged one run on the replacement."""
+    pids: list[int] = []
+    with telemetry.capture(TERMINATED) as seen:
+        async with open_pool(adapter("Unruly"), **options()) as pool:
+            old = await pool.execute("pid")
+
+            async def wedged() -> None:
+                with pytest.raises(WorkerTimeoutError):
+                    await pool.execute("spin", {"seconds": 60}, timeout=0.5)
+
+            async def behind() -> None:
+                pids.append(await pool.execute("pid"))
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(wedged)
+                    await wait_until(lambda: pool.status().in_flight == 1, "the call to start")
+                    for _ in range(3):
+                        tasks.start_soon(behind)
+                    await wait_until(lambda: accepted(pool) == 4, "three calls behind it")
+                    # The pool's queue and the worker's heartbeat count are private; the test
+                    # looks at them to tell that the calls wait in the pool, and that the
+                    # wedged worker answers pings.
+                    assert len(pool._scheduler.queue) == 3
+                    worker = pool._scheduler.workers[0]
+                    assert worker is not None
+                    pongs = worker.pongs_seen
+                    await wait_until(lambda: worker.pongs_seen > pongs, "a heartbeat answered")
+                    assert worker.kill_reason is None
+            restarts = pool.status().restarts
+
+    assert len(pids) == 3
+    assert old not in pids
+    assert restarts == 1
+    assert [e.metadata["reason"] for e in seen] == ["timeout", "shutdown"]
+
+
 async def test_cancelling_one_call_keeps_the_others_on_that_worker(tmp_path: Path) -> None:
     """An async call cancelled at its deadline stops; the other call on the worker completes
     and the worker is not replaced."""

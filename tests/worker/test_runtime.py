@@ -1,16 +1,18 @@
-"""How a worker runs the calls it is sent: one limit for sync and async tools together."""
+"""How a worker runs the calls it is sent: one limit for sync and async tools together, and
+an answer for every call, whatever its tool returns, yields or raises."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from pypit import QueueTimeoutError, telemetry
+from pypit import FrameTooLargeError, QueueTimeoutError, ToolError, telemetry
 from pypit.pool import Pool, open_pool
-from tests.pool.conftest import adapter, opened_at_exit, options, wait_until
+from tests.pool.conftest import accepted, adapter, opened_at_exit, options, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -88,3 +90,162 @@ async def test_an_async_call_waiting_behind_a_sync_one_is_dropped_when_withdrawn
         assert await pool.execute("pid") == pid
 
     assert not log.exists()
+
+
+def outcome(exc: BaseException) -> str:
+    """What a caller got, in a form a test can compare: the error's type, and for a
+    ToolError the remote type."""
+    if isinstance(exc, ToolError):
+        return f"ToolError({exc.remote_type})"
+    return type(exc).__name__
+
+
+async def fail_with_calls_behind(pool: Pool, tool: str, kind: str, gate: Path) -> list[object]:
+    """Run ``tool`` (Unruly's value or async_value) of ``kind`` on the pool's only worker
+    with three calls waiting in that worker behind it; return what the call raised, then
+    the pid each waiting call ran on. The pool is one of :func:`waiting_in_the_worker`."""
+    first: list[object] = []
+    behind: list[object] = []
+
+    async def call(seen: list[object], command: str, args: dict[str, str] | None) -> None:
+        try:
+            seen.append(await pool.execute(command, args))
+        except Exception as exc:
+            seen.append(outcome(exc))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+            tasks.start_soon(call, first, tool, {"kind": kind, "gate": str(gate)})
+            await wait_until(lambda: pool.status().in_flight == 1, "the call to start")
+            for _ in range(3):
+                tasks.start_soon(call, behind, "pid", None)
+            await wait_until(lambda: accepted(pool) == 4, "three calls behind it")
+            # The pool's own queue is private; the test looks at it to tell that the three
+            # calls wait in the worker, behind the call that is about to fail.
+            assert (pool.status().queue_depth, len(pool._scheduler.queue)) == (3, 0)
+    return first + behind
+
+
+def waiting_in_the_worker() -> dict[str, Any]:
+    """Options of a pool whose busy worker is sent the calls behind its call to wait there.
+
+    ``prefetch_below=0`` counts every command as quick: calls are prefetched whatever this
+    machine's speed, as they are at the default threshold once their commands proved quick.
+    """
+    return options(prefetch_below=0)
+
+
+@pytest.mark.parametrize("tool", ["value", "async_value"])
+async def test_a_result_the_wire_cannot_carry_fails_its_call_and_the_worker_serves_on(
+    tool: str, tmp_path: Path
+) -> None:
+    """A result that cannot be encoded (nested past the recursion limit, of a type msgpack
+    lacks, one whose repr raises too) fails its call with SerializationError; the worker
+    serves on, the calls that waited in it behind that call first."""
+    kinds = ["deep", "object", "unrepresentable"]
+    async with open_pool(adapter("Unruly"), **waiting_in_the_worker()) as pool:
+        pid = await pool.execute("pid")
+        seen = {
+            kind: await fail_with_calls_behind(pool, tool, kind, tmp_path / kind) for kind in kinds
+        }
+        assert await pool.execute("pid") == pid
+
+    assert seen == {kind: ["SerializationError", pid, pid, pid] for kind in kinds}
+
+
+@pytest.mark.parametrize("tool", ["value", "async_value"])
+async def test_any_exception_from_a_tool_fails_only_its_call(tool: str, tmp_path: Path) -> None:
+    """An exception that cannot describe itself, SystemExit, KeyboardInterrupt and any other
+    BaseException a tool raises fail its call with ToolError, carrying the remote type; the
+    worker serves on (same process), the calls that waited in it behind that call first."""
+    kinds = {
+        "unprintable": "tests.adapters.Unprintable",
+        "exit": "SystemExit",
+        "interrupt": "KeyboardInterrupt",
+        "stop": "tests.adapters.Stop",
+    }
+    async with open_pool(adapter("Unruly"), **waiting_in_the_worker()) as pool:
+        pid = await pool.execute("pid")
+        seen = {
+            kind: await fail_with_calls_behind(pool, tool, kind, tmp_path / kind) for kind in kinds
+        }
+        with pytest.raises(ToolError) as info:
+            await pool.execute(tool, {"kind": "unprintable"})
+        assert await pool.execute("pid") == pid
+
+    assert seen == {kind: [f"ToolError({name})", pid, pid, pid] for kind, name in kinds.items()}
+    unprintable = info.value
+    assert unprintable.remote_message == "<unprintable tests.adapters.Unprintable object>"
+    assert "raise Unprintable" in unprintable.remote_traceback
+
+
+@pytest.mark.parametrize("tool", ["chunks", "async_chunks"])
+async def test_a_chunk_or_exception_that_cannot_travel_ends_its_stream(
+    tool: str, tmp_path: Path
+) -> None:
+    """A generator tool whose chunk cannot be encoded, or that raises an exception that
+    cannot describe itself or a BaseException, ends its stream with a typed error after the
+    chunks before it: the generator is closed before the answer leaves, and the worker
+    serves on."""
+    expected = {
+        "deep": "SerializationError",
+        "object": "SerializationError",
+        "unrepresentable": "SerializationError",
+        "unprintable": "ToolError(tests.adapters.Unprintable)",
+        "exit": "ToolError(SystemExit)",
+        "interrupt": "ToolError(KeyboardInterrupt)",
+    }
+    seen: dict[str, tuple[list[object], str, list[str], int]] = {}
+    async with open_pool(adapter("Unruly"), **options()) as pool:
+        pid = await pool.execute("pid")
+        for kind in expected:
+            log = tmp_path / f"{kind}.log"
+            received: list[object] = []
+            raised = "nothing"
+            with anyio.fail_after(10):
+                try:
+                    async with pool.stream(tool, {"kind": kind, "path": str(log)}) as chunks:
+                        async for chunk in chunks:
+                            received.append(chunk)
+                except Exception as exc:
+                    raised = outcome(exc)
+                closes = log.read_text().split() if log.exists() else []
+                seen[kind] = (received, raised, closes, await pool.execute("pid"))
+
+    assert seen == {kind: (["first"], error, ["closed"], pid) for kind, error in expected.items()}
+
+
+@pytest.mark.parametrize("tool", ["chunks", "async_chunks"])
+async def test_a_chunk_over_the_frame_limit_ends_its_stream(tool: str, tmp_path: Path) -> None:
+    """A chunk over max_frame_size ends its stream with FrameTooLargeError after the chunks
+    before it; the generator is closed and the worker serves on."""
+    log = tmp_path / "closes.log"
+    received: list[object] = []
+    # The smallest limit allowed, under the tool's large chunk.
+    async with open_pool(adapter("Unruly"), **options(max_frame_size=65_536)) as pool:
+        pid = await pool.execute("pid")
+
+        async def consume() -> None:
+            async with pool.stream(tool, {"kind": "large", "path": str(log)}) as chunks:
+                async for chunk in chunks:
+                    received.append(chunk)
+
+        with anyio.fail_after(10), pytest.raises(FrameTooLargeError) as info:
+            await consume()
+        assert await pool.execute("pid") == pid
+
+    assert received == ["first"]
+    assert log.read_text().split() == ["closed"]
+    assert "chunk 2" in str(info.value)
+
+
+async def test_an_exit_on_the_async_tools_loop_does_not_stop_it() -> None:
+    """SystemExit raised in a task or callback an async tool started, and loop.stop(), end
+    the loop's run_forever; the loop runs on, so this call and the next ones are answered
+    by the same worker."""
+    async with open_pool(adapter("Unruly"), **options()) as pool:
+        pid = await pool.execute("pid")
+        with anyio.fail_after(10):
+            assert await pool.execute("async_exit_elsewhere") == "served"
+            assert await pool.execute("add", {"a": 1, "b": 2}) == 3
+        assert await pool.execute("pid") == pid
