@@ -222,6 +222,42 @@ class Echo(Adapter):
         child = subprocess.Popen(["sleep", "60"])
         return child.pid
 
+    @tool(description="Start processes that sleep, some out of the worker's group; their pids")
+    def spawn_escapers(self) -> dict[str, int]:
+        """A child in the worker's group, a child that called setsid(), and a daemon: a
+        grandchild in a session of its own whose parent (a shell) has already exited."""
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "60"])
+        session = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        shell = subprocess.run(
+            ["sh", "-c", "setsid sleep 60 >/dev/null 2>&1 & echo $!"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return {"child": child.pid, "session": session.pid, "daemon": int(shell.stdout)}
+
+    @tool(description="Start `sleep seconds` from a shell that exits at once; the sleep's pid")
+    def background(self, seconds: float) -> int:
+        import subprocess
+
+        shell = subprocess.run(
+            ["sh", "-c", f"sleep {seconds} >/dev/null 2>&1 & echo $!"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(shell.stdout)
+
+    @tool(description="Start a child that exits with `code`, wait `seconds`, then wait for it")
+    def exit_code_later(self, code: int, seconds: float) -> int | None:
+        import subprocess
+
+        child = subprocess.Popen(["sh", "-c", f"exit {code}"])
+        time.sleep(seconds)
+        return child.wait()
+
     @tool(description="Stop this worker process (SIGSTOP): it can no longer answer anything")
     def freeze(self) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)

@@ -33,6 +33,7 @@ from pypit._errors import (
     WorkerCrashedError,
 )
 from pypit._log import get_logger
+from pypit._proctree import kill_tree
 from pypit.pool._channel import Connection
 from pypit.pool._events import CONNECTION_ESTABLISHED, CONNECTION_LOST, emit, listened
 from pypit.pool._request import Request
@@ -302,7 +303,15 @@ class WorkerHandle:
     # -- stopping --------------------------------------------------------------
 
     def kill_group(self, sig: int) -> None:
-        """Send ``sig`` to the worker's process group (the worker and its children)."""
+        """Send ``sig`` to the worker's process group (the worker and its children).
+
+        SIGKILL also goes to every process below the worker that left the group
+        (``setsid()``), stopped first so that none slips away: the worker is their
+        subreaper, so they are below it until it dies, and nobody could find them
+        after. Only while the worker is not reaped: then its pid is still its own.
+        """
+        if sig == signal.SIGKILL and self.process.returncode is None:
+            kill_tree(self.pid, root_too=True)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 

@@ -25,11 +25,9 @@ system call, and the others just queue.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import inspect
 import json
 import os
-import signal
 import socket
 import sys
 import threading
@@ -42,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pypit import _wire
 from pypit._errors import FrameTooLargeError, ProtocolError, SerializationError
 from pypit._shared import MAX_STRING_LENGTH, correlation_id_var
-from pypit.worker import _telemetry
+from pypit.worker import _guard, _telemetry
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter
 from pypit.worker._logging import apply_level
 from pypit.worker._telemetry import (
@@ -57,7 +55,6 @@ if TYPE_CHECKING:
     # adapters with async tools or an async setup().
     import asyncio
 
-_PR_SET_PDEATHSIG: Final = 1
 _FLUSH_INTERVAL: Final = 0.05
 _HOLD_FOR_CALLS_UNDER: Final = 100_000  # ns
 _HOLD_AT_MOST: Final = 1_000_000  # ns
@@ -185,28 +182,6 @@ class _Window:
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _kill_process_group(signum: int, frame: object) -> None:
-    """SIGTERM: the pool is stopping this worker or the parent died; take every process
-    the tools started along (they share the worker's process group)."""
-    os.killpg(os.getpgid(0), signal.SIGKILL)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Make sure this worker and its children end when the parent does.
-
-    On Linux the kernel sends SIGTERM when the parent dies (``PR_SET_PDEATHSIG``);
-    the handler kills the worker's whole process group. Elsewhere the closed
-    channel ends the worker (see ``main``).
-    """
-    signal.signal(signal.SIGTERM, _kill_process_group)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent_pid:
-        _kill_process_group(signal.SIGTERM, None)
 
 
 class Runtime:
@@ -1013,7 +988,7 @@ def main() -> int:
     except (KeyError, ValueError, OSError) as exc:
         print(f"pypit worker: missing or bad setting: {exc}", file=sys.stderr)
         return 2
-    _die_with_parent(parent_pid)
+    _guard.protect(parent_pid)
     if max_vm_bytes:
         import resource
 
@@ -1048,17 +1023,20 @@ def main() -> int:
             )
         )
         traceback.print_exc()
+        _guard.leave(with_group=os.getppid() != parent_pid)
         return 1
     runtime.send(_wire.encode(_wire.Ready(tools)))
+    _guard.start_reaping()
     try:
         runtime.serve()
     finally:
+        _guard.stop_reaping()
         runtime.stop()
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
-        if os.getppid() != parent_pid:
-            # The channel closed because the parent is gone: no one will reap
-            # the processes the tools started, so they go with this worker.
-            _kill_process_group(signal.SIGTERM, None)
+        # What the tools started goes with this worker, as the pool would kill its group
+        # once it exited; and if the channel closed because the parent is gone, nobody is
+        # left to kill the group: it goes too.
+        _guard.leave(with_group=os.getppid() != parent_pid)
     return 0
