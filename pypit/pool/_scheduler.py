@@ -15,6 +15,7 @@ that hands queued calls to workers, so no path can forget to.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import OrderedDict, deque
@@ -205,10 +206,17 @@ class Scheduler(Generic[W]):
         behind ``max_concurrency`` calls sent before them."""
         depth = len(self.queue)
         for worker in self.workers:
-            if worker is not None:
-                waiting = worker.in_flight - worker.withdrawn - worker.max_concurrency
-                if waiting > 0:
-                    depth += waiting
+            if worker is None or worker.in_flight <= worker.max_concurrency:
+                continue
+            if not worker.withdrawn:
+                depth += worker.in_flight - worker.max_concurrency
+                continue
+            # A withdrawn call stops counting only while it is behind max_concurrency
+            # calls: once a slot freed before the withdrawal arrived, it may have started,
+            # and the calls behind it are the ones waiting.
+            for request in itertools.islice(worker.pending.values(), worker.max_concurrency, None):
+                if not request.withdrawn:
+                    depth += 1
         return depth
 
     def in_flight(self) -> int:
@@ -298,9 +306,8 @@ class Scheduler(Generic[W]):
             self._dispatch(worker, queue.popleft())
 
     def _dispatch_targeted(self) -> None:
-        """The queue holds requests waiting for one worker (strict affinity): each free
-        worker takes the first request that is for it or for anyone. A session whose
-        worker is gone is re-homed first: any worker will do."""
+        """The queue holds requests waiting for one worker (strict affinity) among the
+        others. A session whose worker is gone is re-homed first: any worker will do."""
         for waiting in self.queue:
             target = waiting.target
             if target is not None and self.workers[target.slot] is not target:
@@ -309,18 +316,33 @@ class Scheduler(Generic[W]):
         if not self._targeted:
             self.dispatch()
             return
-        for worker in self.workers:
-            while worker is not None and worker.accepting and self.queue:
-                request = next(
-                    (r for r in self.queue if r.target is None or r.target is worker), None
-                )
-                if request is None or not self._has_room(worker, request.quick):
-                    break
-                self.queue.remove(request)
-                if request.target is not None:
-                    request.target = None
-                    self._targeted -= 1
-                self._dispatch(worker, request)
+        # One pass in arrival order: each call takes a place if one is left for it. A call
+        # for anyone goes where _pick puts it (an idle worker first); once a call for
+        # anyone found no place, those behind it wait too (first come, first served); and
+        # behind a call that waits for its worker, only free slots are taken, so that no
+        # call is prefetched ahead of it.
+        blocked = behind_targeted = False
+        for request in list(self.queue):
+            target = request.target
+            if target is None:
+                if blocked:
+                    continue
+                worker = self._pick(None, request.quick and not behind_targeted)
+                if worker is None:
+                    blocked = True
+                    continue
+            else:
+                worker = self.workers[target.slot]  # the target itself, checked above
+                if worker is None or not (
+                    worker.accepting and self._has_room(worker, request.quick)
+                ):
+                    behind_targeted = True
+                    continue
+            self.queue.remove(request)
+            if target is not None:
+                request.target = None
+                self._targeted -= 1
+            self._dispatch(worker, request)
 
     def _dispatch(self, worker: W, request: Request) -> None:
         """Send a request taken from the queue, unless its queue deadline passed."""
@@ -358,15 +380,25 @@ class Scheduler(Generic[W]):
         # Times the worker reports are checked: a negative one says the call never ran
         # (or lies), and counts for nothing.
         if answer is not None and answer.took > 0:
-            if request.chunks is None and not request.abandoned:
-                cost = self._cost.get(request.command)
-                took = answer.took
-                self._cost[request.command] = took if cost is None else (cost + took) / 2
-                if len(self._cost) > _MAX_COMMANDS:
-                    self._cost.clear()
+            if request.chunks is None:
+                self._learn(request.command, answer.took, whole=not request.abandoned)
             if request.prefetched:
                 queue_time = request.sent_at - request.enqueued + max(0, answer.waited)
                 self._dequeued(worker, request, queue_time)
+
+    def _learn(self, command: str, took: int, *, whole: bool) -> None:
+        """What a call of ``command`` cost its worker. A call cut short by its caller ran
+        at least ``took``: it can only make the command look slower, never quicker, so a
+        command whose calls all time out is not taken for a quick one."""
+        cost = self._cost.get(command)
+        if cost is None:
+            self._cost[command] = took
+        elif whole:
+            self._cost[command] = (cost + took) / 2
+        elif took > cost:
+            self._cost[command] = took
+        if len(self._cost) > _MAX_COMMANDS:
+            self._cost.clear()
 
     def abandon(self, request: Request) -> None:
         """The caller stops waiting: unqueue the request, or cancel it on its worker (a

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio.from_thread
 
+from pypit._errors import PoolClosedError
 from pypit.pool._config import Affinity
 from pypit.pool._pool import Pool, PoolStatus, SessionInfo, ToolDescription, open_pool
 from pypit.pool._stream import Stream
+
+T = TypeVar("T")
+
+
+def _on_loop(
+    portal: anyio.from_thread.BlockingPortal, func: Callable[..., Awaitable[T]], *args: Any
+) -> T:
+    """Run ``func`` on the pool's loop and wait for it; ``PoolClosedError`` once the pool
+    closed (its loop thread is gone)."""
+    try:
+        return portal.call(func, *args)
+    except RuntimeError as exc:
+        if "portal is not running" not in str(exc):
+            raise
+        raise PoolClosedError("the pool is closed: its event loop thread has stopped") from None
 
 
 class SyncStream:
@@ -42,7 +59,7 @@ class SyncStream:
         return self._stream.buffered
 
     def __enter__(self) -> Self:
-        self._portal.call(self._stream.__aenter__)
+        _on_loop(self._portal, self._stream.__aenter__)
         self._entered = True
         return self
 
@@ -64,13 +81,15 @@ class SyncStream:
 
     def __next__(self) -> Any:
         try:
-            return self._portal.call(self._stream.__anext__)
+            return _on_loop(self._portal, self._stream.__anext__)
         except StopAsyncIteration:
             raise StopIteration from None
 
     def close(self) -> None:
-        """End the stream, as leaving its block does; nothing happens the second time."""
-        self._portal.call(self._stream.aclose)
+        """End the stream, as leaving its block does; nothing happens the second time (nor
+        once the pool closed, which ended the stream)."""
+        with contextlib.suppress(PoolClosedError):
+            _on_loop(self._portal, self._stream.aclose)
 
 
 class SyncPool:
@@ -100,7 +119,8 @@ class SyncPool:
         idempotent: bool = False,
     ) -> Any:
         """Blocking :meth:`Pool.execute`."""
-        return self._portal.call(
+        return _on_loop(
+            self._portal,
             functools.partial(
                 self._pool.execute,
                 command,
@@ -110,7 +130,7 @@ class SyncPool:
                 correlation_id=correlation_id,
                 affinity=affinity,
                 idempotent=idempotent,
-            )
+            ),
         )
 
     def stream(
@@ -131,33 +151,33 @@ class SyncPool:
 
     def status(self) -> PoolStatus:
         """:meth:`Pool.status`."""
-        return self._portal.call(self._snapshot)
+        return _on_loop(self._portal, self._snapshot)
 
     async def _snapshot(self) -> PoolStatus:
         return self._pool.status()
 
     def emit_status(self) -> None:
         """:meth:`Pool.emit_status`, on the pool's loop."""
-        self._portal.call(self._emit_status)
+        _on_loop(self._portal, self._emit_status)
 
     async def _emit_status(self) -> None:
         self._pool.emit_status()
 
     def configure_telemetry(self, **settings: Any) -> None:
         """Blocking :meth:`Pool.configure_telemetry`."""
-        self._portal.call(functools.partial(self._pool.configure_telemetry, **settings))
+        _on_loop(self._portal, functools.partial(self._pool.configure_telemetry, **settings))
 
     def set_worker_level(self, worker_id: str, level: str) -> None:
         """Blocking :meth:`Pool.set_worker_level`."""
-        self._portal.call(self._pool.set_worker_level, worker_id, level)
+        _on_loop(self._portal, self._pool.set_worker_level, worker_id, level)
 
     def reset_worker_level(self, worker_id: str) -> None:
         """Blocking :meth:`Pool.reset_worker_level`."""
-        self._portal.call(self._pool.reset_worker_level, worker_id)
+        _on_loop(self._portal, self._pool.reset_worker_level, worker_id)
 
     def recycle_worker(self, worker_id: str) -> None:
         """Blocking :meth:`Pool.recycle_worker`."""
-        self._portal.call(self._pool.recycle_worker, worker_id)
+        _on_loop(self._portal, self._pool.recycle_worker, worker_id)
 
     def session(self, session_id: str) -> SessionInfo | None:
         """:meth:`Pool.session`."""

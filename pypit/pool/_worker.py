@@ -9,6 +9,7 @@ worker, never the pool.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import time
@@ -145,6 +146,11 @@ class WorkerHandle:
             request_id, deadline = next(iter(self.cancelling.items()))
             if anyio.current_time() < deadline:
                 await anyio.sleep_until(deadline)
+                continue
+            if self.lost_reason is not None:
+                # The channel is down: the cancel did not reach the worker. It is sent
+                # again, with a new grace, if the worker reconnects (resume).
+                await anyio.sleep(0.05)
                 continue
             if request_id in self.pending:
                 self.kill("timeout")
@@ -385,6 +391,19 @@ class WorkerHandle:
         for request in self.pending.values():
             if request.credited:
                 connection.send(_wire.encode(_wire.Credit(request.request_id, request.credited)))
+        # So may a cancel: a call whose caller gave up while the channel was down is
+        # cancelled (or dropped, if it waits) now, and has its cancel_grace from now.
+        for request in list(self.pending.values()):
+            if request.abandoned:
+                self.cancelling.pop(request.request_id, None)
+                self.cancel(request.request_id)
+            elif (
+                request.prefetched
+                and request.queue_deadline != math.inf
+                and anyio.current_time() >= request.queue_deadline
+                and self.waiting(request)
+            ):
+                self.cancel(request.request_id, if_waiting=True)
         self.accepting = self.recycle_reason is None and not self.closing
         self.changed.set()
 

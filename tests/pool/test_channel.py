@@ -59,6 +59,41 @@ async def test_a_call_made_while_the_channel_is_down_runs_once_it_is_back() -> N
             assert await pool.execute("pid") == pid
 
 
+async def test_a_call_abandoned_while_the_channel_is_down_costs_no_worker(
+    tmp_path: Path,
+) -> None:
+    """A waiting call's deadline passes while its worker reconnects: the drop the pool
+    could not send leaves once the worker is back, so the worker is not killed, and the
+    call it runs completes."""
+    gate = tmp_path / "gate"
+    async with open_pool(adapter(), **options()) as pool:
+        # Both commands are learned as quick, so that the second call waits in the worker.
+        for _ in range(4):
+            await pool.execute("hold", {"gate": str(tmp_path)})
+            await pool.execute("identity", 0)
+        pid = await pool.execute("pid")
+        await pool.execute("drop_channel", {"after": 0.3, "reconnect_after": 2.5})
+        outcomes: dict[str, object] = {}
+
+        async def running() -> None:
+            outcomes["running"] = await pool.execute("hold", {"gate": str(gate), "tag": "A"})
+
+        async def waiting() -> None:
+            with pytest.raises(TimeoutError):
+                await pool.execute("identity", "B", timeout=0.5)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(running)
+            await wait_until(lambda: pool.status().in_flight == 1, "the held call to start")
+            tasks.start_soon(waiting)
+            # Past the reconnection and past cancel_grace (2 s) after it.
+            await anyio.sleep(5.0)
+            gate.touch()
+        assert outcomes["running"] == "A"
+        assert await pool.execute("pid") == pid
+        assert pool.status().crashes == 0
+
+
 async def test_without_a_reconnect_window_a_broken_channel_replaces_the_worker() -> None:
     """reconnect_window=0: the worker is killed and replaced."""
     with telemetry.capture(("pypit", "pool", "worker", "terminated")) as seen:

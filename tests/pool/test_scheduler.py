@@ -381,3 +381,67 @@ def test_a_call_past_its_queue_deadline_is_never_sent() -> None:
     assert late.worker is None
     assert not built.queue
     assert worker.sent == [b"call"]
+
+
+def test_a_withdrawn_call_that_started_stops_counting_as_withdrawn() -> None:
+    """A call withdrawn just as a slot freed may have started: once it is in a running
+    position, the calls behind it are the ones waiting, and max_queue_size holds."""
+    built, (worker,) = scheduler(max_queue_size=2, prefetch=8)
+    learn(built, worker, "quick", QUICK)
+    running = new_request("quick")
+    built.submit(running, "hint")
+    withdrawn = new_request("quick")
+    built.submit(withdrawn, "hint")
+    built.abandon(withdrawn)
+    del worker.pending[running.request_id]
+    built.release(worker, running, _wire.Result(running.request_id, None, took=QUICK))
+    built.dispatch()
+    built.submit(new_request("quick"), "hint")
+    built.submit(new_request("quick"), "hint")
+    with pytest.raises(PoolSaturatedError):
+        built.submit(new_request("quick"), "hint")
+    assert built.queue_depth() == 2
+
+
+def test_behind_a_strict_call_a_freed_worker_takes_the_next_call() -> None:
+    """With a call queued for its session's worker, capacity a worker frees goes to the
+    next call for anyone, on that free worker, not prefetched into a busy one."""
+    built, (first, second, third) = scheduler(size=3, max_queue_size=10, prefetch=8)
+    learn(built, first, "quick", QUICK)
+    built._rotation = 0  # the test places one call on each worker, in slot order
+    busy = new_request("quick")
+    built.submit(busy, "hint")
+    slow = new_request("slow")
+    built.submit(slow, "hint")
+    session = new_request("slow", "s")
+    built.submit(session, "hint")
+    assert (busy.worker, slow.worker, session.worker) == (first, second, third)
+    built.submit(new_request("slow", "s"), "strict")
+    quick = new_request("quick")
+    built.submit(quick, "hint")
+    del second.pending[slow.request_id]
+    built.release(second, slow, _wire.Result(slow.request_id, None, took=SLOW))
+    built.dispatch()
+    assert quick.worker is second
+    assert not quick.prefetched
+
+
+def test_calls_cut_short_only_make_a_command_look_slower() -> None:
+    """A call whose caller gave up ran at least as long as the worker says: a command
+    whose calls all time out is learned as slow, never as quick."""
+    built, (worker,) = scheduler(max_queue_size=10, prefetch=8)
+    learn(built, worker, "sleepy", QUICK)
+    assert built.is_quick("sleepy")
+    for _ in range(3):
+        request = new_request("sleepy")
+        built.submit(request, "hint")
+        built.abandon(request)
+        del worker.pending[request.request_id]
+        built.release(worker, request, _wire.Result(request.request_id, None, took=SLOW))
+    assert not built.is_quick("sleepy")
+    cut = new_request("sleepy")
+    built.submit(cut, "hint")
+    built.abandon(cut)
+    del worker.pending[cut.request_id]
+    built.release(worker, cut, _wire.Result(cut.request_id, None, took=QUICK))
+    assert not built.is_quick("sleepy")

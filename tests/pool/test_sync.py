@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pypit import ToolError, telemetry
+from pypit import PoolClosedError, ToolError, telemetry
 from pypit.pool import start_pool
 from tests.pool.conftest import adapter, options
 
@@ -128,3 +128,17 @@ def test_blocking_control_methods() -> None:
     assert old != new
     assert info is not None
     assert (info.worker_pid, info.rehomed) == (new, 1)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_closed_blocking_pool_raises_pool_closed_error(backend: str) -> None:
+    """After the block, every method that needs the pool's loop raises PoolClosedError."""
+    with start_pool(adapter(), backend=backend, **options()) as pool:
+        assert pool.execute("identity", 1) == 1
+
+    with pytest.raises(PoolClosedError, match="closed"):
+        pool.execute("identity", 1)
+    with pytest.raises(PoolClosedError):
+        pool.status()
+    with pytest.raises(PoolClosedError), pool.stream("count", {"n": 2}):
+        pass
