@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import io
+import typing
 import urllib.request
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -77,8 +80,8 @@ def test_tags_tag_values_keep_and_drop() -> None:
         (lambda: metrics.summary("a.b.c", unit=("native", "byte")), ValueError),
         (lambda: metrics.summary("a.b.c", unit="parsec"), ValueError),
         (lambda: metrics.counter("a.b.c", keep=lambda m: True, drop=lambda m: True), ValueError),
-        (lambda: metrics.counter("a.b.c", tags=[1]), TypeError),
-        (lambda: metrics.counter("a.b.c", measurement=3), TypeError),
+        (lambda: metrics.counter("a.b.c", tags=[1]), TypeError),  # type: ignore[list-item]
+        (lambda: metrics.counter("a.b.c", measurement=3), TypeError),  # type: ignore[arg-type]
         (
             lambda: metrics.distribution("a.b.c", reporter_options={"buckets": [3, 1]}),
             ValueError,
@@ -165,6 +168,36 @@ def test_prometheus_reporter_registers_with_the_applications_registry() -> None:
         telemetry.execute(STOP, {}, {})
         assert registry.get_sample_value("app_call_stop_total") == 1
     assert registry.get_sample_value("app_call_stop_total") is None
+
+
+KEYWORDS = [
+    "event_name",
+    "measurement",
+    "tags",
+    "tag_values",
+    "keep",
+    "drop",
+    "description",
+    "unit",
+    "reporter_options",
+]
+
+
+@pytest.mark.parametrize("kind", ["counter", "sum", "last_value", "summary", "distribution"])
+def test_builders_have_their_own_typed_signatures(kind: str) -> None:
+    """Each builder is a function of its own, written with its keyword arguments and
+    their types, so that type checkers and editors see them (not ``Callable[..., Metric]``)."""
+    builder = getattr(metrics, kind)
+    signature = inspect.signature(builder)
+    hints = typing.get_type_hints(builder)
+
+    assert inspect.getsource(builder).startswith(f"def {kind}(\n    name: str | Iterable[str],")
+    assert list(signature.parameters)[1:] == KEYWORDS
+    assert all(signature.parameters[k].kind is inspect.Parameter.KEYWORD_ONLY for k in KEYWORDS)
+    assert hints["tags"] == Iterable[str]
+    assert hints["return"] is metrics.Metric
+    assert builder.__doc__.startswith(f"A {kind.replace('_', '-')} metric: ")
+    assert builder("app.call.stop.v").kind == kind
 
 
 def test_a_failing_metric_is_skipped_and_logged() -> None:
