@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pypit.telemetry import _registry
 from pypit.telemetry._registry import _dispatch, execute, has_handlers
+from pypit.telemetry._span import error_message
 
 if TYPE_CHECKING:
     from pypit.pool._request import Request
@@ -117,6 +118,7 @@ def call_failed(request: Request, exc: BaseException) -> None:
                 "reason": exc,
                 "stacktrace": exc.__traceback__,
                 "error_type": type(exc).__name__,
+                "error_message": error_message(exc),
             },
         )
 

@@ -3,8 +3,9 @@
 ``attach`` / ``attach_many`` / ``detach`` register handlers, ``execute`` runs
 them synchronously in the emitter, ``span`` wraps work in start and
 stop/exception events, ``list_handlers`` shows what is attached. ``CATALOG``
-lists every event pypit emits with its exact keys; ``capture`` collects events
-for tests.
+lists every event pypit emits with its exact keys and their types; attaching
+to a ``("pypit", ...)`` name it does not list warns with
+``UnknownEventWarning``. ``capture`` collects events for tests.
 """
 
 from pypit._decorate import publish as _publish
@@ -14,6 +15,8 @@ from pypit.telemetry._capture import capture as capture
 from pypit.telemetry._catalog import CATALOG as CATALOG
 from pypit.telemetry._catalog import EventSpec as EventSpec
 from pypit.telemetry._catalog import Measurement as Measurement
+from pypit.telemetry._catalog import MetadataKey as MetadataKey
+from pypit.telemetry._catalog import UnknownEventWarning as UnknownEventWarning
 from pypit.telemetry._catalog import catalog_event as catalog_event
 from pypit.telemetry._registry import EventName as EventName
 from pypit.telemetry._registry import Handler as Handler
@@ -35,7 +38,9 @@ __all__ = [
     "Handler",
     "HandlerFunction",
     "Measurement",
+    "MetadataKey",
     "Span",
+    "UnknownEventWarning",
     "attach",
     "attach_many",
     "capture",

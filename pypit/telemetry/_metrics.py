@@ -33,6 +33,9 @@ _SIZE: Final = {"byte": 1, "kilobyte": 1_000, "megabyte": 1_000_000, "gigabyte":
 _UNITLESS: Final = ("1", "count", "percent", "unit")
 
 MeasurementSpec = str | Callable[[Measurements, Metadata], Any]
+TagValues = Callable[[Metadata], Mapping[str, Any]]
+Predicate = Callable[[Metadata], bool]
+Unit = str | tuple[str, str]
 
 
 def _factor(unit: str | tuple[str, str] | None) -> float:
@@ -161,49 +164,180 @@ def _define(
     )
 
 
-def _builder(kind: str) -> Callable[..., Metric]:
-    def build(
-        name: str | Iterable[str],
-        *,
-        event_name: EventName | list[str] | str | None = None,
-        measurement: MeasurementSpec | None = None,
-        tags: Iterable[str] = (),
-        tag_values: Callable[[Metadata], Mapping[str, Any]] | None = None,
-        keep: Callable[[Metadata], bool] | None = None,
-        drop: Callable[[Metadata], bool] | None = None,
-        description: str | None = None,
-        unit: str | tuple[str, str] | None = None,
-        reporter_options: Mapping[str, Any] | None = None,
-    ) -> Metric:
-        return _define(
-            kind,
-            name,
-            event_name_=event_name,
-            measurement=measurement,
-            tags=tags,
-            tag_values=tag_values,
-            keep=keep,
-            drop=drop,
-            description=description,
-            unit=unit,
-            reporter_options=reporter_options,
-        )
+def counter(
+    name: str | Iterable[str],
+    *,
+    event_name: EventName | list[str] | str | None = None,
+    measurement: MeasurementSpec | None = None,
+    tags: Iterable[str] = (),
+    tag_values: TagValues | None = None,
+    keep: Predicate | None = None,
+    drop: Predicate | None = None,
+    description: str | None = None,
+    unit: Unit | None = None,
+    reporter_options: Mapping[str, Any] | None = None,
+) -> Metric:
+    """A counter metric: the number of events (no measurement is read).
 
-    build.__name__ = build.__qualname__ = kind
-    build.__doc__ = f"A {kind} metric: {_DOCS[kind]}"
-    return build
+    Args:
+        name: ``"event.segments.measurement"`` (a str with dots, or its segments):
+            ``"pypit.pool.status.queue_depth"`` is event ``("pypit", "pool",
+            "status")``, measurement ``"queue_depth"``.
+        event_name: the event, when the name does not say it (a tuple, a list
+            or a dotted str).
+        measurement: the measurement key, or a function ``(measurements,
+            metadata) -> value``, when the name does not say it.
+        tags: metadata keys that label the metric's values.
+        tag_values: a function ``metadata -> mapping`` the tags are read from.
+        keep: a function ``metadata -> bool``: only events it accepts count.
+        drop: the opposite of ``keep`` (give one of the two).
+        description: a line of text for the reporter.
+        unit: the unit the values are in (``"millisecond"``), or a conversion
+            ``(from, to)`` such as ``("native", "millisecond")``.
+        reporter_options: passed to the reporter.
+
+    Raises:
+        TypeError, ValueError: a definition that cannot work.
+    """
+    return _define(
+        "counter",
+        name,
+        event_name_=event_name,
+        measurement=measurement,
+        tags=tags,
+        tag_values=tag_values,
+        keep=keep,
+        drop=drop,
+        description=description,
+        unit=unit,
+        reporter_options=reporter_options,
+    )
 
 
-_DOCS: Final = {
-    "counter": "the number of events.",
-    "sum": "the running sum of a measurement.",
-    "last_value": "the last value of a measurement.",
-    "summary": "count and sum of a measurement.",
-    "distribution": "a histogram of a measurement (``reporter_options={'buckets': [...]}``).",
-}
+def sum(
+    name: str | Iterable[str],
+    *,
+    event_name: EventName | list[str] | str | None = None,
+    measurement: MeasurementSpec | None = None,
+    tags: Iterable[str] = (),
+    tag_values: TagValues | None = None,
+    keep: Predicate | None = None,
+    drop: Predicate | None = None,
+    description: str | None = None,
+    unit: Unit | None = None,
+    reporter_options: Mapping[str, Any] | None = None,
+) -> Metric:
+    """A sum metric: the running sum of a measurement.
 
-counter = _builder("counter")
-sum = _builder("sum")
-last_value = _builder("last_value")
-summary = _builder("summary")
-distribution = _builder("distribution")
+    Takes the arguments of :func:`counter`.
+    """
+    return _define(
+        "sum",
+        name,
+        event_name_=event_name,
+        measurement=measurement,
+        tags=tags,
+        tag_values=tag_values,
+        keep=keep,
+        drop=drop,
+        description=description,
+        unit=unit,
+        reporter_options=reporter_options,
+    )
+
+
+def last_value(
+    name: str | Iterable[str],
+    *,
+    event_name: EventName | list[str] | str | None = None,
+    measurement: MeasurementSpec | None = None,
+    tags: Iterable[str] = (),
+    tag_values: TagValues | None = None,
+    keep: Predicate | None = None,
+    drop: Predicate | None = None,
+    description: str | None = None,
+    unit: Unit | None = None,
+    reporter_options: Mapping[str, Any] | None = None,
+) -> Metric:
+    """A last-value metric: the last value of a measurement (a gauge).
+
+    Takes the arguments of :func:`counter`.
+    """
+    return _define(
+        "last_value",
+        name,
+        event_name_=event_name,
+        measurement=measurement,
+        tags=tags,
+        tag_values=tag_values,
+        keep=keep,
+        drop=drop,
+        description=description,
+        unit=unit,
+        reporter_options=reporter_options,
+    )
+
+
+def summary(
+    name: str | Iterable[str],
+    *,
+    event_name: EventName | list[str] | str | None = None,
+    measurement: MeasurementSpec | None = None,
+    tags: Iterable[str] = (),
+    tag_values: TagValues | None = None,
+    keep: Predicate | None = None,
+    drop: Predicate | None = None,
+    description: str | None = None,
+    unit: Unit | None = None,
+    reporter_options: Mapping[str, Any] | None = None,
+) -> Metric:
+    """A summary metric: the count and the sum of a measurement.
+
+    Takes the arguments of :func:`counter`.
+    """
+    return _define(
+        "summary",
+        name,
+        event_name_=event_name,
+        measurement=measurement,
+        tags=tags,
+        tag_values=tag_values,
+        keep=keep,
+        drop=drop,
+        description=description,
+        unit=unit,
+        reporter_options=reporter_options,
+    )
+
+
+def distribution(
+    name: str | Iterable[str],
+    *,
+    event_name: EventName | list[str] | str | None = None,
+    measurement: MeasurementSpec | None = None,
+    tags: Iterable[str] = (),
+    tag_values: TagValues | None = None,
+    keep: Predicate | None = None,
+    drop: Predicate | None = None,
+    description: str | None = None,
+    unit: Unit | None = None,
+    reporter_options: Mapping[str, Any] | None = None,
+) -> Metric:
+    """A distribution metric: a histogram of a measurement.
+
+    Takes the arguments of :func:`counter`; the buckets are
+    ``reporter_options={"buckets": [...]}``, increasing and distinct.
+    """
+    return _define(
+        "distribution",
+        name,
+        event_name_=event_name,
+        measurement=measurement,
+        tags=tags,
+        tag_values=tag_values,
+        keep=keep,
+        drop=drop,
+        description=description,
+        unit=unit,
+        reporter_options=reporter_options,
+    )

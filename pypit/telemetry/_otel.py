@@ -14,6 +14,7 @@ Needs the ``otel`` extra.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import OrderedDict
 from typing import Any, Final
 
@@ -26,8 +27,12 @@ from pypit.telemetry._registry import EventName, Measurements, Metadata, attach_
 
 _RPC: Final = ("pypit", "rpc", "call")
 _PYTHON: Final = ("pypit", "python", "call")
+_QUEUE_TIMEOUT: Final = ("pypit", "pool", "queue", "timeout")
+_TERMINATED: Final = ("pypit", "pool", "worker", "terminated")
 _EVENTS: Final = [
-    (*prefix, phase) for prefix in (_RPC, _PYTHON) for phase in ("start", "stop", "exception")
+    *((*prefix, phase) for prefix in (_RPC, _PYTHON) for phase in ("start", "stop", "exception")),
+    _QUEUE_TIMEOUT,
+    _TERMINATED,
 ]
 _REMEMBERED: Final = 10_000
 _ids = itertools.count(1)
@@ -46,7 +51,14 @@ class OpenTelemetryBridge:
         self.provider: Any = tracer_provider
         self._tracer = trace.get_tracer("pypit", tracer_provider=tracer_provider)
         self._handler_id = f"pypit.otel.{next(_ids)}"
-        # Bounded: a call that never reaches a worker leaves its entry behind.
+        # The calls in flight. Every entry leaves when its call ends, however it
+        # ends: a caller's context at rpc.call.start or the queue's timeout; a
+        # client span at rpc.call.stop or exception; a server span at
+        # python.call.stop or exception, at the end of its rpc.call (the worker's
+        # end may never come: it crashed, or its events were denied), or when its
+        # worker terminated. Only a call that ends without any event naming it
+        # (rejected by a full queue, cancelled while it waited, a stream) leaves a
+        # caller's context behind, so that map is also bounded.
         self._callers: OrderedDict[int, Any] = OrderedDict()
         self._clients: OrderedDict[int, Any] = OrderedDict()
         self._servers: dict[tuple[str, int], tuple[Any, int]] = {}
@@ -72,10 +84,16 @@ class OpenTelemetryBridge:
     def _handle(
         self, event: EventName, measurements: Measurements, metadata: Metadata, config: Any
     ) -> None:
-        prefix, phase = event[:3], event[3]
+        if event == _TERMINATED:
+            self._worker_gone(str(metadata.get("worker_id")), str(metadata.get("reason")))
+            return
         request_id = metadata.get("request_id")
         if not isinstance(request_id, int):
             return
+        if event == _QUEUE_TIMEOUT:
+            self._callers.pop(request_id, None)
+            return
+        prefix, phase = event[:3], event[3]
         if prefix == _RPC:
             self._rpc(phase, request_id, measurements, metadata)
         else:
@@ -97,13 +115,27 @@ class OpenTelemetryBridge:
             if len(self._clients) > _REMEMBERED:
                 self._clients.popitem(last=False)[1].end()
             return
+        self._callers.pop(request_id, None)
         span = self._clients.pop(request_id, None)
-        if span is None:
+        server = self._servers.pop((str(metadata.get("worker_id")), request_id), None)
+        if span is None and server is None:
             return
-        started = getattr(span, "start_time", None) or 0
-        if phase == "exception":
-            _record_error(span, str(metadata.get("error_type")), str(metadata.get("reason")))
-        span.end(end_time=started + int(measurements["duration"]))
+        error_type = str(metadata.get("error_type"))
+        message = str(metadata.get("error_message"))
+        ended: int | None = None
+        if span is not None:
+            started = getattr(span, "start_time", None) or 0
+            ended = started + int(measurements["duration"])
+            if phase == "exception":
+                _record_error(span, error_type, message)
+            span.end(end_time=ended)
+        if server is not None:
+            # The worker's end of the call never came (its worker crashed, or its
+            # events were denied): the server span ends with the call.
+            server_span, server_started = server
+            if phase == "exception":
+                _record_error(server_span, error_type, message)
+            server_span.end(end_time=max(server_started, ended or time.time_ns()))
 
     def _python(
         self, phase: str, request_id: int, measurements: Measurements, metadata: Metadata
@@ -129,6 +161,17 @@ class OpenTelemetryBridge:
         if phase == "exception":
             _record_error(span, str(metadata.get("error_type")), str(metadata.get("error_message")))
         span.end(end_time=start_time + int(measurements["duration"]))
+
+    def _worker_gone(self, worker_id: str, reason: str) -> None:
+        """A worker terminated: the server spans it left open end now."""
+        gone = [key for key in self._servers if key[0] == worker_id]
+        if not gone:
+            return
+        now = time.time_ns()
+        for key in gone:
+            span, started = self._servers.pop(key)
+            _record_error(span, "WorkerTerminated", f"the worker ended ({reason}) during the call")
+            span.end(end_time=max(started, now))
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ happens on every event.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -68,6 +69,11 @@ def event_name(value: object) -> EventName:
     """
     if isinstance(value, list):
         value = tuple(value)
+    if isinstance(value, str):
+        raise TypeError(
+            f"an event name is a tuple of str, not a str: {value!r}; "
+            f"write {tuple(value.split('.'))!r}"
+        )
     if not isinstance(value, tuple):
         raise TypeError(f"an event name is a tuple of str, not {type(value).__name__}: {value!r}")
     if not value:
@@ -87,6 +93,32 @@ def _check_handler(handler_id: object, function: object) -> None:
         raise TypeError(f"a handler id is a str, not {type(handler_id).__name__}")
     if not callable(function):
         raise TypeError(f"the handler function must be callable, got {function!r}")
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        # Some callables (a few builtins and extension types) do not say what
+        # they take: they are trusted, as :telemetry trusts every function.
+        return
+    try:
+        signature.bind(None, None, None, None)
+    except TypeError:
+        name = getattr(function, "__qualname__", None) or repr(function)
+        raise TypeError(
+            f"handler {handler_id!r}: {name}{signature} cannot be called as "
+            "function(event, measurements, metadata, config); a handler takes those "
+            "four arguments"
+        ) from None
+
+
+def _check_events(events: object) -> None:
+    """Refuse one event name where a list of them belongs, with a message of its own."""
+    if isinstance(events, str) or (
+        isinstance(events, tuple | list) and events and all(isinstance(e, str) for e in events)
+    ):
+        raise TypeError(
+            "attach_many takes a list of event names (tuples of str), not one event name: "
+            f"{events!r}; use attach(...) for one event, or wrap it in a list"
+        )
 
 
 def attach(
@@ -98,11 +130,19 @@ def attach(
     in the emitter on every :func:`execute` of that event. The id is unique
     across the whole registry.
 
+    The handler's signature is checked here when Python can read it, so a
+    handler that cannot take the four arguments fails at attach, not at its
+    first event. A name under ``("pypit", ...)`` that pypit never emits (a
+    typo, most likely) is attached all the same, with an
+    :class:`UnknownEventWarning` naming the closest event of the catalog;
+    ``("pypit", "python", ...)`` names are not checked, since a pool may allow
+    any worker event.
+
     Raises:
         HandlerExistsError: a handler with this id is attached (nothing changes).
-        TypeError, ValueError: a malformed id, event name or function.
+        TypeError, ValueError: a malformed id, event name or function (nothing changes).
     """
-    attach_many(handler_id, [event], function, config)
+    attach_many(handler_id, [event_name(event)], function, config)
 
 
 def attach_many(
@@ -117,9 +157,16 @@ def attach_many(
     """
     global _table, _by_id, generation
     _check_handler(handler_id, function)
+    _check_events(events)
     names = tuple(dict.fromkeys(event_name(e) for e in events))
     if not names:
         raise ValueError("attach_many needs at least one event")
+    # Imported here: the catalog module imports this one.
+    from pypit.telemetry._catalog import warn_unknown
+
+    # Warned before the change, so that an application that turns warnings
+    # into errors gets nothing attached.
+    warn_unknown(handler_id, names)
     records = tuple(Handler(handler_id, name, function, config) for name in names)
     with _lock:
         if handler_id in _by_id:

@@ -38,10 +38,16 @@ class _Reporter:
         self._started = False
 
     def start(self) -> None:
+        """Create what the metrics need and attach the handler: all of it, or, when a
+        step fails, none of it (the error is raised and ``start`` may be called again)."""
         if self._started:
             return
         self._prepare()
-        attach_many(self._handler_id, list(self._by_event), self._handle)
+        try:
+            attach_many(self._handler_id, list(self._by_event), self._handle)
+        except BaseException:
+            self._release()
+            raise
         self._started = True
 
     def stop(self) -> None:
@@ -64,7 +70,8 @@ class _Reporter:
         self.stop()
 
     def _prepare(self) -> None:
-        """Create what the metrics need before the first event."""
+        """Create what the metrics need before the first event; undo what it did before
+        raising."""
 
     def _release(self) -> None:
         """Undo :meth:`_prepare`."""
@@ -173,6 +180,17 @@ class PrometheusReporter(_Reporter):
         self.port: int | None = None
 
     def _prepare(self) -> None:
+        try:
+            self._register()
+            self._serve()
+        except BaseException:
+            # A collector of that name already in the application's registry, or
+            # the port taken: leave nothing behind, so that the application can
+            # fix it and start again.
+            self._release()
+            raise
+
+    def _register(self) -> None:
         client = self._prometheus
         kinds = {
             "counter": client.Counter,
@@ -192,11 +210,19 @@ class PrometheusReporter(_Reporter):
                 registry=self.registry,
                 **options,
             )
-        if self._requested_port is not None:
-            self._server, self._thread = client.start_http_server(
+
+    def _serve(self) -> None:
+        if self._requested_port is None:
+            return
+        try:
+            self._server, self._thread = self._prometheus.start_http_server(
                 self._requested_port, addr=self._address, registry=self.registry
             )
-            self.port = self._server.server_address[1]
+        except OSError as exc:
+            where = f"{self._address}:{self._requested_port}"
+            message = f"PrometheusReporter cannot serve /metrics on {where}: {exc.strerror or exc}"
+            raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from exc
+        self.port = self._server.server_address[1]
 
     def _release(self) -> None:
         if self._server is not None:
@@ -205,6 +231,7 @@ class PrometheusReporter(_Reporter):
             if self._thread is not None:
                 self._thread.join(timeout=5)
             self._server = self._thread = None
+            self.port = None
         for collector in self._collectors.values():
             self.registry.unregister(collector)
         self._collectors.clear()

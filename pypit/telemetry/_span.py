@@ -34,6 +34,15 @@ _known_prefixes: dict[EventName, _Events] = {}
 _MAX_KNOWN_PREFIXES: Final = 1024
 
 
+def error_message(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception cannot say it: a span reports the
+    exception it saw and must never raise another in its place."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose str() raised>"
+
+
 def _events(value: EventName | list[str]) -> _Events:
     prefix = event_name(value)
     events = ((*prefix, "start"), (*prefix, "stop"), (*prefix, "exception"))
@@ -144,6 +153,8 @@ class Span:
                     "kind": "error" if isinstance(exc, Exception) else "exit",
                     "reason": exc,
                     "stacktrace": tb,
+                    "error_type": type(exc).__name__,
+                    "error_message": error_message(exc),
                 },
             )
 
@@ -203,8 +214,11 @@ def span(
     measurements); ``prefix + ("exception",)`` with ``duration,
     monotonic_time`` and the start metadata plus ``kind`` (``"error"`` for an
     ``Exception``, ``"exit"`` for cancellation and other ``BaseException``),
-    ``reason`` (the exception) and ``stacktrace`` (its traceback). Each span
-    gets a fresh ``telemetry_span_context`` unless the start metadata has one.
+    ``reason`` (the exception) and ``stacktrace`` (its traceback), as in
+    ``:telemetry``, and ``error_type`` and ``error_message`` (its class name
+    and its text, both str), the keys a worker's span reports a failure with.
+    Each span gets a fresh ``telemetry_span_context`` unless the start
+    metadata has one.
     """
     current = Span(prefix, start_metadata)
     if function is None:

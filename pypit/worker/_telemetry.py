@@ -310,15 +310,25 @@ class span:
     """Emit ``name.start``, then ``name.stop`` or ``name.exception``, around some work.
 
     A context manager (``with`` and ``async with``) and a decorator (plain and
-    coroutine functions). Each span's metadata carries ``span_id`` and
-    ``parent_span_id`` (None at the top), so nested spans keep their
-    parent/child relation; ``exception`` adds ``error_type`` and
-    ``error_message``. The exception is always re-raised.
+    coroutine functions). The metadata has the shape of the application's
+    ``pypit.telemetry.span``, so one handler serves both: every event carries
+    ``telemetry_span_context`` (this span's id, a str), and ``exception`` adds
+    ``kind`` (``"error"``, or ``"exit"`` for a cancellation), ``error_type``
+    and ``error_message``. The exception object itself does not cross the
+    process boundary, so there is no ``reason`` or ``stacktrace``. Spans also
+    carry ``span_id`` (the same id) and ``parent_span_id`` (the enclosing
+    span's, None at the top), so nested spans keep their parent/child
+    relation. The exception is always re-raised.
     """
 
     __slots__ = ("_metadata", "_name", "_started", "_token")
 
     def __init__(self, name: str, metadata: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"a worker span's name is a dotted str such as 'inference', not {name!r}; "
+                "it arrives in the pool as ('pypit', 'python', *name.split('.'), phase)"
+            )
         self._name = name
         self._metadata = dict(metadata) if metadata else {}
         self._started = 0
@@ -326,6 +336,7 @@ class span:
 
     def __enter__(self) -> span:
         span_id = os.urandom(8).hex()
+        self._metadata["telemetry_span_context"] = span_id
         self._metadata["span_id"] = span_id
         self._metadata["parent_span_id"] = _span_var.get()
         self._token = _span_var.set(span_id)
@@ -345,10 +356,16 @@ class span:
         if exc is None:
             emit(f"{self._name}.stop", {"duration": duration}, self._metadata)
         else:
+            try:
+                message = str(exc)
+            except Exception:
+                # The span reports the exception it saw, never raises another.
+                message = f"<{type(exc).__name__} whose str() raised>"
             metadata = {
                 **self._metadata,
+                "kind": "error" if isinstance(exc, Exception) else "exit",
                 "error_type": type(exc).__name__,
-                "error_message": str(exc)[:MAX_STRING_LENGTH],
+                "error_message": message[:MAX_STRING_LENGTH],
             }
             emit(f"{self._name}.exception", {"duration": duration}, metadata)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -14,18 +15,36 @@ from pypit import telemetry
 from pypit.pool import Pool
 from pypit.telemetry import CapturedEvent
 
+# The Python class of each type the catalog writes (docs/events.md shows them).
+CATALOG_TYPES: dict[str, type] = {
+    "str": str,
+    "int": int,
+    "bool": bool,
+    "Any": object,
+    "BaseException": BaseException,
+    "Exception": Exception,
+    "TracebackType": TracebackType,
+    "tuple[str, ...]": tuple,
+}
+
 
 def assert_catalog_shape(event: CapturedEvent) -> None:
-    """Exactly the catalog's keys, numeric measurements, None only where the catalog allows."""
+    """Exactly the catalog's keys, numeric measurements, metadata of the catalog's types,
+    None only where the catalog allows."""
     spec = telemetry.catalog_event(event.event)
     assert set(event.measurements) == spec.measurement_keys, event.event
     assert set(event.metadata) == spec.metadata_keys, event.event
     for key, value in event.measurements.items():
         assert isinstance(value, int | float), (event.event, key)
         assert not isinstance(value, bool), (event.event, key)
+    types = spec.metadata_types
     for key, value in event.metadata.items():
         if key not in spec.nullable:
             assert value is not None, (event.event, key)
+        if value is not None:
+            expected = CATALOG_TYPES[types[key]]
+            assert isinstance(value, expected), (event.event, key, value)
+            assert expected is not int or not isinstance(value, bool), (event.event, key)
 
 
 def adapter(name: str = "Echo") -> str:

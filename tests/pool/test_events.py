@@ -151,6 +151,7 @@ async def test_rpc_call_exception_for_tool_error_timeout_and_cancellation() -> N
     assert [e.metadata["error_type"] for e in exceptions[:2]] == ["ToolError", "WorkerTimeoutError"]
     assert [e.metadata["kind"] for e in exceptions] == ["error", "error", "exit"]
     assert isinstance(exceptions[0].metadata["reason"], ToolError)
+    assert exceptions[0].metadata["error_message"] == str(exceptions[0].metadata["reason"])
 
 
 async def test_rpc_call_exception_for_a_crash() -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import io
+import socket
+import typing
 import urllib.request
+import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -77,8 +82,8 @@ def test_tags_tag_values_keep_and_drop() -> None:
         (lambda: metrics.summary("a.b.c", unit=("native", "byte")), ValueError),
         (lambda: metrics.summary("a.b.c", unit="parsec"), ValueError),
         (lambda: metrics.counter("a.b.c", keep=lambda m: True, drop=lambda m: True), ValueError),
-        (lambda: metrics.counter("a.b.c", tags=[1]), TypeError),
-        (lambda: metrics.counter("a.b.c", measurement=3), TypeError),
+        (lambda: metrics.counter("a.b.c", tags=[1]), TypeError),  # type: ignore[list-item]
+        (lambda: metrics.counter("a.b.c", measurement=3), TypeError),  # type: ignore[arg-type]
         (
             lambda: metrics.distribution("a.b.c", reporter_options={"buckets": [3, 1]}),
             ValueError,
@@ -165,6 +170,118 @@ def test_prometheus_reporter_registers_with_the_applications_registry() -> None:
         telemetry.execute(STOP, {}, {})
         assert registry.get_sample_value("app_call_stop_total") == 1
     assert registry.get_sample_value("app_call_stop_total") is None
+
+
+def registered(registry: CollectorRegistry) -> list[str]:
+    """The names of the metric families in ``registry``."""
+    return sorted(family.name for family in registry.collect())
+
+
+def test_a_prometheus_reporter_whose_port_is_taken_leaves_nothing_registered() -> None:
+    """A start that cannot serve raises an OSError naming the address, leaves the
+    application's registry as it was, and can be tried again once the port is free."""
+    registry = CollectorRegistry()
+    definitions = [metrics.counter("app.call.stop.count"), metrics.last_value("app.call.stop.v")]
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    reporter = metrics.PrometheusReporter(definitions, registry=registry, port=port)
+    try:
+        with pytest.raises(OSError, match="PrometheusReporter cannot serve") as info:
+            reporter.start()
+    finally:
+        taken.close()
+
+    assert f"PrometheusReporter cannot serve /metrics on 127.0.0.1:{port}: " in str(info.value)
+    assert registered(registry) == []
+    assert telemetry.list_handlers() == []
+    assert reporter.port is None
+
+    with reporter:
+        telemetry.execute(STOP, {"v": 4}, {})
+        assert reporter.port == port
+        assert registry.get_sample_value("app_call_stop_v") == 4
+    assert registered(registry) == []
+
+
+def test_a_prometheus_reporter_whose_names_clash_leaves_the_registry_as_it_was() -> None:
+    """When one of its metrics is already in the application's registry, the reporter
+    raises and removes the metrics it registered before it, so stop() has nothing to undo
+    and the other reporter keeps its own."""
+    registry = CollectorRegistry()
+    first = metrics.PrometheusReporter([metrics.counter("app.call.stop.count")], registry=registry)
+    second = metrics.PrometheusReporter(
+        [metrics.last_value("app.call.stop.v"), metrics.counter("app.call.stop.count")],
+        registry=registry,
+    )
+    with first:
+        with pytest.raises(ValueError, match="app_call_stop"):
+            second.start()
+        assert registered(registry) == ["app_call_stop"]
+        second.stop()
+        telemetry.execute(STOP, {"v": 1}, {})
+        assert registry.get_sample_value("app_call_stop_total") == 1
+        assert [h.id for h in telemetry.list_handlers()] == [first._handler_id]
+    assert registered(registry) == []
+
+
+def test_a_reporter_whose_attach_fails_releases_what_it_prepared() -> None:
+    """An unknown pypit event under warnings-as-errors makes start raise; the metrics it
+    registered are removed again."""
+    registry = CollectorRegistry()
+    reporter = metrics.PrometheusReporter(
+        [metrics.last_value("pypit.pool.stauts.queue_depth")], registry=registry
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", telemetry.UnknownEventWarning)
+        with pytest.raises(telemetry.UnknownEventWarning, match="'pypit', 'pool', 'status'"):
+            reporter.start()
+
+    assert registered(registry) == []
+    assert telemetry.list_handlers() == []
+
+
+def test_a_metric_on_a_misspelled_event_warns_at_the_applications_line() -> None:
+    """The warning of a reporter's attach points at the code that started the reporter."""
+    reporter = metrics.ConsoleReporter([metrics.counter("pypit.rpc.calls.stop.count")])
+    with pytest.warns(telemetry.UnknownEventWarning) as caught:
+        reporter.start()
+    reporter.stop()
+
+    (warning,) = caught
+    assert "did you mean ('pypit', 'rpc', 'call', 'stop')?" in str(warning.message)
+    assert warning.filename == __file__
+
+
+KEYWORDS = [
+    "event_name",
+    "measurement",
+    "tags",
+    "tag_values",
+    "keep",
+    "drop",
+    "description",
+    "unit",
+    "reporter_options",
+]
+
+
+@pytest.mark.parametrize("kind", ["counter", "sum", "last_value", "summary", "distribution"])
+def test_builders_have_their_own_typed_signatures(kind: str) -> None:
+    """Each builder is a function of its own, written with its keyword arguments and
+    their types, so that type checkers and editors see them (not ``Callable[..., Metric]``)."""
+    builder = getattr(metrics, kind)
+    signature = inspect.signature(builder)
+    hints = typing.get_type_hints(builder)
+
+    assert inspect.getsource(builder).startswith(f"def {kind}(\n    name: str | Iterable[str],")
+    assert list(signature.parameters)[1:] == KEYWORDS
+    assert all(signature.parameters[k].kind is inspect.Parameter.KEYWORD_ONLY for k in KEYWORDS)
+    assert hints["tags"] == Iterable[str]
+    assert hints["return"] is metrics.Metric
+    assert builder.__doc__.startswith(f"A {kind.replace('_', '-')} metric: ")
+    assert builder("app.call.stop.v").kind == kind
 
 
 def test_a_failing_metric_is_skipped_and_logged() -> None:

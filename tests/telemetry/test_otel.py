@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import http.server
+import os
+import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 
-from pypit import ToolError
+from pypit import ToolError, WorkerCrashedError, telemetry
 from pypit.pool import open_pool
 from pypit.telemetry.otel import OpenTelemetryBridge, configure_opentelemetry
-from tests.pool.conftest import adapter, options
+from tests.pool.conftest import adapter, options, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -142,3 +146,139 @@ def test_disabled_configuration_installs_nothing() -> None:
 
     assert configure_opentelemetry(enabled=False) is None
     assert _events.trace_hook is None
+
+
+RPC_CALL = ("pypit", "rpc", "call")
+PYTHON_CALL = ("pypit", "python", "call")
+
+
+def in_memory() -> tuple[Any, OpenTelemetryBridge]:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter, OpenTelemetryBridge(provider)
+
+
+def in_flight(bridge: OpenTelemetryBridge) -> dict[str, int]:
+    """How many entries each of the bridge's maps of calls in flight holds."""
+    return {
+        "callers": len(bridge._callers),
+        "clients": len(bridge._clients),
+        "servers": len(bridge._servers),
+    }
+
+
+def call_events(request_id: int, worker_id: str = "w_1") -> dict[str, Any]:
+    return {
+        "pool_name": "w",
+        "worker_id": worker_id,
+        "command": "hold",
+        "request_id": request_id,
+        "correlation_id": "c",
+    }
+
+
+def test_a_call_whose_worker_crashed_leaves_nothing_in_flight() -> None:
+    """python.call.start arrived, then the worker died: rpc.call.exception ends the
+    client span and the server span (both with an error), and every map is empty."""
+    exporter, bridge = in_memory()
+    with bridge:
+        bridge.capture(1)
+        meta = call_events(1)
+        telemetry.execute((*RPC_CALL, "start"), {"system_time": 1_000}, meta)
+        telemetry.execute((*PYTHON_CALL, "start"), {"system_time": 2_000}, meta)
+        assert in_flight(bridge) == {"callers": 0, "clients": 1, "servers": 1}
+        crash = WorkerCrashedError("worker w_1 was killed by SIGKILL")
+        telemetry.execute(
+            (*RPC_CALL, "exception"),
+            {"duration": 9_000, "monotonic_time": 1},
+            {
+                **meta,
+                "kind": "error",
+                "reason": crash,
+                "stacktrace": None,
+                "error_type": "WorkerCrashedError",
+                "error_message": str(crash),
+            },
+        )
+        assert in_flight(bridge) == {"callers": 0, "clients": 0, "servers": 0}
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+
+    assert set(spans) == {"pypit.rpc.call", "pypit.python.call"}
+    for span in spans.values():
+        assert span.status.description == "WorkerCrashedError: worker w_1 was killed by SIGKILL"
+        assert span.end_time == 10_000
+
+
+def test_a_terminated_worker_ends_the_server_spans_it_left_open() -> None:
+    """A server span whose call ended nowhere else ends when its worker terminates, with
+    an error naming the termination; the other worker's span stays open."""
+    exporter, bridge = in_memory()
+    with bridge:
+        telemetry.execute((*PYTHON_CALL, "start"), {"system_time": 5}, call_events(7))
+        telemetry.execute((*PYTHON_CALL, "start"), {"system_time": 5}, call_events(8, "w_2"))
+        telemetry.execute(
+            ("pypit", "pool", "worker", "terminated"),
+            {"lifetime": 1, "total_commands": 1},
+            {"worker_id": "w_1", "reason": "killed", "planned": False},
+        )
+        assert in_flight(bridge) == {"callers": 0, "clients": 0, "servers": 1}
+        (span,) = exporter.get_finished_spans()
+
+    assert span.attributes["pypit.request_id"] == 7
+    assert span.status.description == (
+        "WorkerTerminated: the worker ended (killed) during the call"
+    )
+
+
+def test_calls_that_end_normally_or_wait_too_long_leave_nothing_in_flight() -> None:
+    """stop and exception clear the call's entries; a call that timed out in the queue
+    (no rpc.call.start) clears its caller's context."""
+    _, bridge = in_memory()
+    with bridge:
+        for request_id in (1, 2):
+            bridge.capture(request_id)
+            meta = call_events(request_id)
+            telemetry.execute((*RPC_CALL, "start"), {"system_time": 1}, meta)
+            telemetry.execute((*PYTHON_CALL, "start"), {"system_time": 1}, meta)
+            phase = "stop" if request_id == 1 else "exception"
+            telemetry.execute((*PYTHON_CALL, phase), {"duration": 1}, meta)
+            telemetry.execute((*RPC_CALL, phase), {"duration": 2, "monotonic_time": 1}, meta)
+        bridge.capture(3)
+        assert in_flight(bridge) == {"callers": 1, "clients": 0, "servers": 0}
+        telemetry.execute(
+            ("pypit", "pool", "queue", "timeout"),
+            {"queue_time": 1, "queue_depth": 0},
+            {"pool_name": "w", "command": "hold", "request_id": 3, "correlation_id": "c"},
+        )
+        assert in_flight(bridge) == {"callers": 0, "clients": 0, "servers": 0}
+
+
+async def test_a_real_worker_crash_leaves_nothing_in_flight(tmp_path: Path) -> None:
+    """A worker killed while it runs a call whose start reached the parent: the bridge
+    ends both spans with an error and keeps no entry for the call."""
+    exporter, bridge = in_memory()
+    with bridge:
+        async with open_pool(adapter(), **options()) as pool:
+            pid = await pool.execute("pid")
+
+            async def doomed() -> None:
+                with pytest.raises(WorkerCrashedError):
+                    await pool.execute("hold", {"gate": str(tmp_path / "never")})
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(doomed)
+                await wait_until(lambda: len(bridge._servers) == 1, "the worker's call start")
+                os.kill(pid, signal.SIGKILL)
+            assert in_flight(bridge) == {"callers": 0, "clients": 0, "servers": 0}
+            spans = [
+                s
+                for s in exporter.get_finished_spans()
+                if s.attributes is not None and s.attributes.get("pypit.command") == "hold"
+            ]
+
+    assert sorted(s.name for s in spans) == ["pypit.python.call", "pypit.rpc.call"]
+    assert all(s.status.status_code.name == "ERROR" for s in spans)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 import pytest
@@ -339,7 +340,10 @@ names = st.lists(segments, min_size=1, max_size=6).map(tuple)
 def test_any_valid_name_round_trips(name: EventName, other: EventName) -> None:
     """Any non-empty tuple of non-empty str is a name; events reach only their own handlers."""
     calls: Calls = []
-    telemetry.attach("prop", name, recorder(calls))
+    with warnings.catch_warnings():
+        # Hypothesis also draws the constants of the code, "pypit" among them.
+        warnings.simplefilter("ignore", telemetry.UnknownEventWarning)
+        telemetry.attach("prop", name, recorder(calls))
     try:
         telemetry.execute(name, {"v": 1})
         telemetry.execute(other, {"v": 2})
@@ -356,3 +360,155 @@ def test_names_with_bad_segments_are_refused(name: tuple[Any, ...]) -> None:
     with pytest.raises((TypeError, ValueError)):
         telemetry.attach("prop", name, recorder([]))
     assert telemetry.list_handlers() == []
+
+
+# -- mistakes a newcomer makes, caught where they are written -----------------------------
+
+
+def test_a_misspelled_pypit_event_warns_with_the_closest_name() -> None:
+    """A typo under ("pypit", ...) warns, naming the handler and the closest catalog event,
+    pointing at the caller's line; the handler is attached all the same."""
+    with pytest.warns(telemetry.UnknownEventWarning) as caught:
+        telemetry.attach("typo", ("pypit", "rpc", "calls", "stop"), recorder([]))
+
+    (warning,) = caught
+    message = str(warning.message)
+    assert "'typo'" in message
+    assert "('pypit', 'rpc', 'calls', 'stop')" in message
+    assert "did you mean ('pypit', 'rpc', 'call', 'stop')?" in message
+    assert warning.filename == __file__
+    assert [(h.id, h.event_name) for h in telemetry.list_handlers()] == [
+        ("typo", ("pypit", "rpc", "calls", "stop"))
+    ]
+
+
+def test_a_pypit_prefix_warns_that_handlers_take_whole_names() -> None:
+    """Attaching to a prefix such as ("pypit", "pool") warns that it is a prefix, with an
+    event under it; each unknown name of attach_many warns once."""
+    with pytest.warns(telemetry.UnknownEventWarning) as caught:
+        telemetry.attach_many(
+            "prefixes",
+            [("pypit", "pool"), ("pypit", "pool", "status"), ("pypit", "rpc", "stream")],
+            recorder([]),
+        )
+
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert "('pypit', 'pool'), which pypit never emits: it is a prefix of 14 events" in messages[0]
+    assert "('pypit', 'pool', 'initialized')" in messages[0]
+    assert "('pypit', 'rpc', 'stream'), which pypit never emits: it is a prefix" in messages[1]
+    assert len(telemetry.list_handlers()) == 3
+
+
+def test_catalog_events_worker_events_and_other_roots_do_not_warn() -> None:
+    """Every catalog event, any ("pypit", "python", ...) name (a pool may allow it) and
+    names outside ("pypit", ...) attach without a warning."""
+    names = [
+        *(spec.name for spec in telemetry.CATALOG),
+        ("pypit", "python", "inference", "start"),
+        ("pypit", "python", "call", "anything"),
+        ("myapp", "rpc", "calls", "stop"),
+        ("pypit",),
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        telemetry.attach_many("quiet", names[:-1], recorder([]))
+
+    assert [str(w.message) for w in caught] == []
+    with pytest.warns(telemetry.UnknownEventWarning, match=r"\('pypit',\), which pypit never"):
+        telemetry.attach("root", ("pypit",), recorder([]))
+
+
+def test_an_unknown_name_under_warnings_as_errors_attaches_nothing() -> None:
+    """An application that turns warnings into errors gets the error before any change."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", telemetry.UnknownEventWarning)
+        with pytest.raises(telemetry.UnknownEventWarning, match="pool', 'status'"):
+            telemetry.attach("strict", ("pypit", "pool", "stauts"), recorder([]))
+
+    assert telemetry.list_handlers() == []
+
+
+def test_a_handler_that_cannot_take_four_arguments_is_refused_at_attach() -> None:
+    """Too few or too many parameters raise TypeError naming the handler id, the function
+    and the four arguments, before anything is attached."""
+
+    def two(event: EventName, measurements: Any) -> None:
+        return None
+
+    def five(event: Any, measurements: Any, metadata: Any, config: Any, extra: Any) -> None:
+        return None
+
+    def keyword_only(event: Any, measurements: Any, metadata: Any, config: Any, *, k: Any) -> None:
+        return None
+
+    for handler in (two, five, keyword_only):
+        with pytest.raises(TypeError) as info:
+            telemetry.attach_many("wrong", [("a",), ("b",)], handler)  # type: ignore[arg-type]
+        message = str(info.value)
+        assert message.startswith("handler 'wrong': ")
+        assert handler.__qualname__ in message
+        assert "(event, measurements, metadata, config)" in message
+
+    assert telemetry.list_handlers() == []
+
+
+def test_handlers_of_every_readable_shape_are_accepted() -> None:
+    """Four parameters, defaults, *args, bound methods, partials and callables whose
+    signature cannot be read are all attached."""
+    import functools
+
+    class Sink:
+        def handle(self, event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+            return None
+
+        def __call__(self, *args: Any) -> None:
+            return None
+
+    def with_default(event: Any, measurements: Any, metadata: Any, config: Any = None) -> None:
+        return None
+
+    def three_and_bound(prefix: str, e: Any, m: Any, md: Any, c: Any) -> None:
+        return None
+
+    handlers: list[Any] = [
+        with_default,
+        Sink().handle,
+        Sink(),
+        functools.partial(three_and_bound, "p"),
+        max,  # a builtin without a signature Python can read
+    ]
+    for n, handler in enumerate(handlers):
+        telemetry.attach(f"shape-{n}", ("a",), handler)
+
+    assert len(telemetry.list_handlers()) == len(handlers)
+
+
+@pytest.mark.parametrize(
+    "events",
+    ["pypit.rpc.call.stop", ("pypit", "rpc", "call", "stop"), ["pypit", "rpc", "call", "stop"]],
+)
+def test_one_event_name_where_a_list_belongs_has_its_own_message(events: Any) -> None:
+    """attach_many given one name (a str, or a tuple or list of str) says so, not that
+    'p' is not a tuple."""
+    with pytest.raises(TypeError) as info:
+        telemetry.attach_many("x", events, recorder([]))
+
+    message = str(info.value)
+    assert message.startswith(
+        "attach_many takes a list of event names (tuples of str), not one event name"
+    )
+    assert "use attach(...) for one event, or wrap it in a list" in message
+    assert "'p'" not in message
+    assert telemetry.list_handlers() == []
+
+
+def test_a_dotted_string_event_name_says_how_to_write_it() -> None:
+    """attach("h", "a.b", f) answers with the tuple to write."""
+    with pytest.raises(TypeError) as info:
+        telemetry.attach("h", "pypit.rpc.call.stop", recorder([]))  # type: ignore[arg-type]
+
+    assert str(info.value) == (
+        "an event name is a tuple of str, not a str: 'pypit.rpc.call.stop'; "
+        "write ('pypit', 'rpc', 'call', 'stop')"
+    )

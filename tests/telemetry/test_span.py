@@ -79,7 +79,8 @@ def test_extra_measurements_cannot_override_duration() -> None:
 
 
 def test_exception_event_and_original_exception_propagate() -> None:
-    """The exception event: start metadata + kind, reason, stacktrace; the same object raised."""
+    """The exception event: start metadata + kind, reason, stacktrace (as in :telemetry),
+    error_type and error_message; the same object raised."""
     error = ValueError("bad input")
 
     def fail() -> None:
@@ -97,8 +98,18 @@ def test_exception_event_and_original_exception_propagate() -> None:
     start, exc = seen.events
     assert exc.event == EXCEPTION
     assert {"duration", "monotonic_time"} == set(exc.measurements)
-    assert {"job", "telemetry_span_context", "kind", "reason", "stacktrace"} == set(exc.metadata)
+    assert {
+        "job",
+        "telemetry_span_context",
+        "kind",
+        "reason",
+        "stacktrace",
+        "error_type",
+        "error_message",
+    } == set(exc.metadata)
     assert exc.metadata["kind"] == "error"
+    assert exc.metadata["error_type"] == "ValueError"
+    assert exc.metadata["error_message"] == "bad input"
     assert exc.metadata["reason"] is error
     assert exc.metadata["stacktrace"] is not None
     assert start.metadata["telemetry_span_context"] == exc.metadata["telemetry_span_context"]

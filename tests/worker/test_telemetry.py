@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections import Counter
@@ -14,7 +15,7 @@ import structlog
 
 from pypit import WorkerCrashedError, _log, _shared, telemetry
 from pypit.pool import open_pool
-from pypit.telemetry import CapturedEvent
+from pypit.telemetry import CapturedEvent, EventName
 from pypit.worker import _telemetry
 from tests.pool.conftest import adapter, assert_catalog_shape, options, wait_until
 
@@ -60,7 +61,8 @@ async def test_seed_emit_example_arrives_in_the_bus() -> None:
 
 
 async def test_spans_nest_and_need_the_application_allowlist() -> None:
-    """Allowed span names arrive with span and parent ids; the rest is counted as unknown."""
+    """Allowed span names arrive with their span context, span and parent ids, and an
+    exception with kind, error_type and error_message; the rest is counted as unknown."""
     names = [
         (*PYTHON, *span.split("."), phase)
         for span in ("complex_operation", "preprocessing", "inference")
@@ -86,6 +88,9 @@ async def test_spans_nest_and_need_the_application_allowlist() -> None:
     (exception,) = seen.named(*PYTHON, "inference", "exception")
     assert exception.metadata["error_type"] == "ValueError"
     assert exception.metadata["error_message"] == "model exploded"
+    assert exception.metadata["kind"] == "error"
+    assert start.metadata["telemetry_span_context"] == start.metadata["span_id"]
+    assert stop.metadata["telemetry_span_context"] == stop.metadata["span_id"]
     assert seen.named(*PYTHON, "complex_operation", "start") == []
     assert dropped_by_reason(seen) == {"unknown_event": 4}
 
@@ -371,3 +376,97 @@ def test_patterns() -> None:
 
 def captured_names(events: list[CapturedEvent]) -> list[str]:
     return [".".join(e.event) for e in events]
+
+
+@pytest.fixture
+def in_a_worker() -> Iterator[_telemetry.WorkerTelemetry]:
+    """This process acts as a worker whose pool listens to ``job.*`` and allows it."""
+    names = [f"job.{phase}" for phase in ("start", "stop", "exception")]
+    state = _telemetry.WorkerTelemetry()
+    state.settings = _telemetry.Settings(listened=names, allow=["job.*"])
+    _telemetry.current = state
+    try:
+        yield state
+    finally:
+        _telemetry.current = None
+
+
+def shipped(state: _telemetry.WorkerTelemetry) -> list[tuple[str, dict[str, Any]]]:
+    batch = state.buffer.drain()
+    assert batch is not None
+    return [(name, metadata) for name, _, metadata in batch.events]
+
+
+def test_a_worker_span_has_the_shape_of_the_applications_span(
+    in_a_worker: _telemetry.WorkerTelemetry,
+) -> None:
+    """Each event carries telemetry_span_context (its span id, a str); the exception adds
+    kind, error_type and error_message, as the application's span does."""
+    from pypit.worker import telemetry as worker_telemetry
+
+    with pytest.raises(KeyError), worker_telemetry.span("job", {"model": "small"}):
+        raise KeyError("missing")
+    with pytest.raises(asyncio.CancelledError), worker_telemetry.span("job"):
+        raise asyncio.CancelledError
+
+    events = shipped(in_a_worker)
+    assert [name for name, _ in events] == ["job.start", "job.exception"] * 2
+    start, failed = events[0][1], events[1][1]
+    assert start["telemetry_span_context"] == start["span_id"] == failed["telemetry_span_context"]
+    assert isinstance(start["telemetry_span_context"], str)
+    assert {k: failed[k] for k in ("kind", "error_type", "error_message")} == {
+        "kind": "error",
+        "error_type": "KeyError",
+        "error_message": "'missing'",
+    }
+    assert "reason" not in failed
+    assert events[3][1]["kind"] == "exit"
+
+
+def test_one_handler_serves_both_spans(in_a_worker: _telemetry.WorkerTelemetry) -> None:
+    """A handler that pairs spans by telemetry_span_context and slices error_message works
+    on the application's span and on a worker's span, re-emitted as the pool does."""
+    from pypit.worker import telemetry as worker_telemetry
+
+    seen: list[tuple[EventName, Any, str, str]] = []
+
+    def handler(event: EventName, measurements: Any, metadata: Any, config: Any) -> None:
+        context = metadata["telemetry_span_context"]
+        if event[-1] == "exception":
+            seen.append((event, context, metadata["kind"], metadata["error_message"][:60]))
+        else:
+            seen.append((event, context, "", ""))
+
+    app = ("app", "job")
+    worker = (*PYTHON, "job")
+    names = [(*prefix, phase) for prefix in (app, worker) for phase in ("start", "exception")]
+    telemetry.attach_many("both", names, handler)
+    with pytest.raises(ValueError, match="x"), telemetry.span(app):
+        raise ValueError("x" * 100)
+    with pytest.raises(ValueError, match="y"), worker_telemetry.span("job"):
+        raise ValueError("y" * 100)
+    for name, metadata in shipped(in_a_worker):
+        added = {"pool_name": "default", "worker_id": "default_worker_1", "python_pid": 1}
+        telemetry.execute((*PYTHON, *name.split(".")), {"duration": 1}, {**metadata, **added})
+
+    assert [(e[0][-1], e[2], e[3]) for e in seen] == [
+        ("start", "", ""),
+        ("exception", "error", "x" * 60),
+        ("start", "", ""),
+        ("exception", "error", "y" * 60),
+    ]
+    assert seen[0][1] == seen[1][1]
+    assert seen[2][1] == seen[3][1]
+    assert [h.id for h in telemetry.list_handlers()] == ["both"] * 4
+
+
+def test_a_worker_span_name_is_a_dotted_str() -> None:
+    """A tuple where the worker's span takes a dotted name fails at once, saying so."""
+    from pypit.worker import telemetry as worker_telemetry
+
+    with pytest.raises(TypeError) as info:
+        worker_telemetry.span(("app", "job"))  # type: ignore[arg-type]
+
+    assert str(info.value).startswith(
+        "a worker span's name is a dotted str such as 'inference', not ('app', 'job')"
+    )
