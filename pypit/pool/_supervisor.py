@@ -32,7 +32,7 @@ from pypit._errors import (
     WorkerStartError,
 )
 from pypit._log import get_logger
-from pypit.pool import _events
+from pypit.pool import _reports
 from pypit.pool._channel import Connection
 from pypit.pool._config import PoolConfig
 from pypit.pool._control import Control
@@ -194,7 +194,7 @@ class Supervisor:
                 self.scheduler.counters["crashes"] += 1
                 slot.previous_pid = handle.pid
                 slot.lost_at = time.monotonic_ns()
-                slot.lost_reason = _termination_reason(handle, handle.process.returncode)
+                slot.lost_reason = _reports.termination_reason(handle, handle.process.returncode)
             else:
                 await self._back_off(slot)
             slot.restarts += 1
@@ -208,17 +208,7 @@ class Supervisor:
         if not slot.down:
             slot.down = True
             slot.down_at = time.monotonic_ns()
-            _events.emit(
-                _events.SLOT_DEGRADED,
-                {"failed_starts": slot.failed_starts, "system_time": time.time_ns()},
-                {"pool_name": self.name, "worker_id": slot.worker_id, "reason": slot.failure},
-            )
-            _log.error(
-                "worker slot degraded: its starts fail; retrying with back-off",
-                pool_name=self.name,
-                worker_id=slot.worker_id,
-                reason=slot.failure,
-            )
+            _reports.slot_degraded(self.name, slot)
             if all(other.down for other in self.slots):
                 # Nothing can serve what waits, nor what comes, until a start succeeds.
                 self.scheduler.degraded = self._degraded_error
@@ -232,20 +222,7 @@ class Supervisor:
         if slot.down:
             slot.down = False
             self.scheduler.degraded = None
-            _events.emit(
-                _events.SLOT_RECOVERED,
-                {
-                    "downtime": time.monotonic_ns() - slot.down_at,
-                    "failed_starts": slot.failed_starts,
-                },
-                {"pool_name": self.name, "worker_id": slot.worker_id, "worker_pid": handle.pid},
-            )
-            _log.info(
-                "worker slot recovered",
-                pool_name=self.name,
-                worker_id=slot.worker_id,
-                failed_starts=slot.failed_starts,
-            )
+            _reports.slot_recovered(self.name, slot, handle)
         slot.failed_starts = 0
 
     def _degraded_error(self) -> PoolDegradedError:
@@ -267,12 +244,7 @@ class Supervisor:
     async def _spawn(self, slot: Slot, reason: str) -> tuple[WorkerHandle, _Greeting] | None:
         worker_id = slot.worker_id
         started = time.monotonic_ns()
-        if _events.listened(_events.SPAWN_STARTED):
-            _events.emit(
-                _events.SPAWN_STARTED,
-                {"system_time": time.time_ns()},
-                {"pool_name": self.name, "worker_id": worker_id, "reason": reason},
-            )
+        _reports.spawn_started(self.name, worker_id, reason)
         token = secrets.token_hex(16)
         greeting = _Greeting()
         self._expected[token] = greeting
@@ -314,14 +286,7 @@ class Supervisor:
             os.close(token_reader)
             del self._expected[token]
             slot.failure = f"exec_failed: {exc}"
-            self._spawn_failed(worker_id, started, "exec_failed", None)
-            _log.error(
-                "worker failed to start",
-                pool_name=self.name,
-                worker_id=worker_id,
-                reason="exec_failed",
-                error=slot.failure,
-            )
+            _reports.exec_failed(self.name, worker_id, started, slot.failure)
             return None
         os.close(token_reader)
         greeting.pid = process.pid
@@ -376,7 +341,7 @@ class Supervisor:
             if ready:
                 self._started(slot, handle)
                 if reason == "restart" and slot.previous_pid is not None:
-                    self._restarted(slot, handle)
+                    _reports.restarted(self.name, slot, handle)
                 if self.closed:
                     handle.request_stop()
                 tasks.start_soon(self._watch_health, handle)
@@ -398,100 +363,19 @@ class Supervisor:
         closing = handle.closing
         handle.fail_pending(crash_error(handle, returncode, closing and self.closed))
         if ready:
-            self._terminated(handle, returncode)
+            _reports.terminated(self.name, handle, returncode, closing=self.closed)
         else:
-            self._failed_to_start(slot, handle, returncode)
+            _reports.failed_to_start(
+                self.name,
+                slot,
+                handle,
+                returncode,
+                startup_timeout=self.config.startup_timeout,
+                closing=self.closed,
+            )
             if reason == "initial":
                 self._startup_reported(ready=False)
         return ready
-
-    def _restarted(self, slot: Slot, handle: WorkerHandle) -> None:
-        if _events.listened(_events.RESTARTED):
-            _events.emit(
-                _events.RESTARTED,
-                {"downtime": time.monotonic_ns() - slot.lost_at, "restart_count": slot.restarts},
-                {
-                    "pool_name": self.name,
-                    "worker_id": handle.worker_id,
-                    "previous_pid": slot.previous_pid,
-                    "new_pid": handle.pid,
-                    "reason": slot.lost_reason,
-                },
-            )
-
-    def _terminated(self, handle: WorkerHandle, returncode: int | None) -> None:
-        handle.connection_lost()
-        lifetime = time.monotonic_ns() - handle.ready_at
-        reason = _termination_reason(handle, returncode)
-        if handle.recycle_reason is not None and _events.listened(_events.RECYCLED):
-            _events.emit(
-                _events.RECYCLED,
-                {
-                    "lifetime": lifetime,
-                    "total_commands": handle.total_commands,
-                    "rss_bytes": handle.rss_bytes,
-                },
-                {
-                    "pool_name": self.name,
-                    "worker_id": handle.worker_id,
-                    "reason": handle.recycle_reason,
-                },
-            )
-        if _events.listened(_events.TERMINATED):
-            _events.emit(
-                _events.TERMINATED,
-                {"lifetime": lifetime, "total_commands": handle.total_commands},
-                {
-                    "node": _events.NODE,
-                    "pool_name": self.name,
-                    "worker_id": handle.worker_id,
-                    "worker_pid": handle.pid,
-                    "reason": reason,
-                    "planned": handle.closing,
-                    "exit_code": returncode,
-                },
-            )
-        if not handle.closing and not self.closed:
-            _log.warning(
-                "worker terminated unexpectedly; restarting",
-                pool_name=self.name,
-                worker_id=handle.worker_id,
-                worker_pid=handle.pid,
-                exit_code=returncode,
-                reason=reason,
-            )
-
-    def _failed_to_start(self, slot: Slot, handle: WorkerHandle, returncode: int | None) -> None:
-        early = handle.early_stderr
-        last = next((line.strip() for line in reversed(early) if line.strip()), "")
-        if handle.failure is not None:
-            failure = handle.failure.reason
-            slot.failure = f"{failure}: {handle.failure.message}"
-        elif handle.kill_reason == "handshake_timeout":
-            failure = handle.kill_reason
-            slot.failure = f"not ready within startup_timeout={self.config.startup_timeout:g}s"
-        elif handle.kill_reason is not None:
-            failure = slot.failure = handle.kill_reason
-        else:
-            failure = "exited"
-            slot.failure = f"exited with code {returncode}" + (f": {last}" if last else "")
-        self._spawn_failed(handle.worker_id, handle.spawn_started, failure, returncode)
-        if self.closed:
-            # The pool stopped this start: nothing failed.
-            _log.info("worker start abandoned: the pool is closing", **self._fields(handle))
-            return
-        traceback = handle.failure.traceback if handle.failure else "\n".join(early)
-        _log.error(
-            "worker failed to start",
-            **self._fields(handle),
-            reason=failure,
-            error=slot.failure,
-            exit_code=returncode,
-            traceback=traceback,
-        )
-
-    def _fields(self, handle: WorkerHandle) -> dict[str, Any]:
-        return {"pool_name": self.name, "worker_id": handle.worker_id, "worker_pid": handle.pid}
 
     async def _watch_health(self, handle: WorkerHandle) -> None:
         """Heartbeat, age and memory of one worker, checked every heartbeat interval (every
@@ -613,22 +497,7 @@ class Supervisor:
                 t.name: ToolDescription(t.name, t.description, t.stream)
                 for t in handle.tools.values()
             }
-        if _events.listened(_events.SPAWNED):
-            _events.emit(
-                _events.SPAWNED,
-                {
-                    "duration": time.monotonic_ns() - handle.spawn_started,
-                    "system_time": time.time_ns(),
-                },
-                {
-                    "node": _events.NODE,
-                    "pool_name": self.name,
-                    "worker_id": handle.worker_id,
-                    "worker_pid": handle.pid,
-                    "python_pid": handle.pid,
-                    "mode": "process",
-                },
-            )
+        _reports.spawned(self.name, handle)
         self.scheduler.dispatch()
         return True
 
@@ -675,21 +544,6 @@ class Supervisor:
             handle.kill("connection_lost")
         return False
 
-    def _spawn_failed(
-        self, worker_id: str, started: int, reason: str, exit_code: int | None
-    ) -> None:
-        if _events.listened(_events.SPAWN_FAILED):
-            _events.emit(
-                _events.SPAWN_FAILED,
-                {"duration": time.monotonic_ns() - started, "system_time": time.time_ns()},
-                {
-                    "pool_name": self.name,
-                    "worker_id": worker_id,
-                    "reason": reason,
-                    "exit_code": exit_code,
-                },
-            )
-
     def _refuse(self) -> bool:
         _log.warning("refused a connection to the pool's socket", pool_name=self.name)
         return False
@@ -712,17 +566,7 @@ class Supervisor:
             )
             # It accepts calls again: whatever waited for it goes now.
             self.scheduler.dispatch()
-            _events.emit(
-                _events.RECONNECTED,
-                {"downtime": time.monotonic_ns() - handle.lost_at},
-                {"pool_name": self.name, "worker_id": handle.worker_id, "python_pid": handle.pid},
-            )
-            _log.info(
-                "worker reconnected",
-                pool_name=self.name,
-                worker_id=handle.worker_id,
-                worker_pid=handle.pid,
-            )
+            _reports.reconnected(self.name, handle)
             return True
         greeting = self._expected.get(hello.token)
         if (
@@ -735,17 +579,3 @@ class Supervisor:
         greeting.connection = connection
         greeting.arrived.set()
         return True
-
-
-def _termination_reason(handle: WorkerHandle, returncode: int | None) -> str:
-    if handle.recycle_reason is not None:
-        return "recycle"
-    if handle.closing:
-        return "shutdown"
-    if handle.kill_reason is not None:
-        return handle.kill_reason
-    if handle.lost_reason == "protocol_error":
-        return "protocol_error"
-    if returncode is not None and returncode < 0:
-        return "killed"
-    return "exited"

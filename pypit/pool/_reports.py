@@ -1,0 +1,230 @@
+"""What the pool says about its workers' lives: the lifecycle events and their log lines.
+
+One function per moment (a start begins, fails, succeeds; a worker ends, is replaced,
+reconnects; a slot degrades and recovers), each emitting its catalog event and writing
+its log record, so that the supervisor keeps to deciding what happens.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from pypit._log import get_logger
+from pypit.pool import _events
+
+if TYPE_CHECKING:
+    from pypit.pool._supervisor import Slot
+    from pypit.pool._worker import WorkerHandle
+
+_log = get_logger("pool")
+
+
+def fields(pool_name: str, handle: WorkerHandle) -> dict[str, Any]:
+    """The fields every record about a worker carries."""
+    return {"pool_name": pool_name, "worker_id": handle.worker_id, "worker_pid": handle.pid}
+
+
+def spawn_started(pool_name: str, worker_id: str, reason: str) -> None:
+    if _events.listened(_events.SPAWN_STARTED):
+        _events.emit(
+            _events.SPAWN_STARTED,
+            {"system_time": time.time_ns()},
+            {"pool_name": pool_name, "worker_id": worker_id, "reason": reason},
+        )
+
+
+def spawned(pool_name: str, handle: WorkerHandle) -> None:
+    if _events.listened(_events.SPAWNED):
+        _events.emit(
+            _events.SPAWNED,
+            {
+                "duration": time.monotonic_ns() - handle.spawn_started,
+                "system_time": time.time_ns(),
+            },
+            {
+                "node": _events.NODE,
+                "pool_name": pool_name,
+                "worker_id": handle.worker_id,
+                "worker_pid": handle.pid,
+                "python_pid": handle.pid,
+                "mode": "process",
+            },
+        )
+
+
+def spawn_failed(
+    pool_name: str, worker_id: str, started: int, reason: str, exit_code: int | None
+) -> None:
+    if _events.listened(_events.SPAWN_FAILED):
+        _events.emit(
+            _events.SPAWN_FAILED,
+            {"duration": time.monotonic_ns() - started, "system_time": time.time_ns()},
+            {
+                "pool_name": pool_name,
+                "worker_id": worker_id,
+                "reason": reason,
+                "exit_code": exit_code,
+            },
+        )
+
+
+def exec_failed(pool_name: str, worker_id: str, started: int, failure: str) -> None:
+    """The interpreter could not even be run."""
+    spawn_failed(pool_name, worker_id, started, "exec_failed", None)
+    _log.error(
+        "worker failed to start",
+        pool_name=pool_name,
+        worker_id=worker_id,
+        reason="exec_failed",
+        error=failure,
+    )
+
+
+def failed_to_start(
+    pool_name: str,
+    slot: Slot,
+    handle: WorkerHandle,
+    returncode: int | None,
+    *,
+    startup_timeout: float,
+    closing: bool,
+) -> None:
+    """A started process did not get ready: say why, once, and note it on the slot."""
+    early = handle.early_stderr
+    last = next((line.strip() for line in reversed(early) if line.strip()), "")
+    if handle.failure is not None:
+        reason = handle.failure.reason
+        slot.failure = f"{reason}: {handle.failure.message}"
+    elif handle.kill_reason == "handshake_timeout":
+        reason = handle.kill_reason
+        slot.failure = f"not ready within startup_timeout={startup_timeout:g}s"
+    elif handle.kill_reason is not None:
+        reason = slot.failure = handle.kill_reason
+    else:
+        reason = "exited"
+        slot.failure = f"exited with code {returncode}" + (f": {last}" if last else "")
+    spawn_failed(pool_name, handle.worker_id, handle.spawn_started, reason, returncode)
+    if closing:
+        # The pool stopped this start: nothing failed.
+        _log.info("worker start abandoned: the pool is closing", **fields(pool_name, handle))
+        return
+    traceback = handle.failure.traceback if handle.failure else "\n".join(early)
+    _log.error(
+        "worker failed to start",
+        **fields(pool_name, handle),
+        reason=reason,
+        error=slot.failure,
+        exit_code=returncode,
+        traceback=traceback,
+    )
+
+
+def restarted(pool_name: str, slot: Slot, handle: WorkerHandle) -> None:
+    if _events.listened(_events.RESTARTED):
+        _events.emit(
+            _events.RESTARTED,
+            {"downtime": time.monotonic_ns() - slot.lost_at, "restart_count": slot.restarts},
+            {
+                "pool_name": pool_name,
+                "worker_id": handle.worker_id,
+                "previous_pid": slot.previous_pid,
+                "new_pid": handle.pid,
+                "reason": slot.lost_reason,
+            },
+        )
+
+
+def terminated(
+    pool_name: str, handle: WorkerHandle, returncode: int | None, *, closing: bool
+) -> None:
+    """A worker that was ready ended: recycled, terminated, and a warning if unplanned."""
+    handle.connection_lost()
+    lifetime = time.monotonic_ns() - handle.ready_at
+    reason = termination_reason(handle, returncode)
+    if handle.recycle_reason is not None and _events.listened(_events.RECYCLED):
+        _events.emit(
+            _events.RECYCLED,
+            {
+                "lifetime": lifetime,
+                "total_commands": handle.total_commands,
+                "rss_bytes": handle.rss_bytes,
+            },
+            {
+                "pool_name": pool_name,
+                "worker_id": handle.worker_id,
+                "reason": handle.recycle_reason,
+            },
+        )
+    if _events.listened(_events.TERMINATED):
+        _events.emit(
+            _events.TERMINATED,
+            {"lifetime": lifetime, "total_commands": handle.total_commands},
+            {
+                "node": _events.NODE,
+                "pool_name": pool_name,
+                "worker_id": handle.worker_id,
+                "worker_pid": handle.pid,
+                "reason": reason,
+                "planned": handle.closing,
+                "exit_code": returncode,
+            },
+        )
+    if not handle.closing and not closing:
+        _log.warning(
+            "worker terminated unexpectedly; restarting",
+            **fields(pool_name, handle),
+            exit_code=returncode,
+            reason=reason,
+        )
+
+
+def reconnected(pool_name: str, handle: WorkerHandle) -> None:
+    _events.emit(
+        _events.RECONNECTED,
+        {"downtime": time.monotonic_ns() - handle.lost_at},
+        {"pool_name": pool_name, "worker_id": handle.worker_id, "python_pid": handle.pid},
+    )
+    _log.info("worker reconnected", **fields(pool_name, handle))
+
+
+def slot_degraded(pool_name: str, slot: Slot) -> None:
+    _events.emit(
+        _events.SLOT_DEGRADED,
+        {"failed_starts": slot.failed_starts, "system_time": time.time_ns()},
+        {"pool_name": pool_name, "worker_id": slot.worker_id, "reason": slot.failure},
+    )
+    _log.error(
+        "worker slot degraded: its starts fail; retrying with back-off",
+        pool_name=pool_name,
+        worker_id=slot.worker_id,
+        reason=slot.failure,
+    )
+
+
+def slot_recovered(pool_name: str, slot: Slot, handle: WorkerHandle) -> None:
+    _events.emit(
+        _events.SLOT_RECOVERED,
+        {"downtime": time.monotonic_ns() - slot.down_at, "failed_starts": slot.failed_starts},
+        {"pool_name": pool_name, "worker_id": slot.worker_id, "worker_pid": handle.pid},
+    )
+    _log.info(
+        "worker slot recovered",
+        pool_name=pool_name,
+        worker_id=slot.worker_id,
+        failed_starts=slot.failed_starts,
+    )
+
+
+def termination_reason(handle: WorkerHandle, returncode: int | None) -> str:
+    if handle.recycle_reason is not None:
+        return "recycle"
+    if handle.closing:
+        return "shutdown"
+    if handle.kill_reason is not None:
+        return handle.kill_reason
+    if handle.lost_reason == "protocol_error":
+        return "protocol_error"
+    if returncode is not None and returncode < 0:
+        return "killed"
+    return "exited"
