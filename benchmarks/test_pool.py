@@ -338,4 +338,4 @@ def test_chaos(benchmark: BenchmarkFixture) -> None:
     benchmark.extra_info.update({k: round(v, 2) for k, v in figures.items()})
     benchmark.extra_info["ok"] = outcomes.get("ok", 0)
     benchmark.extra_info["degraded"] = outcomes.get("PoolDegradedError", 0)
-    benchmark.extra_info["outcomes"] = outcomes
+    benchmark.extra_info["lost"] = sum(n for name, n in outcomes.items() if name != "ok")
