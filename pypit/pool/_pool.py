@@ -416,8 +416,10 @@ class Pool:
         dropped together); ``allow`` replaces the names accepted beyond the
         catalog, ``deny`` the names refused (exact, ``"a.*"`` or ``"*"``).
         Returns once every targeted worker applied the change; replacement
-        workers start with it. Raises ``TimeoutError`` if a worker did not
-        acknowledge in ``timeout`` seconds, ``LookupError`` for an unknown worker.
+        workers start with it. Raises :class:`~pypit.AcknowledgeTimeoutError` (a
+        ``TimeoutError``) naming the workers that did not acknowledge in ``timeout``
+        seconds, :class:`~pypit.UnknownWorkerError` (a ``LookupError``) for an unknown
+        worker.
         """
         await self._control.configure_telemetry(
             enabled=enabled,
@@ -441,8 +443,9 @@ class Pool:
     async def recycle_worker(self, worker_id: str) -> None:
         """Retire ``worker_id`` by hand: it drains, stops and is replaced (reason ``manual``).
 
-        Returns once the replacement is ready. Raises ``LookupError`` for an
-        unknown or stopped worker, and :class:`~pypit.WorkerStartError` when no
+        Returns once the replacement is ready. Raises
+        :class:`~pypit.UnknownWorkerError` (a ``LookupError``) for an unknown or stopped
+        worker, and :class:`~pypit.WorkerStartError` when no
         replacement got ready in time: the old worker's drain and stop
         (``shutdown_timeout`` and twice ``stop_grace``), then ``startup_timeout``
         and ``restart_backoff_max`` for the new one. The slot keeps trying.

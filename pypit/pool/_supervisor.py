@@ -426,14 +426,7 @@ class Supervisor:
             handle.request_stop()
 
     async def recycle_worker(self, worker_id: str) -> None:
-        """Retire ``worker_id`` by hand: it drains, stops and is replaced (reason ``manual``).
-
-        Returns once the replacement is ready. Raises ``LookupError`` for an
-        unknown or stopped worker, and :class:`~pypit.WorkerStartError` when no
-        replacement got ready in time: the old worker's drain and stop
-        (``shutdown_timeout`` and twice ``stop_grace``), then ``startup_timeout``
-        and ``restart_backoff_max`` for the new one. The slot keeps trying.
-        """
+        """See :meth:`Pool.recycle_worker`."""
         handle = next((w for w in self.scheduler.workers if w and w.worker_id == worker_id), None)
         if handle is None or not handle.ready:
             raise UnknownWorkerError(f"no live worker {worker_id!r} in pool {self.name!r}")
