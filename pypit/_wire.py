@@ -6,6 +6,10 @@ small integer tag, so decoding validates both the shape and the types: a peer
 that sends anything else gets a :class:`~pypit.ProtocolError`, never an object
 built from its bytes. Nothing is pickled in either direction.
 
+The values a message carries for the other side (a call's arguments, a result, a
+chunk) must arrive as themselves: :func:`check` refuses what msgpack would carry only
+by changing its type (a set, a datetime, a dataclass...).
+
 The parent never trusts the worker: :class:`FrameReader` refuses a length
 over the limit before buffering the body, and :func:`decode_from_worker`
 accepts only the messages a worker may send.
@@ -14,11 +18,19 @@ accepts only the messages a worker may send.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
+import decimal
+import enum
+import pathlib
 import reprlib
 import struct
 import threading
+import uuid
+from itertools import compress, repeat
 from typing import Annotated, Any, Final, TypeAlias
 
+import attrs
 import msgspec
 
 from pypit._errors import FrameTooLargeError, ProtocolError, SerializationError
@@ -213,16 +225,187 @@ ToWorker: TypeAlias = Call | Cancel | Ping | Shutdown | Configure | Credit
 FromWorker: TypeAlias = Hello | Ready | Failed | Result | Error | Chunk | End | Events | Pong | Ack
 
 
-# Bounded, and never raises: a value's own __repr__ may fail or build megabytes.
+# Bounded: a value's own __repr__ may build megabytes.
 _preview = reprlib.Repr()
 _preview.maxstring = _preview.maxother = 200
 
 
+def _show(value: Any) -> str:
+    """A short repr of ``value`` that never raises: reprlib catches what an instance's
+    ``__repr__`` raises, not the ``ValueError`` of an int too long to print."""
+    try:
+        return _preview.repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__} that cannot be shown>"
+
+
+_ATOMS: Final = frozenset({str, bytes, int, float, bool, type(None)})
+"""The types that travel and arrive as themselves (exact types: a subclass is refused)."""
+
+_NOT_ATOM: Final = dict.fromkeys(_ATOMS, False)
+"""``_NOT_ATOM.get(kind, True)``: whether the walk looks into values of that type."""
+
+_RULE: Final = (
+    "a value must arrive as it was sent, so it is made of dict, list, str, bytes, int, float, "
+    "bool and None (tuples arrive as lists, bytearray and memoryview as bytes)"
+)
+
+
+def check(value: Any, where: str) -> None:
+    """Raise :class:`SerializationError` unless ``value`` arrives as itself on the other side.
+
+    msgspec would encode far more than msgpack's types, and change them on the way: a set
+    arrives as a list, a datetime or a Decimal as a str, a dataclass as a dict, an enum as
+    its value. A caller who sends one and a tool that receives it would not know, so such
+    values are refused, naming the value (``where`` and a path into it, such as
+    ``args['when']``) and what to send instead.
+
+    The check is Python, so the usual shapes come first: a scalar, a flat list, and a dict
+    of scalars and flat lists (keyword arguments) take a few steps, and a list's items are
+    checked by a C loop. Deeper values are walked (:func:`_walk`). A value of bytes costs
+    nothing whatever its size.
+    """
+    kind = type(value)
+    if kind in _ATOMS:
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) not in _ATOMS:
+                break
+            kind = type(item)
+            if kind not in _ATOMS and not (
+                (kind is list or kind is tuple) and _ATOMS.issuperset(map(type, item))
+            ):
+                break
+        else:
+            return
+    elif (kind is list or kind is tuple) and _ATOMS.issuperset(map(type, value)):
+        return
+    _walk(value, where)
+
+
+def _walk(root: Any, where: str) -> None:
+    """Check ``root`` depth first, a container at a time: a dict's items by a Python loop,
+    a list's by C loops (``issuperset(map(type, ...))``, then ``compress`` to keep the
+    containers in it); a flat list inside a dict is checked on the spot. A container is
+    looked into once, so a shared one costs once and a cycle ends (the encoder then
+    refuses it as nested too deep)."""
+    stack = [root]
+    walked: set[int] = set()
+    inner: Any
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is dict:
+            inner = []
+            for key, item in value.items():
+                if type(key) not in _ATOMS and not _good_key(key):
+                    raise _refused_key(root, where, value, key)
+                kind = type(item)
+                if kind not in _ATOMS and not (
+                    (kind is list or kind is tuple) and _ATOMS.issuperset(map(type, item))
+                ):
+                    inner.append(item)
+            if not inner:
+                continue
+        elif kind is list or kind is tuple:
+            if _ATOMS.issuperset(map(type, value)):
+                continue
+            inner = compress(value, map(_NOT_ATOM.get, map(type, value), repeat(True)))
+        elif kind is bytearray or kind is memoryview:
+            continue
+        else:
+            raise _refused(root, where, value)
+        if id(value) not in walked:
+            walked.add(id(value))
+            stack.extend(inner)
+
+
+def _good_key(key: Any) -> bool:
+    """A dict key that arrives as itself: an atom, or a tuple of them (msgpack's decoder
+    makes an array in a key a tuple, since a list cannot be one)."""
+    kind = type(key)
+    return kind in _ATOMS or (kind is tuple and all(_good_key(item) for item in key))
+
+
+def _refused(root: Any, where: str, value: Any) -> SerializationError:
+    return SerializationError(
+        f"cannot send {where}{_path(root, value)}, of type {_type_name(value)}: "
+        f"{_show(value)}; {_RULE}: {_instead(value)}"
+    )
+
+
+def _refused_key(root: Any, where: str, mapping: Any, key: Any) -> SerializationError:
+    return SerializationError(
+        f"cannot send a key of {where}{_path(root, mapping)}, of type {_type_name(key)}: "
+        f"{_show(key)}; a dict key must arrive as itself: str, bytes, int, float, "
+        "bool, None, or a tuple of them"
+    )
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    if kind.__module__ in ("builtins", "__main__"):
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _instead(value: Any) -> str:
+    """What to send instead of ``value``."""
+    try:
+        return _suggestion(value)
+    except Exception:  # a value's own attributes may raise: then there is no suggestion
+        return "convert it first"
+
+
+def _suggestion(value: Any) -> str:
+    if isinstance(value, set | frozenset):
+        return "send a list instead (sorted(value), say)"
+    if isinstance(value, enum.Enum):
+        return "send value.value or value.name instead"
+    if isinstance(value, datetime.date | datetime.time):
+        return "send value.isoformat() or a timestamp instead"
+    if isinstance(value, datetime.timedelta):
+        return "send value.total_seconds() instead"
+    if isinstance(value, decimal.Decimal | uuid.UUID | pathlib.PurePath):
+        return "send str(value) instead"
+    if dataclasses.is_dataclass(value):
+        return "send dataclasses.asdict(value) instead"
+    if attrs.has(type(value)):
+        return "send attrs.asdict(value) instead"
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):
+        return "send value._asdict() or tuple(value) instead"
+    for base in (dict, list, tuple, str, bytes, int, float):
+        if isinstance(value, base):
+            return f"send {base.__name__}(value) instead"
+    if callable(getattr(value, "tolist", None)):
+        return "send value.tolist() instead"  # numpy's arrays and scalars, among others
+    return "convert it first"
+
+
+def _path(root: Any, target: Any) -> str:
+    """Where ``target`` is inside ``root``, as subscripts (``"['items'][3]"``); only on the
+    way to an error, so a plain search."""
+    stack: list[tuple[Any, str]] = [(root, "")]
+    seen: set[int] = set()
+    while stack:
+        value, path = stack.pop()
+        if value is target:
+            return path
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if type(value) is dict:
+            stack.extend((item, f"{path}[{_show(key)}]") for key, item in value.items())
+        elif type(value) is list or type(value) is tuple:
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+    return ""
+
+
 def _refuse(value: Any) -> Any:
     raise SerializationError(
-        f"cannot send a value of type {type(value).__qualname__} over the wire: "
-        f"{_preview.repr(value)}; use msgpack types (dict, list, str, bytes, int, float, "
-        "bool, None)"
+        f"cannot send a value of type {_type_name(value)}: {_show(value)}; {_RULE}: "
+        f"{_instead(value)}"
     )
 
 
@@ -236,15 +419,26 @@ _to_worker: msgspec.msgpack.Decoder[ToWorker] = msgspec.msgpack.Decoder(ToWorker
 def encode(message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
     """One frame: the length header and the message.
 
+    The value a message carries for the other side (a call's ``args``, a result's or a
+    chunk's ``value``) is checked first (see :func:`check`).
+
     Raises:
-        SerializationError: a value in the message cannot be encoded.
+        SerializationError: a value in the message cannot be encoded, or would not arrive
+            as itself.
         FrameTooLargeError: the frame is over ``max_frame_size``.
     """
-    buffer = bytearray(_HEADER_SIZE)
     try:
-        _encoder.encode_into(message, buffer, _HEADER_SIZE)
+        if type(message) is Call:
+            check(message.args, "args")
+        elif type(message) is Result:
+            check(message.value, "result")
+        elif type(message) is Chunk:
+            check(message.value, "chunk")
+        body = _encoder.encode(message)
     except SerializationError:
         raise
+    except OverflowError:
+        raise _out_of_range(message) from None
     except RecursionError:
         raise SerializationError(
             "cannot encode the message: a value in it is nested too deep (the interpreter's "
@@ -254,11 +448,35 @@ def encode(message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> b
         # Not only msgspec's own errors: encoding reads the value's attributes, and whatever
         # that raises means the value cannot travel, never that the sender must fail.
         raise SerializationError(f"cannot encode the message: {_reason(exc)}") from None
-    size = len(buffer) - _HEADER_SIZE
+    size = len(body)
     if size > max_frame_size:
         raise FrameTooLargeError(f"a frame of {size} bytes is over the limit of {max_frame_size}")
-    HEADER.pack_into(buffer, 0, size)
-    return bytes(buffer)
+    return HEADER.pack(size) + body
+
+
+def _out_of_range(message: _Message) -> SerializationError:
+    """The error for an int msgpack cannot hold, naming it where it is (found by a plain
+    search: only on the way to an error)."""
+    rule = "an int is from -2**63 to 2**64 - 1"
+    carried = {Call: ("args", "args"), Result: ("result", "value"), Chunk: ("chunk", "value")}
+    where, field = carried.get(type(message), ("", ""))
+    stack: list[tuple[Any, str]] = [(getattr(message, field), where)] if where else []
+    while stack:
+        value, path = stack.pop()
+        if type(value) is int and not -(2**63) <= value < 2**64:
+            return SerializationError(
+                f"cannot send {path}, an int out of range: {_show(value)}; {rule}"
+            )
+        if type(value) is dict:
+            for key, item in value.items():
+                if type(key) is int and not -(2**63) <= key < 2**64:
+                    return SerializationError(
+                        f"cannot send a key of {path}, an int out of range: {_show(key)}; {rule}"
+                    )
+                stack.append((item, f"{path}[{_show(key)}]"))
+        elif type(value) is list or type(value) is tuple:
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+    return SerializationError(f"cannot encode the message: {rule}")
 
 
 def _reason(exc: Exception) -> str:

@@ -90,6 +90,15 @@ def _adapter(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None
     module, sep, qualname = value.partition(":")
     if not sep or not module or not qualname:
         raise ValueError(f"adapter is 'package.module:Class', not {value!r}")
+    if module == "__main__":
+        # Each worker is a new interpreter that imports the adapter by its module's name,
+        # and there __main__ is the worker's own entry point: the class would be missing.
+        raise ValueError(
+            f"adapter {value!r} names a class of __main__ (the script or notebook that is "
+            "running), which a worker cannot import: each worker is a new process whose "
+            f"__main__ is pypit's worker. Move class {qualname} into an importable module "
+            f"(say myapp/model.py) and name it 'myapp.model:{qualname}'"
+        )
 
 
 def _name(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:

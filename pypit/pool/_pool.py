@@ -146,8 +146,10 @@ class Pool:
         """Run ``command`` on a worker and return its result.
 
         ``args``: a dict is passed as keyword arguments, ``None`` as none,
-        anything else as one positional argument; values must be msgpack
-        types. ``timeout`` bounds the whole call, queueing included.
+        anything else as one positional argument; values must arrive as they
+        are sent: dict, list, str, bytes, int, float, bool and None (tuples
+        arrive as lists; docs/configuration.md, "What travels"). ``timeout``
+        bounds the whole call, queueing included.
         ``session_id`` routes the call to the worker that served the session
         last, as ``affinity`` (default: the pool's) says. ``idempotent=True``
         allows one retry on another worker if the worker crashes with the

@@ -22,7 +22,7 @@ from pypit import (
     telemetry,
 )
 from pypit.pool import Pool, open_pool
-from tests.adapters import Unrepresentable, nested
+from tests.adapters import WIRE_VALUES, Unrepresentable, nested, typed
 from tests.pool.conftest import (
     WARM,
     accepted,
@@ -33,6 +33,7 @@ from tests.pool.conftest import (
     warm_up,
     warmth,
 )
+from tests.test_wire import CONVERTED, REFUSED, SAME
 
 pytestmark = pytest.mark.anyio
 
@@ -116,6 +117,33 @@ async def test_arguments_the_wire_cannot_carry_are_a_serialization_error() -> No
             await pool.execute("identity", Unrepresentable())
         assert pool.status().requests == 0
         assert await pool.execute("identity", nested(10)) == nested(10)
+
+
+async def test_what_a_tool_receives_and_what_its_caller_gets_back() -> None:
+    """Every kind of value of docs/configuration.md's table, on a real worker: sent as an
+    argument, the tool gets it as itself or as the table says, or the caller gets
+    SerializationError before anything is sent; returned by the tool, the caller gets it
+    the same way, or SerializationError, and the worker serves on."""
+    async with open_pool(adapter(), **options()) as pool:
+        pid = await pool.execute("pid")
+        for kind in sorted(WIRE_VALUES):
+            if kind in REFUSED:
+                sent = pool.status().requests
+                with pytest.raises(SerializationError) as refused:
+                    await pool.execute("typed", {"value": WIRE_VALUES[kind]()})
+                assert "args['value']" in str(refused.value), kind
+                assert REFUSED[kind] in str(refused.value), kind
+                assert pool.status().requests == sent, kind
+                with pytest.raises(SerializationError) as unsent:
+                    await pool.execute("make", {"kind": kind})
+                assert "the worker could not send the result" in str(unsent.value), kind
+                assert REFUSED[kind] in str(unsent.value), kind
+                continue
+            expected = WIRE_VALUES[kind]() if kind in SAME else CONVERTED[kind]
+            received = await pool.execute("typed", {"value": WIRE_VALUES[kind]()})
+            assert received == typed(expected), kind
+            assert typed(await pool.execute("make", {"kind": kind})) == typed(expected), kind
+        assert await pool.execute("pid") == pid
 
 
 def depth_of(value: list[Any]) -> int:

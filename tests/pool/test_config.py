@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pypit import telemetry
 from pypit.pool import PoolConfig, open_pool
 from tests.pool.conftest import adapter, options
 
@@ -61,6 +62,24 @@ def test_the_defaults_and_good_values_are_accepted() -> None:
         affinity="strict",
     )
     assert config.telemetry_allow == ("inference.*", "x.y")
+
+
+@pytest.mark.anyio
+async def test_an_adapter_of_main_is_refused_before_any_worker_starts() -> None:
+    """A class of the running script or notebook (module ``__main__``) cannot be imported
+    by a worker, whose ``__main__`` is pypit's: the pool refuses it when it opens, with
+    what to do, instead of every worker failing its start."""
+    with telemetry.capture(("pypit", "pool", "worker", "spawn_started")) as spawns:
+        with pytest.raises(ValueError, match="__main__") as info:
+            async with open_pool("__main__:Model", **options()):
+                pass
+    message = str(info.value)
+    assert "adapter '__main__:Model' names a class of __main__" in message
+    assert "a worker cannot import" in message
+    assert "Move class Model into an importable module" in message
+    assert "'myapp.model:Model'" in message
+    assert spawns.events == []
+    PoolConfig(adapter="myapp.__main__:Model")  # a package's __main__ module is importable
 
 
 @pytest.mark.anyio

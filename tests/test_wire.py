@@ -1,0 +1,262 @@
+"""What travels over the wire: every kind of value the table of docs/configuration.md names,
+both ways, and the table itself."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pypit import SerializationError, _wire
+from tests.adapters import WIRE_VALUES, nested, typed
+
+ROOT = Path(__file__).parents[1]
+
+SAME = {"dict", "list", "str", "bytes", "int", "float", "bool", "None", "nested"}
+SAME |= {"scalar keys", "tuple keys"}
+"""Kinds that arrive as themselves: the same types, the same values."""
+
+CONVERTED: dict[str, Any] = {
+    "tuple": [1, "two"],
+    "tuples within": {"pairs": [[1, 2], [3, [4, 5]]]},
+    "bytearray": b"ab",
+    "memoryview": b"ab",
+}
+"""Kinds that arrive as another type, as the table says, and what arrives."""
+
+REFUSED: dict[str, str] = {
+    "set": "sorted(value)",
+    "frozenset": "sorted(value)",
+    "set within": "sorted(value)",
+    "datetime": "value.isoformat()",
+    "aware datetime": "value.isoformat()",
+    "date": "value.isoformat()",
+    "time": "value.isoformat()",
+    "timedelta": "value.total_seconds()",
+    "Decimal": "str(value)",
+    "UUID": "str(value)",
+    "Path": "str(value)",
+    "dataclass": "dataclasses.asdict(value)",
+    "attrs class": "attrs.asdict(value)",
+    "Enum": "value.value",
+    "IntEnum": "value.value",
+    "StrEnum": "value.value",
+    "named tuple": "value._asdict()",
+    "OrderedDict": "dict(value)",
+    "Counter": "dict(value)",
+    "str subclass": "str(value)",
+    "int subclass": "int(value)",
+    "float subclass": "float(value)",
+    "numpy-like": "value.tolist()",
+    "Fraction": "convert it first",
+    "complex": "convert it first",
+    "object": "convert it first",
+    "int over 64 bits": "2**64 - 1",
+    "frozenset key": "a dict key must arrive as itself",
+}
+"""Kinds that are refused, and what the error says to do (or why)."""
+
+TABLE_ROWS: dict[str, list[str]] = {
+    "`dict`": ["dict", "nested", "scalar keys", "tuple keys"],
+    "`list`": ["list"],
+    "`str`": ["str"],
+    "`bytes`": ["bytes"],
+    "`int`": ["int"],
+    "`float`": ["float"],
+    "`bool`": ["bool"],
+    "`None`": ["None"],
+    "`tuple`": ["tuple", "tuples within"],
+    "`bytearray`": ["bytearray"],
+    "`memoryview`": ["memoryview"],
+    "`set`": ["set", "set within"],
+    "`frozenset`": ["frozenset"],
+    "`datetime`": ["datetime", "aware datetime"],
+    "`date`": ["date"],
+    "`time`": ["time"],
+    "`timedelta`": ["timedelta"],
+    "`Decimal`": ["Decimal"],
+    "`UUID`": ["UUID"],
+    "`Path`": ["Path"],
+    "dataclass": ["dataclass"],
+    "attrs class": ["attrs class"],
+    "`Enum`": ["Enum"],
+    "`IntEnum`": ["IntEnum"],
+    "`StrEnum`": ["StrEnum"],
+    "named tuple": ["named tuple"],
+    "subclass of a type above": [
+        "OrderedDict",
+        "Counter",
+        "str subclass",
+        "int subclass",
+        "float subclass",
+    ],
+    "numpy array or scalar": ["numpy-like"],
+    "anything else": ["Fraction", "complex", "object"],
+}
+"""Each name in the first column of the table, and the kinds that stand for it."""
+
+BULLETS = {"int over 64 bits", "frozenset key"}
+"""Kinds the notes under the table speak of."""
+
+
+def what_travels() -> str:
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    return page.split("## What travels\n")[1].split("\n## ")[0]
+
+
+def table() -> dict[str, str]:
+    """The table of What travels: each name of the first column, with its row's outcome."""
+    rows: dict[str, str] = {}
+    for line in what_travels().splitlines():
+        if not line.startswith("| ") or line.startswith(("| sent", "|---")):
+            continue
+        sent, arrives = (cell.strip() for cell in line.strip("|").split(" | "))
+        for name in re.sub(r" \(.*?\)", "", sent).split(", "):
+            rows[name] = arrives
+    return rows
+
+
+def test_the_table_and_these_tests_name_the_same_kinds() -> None:
+    """Every name of the table stands for kinds tested here, and every kind tested here is
+    in the table or in the notes under it: neither can gain a type without the other."""
+    assert set(table()) == set(TABLE_ROWS)
+    in_table = {kind for kinds in TABLE_ROWS.values() for kind in kinds}
+    assert in_table | BULLETS == set(WIRE_VALUES)
+    assert SAME | set(CONVERTED) | set(REFUSED) == set(WIRE_VALUES)
+    assert not SAME & set(CONVERTED)
+    assert not (SAME | set(CONVERTED)) & set(REFUSED)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_ROWS))
+def test_each_row_says_what_its_kinds_do(name: str) -> None:
+    """A row says "itself", the type its kinds arrive as, or "refused" with what the error
+    tells the sender to do."""
+    outcome = table()[name]
+    for kind in TABLE_ROWS[name]:
+        if outcome.startswith("itself"):
+            assert kind in SAME
+        elif outcome.startswith("refused: "):
+            codes = re.findall(r"`([^`]+)`", outcome) or [outcome.removeprefix("refused: ")]
+            assert REFUSED[kind] in codes
+        else:
+            arrives_as = re.match(r"`(\w+)`", outcome)
+            assert arrives_as is not None, outcome
+            assert arrives_as[1] in str(typed(CONVERTED[kind]))
+            assert "tuple" not in str(typed(CONVERTED[kind])), "what arrives holds no tuple"
+
+
+def test_the_notes_under_the_table_say_what_the_errors_say() -> None:
+    """The range of an int is the one the encoder enforces."""
+    assert REFUSED["int over 64 bits"] in what_travels()
+
+
+@pytest.mark.parametrize("kind", sorted(WIRE_VALUES))
+@pytest.mark.parametrize(
+    ("direction", "message", "decode"),
+    [
+        ("args", lambda v: _wire.Call(1, "tool", v, "c"), _wire.decode_to_worker),
+        ("result", lambda v: _wire.Result(1, v), _wire.decode_from_worker),
+        ("chunk", lambda v: _wire.Chunk(1, 1, v), _wire.decode_from_worker),
+    ],
+)
+def test_a_value_travels_as_the_table_says(
+    kind: str, direction: str, message: Any, decode: Any
+) -> None:
+    """Arguments (parent to worker), results and chunks (worker to parent): a value arrives
+    as itself or as the table says, or is refused with what to send instead."""
+    value = WIRE_VALUES[kind]()
+    if kind in REFUSED:
+        with pytest.raises(SerializationError) as info:
+            _wire.encode(message(value))
+        assert REFUSED[kind] in str(info.value)
+        return
+    decoded = decode(_wire.encode(message(value))[_wire.HEADER.size :])
+    received = decoded.args if direction == "args" else decoded.value
+    expected = WIRE_VALUES[kind]() if kind in SAME else CONVERTED[kind]
+    assert typed(received) == typed(expected)
+
+
+def test_a_refusal_names_where_the_value_is_its_type_and_what_to_send() -> None:
+    """The path into the value, its type with its module, its repr, and the fix."""
+    value = {"rows": [{"id": 1}, {"id": 2, "when": WIRE_VALUES["datetime"]()}]}
+    with pytest.raises(SerializationError) as info:
+        _wire.encode(_wire.Call(1, "tool", value, "c"))
+    message = str(info.value)
+    assert message.startswith("cannot send args['rows'][1]['when'], of type datetime.datetime: ")
+    assert "datetime.datetime(2024, 5, 1, 12, 30)" in message
+    assert message.endswith("send value.isoformat() or a timestamp instead")
+    assert "tuples arrive as lists" in message
+    assert "\n" not in message
+
+
+def test_a_refused_key_is_named_with_the_dict_that_holds_it() -> None:
+    """A key of a type that would not arrive as itself."""
+    with pytest.raises(SerializationError) as info:
+        _wire.encode(_wire.Result(1, [{"a": 1}, {frozenset({1}): "x"}]))
+    assert str(info.value).startswith("cannot send a key of result[1], of type frozenset: ")
+
+
+def test_a_value_whose_attributes_raise_is_refused_without_advice() -> None:
+    """Finding what to suggest reads the value's attributes; one that raises on every
+    attribute still gets a SerializationError, never its own exception."""
+
+    class Hostile:
+        def __getattribute__(self, name: str) -> Any:
+            raise RuntimeError("no attributes here")
+
+    with pytest.raises(SerializationError, match="convert it first"):
+        _wire.encode(_wire.Call(1, "tool", [Hostile()], "c"))
+
+
+def test_shared_containers_travel_and_cycles_are_refused() -> None:
+    """A container met twice is checked once and sent twice; a cycle ends the check and is
+    refused by the encoder as nested too deep."""
+    shared = [{"a": [1, 2]}]
+    frame = _wire.encode(_wire.Call(1, "tool", [shared, shared, {"k": shared}], "c"))
+    decoded = _wire.decode_to_worker(frame[_wire.HEADER.size :])
+    assert isinstance(decoded, _wire.Call)
+    assert decoded.args == [shared, shared, {"k": shared}]
+
+    cycle: list[Any] = [1]
+    cycle.append({"again": cycle})
+    with pytest.raises(SerializationError, match="nested too deep"):
+        _wire.encode(_wire.Call(1, "tool", cycle, "c"))
+
+
+def test_a_key_nested_past_the_recursion_limit_is_refused() -> None:
+    """Tuple keys are checked recursively: one nested deeper than the interpreter allows
+    is a SerializationError like any value nested too deep."""
+    key: tuple[Any, ...] = ()
+    for _ in range(5000):
+        key = (key,)
+    with pytest.raises(SerializationError, match="nested too deep"):
+        _wire.encode(_wire.Call(1, "tool", {"k": [{key: 1}]}, "c"))
+
+
+def test_values_nested_deep_are_checked_at_every_level() -> None:
+    """The check has no depth limit of its own: a set at the bottom of a value nested five
+    hundred deep is found, and its path given."""
+    value = nested(500)
+    bottom = value
+    while bottom:
+        bottom = bottom[0]
+    bottom.append({1})
+    with pytest.raises(SerializationError, match=r"cannot send args(\[0\]){501}, of type set"):
+        _wire.encode(_wire.Call(1, "tool", value, "c"))
+
+
+def test_an_int_out_of_range_is_named_where_it_is_even_when_too_long_to_print() -> None:
+    """msgpack holds 64 bits: a larger int is refused with its path; one with more digits
+    than Python prints still gets a SerializationError."""
+    with pytest.raises(SerializationError) as info:
+        _wire.encode(_wire.Call(1, "tool", {"ids": [1, 2**64]}, "c"))
+    assert str(info.value) == (
+        "cannot send args['ids'][1], an int out of range: 18446744073709551616; "
+        "an int is from -2**63 to 2**64 - 1"
+    )
+    with pytest.raises(SerializationError, match="an int out of range: <int that cannot be shown>"):
+        _wire.encode(_wire.Result(1, [10**5000]))
+    with pytest.raises(SerializationError, match="of type set: <set that cannot be shown>"):
+        _wire.encode(_wire.Result(1, {10**5000}))
