@@ -41,7 +41,7 @@ GreetingHandler = Callable[["Connection", bytes], bool]
 # within a second, and only so many may wait at once.
 GREETING_MAX_SIZE: Final = 16_384
 GREETING_TIMEOUT: Final = 1.0
-MAX_PENDING_GREETINGS: Final = 64
+MAX_PENDING_GREETINGS: Final = 256
 _READ_SIZE: Final = 262_144
 _PEERCRED: Final = struct.Struct("3i")
 

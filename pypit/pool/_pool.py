@@ -164,7 +164,7 @@ class Pool:
             ToolError: the tool raised; it carries the remote traceback.
             SerializationError, FrameTooLargeError: arguments or result cannot travel.
             PoolClosedError: the pool is closing.
-            PoolDegradedError: every worker is down after too many restarts.
+            PoolDegradedError: every slot's starts fail (the message says with what).
             SessionUnavailableError: ``strict_fail_fast`` and the session's worker is busy.
         """
         if affinity is not None and affinity not in AFFINITIES:

@@ -197,6 +197,8 @@ class WorkerHandle:
                     if streaming.arrived is not None:
                         streaming.arrived.set()
             case _wire.End() | _wire.Error():
+                if isinstance(message, _wire.End) and self._streams_not(message.id):
+                    raise ProtocolError(f"an end of stream for call {message.id}, not a stream")
                 pending = self._settle(message.id, message)
                 if isinstance(message, _wire.Error) and not pending.abandoned:
                     pending.fail(error_from_reply(message, pending.command))
@@ -237,6 +239,10 @@ class WorkerHandle:
             self.total_commands += 1
         self.on_release(self, pending, answer)
         return pending
+
+    def _streams_not(self, call_id: int) -> bool:
+        call = self.pending.get(call_id)
+        return call is not None and call.chunks is None
 
     def waiting(self, request: Request) -> bool:
         """Whether ``request`` still waits in the worker for a slot, as far as the pool

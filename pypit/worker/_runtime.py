@@ -202,6 +202,8 @@ class Runtime:
         self._sock = sock
         self._path = path
         self._token = token
+        self.serving = False
+        """Ready was sent: from then on a broken channel is worth reconnecting."""
         self._parent_pid = parent_pid
         self._reconnect_window = reconnect_window
         self._max_concurrency = max_concurrency
@@ -446,7 +448,14 @@ class Runtime:
         yet leave on the new connection, after the Hello that names the calls
         still in progress (the pool fails the others: their results were lost).
         """
-        if self._stopping.is_set() or os.getppid() != self._parent_pid or not self._token:
+        if (
+            self._stopping.is_set()
+            or os.getppid() != self._parent_pid
+            or not self._token
+            or not self.serving
+        ):
+            # Before it is ready a worker has nothing to come back to: the pool saw its
+            # start fail, and starts another.
             return False
         with contextlib.suppress(OSError):
             self._sock.close()
@@ -997,6 +1006,9 @@ def main() -> int:
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
+    # The greeting goes first, before anything that takes time (logging set-up, the
+    # adapter's import): the pool gives a connection about a second to greet.
+    sock.sendall(_wire.encode(_wire.Hello(token, os.getpid())))
     global current
     runtime = current = Runtime(
         sock,
@@ -1012,7 +1024,6 @@ def main() -> int:
     if isinstance(settings, _wire.Configure):
         # The pool's settings apply from the start: setup() may emit and log.
         runtime._on_configure(settings)
-    runtime.send(_wire.encode(_wire.Hello(token, runtime.pid)))
     try:
         tools = runtime.load(adapter_spec)
     except BaseException as exc:
@@ -1026,6 +1037,7 @@ def main() -> int:
         _guard.leave(with_group=os.getppid() != parent_pid)
         return 1
     runtime.send(_wire.encode(_wire.Ready(tools)))
+    runtime.serving = True
     _guard.start_reaping()
     try:
         runtime.serve()
