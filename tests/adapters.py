@@ -396,6 +396,16 @@ class Hostile(Echo):
         _runtime.current.send(_wire.HEADER.pack(size) + bytes(sent))
         os.kill(os.getpid(), signal.SIGKILL)
 
+    @tool(description="End this call as if it were a stream, then answer it")
+    def end_itself(self) -> None:
+        from pypit import _wire
+        from pypit.worker import _runtime
+
+        runtime = _runtime.current
+        assert runtime is not None
+        (call_id,) = runtime._running  # the only call in flight: this one
+        runtime.send(_wire.encode(_wire.End(call_id)))
+
     @tool(description="A stream that ignores its window: n chunks at once, then the end")
     def flood(self, n: int) -> Iterator[int]:
         from pypit import _wire

@@ -202,10 +202,14 @@ async def test_an_unauthenticated_peer_costs_a_few_bytes_and_a_second() -> None:
                 sock.settimeout(10)
                 return sock
 
-            large = stranger()
+            def crowd_in() -> list[socket.socket]:
+                # From a thread: the pool's loop must run to accept them.
+                return [stranger() for _ in range(MAX_PENDING_GREETINGS + 16)]
+
+            large = await anyio.to_thread.run_sync(stranger)
             large.sendall(struct.pack(">I", 60 * MiB) + b"x" * 65_536)
-            idle = stranger()
-            crowd = [stranger() for _ in range(MAX_PENDING_GREETINGS + 16)]
+            idle = await anyio.to_thread.run_sync(stranger)
+            crowd = await anyio.to_thread.run_sync(crowd_in)
             with anyio.fail_after(15):
                 for sock in (large, idle, *crowd):
                     # Closed by the pool: the large frame at once, the oldest of the crowd
@@ -213,8 +217,7 @@ async def test_an_unauthenticated_peer_costs_a_few_bytes_and_a_second() -> None:
                     assert await anyio.to_thread.run_sync(closed_by_the_pool, sock)
 
             pid = await pool.execute("pid")
-            for _ in range(MAX_PENDING_GREETINGS + 16):
-                stranger()
+            await anyio.to_thread.run_sync(crowd_in)
             with pytest.raises(WorkerCrashedError):
                 await pool.execute("die")
             with anyio.fail_after(10):

@@ -149,6 +149,19 @@ async def test_hostile_worker_is_dropped_and_the_pool_serves_on(
     assert broke[0]["log_level"] == "error"
 
 
+@pytest.mark.anyio
+async def test_an_end_of_stream_for_a_call_is_a_protocol_error() -> None:
+    """A worker that ends a call that is not a stream as if it were one breaks the
+    protocol: the call fails with WorkerCrashedError (not a None result) and the slot
+    gets a new worker."""
+    async with open_pool(adapter("Hostile"), **options()) as pool:
+        pid = await pool.execute("pid")
+        with pytest.raises(WorkerCrashedError, match="broke the protocol"):
+            await pool.execute("end_itself")
+        with anyio.fail_after(10):
+            assert await pool.execute("pid") != pid
+
+
 def test_times_a_worker_reports_cannot_poison_the_pool() -> None:
     """A negative run time teaches nothing, and a negative wait never makes a negative
     queue_time: what a worker says about its calls' times is checked."""
