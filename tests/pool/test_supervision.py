@@ -45,7 +45,7 @@ RESTARTED = (*POOL, "worker", "restarted")
 @pytest.mark.parametrize(
     ("command", "args", "exit_code", "signum"),
     [
-        ("die", {"signum": signal.SIGKILL}, None, signal.SIGKILL),
+        ("die", {"signum": int(signal.SIGKILL)}, None, signal.SIGKILL),
         ("segfault", {}, None, signal.SIGSEGV),
         ("exit", {"code": 4}, 4, None),
     ],
