@@ -43,18 +43,44 @@ def set_levels(level: str | None = None, categories: Mapping[str, str] | None = 
 
 
 class _Logger:
-    """A structlog logger for one category, filtered by pypit's levels first."""
+    """A structlog logger for one category, filtered by pypit's levels first, or by a
+    threshold of its own."""
 
-    __slots__ = ("_category", "_logger")
+    __slots__ = ("_category", "_initial", "_logger", "_threshold")
 
-    def __init__(self, category: str, initial_values: dict[str, Any]) -> None:
+    def __init__(
+        self, category: str, initial_values: dict[str, Any], threshold: int | None = None
+    ) -> None:
         self._category = category
+        self._initial = initial_values
+        self._threshold = threshold
         self._logger = structlog.get_logger(
             f"pypit.{category}", category=category, **initial_values
         )
 
+    def with_threshold(self, threshold: int | None) -> _Logger:
+        """The same logger, filtered at ``threshold`` (None: by pypit's levels)."""
+        return _Logger(self._category, self._initial, threshold)
+
     def _enabled(self, level: int) -> bool:
-        return level >= _thresholds.get(self._category, _default_level)
+        threshold = self._threshold
+        if threshold is None:
+            threshold = _thresholds.get(self._category, _default_level)
+        return level >= threshold
+
+    def log(self, level: int, event: str, /, **kw: Any) -> None:
+        """Log at a level given as the stdlib's number (a worker's record)."""
+        if self._enabled(level):
+            if level < 20:
+                self._logger.debug(event, **kw)
+            elif level < 30:
+                self._logger.info(event, **kw)
+            elif level < 40:
+                self._logger.warning(event, **kw)
+            elif level < 50:
+                self._logger.error(event, **kw)
+            else:
+                self._logger.critical(event, **kw)
 
     def debug(self, event: str, **kw: Any) -> None:
         if self._enabled(10):

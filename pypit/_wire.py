@@ -209,8 +209,32 @@ class Ack(_Message, tag=30):
     seq: int
 
 
+class _Entry(msgspec.Struct, array_like=True, tag_field="t"):
+    pass
+
+
+class Record(_Entry, tag=2):
+    """A log record of the worker's code: its level (the stdlib's numbers: 10 debug ...
+    50 critical), its logger's name ("" for none), its message, and its fields."""
+
+    level: int
+    logger: str
+    message: str
+    fields: dict[str, str | int | float | bool | None] = {}
+
+
+class Output(_Message, tag=31):
+    """What the worker's code logged, in the order it was written. ``dropped`` counts the
+    entries lost because the worker's buffer was full."""
+
+    entries: list[Record]
+    dropped: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
 ToWorker: TypeAlias = Call | Cancel | Ping | Shutdown | Configure | Credit
-FromWorker: TypeAlias = Hello | Ready | Failed | Result | Error | Chunk | End | Events | Pong | Ack
+FromWorker: TypeAlias = (
+    Hello | Ready | Failed | Result | Error | Chunk | End | Events | Output | Pong | Ack
+)
 
 
 # Bounded, and never raises: a value's own __repr__ may fail or build megabytes.

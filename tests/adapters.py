@@ -589,18 +589,6 @@ class Instrumented(Adapter):
         seen.append(telemetry.get_correlation_id())
         return seen
 
-    @tool(description="Log one line at each level through structlog and the stdlib")
-    def log_levels(self, tag: str) -> None:
-        import logging
-
-        import structlog
-
-        logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(message)s")
-        structlog.get_logger().debug(f"structlog debug {tag}")
-        structlog.get_logger().info(f"structlog info {tag}")
-        logging.getLogger("adapter").debug(f"stdlib debug {tag}")
-        logging.getLogger("adapter").warning(f"stdlib warning {tag}")
-
     @tool(description="Crash")
     def die(self) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -608,6 +596,32 @@ class Instrumented(Adapter):
     @tool(description="pid")
     def pid(self) -> int:
         return os.getpid()
+
+
+class Logs(Adapter):
+    """Tools that log through the stdlib and structlog, and print, the way tools do."""
+
+    @tool(description="Log through a plain stdlib logger, at each level, with extra fields")
+    def stdlib(self, tag: str) -> None:
+        import logging
+
+        log = logging.getLogger("adapter.model")
+        log.debug("debug %s", tag)
+        log.info("loaded %s", tag, extra={"rows": 3, "shape": (2, 3)})
+        log.warning("warning %s", tag)
+        try:
+            raise ValueError("bad input")
+        except ValueError:
+            log.exception("failed %s", tag)
+
+    @tool(description="Log through structlog, at each level, with fields")
+    def structured(self, tag: str) -> None:
+        import structlog
+
+        log = structlog.get_logger("adapter.scoring")
+        log.debug("scoring", tag=tag)
+        log.info("scored", tag=tag, score=0.5)
+        structlog.get_logger().warning("nameless", tag=tag)
 
 
 class Traced(Echo):

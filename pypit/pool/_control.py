@@ -16,7 +16,7 @@ import anyio
 
 from pypit import _wire
 from pypit._errors import AcknowledgeTimeoutError, ProtocolError, UnknownWorkerError
-from pypit._log import check_level
+from pypit._log import LEVELS, _Logger, check_level, get_logger
 from pypit._shared import CATALOG_NAMES, DROP_REASONS, invalid_metadata, matches, valid_name
 from pypit.pool import _events
 from pypit.pool._config import PoolConfig
@@ -24,6 +24,8 @@ from pypit.pool._worker import WorkerHandle
 from pypit.telemetry import _registry
 
 _MAX_DECISIONS = 10_000
+
+_worker_log = get_logger("worker")
 
 
 class Control:
@@ -136,6 +138,17 @@ class Control:
                 f"pool {self._name!r} has no worker {worker_id!r}; its workers are {known}"
             )
 
+    def worker_log(self, worker_id: str) -> _Logger:
+        """The logger of ``worker_id``'s records: at the level set for that worker, if one
+        was, since the worker's own records are filtered at it too."""
+        level = self._per_worker.get(worker_id, {}).get("log_level")
+        return _worker_log.with_threshold(None if level is None else LEVELS[level])
+
+    def _relevel(self, worker_id: str) -> None:
+        for worker in self._workers():
+            if worker is not None and worker.worker_id == worker_id:
+                worker.log = self.worker_log(worker_id)
+
     # -- the public operations ---------------------------------------------------------------
 
     async def configure_telemetry(
@@ -175,12 +188,14 @@ class Control:
         check_level(level)
         self._check_worker(worker_id)
         self._per_worker.setdefault(worker_id, {})["log_level"] = level
+        self._relevel(worker_id)
         await self._apply(worker_id, timeout)
 
     async def reset_worker_level(self, worker_id: str, timeout: float) -> None:
         """See :meth:`Pool.reset_worker_level`."""
         self._check_worker(worker_id)
         self._per_worker.get(worker_id, {}).pop("log_level", None)
+        self._relevel(worker_id)
         await self._apply(worker_id, timeout)
 
     # -- what workers ship ---------------------------------------------------------------------

@@ -333,6 +333,7 @@ class Supervisor:
             max_frame_size=self.config.max_frame_size,
             on_release=self._released,
             on_events=self.control.on_events,
+            log=self.control.worker_log(worker_id),
             cancel_grace=self.config.cancel_grace,
             spawn_started=started,
             slot=slot.index,
