@@ -17,7 +17,7 @@ import contextlib
 import reprlib
 import struct
 import threading
-from typing import Annotated, Any, Final, TypeAlias
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
 
@@ -213,6 +213,13 @@ class _Entry(msgspec.Struct, array_like=True, tag_field="t"):
     pass
 
 
+class Line(_Entry, tag=1):
+    """A line the worker's code wrote to ``sys.stdout`` or ``sys.stderr`` (no newline)."""
+
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
 class Record(_Entry, tag=2):
     """A log record of the worker's code: its level (the stdlib's numbers: 10 debug ...
     50 critical), its logger's name ("" for none), its message, and its fields."""
@@ -224,10 +231,10 @@ class Record(_Entry, tag=2):
 
 
 class Output(_Message, tag=31):
-    """What the worker's code logged, in the order it was written. ``dropped`` counts the
-    entries lost because the worker's buffer was full."""
+    """What the worker's code printed and logged, in the order it was written. ``dropped``
+    counts the entries lost because the worker's buffer was full."""
 
-    entries: list[Record]
+    entries: list[Line | Record]
     dropped: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 

@@ -623,6 +623,35 @@ class Logs(Adapter):
         log.info("scored", tag=tag, score=0.5)
         structlog.get_logger().warning("nameless", tag=tag)
 
+    @tool(description="Print numbered lines to stdout, a line to stderr, and a line's start")
+    def print_lines(self, lines: int, tag: str, width: int = 0) -> int:
+        for i in range(lines):
+            print(f"{tag} {i}".ljust(width, "."))
+        print(f"{tag} done", file=sys.stderr)
+        sys.stdout.write(f"{tag} unfinished")
+        return lines
+
+    @tool(description="Write lines to file descriptors 1 and 2 directly, as C code does")
+    def write_fds(self, tag: str) -> None:
+        os.write(1, f"{tag} fd 1\n".encode())
+        os.write(2, f"{tag} fd 2\n".encode())
+
+    @tool(description="Fork a child that prints and logs, and wait for it")
+    def fork_and_log(self, tag: str) -> int:
+        import logging
+
+        child = os.fork()
+        if child == 0:
+            print(f"{tag} printed by the child")
+            logging.getLogger("child").warning(f"{tag} logged by the child")
+            sys.stdout.flush()
+            os._exit(0)
+        return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+
+    @tool(description="Print from an async tool, then return")
+    async def async_print_lines(self, lines: int, tag: str, width: int = 0) -> int:
+        return self.print_lines(lines, tag, width)
+
 
 class Traced(Echo):
     """Echo, plus a tool that returns the trace context it was called with."""

@@ -1,10 +1,11 @@
 """One worker process as the pool sees it: its process, its channel, its calls.
 
 Frames from the worker arrive in :meth:`WorkerHandle.on_frame` and settle the
-calls in flight. What the worker's code logs arrives on the channel too
-(``Output``), ahead of the answer of the call that produced it, and becomes the
-pool's records; two drains turn the worker's stdout and stderr into records,
-line by line. Nothing the worker sends is trusted: a malformed
+calls in flight. What the worker's code logs and prints arrives on the channel
+too (``Output``), ahead of the answer of the call that produced it, and becomes
+the pool's records; two drains turn what reaches the worker's stdout and stderr
+pipes (C code, child processes, and everything before the worker is ready)
+into records, line by line. Nothing the worker sends is trusted: a malformed
 frame ends the worker, never the pool.
 """
 
@@ -266,9 +267,12 @@ class WorkerHandle:
     # -- output ----------------------------------------------------------------
 
     def on_output(self, output: _wire.Output) -> None:
-        """Log what the worker's code logged, in the order it was written."""
-        for record in output.entries:
-            self._log_record(record)
+        """Log what the worker's code printed and logged, in the order it was written."""
+        for entry in output.entries:
+            if isinstance(entry, _wire.Line):
+                self._log_line(entry.stream, entry.text)
+            else:
+                self._log_record(entry)
         if output.dropped:
             self.log.warning(
                 "worker output lost: the worker's buffer was full",
@@ -292,7 +296,7 @@ class WorkerHandle:
         self.log.log(record.level, record.message, **fields)
 
     async def drain_output(self, stream: anyio.abc.ByteReceiveStream | None, name: str) -> None:
-        """Log each line the worker writes to ``name`` (stdout or stderr)."""
+        """Log each line that reaches the worker's ``name`` pipe (stdout or stderr)."""
         if stream is None:
             return
         buffer = b""

@@ -1,19 +1,24 @@
-"""What a worker's code logs, shipped to the pool as data.
+"""What a worker's code logs and prints, shipped to the pool as data.
 
-Two sources feed one buffer, in the order they were written, and the pool
+Three sources feed one buffer, in the order they were written, and the pool
 logs each entry as one of its own records (category ``worker``):
 
 - the stdlib's log records: a handler on the root logger ships each record's
   level, logger name, message and extra fields;
 - structlog's records: structlog is configured to ship each event dict
   instead of rendering it (an adapter that calls ``structlog.configure()``
-  keeps what it set).
+  keeps what it set);
+- text written to ``sys.stdout`` and ``sys.stderr``, one entry per line; a
+  line left unfinished leaves at the end of the call of the thread that wrote
+  it.
 
 The runtime ships the buffer ahead of each call's answer, so what a call
-logged reaches the pool before its result. logging and structlog are set up
-when something first imports them: an adapter that logs nothing pays nothing
-at start-up. A process forked from the worker has no channel: what it logs
-goes to its stderr, the worker's pipe, which the pool reads line by line.
+logged and printed reaches the pool before its result. logging and structlog
+are set up when something first imports them: an adapter that logs nothing
+pays nothing at start-up. Text written to file descriptors 1 and 2 directly
+-- by C code, or by child processes -- is not seen here: the pool reads it
+from the worker's pipes, line by line, as it reads whatever a process forked
+from the worker prints or logs.
 
 ``set_worker_level`` arrives in :func:`apply_level`: the level of the root
 logger and of structlog's filtering.
@@ -21,6 +26,7 @@ logger and of structlog's filtering.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import threading
@@ -28,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from importlib.machinery import ModuleSpec
 from types import ModuleType
-from typing import Any, Final
+from typing import Any, Final, Literal, TextIO
 
 from pypit import _wire
 
@@ -42,7 +48,7 @@ MAX_KEY: Final = 128
 DEFAULT_CAPACITY: Final = 65_536
 MAX_BATCH: Final = 4096
 
-Entry = _wire.Record
+Entry = _wire.Line | _wire.Record
 Scalar = str | int | float | bool | None
 
 
@@ -105,6 +111,7 @@ class OutputBuffer:
 
 
 _buffer: OutputBuffer | None = None
+_captures: list[_Capture] = []
 _forked = False
 _set_up: set[str] = set()
 _level: int | None = None
@@ -127,6 +134,20 @@ def install(buffer: OutputBuffer) -> None:
             hooks[name] = setup
     if hooks:
         sys.meta_path.insert(0, _AfterImport(hooks))
+
+
+def capture_stdio(buffer: OutputBuffer) -> None:
+    """Ship what is written to ``sys.stdout`` and ``sys.stderr`` to ``buffer``, line by line."""
+    sys.stdout = _Capture("stdout", sys.stdout, buffer)
+    sys.stderr = _Capture("stderr", sys.stderr, buffer)
+    _captures[:] = [sys.stdout, sys.stderr]
+
+
+def end_lines(every_thread: bool = False) -> None:
+    """Ship the lines this thread (or, with ``every_thread``, any thread) left unfinished."""
+    for capture in _captures:
+        if capture.partial:
+            capture.end_lines(every_thread)
 
 
 def apply_level(level: str | None) -> None:
@@ -316,14 +337,100 @@ def _text(value: Any, limit: int = MAX_TEXT) -> str:
     return str(value)
 
 
+# -- printed text --------------------------------------------------------------------------
+
+
+class _Capture(io.TextIOBase):
+    """``sys.stdout`` or ``sys.stderr`` of a worker: each line written is an entry.
+
+    Each thread's unfinished line is kept apart, so that two tools printing at
+    once do not mix their lines. What is written through ``buffer`` (bytes) and
+    to ``fileno()`` goes to the original stream, as C code's output does.
+    """
+
+    def __init__(
+        self, stream: Literal["stdout", "stderr"], original: TextIO, buffer: OutputBuffer
+    ) -> None:
+        super().__init__()
+        self._stream: Literal["stdout", "stderr"] = stream
+        self.original = original
+        self._buffer = buffer
+        self.partial: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        if _forked:
+            return self.original.write(text)
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        thread = threading.get_ident()
+        with self._lock:
+            *lines, rest = (self.partial.pop(thread, "") + text).split("\n")
+            if len(rest) > MAX_TEXT:
+                lines.append(rest)
+                rest = ""
+            if rest:
+                self.partial[thread] = rest
+            for line in lines:
+                self._ship(line)
+        return len(text)
+
+    def _ship(self, line: str) -> None:
+        self._buffer.add(_wire.Line(self._stream, _text(line.rstrip("\r"))))
+
+    def end_lines(self, every_thread: bool) -> None:
+        with self._lock:
+            if every_thread:
+                unfinished = list(self.partial.values())
+                self.partial.clear()
+            else:
+                line = self.partial.pop(threading.get_ident(), None)
+                unfinished = [] if line is None else [line]
+            for line in unfinished:
+                self._ship(line)
+
+    def flush(self) -> None:
+        self.original.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return self.original.isatty()
+
+    def fileno(self) -> int:
+        return self.original.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.original.encoding
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return self.original.errors
+
+    @property
+    def buffer(self) -> Any:
+        return self.original.buffer
+
+    @property
+    def name(self) -> str:
+        return str(self.original.name)
+
+
 # -- forks and imports --------------------------------------------------------------------
 
 
 def _in_forked_child() -> None:
-    """A process forked from the worker has no channel: what it logs goes to the worker's
-    stderr pipe, which the pool reads line by line."""
+    """A process forked from the worker has no channel: what it prints and logs goes to the
+    worker's pipes, which the pool reads line by line."""
     global _forked
     _forked = True
+    for capture in _captures:
+        if sys.stdout is capture:
+            sys.stdout = capture.original
+        if sys.stderr is capture:
+            sys.stderr = capture.original
 
 
 def _fall_back(line: str) -> None:

@@ -15,15 +15,15 @@ starts a call of one holds its slot and waits while the loop runs it, and then
 the async calls queued behind it, in the same slot. Sync and async calls thus
 queue together, in the order they came, for the same ``max_concurrency``
 slots: an adapter that is not thread-safe is never entered twice at once with
-``max_concurrency=1``. A flusher thread ships telemetry and logs produced
-between calls.
+``max_concurrency=1``. A flusher thread ships telemetry, logs and printed
+output produced between calls.
 
 Writes from any thread go through :meth:`Runtime.send`, which coalesces: the
 thread that finds the channel idle writes everything queued so far in one
-system call, and the others just queue. What the worker's code logged and
-emitted is queued ahead of each answer, in the same critical section, so it
-reaches the pool before the answer of the call that produced it, whichever
-thread ships it.
+system call, and the others just queue. What the worker's code logged,
+printed and emitted is queued ahead of each answer, in the same critical
+section, so it reaches the pool before the answer of the call that produced
+it, whichever thread ships it.
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ class Runtime:
 
         ``answers`` is the call whose last reply is among the frames: until they
         are written, that call counts as in progress (see :meth:`_reconnect`).
-        With ``ship``, the logs and telemetry waiting go ahead of the frames.
+        With ``ship``, the output and telemetry waiting go ahead of the frames.
         """
         with self._send_lock:
             if ship:
@@ -292,13 +292,15 @@ class Runtime:
         self.send(_wire.encode(message, self._max_frame_size))
 
     def _finish(self, message: _wire._Message, *, hold: bool = False) -> None:
-        """Send a call's last message, preceded by the logs and telemetry it produced.
+        """Send a call's last message, preceded by the output and telemetry it produced
+        (a line it left unfinished included).
 
         With ``hold``, the frames wait for the next ones instead of leaving
         now: under load, results leave in batches.
         """
         call_id: int = getattr(message, "id")  # noqa: B009 - every final reply has an id
         frame = self._encode_reply(message)
+        _logging.end_lines()
         if hold:
             with self._send_lock:
                 self._outbox.extend(self._shipment())
@@ -313,7 +315,7 @@ class Runtime:
         self.send(frame, answers=call_id, ship=True)
 
     def _shipment(self) -> list[bytes]:
-        """The frames of the logs and telemetry waiting, oldest first (the send lock is
+        """The frames of the output and telemetry waiting, oldest first (the send lock is
         held: whatever is queued after them was produced after them)."""
         frames: list[bytes] = []
         while (output := self.output.drain()) is not None:
@@ -585,7 +587,7 @@ class Runtime:
             self._finish(reply, hold=self._may_hold(following, time.monotonic_ns()))
 
     def stop(self) -> None:
-        """Stop the threads, run ``teardown()``, flush logs and telemetry."""
+        """Stop the threads, run ``teardown()``, flush output and telemetry."""
         self._stopping.set()
         self._finished.set()
         teardown = getattr(self._adapter, "teardown", None)
@@ -595,6 +597,7 @@ class Runtime:
             except Exception:
                 traceback.print_exc()
         self._sampler_wake.set()
+        _logging.end_lines(every_thread=True)
         self.send(ship=True)
 
     def _on_configure(self, message: _wire.Configure) -> bool:
@@ -897,7 +900,7 @@ class Runtime:
         self.telemetry.ship("call.exception", {"duration": time.monotonic_ns() - started}, metadata)
 
     def _flusher(self) -> None:
-        """Ship logs and telemetry every _FLUSH_INTERVAL, or as soon as a batch is waiting;
+        """Ship output and telemetry every _FLUSH_INTERVAL, or as soon as a batch is waiting;
         release results held back longer than _HOLD_AT_MOST."""
         wake = self._holding
         while not self._stopping.is_set():
@@ -1043,7 +1046,8 @@ def main() -> int:
         runtime._on_configure(settings)
     runtime.send(_wire.encode(_wire.Hello(token, runtime.pid)))
     # Until the worker serves, nothing ships on a timer: what import and setup() log leaves
-    # at once.
+    # at once. What they print goes to the pipes, which the pool reads even if the start
+    # fails and the worker exits.
     _logging.install(runtime.output)
     runtime.output.at_once = lambda: runtime.send(ship=True)
     try:
@@ -1058,6 +1062,7 @@ def main() -> int:
         traceback.print_exc()
         _guard.leave(with_group=os.getppid() != parent_pid)
         return 1
+    _logging.capture_stdio(runtime.output)
     runtime.output.at_once = None
     runtime.send(_wire.encode(_wire.Ready(tools)), ship=True)
     _guard.start_reaping()

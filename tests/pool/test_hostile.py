@@ -51,7 +51,7 @@ def valid_frames() -> list[bytes]:
             _wire.Chunk(2, 1, b"bytes"),
             _wire.End(2),
             _wire.Events([("call.stop", {"duration": 5}, {"command": "c"})], []),
-            _wire.Output([_wire.Record(20, "l", "m", {"k": 1})]),
+            _wire.Output([_wire.Line("stdout", "x"), _wire.Record(20, "l", "m", {"k": 1})]),
             _wire.Pong(3),
         )
     ]
@@ -118,8 +118,9 @@ GARBAGE = [
     # A drop report no worker makes: invented reasons would be re-emitted as drops.
     _wire.encode(_wire.Events([], [("invented", "", 1)])),
     _wire.encode(_wire.Events([], [("buffer_full", "", -5)])),
-    # Output the pool could not log as it is: a nested field.
+    # Output the pool could not log as it is: a nested field, a stream that is not one.
     _wire.encode(_wire.Output([_wire.Record(20, "l", "m", {"k": [1]})])),  # type: ignore[dict-item]
+    _wire.encode(_wire.Output([_wire.Line("stdin", "x")])),  # type: ignore[arg-type]
     _wire.encode(_wire.Output([], -1)),
 ]
 

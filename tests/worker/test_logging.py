@@ -1,11 +1,12 @@
-"""What workers log, as the pool's records: each record keeps its level, logger and fields,
-and arrives once."""
+"""What workers log and print, as the pool's records: log records keep their level, logger
+and fields, once; printed lines arrive before the result of the call that printed them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+import anyio
 import pytest
 import structlog
 
@@ -28,6 +29,11 @@ def restore_log_levels() -> Iterator[None]:
 def by_logger(logs: Logs, name: str) -> list[tuple[str, str]]:
     """The (event, level) of each record of the worker's logger ``name``, in order."""
     return [(e["event"], e["log_level"]) for e in logs if e.get("logger") == name]
+
+
+def output_lines(logs: Logs, stream: str, prefix: str) -> list[str]:
+    """The lines printed to ``stream`` that start with ``prefix``, in order."""
+    return [e["event"] for e in logs if e.get("stream") == stream and e["event"].startswith(prefix)]
 
 
 @pytest.mark.usefixtures("restore_log_levels")
@@ -91,3 +97,59 @@ async def test_set_worker_level_applies_to_plain_stdlib_loggers_and_structlog() 
     assert sorted(debug, key=str) == [("debug during", None), ("scoring", "during")]
     loaded = [e for e in logs if e["event"].startswith("loaded ")]
     assert [e["event"] for e in loaded] == ["loaded before", "loaded during", "loaded after"]
+
+
+@pytest.mark.parametrize("tool", ["print_lines", "async_print_lines"])
+async def test_printed_lines_are_logged_before_the_result_arrives(tool: str) -> None:
+    """Every line a tool prints during a call is logged, in order, by the time its caller
+    has the call's result -- a line it left unfinished too: stdout at info, stderr at
+    warning, with the worker's ids. (It prints more than a pipe holds.)"""
+    lines, width = 1500, 100
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options(name="talk")) as pool:
+            for round_ in range(3):
+                tag = f"r{round_}"
+                args = {"lines": lines, "tag": tag, "width": width}
+                assert await pool.execute(tool, args) == lines
+                expected = [f"{tag} {i}".ljust(width, ".") for i in range(lines)]
+                expected.append(f"{tag} unfinished")
+                assert output_lines(logs, "stdout", tag + " ") == expected
+                (done,) = [e for e in logs if e["event"] == f"{tag} done"]
+                assert (done["stream"], done["log_level"]) == ("stderr", "warning")
+                assert (done["worker_id"], done["pool_name"]) == ("talk_worker_1", "talk")
+
+
+async def test_a_line_too_large_for_a_frame_is_counted_as_lost() -> None:
+    """A line that no frame can carry is dropped, and the pool logs how many entries were
+    lost; the call is answered and what was printed around it arrives."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options(max_frame_size=65_536)) as pool:
+            args = {"lines": 1, "tag": "big", "width": 70_000}
+            assert await pool.execute("print_lines", args) == 1
+
+    (lost,) = [e for e in logs if e["event"].startswith("worker output lost")]
+    assert (lost["lost"], lost["log_level"]) == (1, "warning")
+    assert lost["worker_id"] == "default_worker_1"
+    assert output_lines(logs, "stderr", "big") == ["big done"]
+    assert output_lines(logs, "stdout", "big") == ["big unfinished"]
+
+
+async def test_what_bypasses_sys_stdout_still_arrives_line_by_line() -> None:
+    """What is written to file descriptors 1 and 2 directly (C code, child processes), and
+    what a child forked from the worker prints or logs, reach the pool through the worker's
+    pipes, one record per line."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options()) as pool:
+            await pool.execute("write_fds", {"tag": "c"})
+            assert await pool.execute("fork_and_log", {"tag": "f"}) == 0
+            expected = {
+                ("c fd 1", "stdout"),
+                ("c fd 2", "stderr"),
+                ("f printed by the child", "stdout"),
+                ("WARNING:child:f logged by the child", "stderr"),
+            }
+            with anyio.fail_after(5):
+                while not expected <= {(e["event"], e.get("stream")) for e in logs}:
+                    await anyio.sleep(0.01)
+
+    assert not [e for e in logs if e.get("logger") == "child"]
