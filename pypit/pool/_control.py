@@ -16,7 +16,7 @@ import anyio
 
 from pypit import _wire
 from pypit._errors import AcknowledgeTimeoutError, ProtocolError, UnknownWorkerError
-from pypit._log import LEVELS, _Logger, check_level, get_logger
+from pypit._log import LEVELS, Levels, _Logger, check_level, get_logger
 from pypit._shared import CATALOG_NAMES, DROP_REASONS, invalid_metadata, matches, valid_name
 from pypit.pool import _events
 from pypit.pool._config import PoolConfig
@@ -25,21 +25,23 @@ from pypit.telemetry import _registry
 
 _MAX_DECISIONS = 10_000
 
-_worker_log = get_logger("worker")
-
 
 class Control:
     """Worker telemetry and log levels of one pool. ``workers`` lists the live handles,
-    ``worker_ids`` the name of each slot's worker."""
+    ``worker_ids`` the name of each slot's worker, ``levels`` the pool's log levels."""
 
     def __init__(
         self,
         config: PoolConfig,
         workers: Callable[[], Iterable[WorkerHandle | None]],
         worker_ids: list[str],
+        levels: Levels | None = None,
     ) -> None:
         self._config = config
         self._name = config.name
+        self._worker_log = get_logger("worker", levels, pool_name=config.name)
+        # The level workers start with: the pool's for the worker category.
+        self._start_level = config.log_categories.get("worker", config.log_level)
         self._workers = workers
         self._worker_ids = worker_ids
         self._generation = -1
@@ -66,7 +68,7 @@ class Control:
             sampling_rate=settings["sampling_rate"],
             allow=list(settings["allow"]),
             deny=list(settings["deny"]),
-            log_level=settings.get("log_level", self._config.log_level),
+            log_level=settings.get("log_level", self._start_level),
             sample_interval=self._config.sample_interval,
         )
 
@@ -138,16 +140,17 @@ class Control:
                 f"pool {self._name!r} has no worker {worker_id!r}; its workers are {known}"
             )
 
-    def worker_log(self, worker_id: str) -> _Logger:
-        """The logger of ``worker_id``'s records: at the level set for that worker, if one
-        was, since the worker's own records are filtered at it too."""
+    def worker_log(self, worker_id: str, pid: int) -> _Logger:
+        """The logger of the records of ``worker_id`` (process ``pid``): at the level set for
+        that worker, if one was, since the worker's own records are filtered at it too."""
+        log = self._worker_log.bind(worker_id=worker_id, worker_pid=pid)
         level = self._per_worker.get(worker_id, {}).get("log_level")
-        return _worker_log.with_threshold(None if level is None else LEVELS[level])
+        return log if level is None else log.with_threshold(LEVELS[level])
 
     def _relevel(self, worker_id: str) -> None:
         for worker in self._workers():
             if worker is not None and worker.worker_id == worker_id:
-                worker.log = self.worker_log(worker_id)
+                worker.log = self.worker_log(worker_id, worker.pid)
 
     # -- the public operations ---------------------------------------------------------------
 

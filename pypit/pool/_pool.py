@@ -38,7 +38,7 @@ from pypit._errors import (
     WorkerCrashedError,
     WorkerStartError,
 )
-from pypit._log import get_logger, set_levels
+from pypit._log import Levels, get_logger
 from pypit._shared import correlation_id_var
 from pypit.pool import _events
 from pypit.pool._channel import Server, signal_factory
@@ -52,7 +52,6 @@ from pypit.pool._worker import WorkerHandle
 
 __all__ = ["Pool", "PoolStatus", "SessionInfo", "ToolDescription", "open_pool"]
 
-_log = get_logger("pool")
 _request_ids = itertools.count(1)
 
 # How long a caller whose call waits in a worker waits for the worker to confirm that it
@@ -108,6 +107,8 @@ class Pool:
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
         self.name = config.name
+        levels = Levels(config.log_level, config.log_categories)
+        self._log = get_logger("pool", levels, pool_name=config.name)
         self._scheduler: Scheduler[WorkerHandle] = Scheduler(
             config.name,
             config.size,
@@ -119,11 +120,12 @@ class Pool:
                 max_sessions=config.max_sessions,
                 max_frame_size=config.max_frame_size,
             ),
+            log=self._log,
         )
         self._counters = self._scheduler.counters
         worker_ids = [f"{config.name}_worker_{i + 1}" for i in range(config.size)]
-        self._control = Control(config, lambda: self._scheduler.workers, worker_ids)
-        self._supervisor = Supervisor(config, self._scheduler, self._control)
+        self._control = Control(config, lambda: self._scheduler.workers, worker_ids, levels)
+        self._supervisor = Supervisor(config, self._scheduler, self._control, self._log)
         self._closed = False
         self._directory = ""
         self._socket_path = ""
@@ -174,9 +176,8 @@ class Pool:
         try:
             return await self._call(request, affinity, None)
         except WorkerCrashedError as crash:
-            _log.warning(
+            self._log.warning(
                 "retrying an idempotent call on another worker after a crash",
-                pool_name=self.name,
                 command=command,
                 worker_id=crash.worker_id,
             )
@@ -430,12 +431,13 @@ class Pool:
 
     async def set_worker_level(self, worker_id: str, level: str, *, timeout: float = 5.0) -> None:
         """Set the log level inside ``worker_id``'s process (its stdlib logging and
-        structlog), live; it survives restarts of that worker."""
+        structlog), live; the pool logs that worker's records at it too. It survives
+        restarts of that worker."""
         await self._control.set_worker_level(worker_id, level, timeout)
 
     async def reset_worker_level(self, worker_id: str, *, timeout: float = 5.0) -> None:
-        """Give ``worker_id`` back the pool's ``log_level`` (or, without one, the level the
-        worker started with)."""
+        """Give ``worker_id`` back the pool's level for the ``worker`` category (or, without
+        one, the level the worker started with)."""
         await self._control.reset_worker_level(worker_id, timeout)
 
     async def recycle_worker(self, worker_id: str) -> None:
@@ -527,8 +529,6 @@ async def open_pool(
     if size is not None:
         settings["size"] = size
     config = PoolConfig(**settings)
-    if config.log_level is not None or config.log_categories:
-        set_levels(config.log_level, config.log_categories)
     pool = Pool(config)
     try:
         async with anyio.create_task_group() as task_group:

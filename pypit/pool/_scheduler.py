@@ -34,11 +34,9 @@ from pypit._errors import (
     SessionUnavailableError,
     WorkerTimeoutError,
 )
-from pypit._log import get_logger
+from pypit._log import _Logger, get_logger
 from pypit.pool import _events
 from pypit.pool._request import Request, Worker
-
-_log = get_logger("pool")
 
 W = TypeVar("W", bound=Worker)
 
@@ -90,7 +88,7 @@ class Scheduler(Generic[W]):
 
     ``workers`` has one entry per slot (None while the slot has no worker);
     the supervisor fills it. ``clock`` is the event loop's clock (seconds),
-    the one deadlines are measured on.
+    the one deadlines are measured on; ``log`` is the pool's logger.
     """
 
     def __init__(
@@ -99,8 +97,10 @@ class Scheduler(Generic[W]):
         size: int,
         limits: Limits,
         clock: Callable[[], float] = anyio.current_time,
+        log: _Logger | None = None,
     ) -> None:
         self.pool_name = pool_name
+        self._log = log if log is not None else get_logger("pool", pool_name=pool_name)
         self.limits = limits
         self.clock = clock
         self.workers: list[W | None] = [None] * size
@@ -499,9 +499,8 @@ class Scheduler(Generic[W]):
             return
         if session.worker_pid != worker.pid:
             session.rehomed += 1
-            _log.info(
+            self._log.info(
                 "session re-homed",
-                pool_name=self.pool_name,
                 session_id=session_id,
                 worker_id=worker.worker_id,
                 previous_pid=session.worker_pid,

@@ -31,7 +31,7 @@ from pypit._errors import (
     UnknownWorkerError,
     WorkerStartError,
 )
-from pypit._log import get_logger
+from pypit._log import _Logger
 from pypit.pool import _events
 from pypit.pool._channel import Connection
 from pypit.pool._config import PoolConfig
@@ -39,8 +39,6 @@ from pypit.pool._control import Control
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Scheduler
 from pypit.pool._worker import WorkerHandle, crash_error
-
-_log = get_logger("pool")
 
 _EXIT_GRACE: Final = 0.2
 
@@ -87,9 +85,14 @@ class Supervisor:
     """The slots of one pool and their workers."""
 
     def __init__(
-        self, config: PoolConfig, scheduler: Scheduler[WorkerHandle], control: Control
+        self,
+        config: PoolConfig,
+        scheduler: Scheduler[WorkerHandle],
+        control: Control,
+        log: _Logger,
     ) -> None:
         self.config = config
+        self.log = log
         self.name = config.name
         self.scheduler = scheduler
         self.control = control
@@ -213,9 +216,8 @@ class Supervisor:
                 {"failed_starts": slot.failed_starts, "system_time": time.time_ns()},
                 {"pool_name": self.name, "worker_id": slot.worker_id, "reason": slot.failure},
             )
-            _log.error(
+            self.log.error(
                 "worker slot degraded: its starts fail; retrying with back-off",
-                pool_name=self.name,
                 worker_id=slot.worker_id,
                 reason=slot.failure,
             )
@@ -240,9 +242,8 @@ class Supervisor:
                 },
                 {"pool_name": self.name, "worker_id": slot.worker_id, "worker_pid": handle.pid},
             )
-            _log.info(
+            self.log.info(
                 "worker slot recovered",
-                pool_name=self.name,
                 worker_id=slot.worker_id,
                 failed_starts=slot.failed_starts,
             )
@@ -315,9 +316,8 @@ class Supervisor:
             del self._expected[token]
             slot.failure = f"exec_failed: {exc}"
             self._spawn_failed(worker_id, started, "exec_failed", None)
-            _log.error(
+            self.log.error(
                 "worker failed to start",
-                pool_name=self.name,
                 worker_id=worker_id,
                 reason="exec_failed",
                 error=slot.failure,
@@ -333,7 +333,7 @@ class Supervisor:
             max_frame_size=self.config.max_frame_size,
             on_release=self._released,
             on_events=self.control.on_events,
-            log=self.control.worker_log(worker_id),
+            log=self.control.worker_log(worker_id, process.pid),
             cancel_grace=self.config.cancel_grace,
             spawn_started=started,
             slot=slot.index,
@@ -453,9 +453,8 @@ class Supervisor:
                 },
             )
         if not handle.closing and not self.closed:
-            _log.warning(
+            self.log.warning(
                 "worker terminated unexpectedly; restarting",
-                pool_name=self.name,
                 worker_id=handle.worker_id,
                 worker_pid=handle.pid,
                 exit_code=returncode,
@@ -479,10 +478,10 @@ class Supervisor:
         self._spawn_failed(handle.worker_id, handle.spawn_started, failure, returncode)
         if self.closed:
             # The pool stopped this start: nothing failed.
-            _log.info("worker start abandoned: the pool is closing", **self._fields(handle))
+            self.log.info("worker start abandoned: the pool is closing", **self._fields(handle))
             return
         traceback = handle.failure.traceback if handle.failure else "\n".join(early)
-        _log.error(
+        self.log.error(
             "worker failed to start",
             **self._fields(handle),
             reason=failure,
@@ -492,7 +491,7 @@ class Supervisor:
         )
 
     def _fields(self, handle: WorkerHandle) -> dict[str, Any]:
-        return {"pool_name": self.name, "worker_id": handle.worker_id, "worker_pid": handle.pid}
+        return {"worker_id": handle.worker_id, "worker_pid": handle.pid}
 
     async def _watch_health(self, handle: WorkerHandle) -> None:
         """Heartbeat, age and memory of one worker, checked every heartbeat interval (every
@@ -525,9 +524,8 @@ class Supervisor:
         handle.accepting = False
         if not handle.rss_bytes:
             handle.measure_rss()
-        _log.info(
+        self.log.info(
             "recycling worker",
-            pool_name=self.name,
             worker_id=handle.worker_id,
             worker_pid=handle.pid,
             reason=reason,
@@ -692,7 +690,7 @@ class Supervisor:
             )
 
     def _refuse(self) -> bool:
-        _log.warning("refused a connection to the pool's socket", pool_name=self.name)
+        self.log.warning("refused a connection to the pool's socket")
         return False
 
     def on_greeting(self, connection: Connection, payload: bytes) -> bool:
@@ -718,9 +716,8 @@ class Supervisor:
                 {"downtime": time.monotonic_ns() - handle.lost_at},
                 {"pool_name": self.name, "worker_id": handle.worker_id, "python_pid": handle.pid},
             )
-            _log.info(
+            self.log.info(
                 "worker reconnected",
-                pool_name=self.name,
                 worker_id=handle.worker_id,
                 worker_pid=handle.pid,
             )

@@ -42,11 +42,13 @@ from pypit.pool._channel import Connection
 from pypit.pool._events import CONNECTION_ESTABLISHED, CONNECTION_LOST, emit, listened
 from pypit.pool._request import Request
 
-_log = get_logger("worker")
-
 _MAX_LOG_LINE: Final = 65_536
-# Fields of a worker's record that would change how the pool's own logging reads it.
-_RESERVED: Final = frozenset({"event", "category", "exc_info", "stack_info"})
+# Fields of a worker's record that only the pool sets, or that would change how the pool's
+# own logging reads the record.
+_RESERVED: Final = frozenset(
+    {"event", "category", "logger", "pool_name", "worker_id", "worker_pid"}
+    | {"exc_info", "stack_info"}
+)
 _STDERR_TAIL: Final = 20
 _EARLY_LINES: Final = 1000
 
@@ -118,8 +120,19 @@ class WorkerHandle:
     changed: anyio.Event = attrs.field(factory=anyio.Event)
     closing: bool = False
     """Asked to stop: it finishes its calls and exits."""
-    log: _Logger = _log
-    """The logger of this worker's records: at the worker's own level once it was set."""
+    log: _Logger = attrs.field(
+        default=attrs.Factory(
+            lambda self: get_logger(
+                "worker",
+                pool_name=self.pool_name,
+                worker_id=self.worker_id,
+                worker_pid=self.process.pid,
+            ),
+            takes_self=True,
+        )
+    )
+    """The logger of this worker's records, with its pool's and its own ids: at the pool's
+    levels, or at the worker's own once it was set."""
 
     def __attrs_post_init__(self) -> None:
         self.pid = self.process.pid
@@ -173,9 +186,6 @@ class WorkerHandle:
         if reason == "protocol_error":
             self.log.error(
                 "worker broke the protocol; it is being replaced",
-                pool_name=self.pool_name,
-                worker_id=self.worker_id,
-                worker_pid=self.pid,
             )
         self.changed.set()
 
@@ -277,9 +287,6 @@ class WorkerHandle:
             self.log.warning(
                 "worker output lost: the worker's buffer was full",
                 lost=output.dropped,
-                pool_name=self.pool_name,
-                worker_id=self.worker_id,
-                worker_pid=self.pid,
             )
 
     def _log_record(self, record: _wire.Record) -> None:
@@ -292,7 +299,6 @@ class WorkerHandle:
         }
         if record.logger:
             fields["logger"] = record.logger
-        fields.update(pool_name=self.pool_name, worker_id=self.worker_id, worker_pid=self.pid)
         self.log.log(record.level, record.message, **fields)
 
     async def drain_output(self, stream: anyio.abc.ByteReceiveStream | None, name: str) -> None:
@@ -327,9 +333,6 @@ class WorkerHandle:
         log(
             line,
             stream=name,
-            pool_name=self.pool_name,
-            worker_id=self.worker_id,
-            worker_pid=self.pid,
         )
 
     def log_early_stderr(self) -> None:
@@ -339,9 +342,6 @@ class WorkerHandle:
             self.log.warning(
                 line,
                 stream="stderr",
-                pool_name=self.pool_name,
-                worker_id=self.worker_id,
-                worker_pid=self.pid,
             )
 
     # -- stopping --------------------------------------------------------------
@@ -385,9 +385,6 @@ class WorkerHandle:
             self.accepting = False
             self.log.warning(
                 "killing worker",
-                pool_name=self.pool_name,
-                worker_id=self.worker_id,
-                worker_pid=self.pid,
                 reason=reason,
             )
             self.kill_group(signal.SIGKILL)

@@ -153,3 +153,46 @@ async def test_what_bypasses_sys_stdout_still_arrives_line_by_line() -> None:
                     await anyio.sleep(0.01)
 
     assert not [e for e in logs if e.get("logger") == "child"]
+
+
+@pytest.mark.usefixtures("restore_log_levels")
+async def test_each_pool_keeps_its_own_levels() -> None:
+    """Levels belong to the pool given them: a pool opened later with another level does not
+    change an open pool's, each pool's records carry its name and are filtered at its own
+    levels, and a pool given no level follows the process-wide one."""
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            open_pool(adapter(), **options(name="quiet", log_level="error")) as quiet,
+            open_pool(
+                adapter(),
+                **options(name="loud", log_level="warning", log_categories={"worker": "debug"}),
+            ) as loud,
+            open_pool(adapter(), **options(name="plain")) as plain,
+        ):
+            for pool in (quiet, loud, plain):
+                await pool.execute("chatter", {"text": pool.name})
+                await pool.recycle_worker(f"{pool.name}_worker_1")
+            _log.set_levels("error")
+            await plain.execute("chatter", {"text": "plain, later"})
+
+    def seen(pool_name: str) -> set[str]:
+        return {e["event"] for e in logs if e.get("pool_name") == pool_name}
+
+    assert seen("quiet") & {"quiet", "err: quiet", "recycling worker"} == set()
+    assert {"loud", "err: loud"} <= seen("loud")
+    assert "recycling worker" not in seen("loud")
+    assert {"plain", "err: plain", "recycling worker"} <= seen("plain")
+    assert "err: plain, later" not in seen("plain")
+    assert all("pool_name" in e for e in logs if e.get("category") in ("pool", "worker"))
+
+
+@pytest.mark.usefixtures("restore_log_levels")
+async def test_workers_start_at_the_pools_level_for_the_worker_category() -> None:
+    """log_categories["worker"] is the level a pool's workers start with, over log_level."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(
+            adapter("Logs"), **options(log_level="warning", log_categories={"worker": "debug"})
+        ) as pool:
+            await pool.execute("stdlib", {"tag": "w"})
+
+    assert by_logger(logs, "adapter.model")[0] == ("debug w", "debug")
