@@ -19,6 +19,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -48,6 +49,7 @@ from pypit.pool._request import Request
 from pypit.pool._scheduler import Limits, Scheduler, SessionInfo
 from pypit.pool._stream import Stream
 from pypit.pool._supervisor import Supervisor, ToolDescription
+from pypit.pool._tasks import PoolTasks
 from pypit.pool._worker import WorkerHandle
 
 __all__ = ["Pool", "PoolStatus", "SessionInfo", "ToolDescription", "open_pool"]
@@ -129,7 +131,6 @@ class Pool:
         self._closed = False
         self._directory = ""
         self._socket_path = ""
-        self._task_group: anyio.abc.TaskGroup | None = None
         self._signal: Callable[[], Any] = anyio.Event
 
     # -- calls ---------------------------------------------------------------------------
@@ -453,16 +454,15 @@ class Pool:
 
     # -- opening and closing ---------------------------------------------------------
 
-    async def _open(self, task_group: anyio.abc.TaskGroup) -> None:
+    async def _open(self, tasks: PoolTasks) -> None:
         started = time.monotonic_ns()
-        self._task_group = task_group
         self._signal = signal_factory()
         self._directory = tempfile.mkdtemp(prefix="pypit-")
         self._socket_path = os.path.join(self._directory, "pool.sock")
         server = Server(self._supervisor.on_greeting, self.config.max_frame_size)
-        await task_group.start(server.serve, self._socket_path)
+        await tasks.start(server.serve, self._socket_path)
         os.chmod(self._socket_path, 0o600)
-        ready = await self._supervisor.start(task_group, self._socket_path)
+        ready = await self._supervisor.start(tasks, self._socket_path)
         _events.emit(
             _events.INITIALIZED,
             {
@@ -479,7 +479,7 @@ class Pool:
                 self._supervisor.failures(),
             )
         if self.config.status_interval:
-            task_group.start_soon(self._emit_status_periodically)
+            tasks.start_soon(self._emit_status_periodically)
 
     async def _emit_status_periodically(self) -> None:
         while True:
@@ -488,16 +488,52 @@ class Pool:
 
     async def aclose(self) -> None:
         """Stop taking calls, drain those in flight, stop every worker."""
+        await self._close()
+
+    async def _close(self, interrupted: BaseException | None = None) -> None:
+        """Stop taking calls and stop every worker. Calls in flight drain first, for up to
+        ``shutdown_timeout``, unless the pool's block was ``interrupted`` (left by an
+        exception or a cancellation, Ctrl-C included): then they are cancelled at once, as
+        their callers are gone or going, and the workers stop within ``stop_grace``."""
         if self._closed:
             return
         self._closed = self._scheduler.closed = True
         self._scheduler.fail_queue(self._scheduler.closed_error)
-        # Calls waiting in a worker are withdrawn too; those already started drain.
-        self._scheduler.withdraw_waiting()
-        with anyio.move_on_after(self.config.shutdown_timeout):
-            while any(w is not None and w.pending for w in self._scheduler.workers):
-                await anyio.sleep(0.005)
+        if interrupted is not None:
+            reason = type(interrupted).__name__
+            cancelled = self._scheduler.cancel_in_flight(
+                lambda: PoolClosedError(f"pool {self.name!r} stopped ({reason}): call cancelled")
+            )
+            self._log.info(
+                f"stopping: cancelling {cancelled} call{'' if cancelled == 1 else 's'}",
+                calls=cancelled,
+                reason=reason,
+            )
+        else:
+            # Calls waiting in a worker are withdrawn; those already started drain.
+            self._scheduler.withdraw_waiting()
+            if running := self._scheduler.in_flight():
+                self._log.info(
+                    f"stopping: waiting for {running} call{'' if running == 1 else 's'} "
+                    f"(shutdown_timeout={self.config.shutdown_timeout:g}s)",
+                    calls=running,
+                )
+            with anyio.move_on_after(self.config.shutdown_timeout):
+                while any(w is not None and w.pending for w in self._scheduler.workers):
+                    await anyio.sleep(0.005)
         self._supervisor.stop()
+
+    def _kill(self) -> None:
+        """Kill every worker now (the pool was interrupted again while it stopped): the stop
+        under way ends as soon as they are reaped."""
+        workers = [w for w in self._scheduler.workers if w is not None]
+        self._log.warning(
+            f"stopping now: killing {len(workers)} worker{'' if len(workers) == 1 else 's'}",
+            workers=len(workers),
+        )
+        self._supervisor.stop()
+        for worker in workers:
+            worker.kill_group(signal.SIGKILL)
 
     async def _stopped(self) -> None:
         """Wait until every worker process is reaped (bounded by the stop's own bounds)."""
@@ -522,7 +558,10 @@ async def open_pool(
 
     The pool is ready when the block starts (every worker ready or failed;
     at least one ready, else :class:`~pypit.WorkerStartError`). Leaving the
-    block drains calls in flight, stops the workers and reaps them. Other
+    block normally drains calls in flight (for up to ``shutdown_timeout``),
+    stops the workers and reaps them. Leaving it by an exception or a
+    cancellation (Ctrl-C included) cancels the calls in flight instead of
+    waiting for them, and stops the workers within ``stop_grace``. Other
     options are the fields of :class:`PoolConfig`.
     """
     settings: dict[str, Any] = {"adapter": adapter, "name": name, **options}
@@ -532,14 +571,19 @@ async def open_pool(
     pool = Pool(config)
     try:
         async with anyio.create_task_group() as task_group:
+            tasks = PoolTasks(task_group)
+            interrupted: BaseException | None = None
             try:
-                await pool._open(task_group)
+                await pool._open(tasks)
                 yield pool
+            except BaseException as exc:
+                interrupted = exc
+                raise
             finally:
                 with anyio.CancelScope(shield=True):
-                    await pool.aclose()
+                    await pool._close(interrupted)
                     await pool._stopped()
-                task_group.cancel_scope.cancel()
+                tasks.end()
     except BaseExceptionGroup as group:
         # The pool's own tasks never raise, so a group holds the one error of
         # the caller's block (or of opening): raise it as the caller wrote it.

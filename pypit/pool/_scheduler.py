@@ -441,6 +441,21 @@ class Scheduler(Generic[W]):
             request.target = None
             request.fail(error())
 
+    def cancel_in_flight(self, error: Callable[[], BaseException]) -> int:
+        """Tell each worker to cancel every call it holds, started or not, and fail those
+        whose callers still wait with ``error`` (the pool stops at once); how many calls
+        that is."""
+        cancelled = 0
+        for worker in self.workers:
+            if worker is not None:
+                for request in list(worker.pending.values()):
+                    if not request.abandoned:
+                        request.abandoned = True
+                        request.fail(error())
+                    worker.cancel(request.request_id)
+                    cancelled += 1
+        return cancelled
+
     def withdraw_waiting(self) -> None:
         """Tell each worker to drop the calls that wait in it (the pool closes)."""
         for worker in self.workers:

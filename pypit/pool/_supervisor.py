@@ -38,6 +38,7 @@ from pypit.pool._config import PoolConfig
 from pypit.pool._control import Control
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Scheduler
+from pypit.pool._tasks import PoolTasks
 from pypit.pool._worker import WorkerHandle, crash_error
 
 _EXIT_GRACE: Final = 0.2
@@ -100,7 +101,7 @@ class Supervisor:
         self.tools: dict[str, ToolDescription] = {}
         self.closed = False
         self.socket_path = ""
-        self.task_group: anyio.abc.TaskGroup | None = None
+        self.tasks: PoolTasks | None = None
         self._expected: dict[str, _Greeting] = {}
         self._reconnecting: dict[str, WorkerHandle] = {}
         self._startup_reports = 0
@@ -126,13 +127,13 @@ class Supervisor:
     def degraded(self) -> bool:
         return any(slot.down for slot in self.slots)
 
-    async def start(self, task_group: anyio.abc.TaskGroup, socket_path: str) -> int:
+    async def start(self, tasks: PoolTasks, socket_path: str) -> int:
         """Start every slot; return once each worker is ready or failed its first start,
         with the number ready."""
-        self.task_group = task_group
+        self.tasks = tasks
         self.socket_path = socket_path
         for slot in self.slots:
-            task_group.start_soon(self._serve_slot, slot)
+            tasks.start_soon(self._serve_slot, slot)
         await self._startup_done.wait()
         return self.ready_count()
 
@@ -532,8 +533,8 @@ class Supervisor:
         )
         if not handle.in_flight:
             handle.request_stop()
-        elif self.task_group is not None:
-            self.task_group.start_soon(self._bound_drain, handle)
+        elif self.tasks is not None:
+            self.tasks.start_soon(self._bound_drain, handle)
 
     async def _bound_drain(self, handle: WorkerHandle) -> None:
         await anyio.sleep(self.config.shutdown_timeout)
