@@ -42,6 +42,9 @@ class Call(_Message, tag=1):
     ``window`` is a stream's flow control: the worker may have at most that many chunks
     sent and not yet taken by the consumer (see :class:`Credit`). A stream with a window
     under 1 is refused (the call fails); calls that do not stream leave it at 0.
+    ``session_id`` is the caller's, which the tool reads with ``get_session_id()``.
+    Fields are added at the end, with a default, so that a Call framed before one of them
+    existed still decodes.
     """
 
     id: int
@@ -52,6 +55,7 @@ class Call(_Message, tag=1):
     stream: bool = False
     trace_context: dict[str, str] | None = None
     window: Annotated[int, msgspec.Meta(ge=0)] = 0
+    session_id: str | None = None
 
 
 class Cancel(_Message, tag=2):

@@ -20,6 +20,7 @@ class Echo(Adapter):
 
     def setup(self) -> None:
         self.calls = 0
+        self.sessions: dict[str | None, Any] = {}
         # Calls of the occupancy tools: started so far, and in progress now (threads and
         # the loop thread alike).
         self.occupancy = threading.Lock()
@@ -34,6 +35,30 @@ class Echo(Adapter):
     @tool(description="Return the one positional argument")
     def identity(self, value: Any = None) -> Any:
         return value
+
+    @tool(description="The call's session id, what this worker kept for it, and the pid")
+    def session_state(self, keep: Any = None) -> list[Any]:
+        from pypit.worker import get_session_id
+
+        session_id = get_session_id()
+        kept = self.sessions.get(session_id)
+        if keep is not None:
+            self.sessions[session_id] = keep
+        return [session_id, kept, os.getpid()]
+
+    @tool(description="The call's session id, from an async tool")
+    async def async_session_id(self) -> str | None:
+        from pypit.worker import get_session_id
+
+        await anyio.sleep(0)
+        return get_session_id()
+
+    @tool(description="Yield the call's session id `n` times")
+    def session_ids(self, n: int) -> Iterator[str | None]:
+        from pypit.worker import get_session_id
+
+        for _ in range(n):
+            yield get_session_id()
 
     @tool(description="Sleep, then return the seconds slept")
     def sleep(self, seconds: float) -> float:

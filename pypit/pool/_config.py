@@ -216,8 +216,9 @@ class PoolConfig:
     (``MemoryError`` in Python code), whatever the call. Counts address space, not
     resident memory, so leave room for what the interpreter and libraries map."""
     affinity: Affinity = attrs.field(default="hint", validator=_affinity)
-    """What ``session_id`` means: ``hint`` prefers the session's worker, ``strict`` waits
-    for it, ``strict_fail_fast`` fails at once when it is busy."""
+    """What ``session_id`` means when the session's worker is busy: ``hint`` runs the call
+    on another worker (the session stays with its own), ``strict`` waits for it,
+    ``strict_fail_fast`` fails at once."""
     max_sessions: int = attrs.field(default=10_000, validator=_count(1))
     """Sessions remembered for affinity (least recently used are forgotten)."""
     telemetry_allow: tuple[str, ...] = attrs.field(

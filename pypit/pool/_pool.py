@@ -330,10 +330,11 @@ class Pool:
     def session(self, session_id: str) -> SessionInfo | None:
         """Where ``session_id`` lives: its worker, and how often it had to move.
 
-        ``rehomed`` counts the times the session's calls went to a different
-        worker process than the one before (its worker died or, with
-        ``affinity="hint"``, was busy): state the worker kept for the session
-        was not there.
+        ``calls`` counts the calls made with the session, wherever they ran;
+        ``rehomed`` counts the times the session moved to another worker
+        process because its own was gone (it died, or was recycled): state the
+        worker kept for the session was lost. A call that ran on another worker
+        while the session's was busy (``affinity="hint"``) does not move it.
         """
         return self._scheduler.session(session_id, self._supervisor.worker_ids())
 
@@ -374,6 +375,7 @@ class Pool:
         request_id = next(_request_ids)
         correlation_id = correlation_id or correlation_id_var.get() or _new_correlation_id()
         message = _wire.Call(request_id, command, args, correlation_id, timeout, stream)
+        message.session_id = session_id
         if stream:
             message.window = self.config.stream_window
         frame = _wire.encode(message, self.config.max_frame_size)

@@ -506,13 +506,21 @@ class Scheduler(Generic[W]):
         return worker
 
     def _remember_session(self, session_id: str, worker: W) -> None:
+        """A call of the session went to ``worker``: a new session lives there from now on,
+        and a session whose worker is gone moves there. A session whose worker lives stays
+        with it, whoever ran this call (with ``hint``, another worker when its own was
+        busy): its state is where it was."""
         session = self._sessions.get(session_id)
         if session is None:
             self._sessions[session_id] = _Session(worker.slot, worker.pid)
             if len(self._sessions) > self.limits.max_sessions:
                 self._sessions.popitem(last=False)
             return
-        if session.worker_pid != worker.pid:
+        session.calls += 1
+        if session.worker_pid == worker.pid:
+            return
+        home = self.workers[session.slot]
+        if home is None or home.pid != session.worker_pid:
             session.rehomed += 1
             self._log.info(
                 "session re-homed",
@@ -522,7 +530,6 @@ class Scheduler(Generic[W]):
                 worker_pid=worker.pid,
             )
             session.slot, session.worker_pid = worker.slot, worker.pid
-        session.calls += 1
 
     def session(self, session_id: str, worker_ids: list[str]) -> SessionInfo | None:
         """Where ``session_id`` lives (``worker_ids`` names each slot's worker)."""

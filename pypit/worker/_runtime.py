@@ -45,7 +45,7 @@ from pypit import _wire
 from pypit._errors import FrameTooLargeError, ProtocolError, SerializationError
 from pypit._shared import MAX_STRING_LENGTH, correlation_id_var
 from pypit.worker import _guard, _logging, _telemetry
-from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter
+from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter, session_id_var
 from pypit.worker._telemetry import (
     EventBuffer,
     Settings,
@@ -715,6 +715,7 @@ class Runtime:
     def _run_sync(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> _wire._Message:
         token = correlation_id_var.set(call.correlation_id)
         trace = trace_context_var.set(call.trace_context)
+        session = session_id_var.set(call.session_id)
         started = self._call_started(call)
         try:
             positional, keywords = self._arguments(call.args)
@@ -737,6 +738,7 @@ class Runtime:
         finally:
             correlation_id_var.reset(token)
             trace_context_var.reset(trace)
+            session_id_var.reset(session)
         return reply
 
     def _await_async(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
@@ -782,6 +784,7 @@ class Runtime:
 
         correlation_id_var.set(call.correlation_id)
         trace_context_var.set(call.trace_context)
+        session_id_var.set(call.session_id)
         started = self._call_started(call)
         try:
             positional, keywords = self._arguments(call.args)
