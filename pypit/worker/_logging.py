@@ -112,7 +112,8 @@ class OutputBuffer:
 
 _buffer: OutputBuffer | None = None
 _captures: list[_Capture] = []
-_forked = False
+_detached = False
+"""Set in a forked child, and once the worker stops shipping: output goes to the pipes."""
 _set_up: set[str] = set()
 _level: int | None = None
 """The level the pool set (None: as the worker started)."""
@@ -125,7 +126,7 @@ def install(buffer: OutputBuffer) -> None:
     they are imported, else when they are."""
     global _buffer
     _buffer = buffer
-    os.register_at_fork(after_in_child=_in_forked_child)
+    os.register_at_fork(after_in_child=detach)
     hooks: dict[str, Callable[[], None]] = {}
     for name, setup in (("logging", _setup_logging), ("structlog", _setup_structlog)):
         if name in sys.modules:
@@ -197,7 +198,7 @@ def _setup_logging() -> None:
         """Ships each record: level, logger, message, and the fields it was given."""
 
         def emit(self, record: logging.LogRecord) -> None:
-            if _forked:
+            if _detached:
                 _fall_back(f"{record.levelname}:{record.name}:{_message(record)}")
                 return
             fields: dict[str, Any] = {}
@@ -275,7 +276,7 @@ class _StructlogShipper:
     def ship(self, level: int, rendered: tuple[Any, ...], event_dict: dict[str, Any]) -> None:
         # An adapter that set a renderer of its own hands a rendered line instead.
         message = rendered[0] if rendered else event_dict.pop("event", "")
-        if _forked:
+        if _detached:
             pairs = " ".join(f"{key}={value!r}" for key, value in event_dict.items())
             _fall_back(f"{message} {pairs}".rstrip())
             return
@@ -359,7 +360,7 @@ class _Capture(io.TextIOBase):
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        if _forked:
+        if _detached:
             return self.original.write(text)
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
@@ -421,11 +422,13 @@ class _Capture(io.TextIOBase):
 # -- forks and imports --------------------------------------------------------------------
 
 
-def _in_forked_child() -> None:
-    """A process forked from the worker has no channel: what it prints and logs goes to the
-    worker's pipes, which the pool reads line by line."""
-    global _forked
-    _forked = True
+def detach() -> None:
+    """From now on, what this process prints and logs goes to its stderr and stdout as text,
+    which the pool reads from the worker's pipes line by line: in a process forked from the
+    worker, which has no channel, and in the worker once it stops shipping (so that what it
+    prints as it exits, the traceback of a crash say, still reaches the pool)."""
+    global _detached
+    _detached = True
     for capture in _captures:
         if sys.stdout is capture:
             sys.stdout = capture.original

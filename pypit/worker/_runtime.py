@@ -597,7 +597,10 @@ class Runtime:
             except Exception:
                 traceback.print_exc()
         self._sampler_wake.set()
+        # What is printed from here on (the worker's exit) goes to the pipes, and what was
+        # printed and logged before leaves now.
         _logging.end_lines(every_thread=True)
+        _logging.detach()
         self.send(ship=True)
 
     def _on_configure(self, message: _wire.Configure) -> bool:

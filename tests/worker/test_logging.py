@@ -10,7 +10,7 @@ import anyio
 import pytest
 import structlog
 
-from pypit import _log
+from pypit import WorkerCrashedError, _log
 from pypit.pool import open_pool
 from tests.pool.conftest import adapter, options
 
@@ -196,3 +196,18 @@ async def test_workers_start_at_the_pools_level_for_the_worker_category() -> Non
             await pool.execute("stdlib", {"tag": "w"})
 
     assert by_logger(logs, "adapter.model")[0] == ("debug w", "debug")
+
+
+async def test_the_traceback_of_a_worker_that_crashes_reaches_the_pool() -> None:
+    """What a worker prints as it exits -- the traceback of a failure of its own loop -- is
+    logged, though the worker no longer ships anything on its channel by then."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter(), **options()) as pool:
+            await pool.execute("break_loop")
+            with pytest.raises(WorkerCrashedError):
+                await pool.execute("identity", 1)
+            with anyio.fail_after(10):
+                while not output_lines(logs, "stderr", "RuntimeError: the worker's loop broke"):
+                    await anyio.sleep(0.01)
+
+    assert output_lines(logs, "stderr", "Traceback (most recent call last):")
