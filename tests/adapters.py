@@ -656,6 +656,13 @@ class Logs(Adapter):
         sys.stdout.write(f"{tag} unfinished")
         return lines
 
+    @tool(description="Configure structlog with a renderer of the adapter's own, and log")
+    def own_renderer(self, tag: str) -> None:
+        import structlog
+
+        structlog.configure(processors=[structlog.processors.KeyValueRenderer(sort_keys=True)])
+        structlog.get_logger("adapter.rendered").warning("rendered", tag=tag)
+
     @tool(description="Write lines to file descriptors 1 and 2 directly, as C code does")
     def write_fds(self, tag: str) -> None:
         os.write(1, f"{tag} fd 1\n".encode())

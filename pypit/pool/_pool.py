@@ -506,11 +506,12 @@ class Pool:
             cancelled = self._scheduler.cancel_in_flight(
                 lambda: PoolClosedError(f"pool {self.name!r} stopped ({reason}): call cancelled")
             )
-            self._log.info(
-                f"stopping: cancelling {cancelled} call{'' if cancelled == 1 else 's'}",
-                calls=cancelled,
-                reason=reason,
-            )
+            if cancelled:
+                self._log.info(
+                    f"stopping: cancelling {cancelled} call{'' if cancelled == 1 else 's'}",
+                    calls=cancelled,
+                    reason=reason,
+                )
         else:
             # Calls waiting in a worker are withdrawn; those already started drain.
             self._scheduler.withdraw_waiting()

@@ -78,6 +78,16 @@ async def test_structlog_records_keep_their_level_logger_and_fields() -> None:
     assert [e for e in logs if "stream" in e and "scor" in e["event"]] == []
 
 
+async def test_an_adapters_own_structlog_renderer_makes_the_message() -> None:
+    """An adapter that configures structlog's processors keeps them: the rendered text is
+    the record's message, at the level it was logged at."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options()) as pool:
+            await pool.execute("own_renderer", {"tag": "r"})
+
+    assert by_logger(logs, "adapter.rendered") == [("event='rendered' tag='r'", "warning")]
+
+
 @pytest.mark.usefixtures("restore_log_levels")
 async def test_set_worker_level_applies_to_plain_stdlib_loggers_and_structlog() -> None:
     """A worker starts at the pool's level; set_worker_level("debug") shows the debug records
