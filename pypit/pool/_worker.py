@@ -184,9 +184,7 @@ class WorkerHandle:
         self.lost_reason = self.lost_reason or reason
         self.accepting = False
         if reason == "protocol_error":
-            self.log.error(
-                "worker broke the protocol; it is being replaced",
-            )
+            self.log.error("worker broke the protocol; it is being replaced")
         self.changed.set()
 
     def on_frame(self, payload: bytes) -> None:
@@ -330,19 +328,13 @@ class WorkerHandle:
                 self.early_stderr.append(line)
                 return
         log = self.log.info if name == "stdout" else self.log.warning
-        log(
-            line,
-            stream=name,
-        )
+        log(line, stream=name)
 
     def log_early_stderr(self) -> None:
         """Log what the worker wrote to stderr while it started (its start succeeded)."""
         early, self.early_stderr = self.early_stderr, []
         for line in early:
-            self.log.warning(
-                line,
-                stream="stderr",
-            )
+            self.log.warning(line, stream="stderr")
 
     # -- stopping --------------------------------------------------------------
 
@@ -383,10 +375,7 @@ class WorkerHandle:
         if self.kill_reason is None and not self.closing:
             self.kill_reason = reason
             self.accepting = False
-            self.log.warning(
-                "killing worker",
-                reason=reason,
-            )
+            self.log.warning("killing worker", reason=reason)
             self.kill_group(signal.SIGKILL)
             self.changed.set()
 

@@ -18,7 +18,8 @@ are set up when something first imports them: an adapter that logs nothing
 pays nothing at start-up. Text written to file descriptors 1 and 2 directly
 -- by C code, or by child processes -- is not seen here: the pool reads it
 from the worker's pipes, line by line, as it reads whatever a process forked
-from the worker prints or logs.
+from the worker prints or logs, and what the worker prints as it exits (see
+:func:`detach`).
 
 ``set_worker_level`` arrives in :func:`apply_level`: the level of the root
 logger and of structlog's filtering.
@@ -105,9 +106,6 @@ class OutputBuffer:
         if not taken and not dropped:
             return None
         return _wire.Output(taken, dropped)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 _buffer: OutputBuffer | None = None
