@@ -1,7 +1,7 @@
 """``make demo``: an embedded pool under a mixed load, with live status and an event tally.
 
 Runs for a few seconds by default; ``--seconds N`` changes that, ``--forever``
-keeps it going until Ctrl-C.
+keeps it going until Ctrl-C, which stops the pool at once and prints the summary.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 
 from pypit import PoolSaturatedError, ToolError, telemetry
-from pypit.pool import Pool, open_pool
+from pypit.pool import Pool, PoolStatus, open_pool
 
 ADAPTER = "examples.demo_adapter:DemoModel"
 SHOWN = {
@@ -116,6 +116,8 @@ async def main(seconds: float | None) -> None:
     telemetry.attach_many("demo-dashboard", events, dashboard.on_event)
     telemetry.attach("demo-status", ("pypit", "pool", "status"), dashboard.on_status)
     started = time.monotonic()
+    status: PoolStatus | None = None
+    outcome = "done"
     try:
         async with open_pool(
             ADAPTER,
@@ -128,25 +130,36 @@ async def main(seconds: float | None) -> None:
             tools = ", ".join(sorted(pool.tools()))
             print(f"pool 'demo' is up in {time.monotonic() - started:.2f}s; tools: {tools}")
             stop = anyio.Event()
-            async with anyio.create_task_group() as tasks:
-                for job in (fast_calls, slow_calls, streams, failures, bursts):
-                    tasks.start_soon(job, pool, stop)
-                if seconds is None:
-                    await anyio.sleep_forever()
-                else:
-                    await anyio.sleep(seconds)
-                stop.set()
-            status = pool.status()
-        print(
-            f"\ndone: {status.requests} requests, {status.completed} completed, "
-            f"{status.failed} failed, {status.rejected} rejected"
-        )
-        print("events seen:")
-        for name, count in sorted(dashboard.tally.items()):
-            print(f"  {name:<30} {count:>6}")
+            try:
+                async with anyio.create_task_group() as tasks:
+                    for job in (fast_calls, slow_calls, streams, failures, bursts):
+                        tasks.start_soon(job, pool, stop)
+                    if seconds is None:
+                        await anyio.sleep_forever()
+                    else:
+                        await anyio.sleep(seconds)
+                    stop.set()
+            finally:
+                status = pool.status()
+    except BaseException:
+        # Ctrl-C: the pool cancelled its calls and stopped; the summary is still worth seeing.
+        outcome = "interrupted"
+        raise
     finally:
         telemetry.detach("demo-dashboard")
         telemetry.detach("demo-status")
+        if status is not None:
+            summary(outcome, status, dashboard)
+
+
+def summary(outcome: str, status: PoolStatus, dashboard: Dashboard) -> None:
+    print(
+        f"\n{outcome}: {status.requests} requests, {status.completed} completed, "
+        f"{status.failed} failed, {status.rejected} rejected"
+    )
+    print("events seen:")
+    for name, count in sorted(dashboard.tally.items()):
+        print(f"  {name:<30} {count:>6}")
 
 
 def cli(argv: list[str] | None = None) -> None:

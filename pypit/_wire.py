@@ -28,7 +28,7 @@ import struct
 import threading
 import uuid
 from itertools import compress, repeat
-from typing import Annotated, Any, Final, TypeAlias
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import attrs
 import msgspec
@@ -54,6 +54,9 @@ class Call(_Message, tag=1):
     ``window`` is a stream's flow control: the worker may have at most that many chunks
     sent and not yet taken by the consumer (see :class:`Credit`). A stream with a window
     under 1 is refused (the call fails); calls that do not stream leave it at 0.
+    ``session_id`` is the caller's, which the tool reads with ``get_session_id()``.
+    Fields are added at the end, with a default, so that a Call framed before one of them
+    existed still decodes.
     """
 
     id: int
@@ -64,6 +67,7 @@ class Call(_Message, tag=1):
     stream: bool = False
     trace_context: dict[str, str] | None = None
     window: Annotated[int, msgspec.Meta(ge=0)] = 0
+    session_id: str | None = None
 
 
 class Cancel(_Message, tag=2):
@@ -221,8 +225,39 @@ class Ack(_Message, tag=30):
     seq: int
 
 
+class _Entry(msgspec.Struct, array_like=True, tag_field="t"):
+    pass
+
+
+class Line(_Entry, tag=1):
+    """A line the worker's code wrote to ``sys.stdout`` or ``sys.stderr`` (no newline)."""
+
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+class Record(_Entry, tag=2):
+    """A log record of the worker's code: its level (the stdlib's numbers: 10 debug ...
+    50 critical), its logger's name ("" for none), its message, and its fields."""
+
+    level: int
+    logger: str
+    message: str
+    fields: dict[str, str | int | float | bool | None] = {}
+
+
+class Output(_Message, tag=31):
+    """What the worker's code printed and logged, in the order it was written. ``dropped``
+    counts the entries lost because the worker's buffer was full."""
+
+    entries: list[Line | Record]
+    dropped: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
 ToWorker: TypeAlias = Call | Cancel | Ping | Shutdown | Configure | Credit
-FromWorker: TypeAlias = Hello | Ready | Failed | Result | Error | Chunk | End | Events | Pong | Ack
+FromWorker: TypeAlias = (
+    Hello | Ready | Failed | Result | Error | Chunk | End | Events | Output | Pong | Ack
+)
 
 
 # Bounded: a value's own __repr__ may build megabytes.

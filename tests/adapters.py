@@ -29,6 +29,7 @@ class Echo(Adapter):
 
     def setup(self) -> None:
         self.calls = 0
+        self.sessions: dict[str | None, Any] = {}
         # Calls of the occupancy tools: started so far, and in progress now (threads and
         # the loop thread alike).
         self.occupancy = threading.Lock()
@@ -51,6 +52,30 @@ class Echo(Adapter):
     @tool(description="Return the value WIRE_VALUES[kind] makes, built in the worker")
     def make(self, kind: str) -> Any:
         return WIRE_VALUES[kind]()
+
+    @tool(description="The call's session id, what this worker kept for it, and the pid")
+    def session_state(self, keep: Any = None) -> list[Any]:
+        from pypit.worker import get_session_id
+
+        session_id = get_session_id()
+        kept = self.sessions.get(session_id)
+        if keep is not None:
+            self.sessions[session_id] = keep
+        return [session_id, kept, os.getpid()]
+
+    @tool(description="The call's session id, from an async tool")
+    async def async_session_id(self) -> str | None:
+        from pypit.worker import get_session_id
+
+        await anyio.sleep(0)
+        return get_session_id()
+
+    @tool(description="Yield the call's session id `n` times")
+    def session_ids(self, n: int) -> Iterator[str | None]:
+        from pypit.worker import get_session_id
+
+        for _ in range(n):
+            yield get_session_id()
 
     @tool(description="Sleep, then return the seconds slept")
     def sleep(self, seconds: float) -> float:
@@ -616,18 +641,6 @@ class Instrumented(Adapter):
         seen.append(telemetry.get_correlation_id())
         return seen
 
-    @tool(description="Log one line at each level through structlog and the stdlib")
-    def log_levels(self, tag: str) -> None:
-        import logging
-
-        import structlog
-
-        logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(message)s")
-        structlog.get_logger().debug(f"structlog debug {tag}")
-        structlog.get_logger().info(f"structlog info {tag}")
-        logging.getLogger("adapter").debug(f"stdlib debug {tag}")
-        logging.getLogger("adapter").warning(f"stdlib warning {tag}")
-
     @tool(description="Crash")
     def die(self) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -635,6 +648,68 @@ class Instrumented(Adapter):
     @tool(description="pid")
     def pid(self) -> int:
         return os.getpid()
+
+
+class Logs(Adapter):
+    """Tools that log through the stdlib and structlog, and print, the way tools do."""
+
+    @tool(description="Log through a plain stdlib logger, at each level, with extra fields")
+    def stdlib(self, tag: str) -> None:
+        import logging
+
+        log = logging.getLogger("adapter.model")
+        log.debug("debug %s", tag)
+        log.info("loaded %s", tag, extra={"rows": 3, "shape": (2, 3)})
+        log.warning("warning %s", tag)
+        try:
+            raise ValueError("bad input")
+        except ValueError:
+            log.exception("failed %s", tag)
+
+    @tool(description="Log through structlog, at each level, with fields")
+    def structured(self, tag: str) -> None:
+        import structlog
+
+        log = structlog.get_logger("adapter.scoring")
+        log.debug("scoring", tag=tag)
+        log.info("scored", tag=tag, score=0.5)
+        structlog.get_logger().warning("nameless", tag=tag)
+
+    @tool(description="Print numbered lines to stdout, a line to stderr, and a line's start")
+    def print_lines(self, lines: int, tag: str, width: int = 0) -> int:
+        for i in range(lines):
+            print(f"{tag} {i}".ljust(width, "."))
+        print(f"{tag} done", file=sys.stderr)
+        sys.stdout.write(f"{tag} unfinished")
+        return lines
+
+    @tool(description="Configure structlog with a renderer of the adapter's own, and log")
+    def own_renderer(self, tag: str) -> None:
+        import structlog
+
+        structlog.configure(processors=[structlog.processors.KeyValueRenderer(sort_keys=True)])
+        structlog.get_logger("adapter.rendered").warning("rendered", tag=tag)
+
+    @tool(description="Write lines to file descriptors 1 and 2 directly, as C code does")
+    def write_fds(self, tag: str) -> None:
+        os.write(1, f"{tag} fd 1\n".encode())
+        os.write(2, f"{tag} fd 2\n".encode())
+
+    @tool(description="Fork a child that prints and logs, and wait for it")
+    def fork_and_log(self, tag: str) -> int:
+        import logging
+
+        child = os.fork()
+        if child == 0:
+            print(f"{tag} printed by the child")
+            logging.getLogger("child").warning(f"{tag} logged by the child")
+            sys.stdout.flush()
+            os._exit(0)
+        return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+
+    @tool(description="Print from an async tool, then return")
+    async def async_print_lines(self, lines: int, tag: str, width: int = 0) -> int:
+        return self.print_lines(lines, tag, width)
 
 
 class Traced(Echo):

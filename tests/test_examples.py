@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
 import pytest
 
 from examples import demo
 from pypit import telemetry
+
+ROOT = Path(__file__).parents[1]
 
 
 def test_demo_runs_a_pool_and_shows_status_and_events(capsys: pytest.CaptureFixture[str]) -> None:
@@ -22,3 +32,48 @@ def test_demo_runs_a_pool_and_shows_status_and_events(capsys: pytest.CaptureFixt
     for name in ("rpc.call.stop", "python.call.stop", "pool.saturated", "rpc.stream.closed"):
         assert name in tally
     assert telemetry.list_handlers() == []
+
+
+def test_ctrl_c_stops_the_demo_at_once_and_it_prints_its_summary() -> None:
+    """Ctrl-C ends `make demo --forever` within a few seconds: the pool cancels its calls
+    and stops its workers, and the demo prints its summary and tally before it exits."""
+    # As `make demo` runs it; SIGINT raises KeyboardInterrupt even if this test was started
+    # with it ignored (as a shell starts a job in the background).
+    code = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from examples import demo; demo.cli(['--forever'])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+        text=True,
+    ) as program:
+        workers: list[int] = []
+        try:
+            assert program.stdout is not None
+            for line in program.stdout:
+                if "is up" in line:
+                    break
+            workers = [child.pid for child in psutil.Process(program.pid).children()]
+            time.sleep(1.0)
+            interrupted = time.monotonic()
+            program.send_signal(signal.SIGINT)
+            out, err = program.communicate(timeout=30)
+            took = time.monotonic() - interrupted
+        finally:
+            program.kill()
+            for pid in workers:
+                if psutil.pid_exists(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+    assert took < 5.0
+    assert len(workers) == 2
+    assert not [pid for pid in workers if psutil.pid_exists(pid)]
+    assert program.returncode == 0, err
+    assert "\ninterrupted: " in out
+    tally = out.split("events seen:")[1]
+    assert "rpc.call.stop" in tally

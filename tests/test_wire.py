@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from pypit import SerializationError, _wire
@@ -260,3 +261,19 @@ def test_an_int_out_of_range_is_named_where_it_is_even_when_too_long_to_print() 
         _wire.encode(_wire.Result(1, [10**5000]))
     with pytest.raises(SerializationError, match="of type set: <set that cannot be shown>"):
         _wire.encode(_wire.Result(1, {10**5000}))
+
+
+def test_a_call_without_a_session_id_decodes() -> None:
+    """A Call frame written before calls carried a session id still decodes, with none."""
+    old = msgspec.msgpack.encode([1, 7, "echo", None, "cid", None, False, None, 0])
+    call = _wire.decode_to_worker(old)
+    assert isinstance(call, _wire.Call)
+    assert call.session_id is None
+
+
+def test_a_call_carries_its_session_id() -> None:
+    """The session id travels with the call."""
+    frame = _wire.encode(_wire.Call(7, "echo", None, "cid", session_id="user-42"))
+    call = _wire.decode_to_worker(frame[4:])
+    assert isinstance(call, _wire.Call)
+    assert call.session_id == "user-42"

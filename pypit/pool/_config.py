@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import attrs
 
-from pypit._log import check_level
+from pypit._log import check_category, check_level
 from pypit._wire import DEFAULT_MAX_FRAME_SIZE
 
 MIN_MAX_FRAME_SIZE = 65_536
@@ -83,7 +83,11 @@ def _env(value: Any) -> dict[str, str]:
 
 
 def _log_categories(value: Any) -> dict[str, str]:
-    return _str_mapping("log_categories", value)
+    categories = _str_mapping("log_categories", value)
+    for category, level in categories.items():
+        check_category(category)
+        check_level(level)
+    return categories
 
 
 def _adapter(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -221,8 +225,9 @@ class PoolConfig:
     (``MemoryError`` in Python code), whatever the call. Counts address space, not
     resident memory, so leave room for what the interpreter and libraries map."""
     affinity: Affinity = attrs.field(default="hint", validator=_affinity)
-    """What ``session_id`` means: ``hint`` prefers the session's worker, ``strict`` waits
-    for it, ``strict_fail_fast`` fails at once when it is busy."""
+    """What ``session_id`` means when the session's worker is busy: ``hint`` runs the call
+    on another worker (the session stays with its own), ``strict`` waits for it,
+    ``strict_fail_fast`` fails at once."""
     max_sessions: int = attrs.field(default=10_000, validator=_count(1))
     """Sessions remembered for affinity (least recently used are forgotten)."""
     telemetry_allow: tuple[str, ...] = attrs.field(
@@ -235,10 +240,11 @@ class PoolConfig:
     sample_interval: float = attrs.field(default=10.0, validator=_seconds(positive=False))
     """Period of python.memory.sampled and python.cpu.sampled in each worker; 0 disables."""
     log_level: str | None = attrs.field(default=None, validator=attrs.validators.optional(_level))
-    """pypit's log level in this process (debug, info, warning, error or none), and the
-    level the workers start with."""
+    """This pool's log level (debug, info, warning, error or none); None follows pypit's
+    process-wide level (info by default). Other pools keep their own."""
     log_categories: Mapping[str, str] = attrs.field(factory=dict, converter=_log_categories)
-    """Levels per category (``pool``, ``worker``, ``rpc``, ``telemetry``), over ``log_level``."""
+    """This pool's levels per category (``pool``, ``worker``, ``rpc``, ``telemetry``), over
+    ``log_level``. The ``worker`` level is also the level its workers start with."""
     python: str = attrs.field(default=sys.executable, validator=_text)
     """The interpreter that runs the workers."""
     env: Mapping[str, str] = attrs.field(factory=dict, converter=_env)

@@ -16,7 +16,7 @@ import anyio
 
 from pypit import _wire
 from pypit._errors import AcknowledgeTimeoutError, ProtocolError, UnknownWorkerError
-from pypit._log import check_level
+from pypit._log import LEVELS, Levels, _Logger, check_level, get_logger
 from pypit._shared import CATALOG_NAMES, DROP_REASONS, invalid_metadata, matches, valid_name
 from pypit.pool import _events
 from pypit.pool._config import PoolConfig
@@ -28,16 +28,20 @@ _MAX_DECISIONS = 10_000
 
 class Control:
     """Worker telemetry and log levels of one pool. ``workers`` lists the live handles,
-    ``worker_ids`` the name of each slot's worker."""
+    ``worker_ids`` the name of each slot's worker, ``levels`` the pool's log levels."""
 
     def __init__(
         self,
         config: PoolConfig,
         workers: Callable[[], Iterable[WorkerHandle | None]],
         worker_ids: list[str],
+        levels: Levels | None = None,
     ) -> None:
         self._config = config
         self._name = config.name
+        self._worker_log = get_logger("worker", levels, pool_name=config.name)
+        # The level workers start with: the pool's for the worker category.
+        self._start_level = config.log_categories.get("worker", config.log_level)
         self._workers = workers
         self._worker_ids = worker_ids
         self._generation = -1
@@ -64,7 +68,7 @@ class Control:
             sampling_rate=settings["sampling_rate"],
             allow=list(settings["allow"]),
             deny=list(settings["deny"]),
-            log_level=settings.get("log_level", self._config.log_level),
+            log_level=settings.get("log_level", self._start_level),
             sample_interval=self._config.sample_interval,
         )
 
@@ -136,6 +140,18 @@ class Control:
                 f"pool {self._name!r} has no worker {worker_id!r}; its workers are {known}"
             )
 
+    def worker_log(self, worker_id: str, pid: int) -> _Logger:
+        """The logger of the records of ``worker_id`` (process ``pid``): at the level set for
+        that worker, if one was, since the worker's own records are filtered at it too."""
+        log = self._worker_log.bind(worker_id=worker_id, worker_pid=pid)
+        level = self._per_worker.get(worker_id, {}).get("log_level")
+        return log if level is None else log.with_threshold(LEVELS[level])
+
+    def _relevel(self, worker_id: str) -> None:
+        for worker in self._workers():
+            if worker is not None and worker.worker_id == worker_id:
+                worker.log = self.worker_log(worker_id, worker.pid)
+
     # -- the public operations ---------------------------------------------------------------
 
     async def configure_telemetry(
@@ -175,12 +191,14 @@ class Control:
         check_level(level)
         self._check_worker(worker_id)
         self._per_worker.setdefault(worker_id, {})["log_level"] = level
+        self._relevel(worker_id)
         await self._apply(worker_id, timeout)
 
     async def reset_worker_level(self, worker_id: str, timeout: float) -> None:
         """See :meth:`Pool.reset_worker_level`."""
         self._check_worker(worker_id)
         self._per_worker.get(worker_id, {}).pop("log_level", None)
+        self._relevel(worker_id)
         await self._apply(worker_id, timeout)
 
     # -- what workers ship ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -38,7 +39,7 @@ from pypit._errors import (
     WorkerCrashedError,
     WorkerStartError,
 )
-from pypit._log import get_logger, set_levels
+from pypit._log import Levels, get_logger
 from pypit._shared import correlation_id_var
 from pypit.pool import _events
 from pypit.pool._channel import Server, signal_factory
@@ -48,11 +49,11 @@ from pypit.pool._request import Request
 from pypit.pool._scheduler import Limits, Scheduler, SessionInfo
 from pypit.pool._stream import Stream
 from pypit.pool._supervisor import Supervisor, ToolDescription
+from pypit.pool._tasks import PoolTasks
 from pypit.pool._worker import WorkerHandle
 
 __all__ = ["Pool", "PoolStatus", "SessionInfo", "ToolDescription", "open_pool"]
 
-_log = get_logger("pool")
 _request_ids = itertools.count(1)
 
 # How long a caller whose call waits in a worker waits for the worker to confirm that it
@@ -108,6 +109,8 @@ class Pool:
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
         self.name = config.name
+        levels = Levels(config.log_level, config.log_categories)
+        self._log = get_logger("pool", levels, pool_name=config.name)
         self._scheduler: Scheduler[WorkerHandle] = Scheduler(
             config.name,
             config.size,
@@ -119,15 +122,15 @@ class Pool:
                 max_sessions=config.max_sessions,
                 max_frame_size=config.max_frame_size,
             ),
+            log=self._log,
         )
         self._counters = self._scheduler.counters
         worker_ids = [f"{config.name}_worker_{i + 1}" for i in range(config.size)]
-        self._control = Control(config, lambda: self._scheduler.workers, worker_ids)
-        self._supervisor = Supervisor(config, self._scheduler, self._control)
+        self._control = Control(config, lambda: self._scheduler.workers, worker_ids, levels)
+        self._supervisor = Supervisor(config, self._scheduler, self._control, self._log)
         self._closed = False
         self._directory = ""
         self._socket_path = ""
-        self._task_group: anyio.abc.TaskGroup | None = None
         self._signal: Callable[[], Any] = anyio.Event
 
     # -- calls ---------------------------------------------------------------------------
@@ -176,9 +179,8 @@ class Pool:
         try:
             return await self._call(request, affinity, None)
         except WorkerCrashedError as crash:
-            _log.warning(
+            self._log.warning(
                 "retrying an idempotent call on another worker after a crash",
-                pool_name=self.name,
                 command=command,
                 worker_id=crash.worker_id,
             )
@@ -330,10 +332,11 @@ class Pool:
     def session(self, session_id: str) -> SessionInfo | None:
         """Where ``session_id`` lives: its worker, and how often it had to move.
 
-        ``rehomed`` counts the times the session's calls went to a different
-        worker process than the one before (its worker died or, with
-        ``affinity="hint"``, was busy): state the worker kept for the session
-        was not there.
+        ``calls`` counts the calls made with the session, wherever they ran;
+        ``rehomed`` counts the times the session moved to another worker
+        process because its own was gone (it died, or was recycled): state the
+        worker kept for the session was lost. A call that ran on another worker
+        while the session's was busy (``affinity="hint"``) does not move it.
         """
         return self._scheduler.session(session_id, self._supervisor.worker_ids())
 
@@ -374,6 +377,7 @@ class Pool:
         request_id = next(_request_ids)
         correlation_id = correlation_id or correlation_id_var.get() or _new_correlation_id()
         message = _wire.Call(request_id, command, args, correlation_id, timeout, stream)
+        message.session_id = session_id
         if stream:
             message.window = self.config.stream_window
         frame = _wire.encode(message, self.config.max_frame_size)
@@ -434,12 +438,13 @@ class Pool:
 
     async def set_worker_level(self, worker_id: str, level: str, *, timeout: float = 5.0) -> None:
         """Set the log level inside ``worker_id``'s process (its stdlib logging and
-        structlog), live; it survives restarts of that worker."""
+        structlog), live; the pool logs that worker's records at it too. It survives
+        restarts of that worker."""
         await self._control.set_worker_level(worker_id, level, timeout)
 
     async def reset_worker_level(self, worker_id: str, *, timeout: float = 5.0) -> None:
-        """Give ``worker_id`` back the pool's ``log_level`` (or, without one, the level the
-        worker started with)."""
+        """Give ``worker_id`` back the pool's level for the ``worker`` category (or, without
+        one, the level the worker started with)."""
         await self._control.reset_worker_level(worker_id, timeout)
 
     async def recycle_worker(self, worker_id: str) -> None:
@@ -456,16 +461,15 @@ class Pool:
 
     # -- opening and closing ---------------------------------------------------------
 
-    async def _open(self, task_group: anyio.abc.TaskGroup) -> None:
+    async def _open(self, tasks: PoolTasks) -> None:
         started = time.monotonic_ns()
-        self._task_group = task_group
         self._signal = signal_factory()
         self._directory = tempfile.mkdtemp(prefix="pypit-")
         self._socket_path = os.path.join(self._directory, "pool.sock")
         server = Server(self._supervisor.on_greeting, self.config.max_frame_size)
-        await task_group.start(server.serve, self._socket_path)
+        await tasks.start(server.serve, self._socket_path)
         os.chmod(self._socket_path, 0o600)
-        ready = await self._supervisor.start(task_group, self._socket_path)
+        ready = await self._supervisor.start(tasks, self._socket_path)
         _events.emit(
             _events.INITIALIZED,
             {
@@ -482,7 +486,7 @@ class Pool:
                 self._supervisor.failures(),
             )
         if self.config.status_interval:
-            task_group.start_soon(self._emit_status_periodically)
+            tasks.start_soon(self._emit_status_periodically)
 
     async def _emit_status_periodically(self) -> None:
         while True:
@@ -491,16 +495,53 @@ class Pool:
 
     async def aclose(self) -> None:
         """Stop taking calls, drain those in flight, stop every worker."""
+        await self._close()
+
+    async def _close(self, interrupted: BaseException | None = None) -> None:
+        """Stop taking calls and stop every worker. Calls in flight drain first, for up to
+        ``shutdown_timeout``, unless the pool's block was ``interrupted`` (left by an
+        exception or a cancellation, Ctrl-C included): then they are cancelled at once, as
+        their callers are gone or going, and the workers stop within ``stop_grace``."""
         if self._closed:
             return
         self._closed = self._scheduler.closed = True
         self._scheduler.fail_queue(self._scheduler.closed_error)
-        # Calls waiting in a worker are withdrawn too; those already started drain.
-        self._scheduler.withdraw_waiting()
-        with anyio.move_on_after(self.config.shutdown_timeout):
-            while any(w is not None and w.pending for w in self._scheduler.workers):
-                await anyio.sleep(0.005)
+        if interrupted is not None:
+            reason = type(interrupted).__name__
+            cancelled = self._scheduler.cancel_in_flight(
+                lambda: PoolClosedError(f"pool {self.name!r} stopped ({reason}): call cancelled")
+            )
+            if cancelled:
+                self._log.info(
+                    f"stopping: cancelling {cancelled} call{'' if cancelled == 1 else 's'}",
+                    calls=cancelled,
+                    reason=reason,
+                )
+        else:
+            # Calls waiting in a worker are withdrawn; those already started drain.
+            self._scheduler.withdraw_waiting()
+            if running := self._scheduler.in_flight():
+                self._log.info(
+                    f"stopping: waiting for {running} call{'' if running == 1 else 's'} "
+                    f"(shutdown_timeout={self.config.shutdown_timeout:g}s)",
+                    calls=running,
+                )
+            with anyio.move_on_after(self.config.shutdown_timeout):
+                while any(w is not None and w.pending for w in self._scheduler.workers):
+                    await anyio.sleep(0.005)
         self._supervisor.stop()
+
+    def _kill(self) -> None:
+        """Kill every worker now (the pool was interrupted again while it stopped): the stop
+        under way ends as soon as they are reaped."""
+        workers = [w for w in self._scheduler.workers if w is not None]
+        self._log.warning(
+            f"stopping now: killing {len(workers)} worker{'' if len(workers) == 1 else 's'}",
+            workers=len(workers),
+        )
+        self._supervisor.stop()
+        for worker in workers:
+            worker.kill_group(signal.SIGKILL)
 
     async def _stopped(self) -> None:
         """Wait until every worker process is reaped (bounded by the stop's own bounds)."""
@@ -525,26 +566,32 @@ async def open_pool(
 
     The pool is ready when the block starts (every worker ready or failed;
     at least one ready, else :class:`~pypit.WorkerStartError`). Leaving the
-    block drains calls in flight, stops the workers and reaps them. Other
+    block normally drains calls in flight (for up to ``shutdown_timeout``),
+    stops the workers and reaps them. Leaving it by an exception or a
+    cancellation (Ctrl-C included) cancels the calls in flight instead of
+    waiting for them, and stops the workers within ``stop_grace``. Other
     options are the fields of :class:`PoolConfig`.
     """
     settings: dict[str, Any] = {"adapter": adapter, "name": name, **options}
     if size is not None:
         settings["size"] = size
     config = PoolConfig(**settings)
-    if config.log_level is not None or config.log_categories:
-        set_levels(config.log_level, config.log_categories)
     pool = Pool(config)
     try:
         async with anyio.create_task_group() as task_group:
+            tasks = PoolTasks(task_group)
+            interrupted: BaseException | None = None
             try:
-                await pool._open(task_group)
+                await pool._open(tasks)
                 yield pool
+            except BaseException as exc:
+                interrupted = exc
+                raise
             finally:
                 with anyio.CancelScope(shield=True):
-                    await pool.aclose()
+                    await pool._close(interrupted)
                     await pool._stopped()
-                task_group.cancel_scope.cancel()
+                tasks.end()
     except BaseExceptionGroup as group:
         # The pool's own tasks never raise, so a group holds the one error of
         # the caller's block (or of opening): raise it as the caller wrote it.

@@ -10,19 +10,17 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from pypit._log import get_logger
 from pypit.pool import _events
 
 if TYPE_CHECKING:
+    from pypit._log import _Logger
     from pypit.pool._supervisor import Slot
     from pypit.pool._worker import WorkerHandle
 
-_log = get_logger("pool")
 
-
-def fields(pool_name: str, handle: WorkerHandle) -> dict[str, Any]:
-    """The fields every record about a worker carries."""
-    return {"pool_name": pool_name, "worker_id": handle.worker_id, "worker_pid": handle.pid}
+def fields(handle: WorkerHandle) -> dict[str, Any]:
+    """The fields every record about a worker carries (the pool's logger has its name)."""
+    return {"worker_id": handle.worker_id, "worker_pid": handle.pid}
 
 
 def spawn_started(pool_name: str, worker_id: str, reason: str) -> None:
@@ -69,12 +67,11 @@ def spawn_failed(
         )
 
 
-def exec_failed(pool_name: str, worker_id: str, started: int, failure: str) -> None:
+def exec_failed(log: _Logger, pool_name: str, worker_id: str, started: int, failure: str) -> None:
     """The interpreter could not even be run."""
     spawn_failed(pool_name, worker_id, started, "exec_failed", None)
-    _log.error(
+    log.error(
         "worker failed to start",
-        pool_name=pool_name,
         worker_id=worker_id,
         reason="exec_failed",
         error=failure,
@@ -82,6 +79,7 @@ def exec_failed(pool_name: str, worker_id: str, started: int, failure: str) -> N
 
 
 def failed_to_start(
+    log: _Logger,
     pool_name: str,
     slot: Slot,
     handle: WorkerHandle,
@@ -107,12 +105,12 @@ def failed_to_start(
     spawn_failed(pool_name, handle.worker_id, handle.spawn_started, reason, returncode)
     if closing:
         # The pool stopped this start: nothing failed.
-        _log.info("worker start abandoned: the pool is closing", **fields(pool_name, handle))
+        log.info("worker start abandoned: the pool is closing", **fields(handle))
         return
     traceback = handle.failure.traceback if handle.failure else "\n".join(early)
-    _log.error(
+    log.error(
         "worker failed to start",
-        **fields(pool_name, handle),
+        **fields(handle),
         reason=reason,
         error=slot.failure,
         exit_code=returncode,
@@ -136,7 +134,7 @@ def restarted(pool_name: str, slot: Slot, handle: WorkerHandle) -> None:
 
 
 def terminated(
-    pool_name: str, handle: WorkerHandle, returncode: int | None, *, closing: bool
+    log: _Logger, pool_name: str, handle: WorkerHandle, returncode: int | None, *, closing: bool
 ) -> None:
     """A worker that was ready ended: recycled, terminated, and a warning if unplanned."""
     handle.connection_lost()
@@ -171,46 +169,44 @@ def terminated(
             },
         )
     if not handle.closing and not closing:
-        _log.warning(
+        log.warning(
             "worker terminated unexpectedly; restarting",
-            **fields(pool_name, handle),
+            **fields(handle),
             exit_code=returncode,
             reason=reason,
         )
 
 
-def reconnected(pool_name: str, handle: WorkerHandle) -> None:
+def reconnected(log: _Logger, pool_name: str, handle: WorkerHandle) -> None:
     _events.emit(
         _events.RECONNECTED,
         {"downtime": time.monotonic_ns() - handle.lost_at},
         {"pool_name": pool_name, "worker_id": handle.worker_id, "python_pid": handle.pid},
     )
-    _log.info("worker reconnected", **fields(pool_name, handle))
+    log.info("worker reconnected", **fields(handle))
 
 
-def slot_degraded(pool_name: str, slot: Slot) -> None:
+def slot_degraded(log: _Logger, pool_name: str, slot: Slot) -> None:
     _events.emit(
         _events.SLOT_DEGRADED,
         {"failed_starts": slot.failed_starts, "system_time": time.time_ns()},
         {"pool_name": pool_name, "worker_id": slot.worker_id, "reason": slot.failure},
     )
-    _log.error(
+    log.error(
         "worker slot degraded: its starts fail; retrying with back-off",
-        pool_name=pool_name,
         worker_id=slot.worker_id,
         reason=slot.failure,
     )
 
 
-def slot_recovered(pool_name: str, slot: Slot, handle: WorkerHandle) -> None:
+def slot_recovered(log: _Logger, pool_name: str, slot: Slot, handle: WorkerHandle) -> None:
     _events.emit(
         _events.SLOT_RECOVERED,
         {"downtime": time.monotonic_ns() - slot.down_at, "failed_starts": slot.failed_starts},
         {"pool_name": pool_name, "worker_id": slot.worker_id, "worker_pid": handle.pid},
     )
-    _log.info(
+    log.info(
         "worker slot recovered",
-        pool_name=pool_name,
         worker_id=slot.worker_id,
         failed_starts=slot.failed_starts,
     )

@@ -34,11 +34,9 @@ from pypit._errors import (
     SessionUnavailableError,
     WorkerTimeoutError,
 )
-from pypit._log import get_logger
+from pypit._log import _Logger, get_logger
 from pypit.pool import _events
 from pypit.pool._request import Request, Worker
-
-_log = get_logger("pool")
 
 W = TypeVar("W", bound=Worker)
 
@@ -90,7 +88,7 @@ class Scheduler(Generic[W]):
 
     ``workers`` has one entry per slot (None while the slot has no worker);
     the supervisor fills it. ``clock`` is the event loop's clock (seconds),
-    the one deadlines are measured on.
+    the one deadlines are measured on; ``log`` is the pool's logger.
     """
 
     def __init__(
@@ -99,8 +97,10 @@ class Scheduler(Generic[W]):
         size: int,
         limits: Limits,
         clock: Callable[[], float] = anyio.current_time,
+        log: _Logger | None = None,
     ) -> None:
         self.pool_name = pool_name
+        self._log = log if log is not None else get_logger("pool", pool_name=pool_name)
         self.limits = limits
         self.clock = clock
         self.workers: list[W | None] = [None] * size
@@ -441,6 +441,21 @@ class Scheduler(Generic[W]):
             request.target = None
             request.fail(error())
 
+    def cancel_in_flight(self, error: Callable[[], BaseException]) -> int:
+        """Tell each worker to cancel every call it holds, started or not, and fail those
+        whose callers still wait with ``error`` (the pool stops at once); how many calls
+        that is."""
+        cancelled = 0
+        for worker in self.workers:
+            if worker is not None:
+                for request in list(worker.pending.values()):
+                    if not request.abandoned:
+                        request.abandoned = True
+                        request.fail(error())
+                    worker.cancel(request.request_id)
+                    cancelled += 1
+        return cancelled
+
     def withdraw_waiting(self) -> None:
         """Tell each worker to drop the calls that wait in it (the pool closes)."""
         for worker in self.workers:
@@ -491,24 +506,30 @@ class Scheduler(Generic[W]):
         return worker
 
     def _remember_session(self, session_id: str, worker: W) -> None:
+        """A call of the session went to ``worker``: a new session lives there from now on,
+        and a session whose worker is gone moves there. A session whose worker lives stays
+        with it, whoever ran this call (with ``hint``, another worker when its own was
+        busy): its state is where it was."""
         session = self._sessions.get(session_id)
         if session is None:
             self._sessions[session_id] = _Session(worker.slot, worker.pid)
             if len(self._sessions) > self.limits.max_sessions:
                 self._sessions.popitem(last=False)
             return
-        if session.worker_pid != worker.pid:
+        session.calls += 1
+        if session.worker_pid == worker.pid:
+            return
+        home = self.workers[session.slot]
+        if home is None or home.pid != session.worker_pid:
             session.rehomed += 1
-            _log.info(
+            self._log.info(
                 "session re-homed",
-                pool_name=self.pool_name,
                 session_id=session_id,
                 worker_id=worker.worker_id,
                 previous_pid=session.worker_pid,
                 worker_pid=worker.pid,
             )
             session.slot, session.worker_pid = worker.slot, worker.pid
-        session.calls += 1
 
     def session(self, session_id: str, worker_ids: list[str]) -> SessionInfo | None:
         """Where ``session_id`` lives (``worker_ids`` names each slot's worker)."""

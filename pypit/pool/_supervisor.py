@@ -31,16 +31,15 @@ from pypit._errors import (
     UnknownWorkerError,
     WorkerStartError,
 )
-from pypit._log import get_logger
+from pypit._log import _Logger
 from pypit.pool import _reports
 from pypit.pool._channel import Connection
 from pypit.pool._config import PoolConfig
 from pypit.pool._control import Control
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Scheduler
+from pypit.pool._tasks import PoolTasks
 from pypit.pool._worker import WorkerHandle, crash_error
-
-_log = get_logger("pool")
 
 _EXIT_GRACE: Final = 0.2
 
@@ -87,9 +86,14 @@ class Supervisor:
     """The slots of one pool and their workers."""
 
     def __init__(
-        self, config: PoolConfig, scheduler: Scheduler[WorkerHandle], control: Control
+        self,
+        config: PoolConfig,
+        scheduler: Scheduler[WorkerHandle],
+        control: Control,
+        log: _Logger,
     ) -> None:
         self.config = config
+        self.log = log
         self.name = config.name
         self.scheduler = scheduler
         self.control = control
@@ -97,7 +101,7 @@ class Supervisor:
         self.tools: dict[str, ToolDescription] = {}
         self.closed = False
         self.socket_path = ""
-        self.task_group: anyio.abc.TaskGroup | None = None
+        self.tasks: PoolTasks | None = None
         self._expected: dict[str, _Greeting] = {}
         self._reconnecting: dict[str, WorkerHandle] = {}
         self._startup_reports = 0
@@ -123,13 +127,13 @@ class Supervisor:
     def degraded(self) -> bool:
         return any(slot.down for slot in self.slots)
 
-    async def start(self, task_group: anyio.abc.TaskGroup, socket_path: str) -> int:
+    async def start(self, tasks: PoolTasks, socket_path: str) -> int:
         """Start every slot; return once each worker is ready or failed its first start,
         with the number ready."""
-        self.task_group = task_group
+        self.tasks = tasks
         self.socket_path = socket_path
         for slot in self.slots:
-            task_group.start_soon(self._serve_slot, slot)
+            tasks.start_soon(self._serve_slot, slot)
         await self._startup_done.wait()
         return self.ready_count()
 
@@ -208,7 +212,7 @@ class Supervisor:
         if not slot.down:
             slot.down = True
             slot.down_at = time.monotonic_ns()
-            _reports.slot_degraded(self.name, slot)
+            _reports.slot_degraded(self.log, self.name, slot)
             if all(other.down for other in self.slots):
                 # Nothing can serve what waits, nor what comes, until a start succeeds.
                 self.scheduler.degraded = self._degraded_error
@@ -222,7 +226,7 @@ class Supervisor:
         if slot.down:
             slot.down = False
             self.scheduler.degraded = None
-            _reports.slot_recovered(self.name, slot, handle)
+            _reports.slot_recovered(self.log, self.name, slot, handle)
         slot.failed_starts = 0
 
     def _degraded_error(self) -> PoolDegradedError:
@@ -286,7 +290,7 @@ class Supervisor:
             os.close(token_reader)
             del self._expected[token]
             slot.failure = f"exec_failed: {exc}"
-            _reports.exec_failed(self.name, worker_id, started, slot.failure)
+            _reports.exec_failed(self.log, self.name, worker_id, started, slot.failure)
             return None
         os.close(token_reader)
         greeting.pid = process.pid
@@ -298,6 +302,7 @@ class Supervisor:
             max_frame_size=self.config.max_frame_size,
             on_release=self._released,
             on_events=self.control.on_events,
+            log=self.control.worker_log(worker_id, process.pid),
             cancel_grace=self.config.cancel_grace,
             spawn_started=started,
             slot=slot.index,
@@ -363,9 +368,10 @@ class Supervisor:
         closing = handle.closing
         handle.fail_pending(crash_error(handle, returncode, closing and self.closed))
         if ready:
-            _reports.terminated(self.name, handle, returncode, closing=self.closed)
+            _reports.terminated(self.log, self.name, handle, returncode, closing=self.closed)
         else:
             _reports.failed_to_start(
+                self.log,
                 self.name,
                 slot,
                 handle,
@@ -408,17 +414,16 @@ class Supervisor:
         handle.accepting = False
         if not handle.rss_bytes:
             handle.measure_rss()
-        _log.info(
+        self.log.info(
             "recycling worker",
-            pool_name=self.name,
             worker_id=handle.worker_id,
             worker_pid=handle.pid,
             reason=reason,
         )
         if not handle.in_flight:
             handle.request_stop()
-        elif self.task_group is not None:
-            self.task_group.start_soon(self._bound_drain, handle)
+        elif self.tasks is not None:
+            self.tasks.start_soon(self._bound_drain, handle)
 
     async def _bound_drain(self, handle: WorkerHandle) -> None:
         await anyio.sleep(self.config.shutdown_timeout)
@@ -538,7 +543,7 @@ class Supervisor:
         return False
 
     def _refuse(self) -> bool:
-        _log.warning("refused a connection to the pool's socket", pool_name=self.name)
+        self.log.warning("refused a connection to the pool's socket")
         return False
 
     def on_greeting(self, connection: Connection, payload: bytes) -> bool:
@@ -559,7 +564,7 @@ class Supervisor:
             )
             # It accepts calls again: whatever waited for it goes now.
             self.scheduler.dispatch()
-            _reports.reconnected(self.name, handle)
+            _reports.reconnected(self.log, self.name, handle)
             return True
         greeting = self._expected.get(hello.token)
         if (

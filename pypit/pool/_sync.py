@@ -1,11 +1,19 @@
-"""``start_pool``: the pool for synchronous code, on a background event-loop thread."""
+"""``start_pool``: the pool for synchronous code, on a background event-loop thread.
+
+Ctrl-C works as in async code. KeyboardInterrupt raised in a thread waiting for
+the pool (Python raises it in the main thread) cancels that thread's call on
+the pool's loop, as a cancelled task's call is cancelled; leaving the pool's
+block with it cancels the calls in flight and stops the workers (see
+:func:`~pypit.pool.open_pool`). A second Ctrl-C while the pool stops kills the
+workers, and the block is left at once.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -23,13 +31,20 @@ def _on_loop(
     portal: anyio.from_thread.BlockingPortal, func: Callable[..., Awaitable[T]], *args: Any
 ) -> T:
     """Run ``func`` on the pool's loop and wait for it; ``PoolClosedError`` once the pool
-    closed (its loop thread is gone)."""
+    closed (its loop thread is gone). If the wait is interrupted (KeyboardInterrupt), the
+    task on the loop is cancelled."""
     try:
-        return portal.call(func, *args)
+        future = portal.start_task_soon(func, *args)
     except RuntimeError as exc:
         if "portal is not running" not in str(exc):
             raise
         raise PoolClosedError("the pool is closed: its event loop thread has stopped") from None
+    try:
+        return future.result()
+    except BaseException:
+        if not future.done():
+            future.cancel()
+        raise
 
 
 class SyncStream:
@@ -204,12 +219,35 @@ def start_pool(
     """Open a pool on a background event-loop thread, for synchronous code.
 
     Takes the arguments of :func:`~pypit.pool.open_pool`, plus ``backend``
-    (``"asyncio"`` or ``"trio"``) for the loop thread.
+    (``"asyncio"`` or ``"trio"``) for the loop thread. Leaving the block as
+    ``open_pool``'s: normally, calls in flight drain; by an exception (Ctrl-C
+    included), they are cancelled. Ctrl-C while the pool stops kills its
+    workers, and the block is left at once.
     """
-    with (
-        anyio.from_thread.start_blocking_portal(backend) as portal,
-        portal.wrap_async_context_manager(
+    with anyio.from_thread.start_blocking_portal(backend) as portal:
+        opened = portal.wrap_async_context_manager(
             open_pool(adapter, size=size, name=name, **options)
-        ) as pool,
-    ):
-        yield SyncPool(pool, portal)
+        )
+        pool = opened.__enter__()
+        try:
+            yield SyncPool(pool, portal)
+        except BaseException as exc:
+            _leave(opened, portal, pool, exc)
+            raise
+        _leave(opened, portal, pool, None)
+
+
+def _leave(
+    opened: AbstractContextManager[Pool],
+    portal: anyio.from_thread.BlockingPortal,
+    pool: Pool,
+    exc: BaseException | None,
+) -> None:
+    """Leave the pool's block; if Ctrl-C interrupts the wait, kill the workers (the pool's
+    loop reaps them in a moment) and raise it at once."""
+    try:
+        opened.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+    except KeyboardInterrupt:
+        with contextlib.suppress(RuntimeError):
+            portal.call(pool._kill)
+        raise

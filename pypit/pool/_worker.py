@@ -1,9 +1,12 @@
 """One worker process as the pool sees it: its process, its channel, its calls.
 
 Frames from the worker arrive in :meth:`WorkerHandle.on_frame` and settle the
-calls in flight; two drains turn the worker's stdout and stderr into log
-records. Nothing the worker sends is trusted: a malformed frame ends the
-worker, never the pool.
+calls in flight. What the worker's code logs and prints arrives on the channel
+too (``Output``), ahead of the answer of the call that produced it, and becomes
+the pool's records; two drains turn what reaches the worker's stdout and stderr
+pipes (C code, child processes, and everything before the worker is ready)
+into records, line by line. Nothing the worker sends is trusted: a malformed
+frame ends the worker, never the pool.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import anyio
 import anyio.abc
@@ -33,15 +36,19 @@ from pypit._errors import (
     UnknownCommandError,
     WorkerCrashedError,
 )
-from pypit._log import get_logger
+from pypit._log import _Logger, get_logger
 from pypit._proctree import kill_tree
 from pypit.pool._channel import Connection
 from pypit.pool._events import CONNECTION_ESTABLISHED, CONNECTION_LOST, emit, listened
 from pypit.pool._request import Request
 
-_log = get_logger("worker")
-
 _MAX_LOG_LINE: Final = 65_536
+# Fields of a worker's record that only the pool sets, or that would change how the pool's
+# own logging reads the record.
+_RESERVED: Final = frozenset(
+    {"event", "category", "logger", "pool_name", "worker_id", "worker_pid"}
+    | {"exc_info", "stack_info"}
+)
 _STDERR_TAIL: Final = 20
 _EARLY_LINES: Final = 1000
 
@@ -113,6 +120,19 @@ class WorkerHandle:
     changed: anyio.Event = attrs.field(factory=anyio.Event)
     closing: bool = False
     """Asked to stop: it finishes its calls and exits."""
+    log: _Logger = attrs.field(
+        default=attrs.Factory(
+            lambda self: get_logger(
+                "worker",
+                pool_name=self.pool_name,
+                worker_id=self.worker_id,
+                worker_pid=self.process.pid,
+            ),
+            takes_self=True,
+        )
+    )
+    """The logger of this worker's records, with its pool's and its own ids: at the pool's
+    levels, or at the worker's own once it was set."""
 
     def __attrs_post_init__(self) -> None:
         self.pid = self.process.pid
@@ -164,12 +184,7 @@ class WorkerHandle:
         self.lost_reason = self.lost_reason or reason
         self.accepting = False
         if reason == "protocol_error":
-            _log.error(
-                "worker broke the protocol; it is being replaced",
-                pool_name=self.pool_name,
-                worker_id=self.worker_id,
-                worker_pid=self.pid,
-            )
+            self.log.error("worker broke the protocol; it is being replaced")
         self.changed.set()
 
     def on_frame(self, payload: bytes) -> None:
@@ -207,6 +222,8 @@ class WorkerHandle:
                     pending.end()
             case _wire.Events():
                 self.on_events(self, message)
+            case _wire.Output():
+                self.on_output(message)
             case _wire.Ready():
                 if self.ready:
                     raise ProtocolError("a second Ready")
@@ -263,11 +280,35 @@ class WorkerHandle:
 
     # -- output ----------------------------------------------------------------
 
+    def on_output(self, output: _wire.Output) -> None:
+        """Log what the worker's code printed and logged, in the order it was written."""
+        for entry in output.entries:
+            if isinstance(entry, _wire.Line):
+                self._log_line(entry.stream, entry.text)
+            else:
+                self._log_record(entry)
+        if output.dropped:
+            self.log.warning(
+                "worker output lost: the worker's buffer was full",
+                lost=output.dropped,
+            )
+
+    def _log_record(self, record: _wire.Record) -> None:
+        """A record of the worker's code, at its level, with its logger's name and fields;
+        the keys the pool sets are the pool's."""
+        fields = {
+            key: value
+            for key, value in record.fields.items()
+            if key not in _RESERVED and not key.startswith("_")
+        }
+        if record.logger:
+            fields["logger"] = record.logger
+        self.log.log(record.level, record.message, **fields)
+
     async def drain_output(self, stream: anyio.abc.ByteReceiveStream | None, name: str) -> None:
-        """Log each line the worker writes to ``name`` (stdout or stderr)."""
+        """Log each line that reaches the worker's ``name`` pipe (stdout or stderr)."""
         if stream is None:
             return
-        log = _log.info if name == "stdout" else _log.warning
         buffer = b""
         try:
             async for data in stream:
@@ -277,14 +318,14 @@ class WorkerHandle:
                     lines.append(buffer)
                     buffer = b""
                 for raw in lines:
-                    self._log_line(log, name, raw)
+                    self._log_line(name, raw.decode("utf-8", "replace").rstrip("\r"))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         if buffer:
-            self._log_line(log, name, buffer)
+            self._log_line(name, buffer.decode("utf-8", "replace").rstrip("\r"))
 
-    def _log_line(self, log: Callable[..., Any], name: str, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace").rstrip("\r")
+    def _log_line(self, name: str, line: str) -> None:
+        """One line of the worker's stdout (logged at info) or stderr (at warning)."""
         if name == "stderr":
             self.stderr_tail.append(line)
             if not self.ready and len(self.early_stderr) < _EARLY_LINES:
@@ -292,25 +333,14 @@ class WorkerHandle:
                 # once, in its own record; a start that succeeds logs it then.
                 self.early_stderr.append(line)
                 return
-        log(
-            line,
-            stream=name,
-            pool_name=self.pool_name,
-            worker_id=self.worker_id,
-            worker_pid=self.pid,
-        )
+        log = self.log.info if name == "stdout" else self.log.warning
+        log(line, stream=name)
 
     def log_early_stderr(self) -> None:
         """Log what the worker wrote to stderr while it started (its start succeeded)."""
         early, self.early_stderr = self.early_stderr, []
         for line in early:
-            _log.warning(
-                line,
-                stream="stderr",
-                pool_name=self.pool_name,
-                worker_id=self.worker_id,
-                worker_pid=self.pid,
-            )
+            self.log.warning(line, stream="stderr")
 
     # -- stopping --------------------------------------------------------------
 
@@ -351,13 +381,7 @@ class WorkerHandle:
         if self.kill_reason is None and not self.closing:
             self.kill_reason = reason
             self.accepting = False
-            _log.warning(
-                "killing worker",
-                pool_name=self.pool_name,
-                worker_id=self.worker_id,
-                worker_pid=self.pid,
-                reason=reason,
-            )
+            self.log.warning("killing worker", reason=reason)
             self.kill_group(signal.SIGKILL)
             self.changed.set()
 

@@ -5,11 +5,32 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, Final, NamedTuple, TypeVar, overload
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MARK: Final = "__pypit_tool__"
+
+session_id_var: ContextVar[str | None] = ContextVar("pypit_session_id", default=None)
+"""The session id of the call being served, set by the worker around each call."""
+
+
+def get_session_id() -> str | None:
+    """The ``session_id`` the call being served was made with (None without one).
+
+    Set around each call, as its correlation id is: threads a tool starts with a copied
+    context (``contextvars.copy_context().run``) see it too. Key per-session state on it::
+
+        @tool(description="Chat")
+        def chat(self, message: str) -> str:
+            history = self.histories.setdefault(get_session_id(), [])
+            ...
+
+    The pool sends a session's calls to the worker that keeps its state while that worker
+    lives (see ``affinity``); a call run elsewhere, or after the worker died, finds none.
+    """
+    return session_id_var.get()
 
 
 class ToolInfo(NamedTuple):

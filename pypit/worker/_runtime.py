@@ -15,11 +15,15 @@ starts a call of one holds its slot and waits while the loop runs it, and then
 the async calls queued behind it, in the same slot. Sync and async calls thus
 queue together, in the order they came, for the same ``max_concurrency``
 slots: an adapter that is not thread-safe is never entered twice at once with
-``max_concurrency=1``. A flusher thread ships telemetry emitted between calls.
+``max_concurrency=1``. A flusher thread ships telemetry, logs and printed
+output produced between calls.
 
 Writes from any thread go through :meth:`Runtime.send`, which coalesces: the
 thread that finds the channel idle writes everything queued so far in one
-system call, and the others just queue.
+system call, and the others just queue. What the worker's code logged,
+printed and emitted is queued ahead of each answer, in the same critical
+section, so it reaches the pool before the answer of the call that produced
+it, whichever thread ships it.
 """
 
 from __future__ import annotations
@@ -40,9 +44,8 @@ from typing import TYPE_CHECKING, Any, Final
 from pypit import _wire
 from pypit._errors import FrameTooLargeError, ProtocolError, SerializationError
 from pypit._shared import MAX_STRING_LENGTH, correlation_id_var
-from pypit.worker import _guard, _telemetry
-from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter
-from pypit.worker._logging import apply_level
+from pypit.worker import _guard, _logging, _telemetry
+from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter, session_id_var
 from pypit.worker._telemetry import (
     EventBuffer,
     Settings,
@@ -238,6 +241,7 @@ class Runtime:
         # and a batch of telemetry waiting.
         self.telemetry = WorkerTelemetry(EventBuffer(buffer_size, filling=self._holding))
         self.events = self.telemetry.buffer
+        self.output = _logging.OutputBuffer(filling=self._holding)
         self._sample_interval = 0.0
         self._sampler_wake = threading.Event()
         self._sampler: threading.Thread | None = None
@@ -246,13 +250,16 @@ class Runtime:
 
     # -- writing -------------------------------------------------------------
 
-    def send(self, *frames: bytes, answers: int | None = None) -> None:
+    def send(self, *frames: bytes, answers: int | None = None, ship: bool = False) -> None:
         """Queue frames and write them, coalesced with whatever other threads queued.
 
         ``answers`` is the call whose last reply is among the frames: until they
         are written, that call counts as in progress (see :meth:`_reconnect`).
+        With ``ship``, the output and telemetry waiting go ahead of the frames.
         """
         with self._send_lock:
+            if ship:
+                self._outbox.extend(self._shipment())
             self._outbox.extend(frames)
             if answers is not None:
                 self._outbox_answers.append(answers)
@@ -287,18 +294,19 @@ class Runtime:
         self.send(_wire.encode(message, self._max_frame_size))
 
     def _finish(self, message: _wire._Message, *, hold: bool = False) -> None:
-        """Send a call's last message, preceded by the telemetry it produced.
+        """Send a call's last message, preceded by the output and telemetry it produced
+        (a line it left unfinished included).
 
         With ``hold``, the frames wait for the next ones instead of leaving
         now: under load, results leave in batches.
         """
         call_id: int = getattr(message, "id")  # noqa: B009 - every final reply has an id
         frame = self._encode_reply(message)
-        batch = self.events.drain()
-        frames = (frame,) if batch is None else (_wire.encode(batch, self._max_frame_size), frame)
+        _logging.end_lines()
         if hold:
             with self._send_lock:
-                self._outbox.extend(frames)
+                self._outbox.extend(self._shipment())
+                self._outbox.append(frame)
                 self._outbox_answers.append(call_id)
                 self._running.pop(call_id, None)
                 if not self._held_since:
@@ -306,7 +314,36 @@ class Runtime:
                     self._holding.set()
             return
         self._held_since = 0
-        self.send(*frames, answers=call_id)
+        self.send(frame, answers=call_id, ship=True)
+
+    def _shipment(self) -> list[bytes]:
+        """The frames of the output and telemetry waiting, oldest first (the send lock is
+        held: whatever is queued after them was produced after them)."""
+        frames: list[bytes] = []
+        while (output := self.output.drain()) is not None:
+            frames.extend(self._encode_output(output))
+            if len(output.entries) < _logging.MAX_BATCH:
+                break
+        while (batch := self.events.drain()) is not None:
+            frames.append(_wire.encode(batch, self._max_frame_size))
+            if len(batch.events) < _telemetry.MAX_BATCH:
+                break
+        return frames
+
+    def _encode_output(self, output: _wire.Output) -> list[bytes]:
+        """``output`` as frames under the size limit: halves of it, if need be, and an entry
+        too large for a frame of its own is counted as lost."""
+        try:
+            return [_wire.encode(output, self._max_frame_size)]
+        except (FrameTooLargeError, SerializationError):
+            entries = output.entries
+            if len(entries) <= 1:
+                return [_wire.encode(_wire.Output([], output.dropped + len(entries)))]
+            half = len(entries) // 2
+            return [
+                *self._encode_output(_wire.Output(entries[:half], output.dropped)),
+                *self._encode_output(_wire.Output(entries[half:])),
+            ]
 
     def _encode_reply(self, message: _wire._Message) -> bytes:
         """The frame of a call's answer or, if a value in it cannot travel, of the error
@@ -559,7 +596,7 @@ class Runtime:
             self._finish(reply, hold=self._may_hold(following, time.monotonic_ns()))
 
     def stop(self) -> None:
-        """Stop the threads, run ``teardown()``, flush telemetry."""
+        """Stop the threads, run ``teardown()``, flush output and telemetry."""
         self._stopping.set()
         self._finished.set()
         teardown = getattr(self._adapter, "teardown", None)
@@ -569,7 +606,11 @@ class Runtime:
             except Exception:
                 traceback.print_exc()
         self._sampler_wake.set()
-        self._flush_events()
+        # What is printed from here on (the worker's exit) goes to the pipes, and what was
+        # printed and logged before leaves now.
+        _logging.end_lines(every_thread=True)
+        _logging.detach()
+        self.send(ship=True)
 
     def _on_configure(self, message: _wire.Configure) -> bool:
         self.telemetry.settings = Settings(
@@ -579,7 +620,7 @@ class Runtime:
             allow=message.allow,
             deny=message.deny,
         )
-        apply_level(message.log_level)
+        _logging.apply_level(message.log_level)
         if message.sample_interval != self._sample_interval:
             self._sample_interval = message.sample_interval
             self._sampler_wake.set()
@@ -686,6 +727,7 @@ class Runtime:
     def _run_sync(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> _wire._Message:
         token = correlation_id_var.set(call.correlation_id)
         trace = trace_context_var.set(call.trace_context)
+        session = session_id_var.set(call.session_id)
         started = self._call_started(call)
         try:
             positional, keywords = self._arguments(call.args)
@@ -708,6 +750,7 @@ class Runtime:
         finally:
             correlation_id_var.reset(token)
             trace_context_var.reset(trace)
+            session_id_var.reset(session)
         return reply
 
     def _await_async(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
@@ -753,6 +796,7 @@ class Runtime:
 
         correlation_id_var.set(call.correlation_id)
         trace_context_var.set(call.trace_context)
+        session_id_var.set(call.session_id)
         started = self._call_started(call)
         try:
             positional, keywords = self._arguments(call.args)
@@ -821,7 +865,7 @@ class Runtime:
         stream with that error (no chunk may follow the call's last message)."""
         frame = self._encode_chunk(call_id, window.sent + 1, value)
         window.sent_one()
-        self.send(frame)
+        self.send(frame, ship=True)
 
     # -- python.call.* events ------------------------------------------------
 
@@ -871,8 +915,8 @@ class Runtime:
         self.telemetry.ship("call.exception", {"duration": time.monotonic_ns() - started}, metadata)
 
     def _flusher(self) -> None:
-        """Ship telemetry every _FLUSH_INTERVAL, or as soon as a batch is waiting; release
-        results held back longer than _HOLD_AT_MOST."""
+        """Ship output and telemetry every _FLUSH_INTERVAL, or as soon as a batch is waiting;
+        release results held back longer than _HOLD_AT_MOST."""
         wake = self._holding
         while not self._stopping.is_set():
             if wake.wait(_FLUSH_INTERVAL):
@@ -886,13 +930,7 @@ class Runtime:
                         self.send()
                         break
                     time.sleep(remaining / 1e9)
-            self._flush_events()
-
-    def _flush_events(self) -> None:
-        while (batch := self.events.drain()) is not None:
-            self._send_message(batch)
-            if len(batch.events) < _telemetry.MAX_BATCH:
-                return
+            self.send(ship=True)
 
     def _sample(self) -> None:
         """Emit python.memory.sampled and python.cpu.sampled every sample interval."""
@@ -1024,6 +1062,11 @@ def main() -> int:
     if isinstance(settings, _wire.Configure):
         # The pool's settings apply from the start: setup() may emit and log.
         runtime._on_configure(settings)
+    # Until the worker serves, nothing ships on a timer: what import and setup() log leaves
+    # at once. What they print goes to the pipes, which the pool reads even if the start
+    # fails and the worker exits.
+    _logging.install(runtime.output)
+    runtime.output.at_once = lambda: runtime.send(ship=True)
     try:
         tools = runtime.load(adapter_spec)
     except BaseException as exc:
@@ -1036,7 +1079,9 @@ def main() -> int:
         traceback.print_exc()
         _guard.leave(with_group=os.getppid() != parent_pid)
         return 1
-    runtime.send(_wire.encode(_wire.Ready(tools)))
+    _logging.capture_stdio(runtime.output)
+    runtime.output.at_once = None
+    runtime.send(_wire.encode(_wire.Ready(tools)), ship=True)
     runtime.serving = True
     _guard.start_reaping()
     try:

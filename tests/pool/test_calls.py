@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
+import structlog
 
 from pypit import (
     FrameTooLargeError,
@@ -402,6 +405,50 @@ async def test_shutdown_drains_calls_in_flight_and_refuses_queued_ones(
     assert isinstance(outcomes["queued"], PoolClosedError)
     with pytest.raises(PoolClosedError):
         await pool.execute("identity", 1)
+
+
+@pytest.mark.parametrize("how", ["cancelled", "raised"])
+async def test_leaving_the_block_by_cancellation_or_error_cancels_the_calls(
+    how: str, tmp_path: Path
+) -> None:
+    """Leaving the pool's block by a cancellation or an exception does not drain: the calls
+    in flight are cancelled (a caller still waiting gets PoolClosedError), the pool says
+    so, and its workers are gone long before shutdown_timeout."""
+    gate = tmp_path / "gate"
+    outcome: dict[str, object] = {}
+    outside = anyio.CancelScope()
+    expected = (
+        pytest.raises(RuntimeError, match="the block failed")
+        if how == "raised"
+        else contextlib.nullcontext()
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with anyio.create_task_group() as callers, opened_at_exit(gate):
+            with expected, outside:
+                async with open_pool(adapter(), **options(size=2, shutdown_timeout=20)) as pool:
+                    workers = list(pool.workers().values())
+
+                    async def call() -> None:
+                        try:
+                            outcome["call"] = await pool.execute("hold", {"gate": str(gate)})
+                        except PoolClosedError as exc:
+                            outcome["call"] = exc
+
+                    callers.start_soon(call)
+                    await wait_until(lambda: pool.status().in_flight == 1, "the call to start")
+                    stopping = anyio.current_time()
+                    if how == "raised":
+                        raise RuntimeError("the block failed")
+                    outside.cancel()
+                    await anyio.sleep_forever()
+            took = anyio.current_time() - stopping
+
+    assert took < 5.0
+    assert not [pid for pid in workers if psutil.pid_exists(pid)]
+    assert isinstance(outcome["call"], PoolClosedError)
+    (stopping_line,) = [e for e in logs if e["event"].startswith("stopping:")]
+    assert stopping_line["event"] == "stopping: cancelling 1 call"
+    assert stopping_line["pool_name"] == "default"
 
 
 async def test_crash_fails_only_the_calls_in_flight_and_the_slot_restarts() -> None:

@@ -30,6 +30,8 @@ BAD_OPTIONS = [
     ({"env": {"A": 1}}, TypeError, "env must be a mapping of str to str"),
     ({"env": ["A=1"]}, TypeError, "env must be a mapping of str to str"),
     ({"log_categories": {"pool": 10}}, TypeError, "log_categories must be a mapping of str"),
+    ({"log_categories": {"pools": "info"}}, ValueError, "a log category is one of pool,"),
+    ({"log_categories": {"pool": "loud"}}, ValueError, "a log level is one of debug,"),
     ({"affinity": "sticky"}, ValueError, "affinity must be one of 'hint', 'strict'"),
     ({"python": None}, TypeError, "python must be a str, not None"),
     ({"name": "a b"}, ValueError, "a pool name is 1-64 characters"),

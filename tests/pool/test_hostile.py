@@ -51,6 +51,7 @@ def valid_frames() -> list[bytes]:
             _wire.Chunk(2, 1, b"bytes"),
             _wire.End(2),
             _wire.Events([("call.stop", {"duration": 5}, {"command": "c"})], []),
+            _wire.Output([_wire.Line("stdout", "x"), _wire.Record(20, "l", "m", {"k": 1})]),
             _wire.Pong(3),
         )
     ]
@@ -117,7 +118,48 @@ GARBAGE = [
     # A drop report no worker makes: invented reasons would be re-emitted as drops.
     _wire.encode(_wire.Events([], [("invented", "", 1)])),
     _wire.encode(_wire.Events([], [("buffer_full", "", -5)])),
+    # Output the pool could not log as it is: a nested field, a stream that is not one.
+    _wire.encode(_wire.Output([_wire.Record(20, "l", "m", {"k": [1]})])),  # type: ignore[dict-item]
+    _wire.encode(_wire.Output([_wire.Line("stdin", "x")])),  # type: ignore[arg-type]
+    _wire.encode(_wire.Output([], -1)),
 ]
+
+
+def test_a_workers_records_cannot_set_the_pools_keys() -> None:
+    """A worker's record is logged with the pool's own category and ids whatever fields it
+    claims, without the fields that would change how the pool's logging reads it; any
+    level number is one of the pool's levels; lost output is reported."""
+    worker = handle()
+    fields: dict[str, str | int | float | bool | None] = {
+        "event": "forged",
+        "category": "pool",
+        "pool_name": "evil",
+        "worker_id": "evil_worker_9",
+        "logger": "forged",
+        "exc_info": True,
+        "stack_info": True,
+        "_record": "x",
+        "kept": 1,
+    }
+    output = _wire.Output(
+        [_wire.Record(25, "real", "message", fields), _wire.Record(10**6, "", "loud")], 3
+    )
+    with structlog.testing.capture_logs() as logs:
+        worker.on_frame(_wire.encode(output)[4:])
+
+    record, loud, lost = logs
+    assert record == {
+        "event": "message",
+        "log_level": "info",
+        "category": "worker",
+        "pool_name": "fuzz",
+        "worker_id": "fuzz_worker_1",
+        "worker_pid": 4242,
+        "logger": "real",
+        "kept": 1,
+    }
+    assert (loud["event"], loud["log_level"], "logger" in loud) == ("loud", "critical", False)
+    assert (lost["log_level"], lost["lost"]) == ("warning", 3)
 
 
 @pytest.mark.anyio

@@ -366,6 +366,33 @@ def test_a_strict_call_goes_to_the_replacement_of_its_dead_worker() -> None:
     assert waiting.worker is replacement
 
 
+def test_a_session_moves_only_when_its_worker_is_gone() -> None:
+    """A hint call of a session whose worker is busy goes to another worker and leaves the
+    session with its own; once that worker is gone, the session moves to the worker of its
+    next call, and that move is counted."""
+    built, (first, second) = scheduler(size=2, max_queue_size=10)
+    built._rotation = 0
+    built.submit(new_request("slow", "s"), "hint")
+    elsewhere = new_request("slow", "s")
+    built.submit(elsewhere, "hint")
+    assert elsewhere.worker is second
+    stays = built.session("s", ["first", "second"])
+    assert stays is not None
+    assert (stays.worker_id, stays.worker_pid, stays.calls, stays.rehomed) == (
+        "first",
+        first.pid,
+        2,
+        0,
+    )
+    replacement = built.workers[0] = FakeWorker(0, 1)
+    moved = new_request("slow", "s")
+    built.submit(moved, "hint")
+    info = built.session("s", ["first", "second"])
+    assert info is not None
+    assert moved.worker is replacement
+    assert (info.worker_pid, info.calls, info.rehomed) == (replacement.pid, 3, 1)
+
+
 def test_a_call_past_its_queue_deadline_is_never_sent() -> None:
     """The dispatcher skips a queued call whose queue deadline passed."""
     built, (worker,) = scheduler(max_queue_size=10, queue_timeout=1.0)

@@ -447,6 +447,34 @@ async def test_strict_fail_fast_affinity_raises_at_once(tmp_path: Path, warm: bo
                 await pool.execute("pid", session_id="s", affinity="strict_fail_fast", timeout=1)
 
 
+async def test_a_hint_call_run_elsewhere_leaves_the_session_with_its_worker(
+    tmp_path: Path,
+) -> None:
+    """hint: with the session's worker busy, a call of the session runs on another worker,
+    and the session stays with its worker: a later strict call finds there what the
+    session kept, and the session was never re-homed."""
+    gate = tmp_path / "gate"
+    async with open_pool(adapter(), **options(size=2)) as pool:
+        _, _, home = await pool.execute("session_state", "kept", session_id="s")
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+            tasks.start_soon(
+                functools.partial(pool.execute, "hold", {"gate": str(gate)}, session_id="s")
+            )
+            await wait_until(lambda: pool.status().in_flight == 1, "the session's call to start")
+            elsewhere = await pool.execute("session_state", session_id="s", affinity="hint")
+            during = pool.session("s")
+        back = await pool.execute("session_state", session_id="s", affinity="strict")
+        info = pool.session("s")
+
+    assert elsewhere[1:] == [None, elsewhere[2]]
+    assert elsewhere[2] != home
+    assert back == ["s", "kept", home]
+    assert during is not None
+    assert info is not None
+    assert (during.worker_pid, during.rehomed) == (home, 0)
+    assert (info.worker_pid, info.calls, info.rehomed) == (home, 4, 0)
+
+
 async def test_session_of_a_dead_worker_is_rehomed_and_the_caller_can_tell() -> None:
     """After its worker died, the session moves to a live worker; session() says so."""
     async with open_pool(adapter(), **options(size=2)) as pool:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pypit import PoolClosedError, ToolError, telemetry
 from pypit.pool import start_pool
 from tests.pool.conftest import adapter, options
+
+ROOT = Path(__file__).parents[2]
+INTERRUPTED = Path(__file__).with_name("interrupted_parent.py")
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -142,3 +152,93 @@ def test_a_closed_blocking_pool_raises_pool_closed_error(backend: str) -> None:
         pool.status()
     with pytest.raises(PoolClosedError), pool.stream("count", {"n": 2}):
         pass
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def interrupted_run(api: str, backend: str, call: str, path: Path) -> subprocess.Popen[str]:
+    """Start ``interrupted_parent.py``; the caller reads its workers and signals it."""
+    return subprocess.Popen(
+        [sys.executable, str(INTERRUPTED), api, backend, call, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        text=True,
+    )
+
+
+def wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("api", ["start_pool", "open_pool"])
+def test_ctrl_c_cancels_the_calls_and_stops_the_pool_at_once(
+    api: str, backend: str, tmp_path: Path
+) -> None:
+    """Ctrl-C during a minute-long call raises KeyboardInterrupt in the caller (the blocking
+    pool's) or ends the async program; the pool says that it stops and cancels the call,
+    and the program exits within a few seconds (not the shutdown_timeout a drain would
+    wait), leaving no worker behind."""
+    started = tmp_path / "started"
+    with interrupted_run(api, backend, "record", started) as program:
+        try:
+            assert program.stdout is not None
+            workers: list[int] = json.loads(program.stdout.readline())
+            wait_for(started.exists, "the call to start")
+            interrupted = time.monotonic()
+            program.send_signal(signal.SIGINT)
+            out, err = program.communicate(timeout=30)
+            took = time.monotonic() - interrupted
+        finally:
+            program.kill()
+            for pid in workers:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+    assert took < 4.0
+    assert [pid for pid in workers if alive(pid)] == []
+    assert ("interrupted" in out.split()) == (api == "start_pool")
+    assert "stopping: cancelling 1 call" in out
+    assert err.rstrip().endswith("KeyboardInterrupt")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_second_ctrl_c_kills_the_workers_and_exits_at_once(backend: str, tmp_path: Path) -> None:
+    """While the pool stops after a Ctrl-C, waiting for a worker that cannot stop (it is
+    frozen: only SIGKILL reaches it, after twice stop_grace), a second Ctrl-C kills the
+    workers left and the program exits at once, leaving none."""
+    with interrupted_run("start_pool", backend, "freeze", tmp_path / "unused") as program:
+        try:
+            assert program.stdout is not None
+            workers: list[int] = json.loads(program.stdout.readline())
+
+            def frozen() -> bool:
+                return any(psutil.Process(p).status() == psutil.STATUS_STOPPED for p in workers)
+
+            wait_for(frozen, "a worker to freeze")
+            program.send_signal(signal.SIGINT)
+            assert program.stdout.readline() == "interrupted\n"
+            time.sleep(0.5)
+            interrupted = time.monotonic()
+            program.send_signal(signal.SIGINT)
+            out, _ = program.communicate(timeout=30)
+            took = time.monotonic() - interrupted
+        finally:
+            program.kill()
+            for pid in workers:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+    assert took < 2.0
+    assert [pid for pid in workers if alive(pid)] == []
+    assert "stopping now: killing 1 worker" in out

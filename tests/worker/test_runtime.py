@@ -12,6 +12,7 @@ import pytest
 
 from pypit import FrameTooLargeError, QueueTimeoutError, ToolError, telemetry
 from pypit.pool import Pool, open_pool
+from pypit.worker import get_session_id
 from tests.pool.conftest import accepted, adapter, opened_at_exit, options, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -249,3 +250,26 @@ async def test_an_exit_on_the_async_tools_loop_does_not_stop_it() -> None:
             assert await pool.execute("async_exit_elsewhere") == "served"
             assert await pool.execute("add", {"a": 1, "b": 2}) == 3
         assert await pool.execute("pid") == pid
+
+
+async def test_tools_see_the_session_id_of_their_call() -> None:
+    """get_session_id() in a tool is the session_id its call was made with, None without
+    one: in sync and async tools and in generators, calls running at once each seeing
+    their own. Outside a worker it is None."""
+    async with open_pool(adapter(), **options(max_concurrency=2)) as pool:
+        assert (await pool.execute("session_state", session_id="a"))[0] == "a"
+        assert (await pool.execute("session_state"))[0] is None
+        results: dict[str, object] = {}
+
+        async def call(command: str, session_id: str) -> None:
+            results[session_id] = await pool.execute(command, session_id=session_id)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(call, "async_session_id", "b")
+            tasks.start_soon(call, "async_session_id", "c")
+        async with pool.stream("session_ids", {"n": 3}, session_id="d") as chunks:
+            streamed = [chunk async for chunk in chunks]
+
+    assert results == {"b": "b", "c": "c"}
+    assert streamed == ["d", "d", "d"]
+    assert get_session_id() is None

@@ -6,7 +6,7 @@ import asyncio
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -247,32 +247,6 @@ async def test_memory_and_cpu_samplers() -> None:
 def restore_log_levels() -> Iterator[None]:
     yield
     _log.set_levels("info", dict.fromkeys(_log.CATEGORIES, "info"))
-
-
-@pytest.mark.usefixtures("restore_log_levels")
-async def test_worker_log_level_changes_live() -> None:
-    """Workers start at the pool's log_level; set_worker_level turns debug lines on inside
-    that worker, live; reset turns them off again."""
-
-    def lines(logs: list[MutableMapping[str, Any]], tag: str) -> set[str]:
-        return {e["event"] for e in logs if e.get("stream") and tag in e["event"]}
-
-    name, settings = instrumented(log_level="info")
-    with structlog.testing.capture_logs() as logs:
-        async with open_pool(name, **settings) as pool:
-            await pool.execute("log_levels", {"tag": "before"})
-            await pool.set_worker_level("default_worker_1", "debug")
-            await pool.execute("log_levels", {"tag": "during"})
-            await pool.reset_worker_level("default_worker_1")
-            await pool.execute("log_levels", {"tag": "after"})
-            with anyio.fail_after(5):
-                while not lines(logs, "stdlib warning after"):
-                    await anyio.sleep(0.01)
-
-    during = lines(logs, "during")
-    assert any("structlog debug during" in line for line in during)
-    assert any("stdlib debug during" in line for line in during)
-    assert not any("debug" in line for line in lines(logs, "before") | lines(logs, "after"))
 
 
 @pytest.mark.usefixtures("restore_log_levels")

@@ -1,0 +1,223 @@
+"""What workers log and print, as the pool's records: log records keep their level, logger
+and fields, once; printed lines arrive before the result of the call that printed them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+
+from pypit import WorkerCrashedError, _log
+from pypit.pool import open_pool
+from tests.pool.conftest import adapter, options
+
+pytestmark = pytest.mark.anyio
+
+Logs = list[MutableMapping[str, Any]]
+
+
+@pytest.fixture
+def restore_log_levels() -> Iterator[None]:
+    """Put pypit's process-wide levels back as a test found them."""
+    yield
+    _log.set_levels("info", dict.fromkeys(_log.CATEGORIES, "info"))
+
+
+def by_logger(logs: Logs, name: str) -> list[tuple[str, str]]:
+    """The (event, level) of each record of the worker's logger ``name``, in order."""
+    return [(e["event"], e["log_level"]) for e in logs if e.get("logger") == name]
+
+
+def output_lines(logs: Logs, stream: str, prefix: str) -> list[str]:
+    """The lines printed to ``stream`` that start with ``prefix``, in order."""
+    return [e["event"] for e in logs if e.get("stream") == stream and e["event"].startswith(prefix)]
+
+
+@pytest.mark.usefixtures("restore_log_levels")
+async def test_stdlib_records_keep_their_level_logger_and_fields() -> None:
+    """Each record of a tool's plain stdlib logger is one record of the pool, at its own
+    level, with its logger's name, its extra fields, its traceback and the worker's ids --
+    never a line of stderr."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options(name="logs", log_level="debug")) as pool:
+            await pool.execute("stdlib", {"tag": "a"})
+            pid = pool.workers()["logs_worker_1"]
+
+    assert by_logger(logs, "adapter.model") == [
+        ("debug a", "debug"),
+        ("loaded a", "info"),
+        ("warning a", "warning"),
+        ("failed a", "error"),
+    ]
+    loaded, failed = (e for e in logs if e["event"] in ("loaded a", "failed a"))
+    assert loaded["rows"] == 3
+    assert loaded["shape"] == "(2, 3)"
+    assert (loaded["category"], loaded["pool_name"]) == ("worker", "logs")
+    assert (loaded["worker_id"], loaded["worker_pid"]) == ("logs_worker_1", pid)
+    assert "ValueError: bad input" in failed["exception"]
+    assert [e for e in logs if "stream" in e and e["event"].endswith(" a")] == []
+
+
+@pytest.mark.usefixtures("restore_log_levels")
+async def test_structlog_records_keep_their_level_logger_and_fields() -> None:
+    """A tool's structlog records arrive as records, not as rendered text: the event alone,
+    no second prefix, its fields as fields, its logger's name when it has one."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options(log_level="debug")) as pool:
+            await pool.execute("structured", {"tag": "b"})
+
+    assert by_logger(logs, "adapter.scoring") == [("scoring", "debug"), ("scored", "info")]
+    scored = next(e for e in logs if e["event"] == "scored")
+    assert (scored["tag"], scored["score"], scored["worker_id"]) == ("b", 0.5, "default_worker_1")
+    (nameless,) = [e for e in logs if e["event"] == "nameless"]
+    assert nameless["log_level"] == "warning"
+    assert "logger" not in nameless
+    assert [e for e in logs if "stream" in e and "scor" in e["event"]] == []
+
+
+async def test_an_adapters_own_structlog_renderer_makes_the_message() -> None:
+    """An adapter that configures structlog's processors keeps them: the rendered text is
+    the record's message, at the level it was logged at."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options()) as pool:
+            await pool.execute("own_renderer", {"tag": "r"})
+
+    assert by_logger(logs, "adapter.rendered") == [("event='rendered' tag='r'", "warning")]
+
+
+@pytest.mark.usefixtures("restore_log_levels")
+async def test_set_worker_level_applies_to_plain_stdlib_loggers_and_structlog() -> None:
+    """A worker starts at the pool's level; set_worker_level("debug") shows the debug records
+    of a plain stdlib logger (no handler, no basicConfig) and of structlog, in that worker,
+    live; reset_worker_level hides them again."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options(log_level="info")) as pool:
+            for phase in ("before", "during", "after"):
+                if phase == "during":
+                    await pool.set_worker_level("default_worker_1", "debug")
+                await pool.execute("stdlib", {"tag": phase})
+                await pool.execute("structured", {"tag": phase})
+                if phase == "during":
+                    await pool.reset_worker_level("default_worker_1")
+
+    debug = [(e["event"], e.get("tag")) for e in logs if e.get("log_level") == "debug"]
+    assert sorted(debug, key=str) == [("debug during", None), ("scoring", "during")]
+    loaded = [e for e in logs if e["event"].startswith("loaded ")]
+    assert [e["event"] for e in loaded] == ["loaded before", "loaded during", "loaded after"]
+
+
+@pytest.mark.parametrize("tool", ["print_lines", "async_print_lines"])
+async def test_printed_lines_are_logged_before_the_result_arrives(tool: str) -> None:
+    """Every line a tool prints during a call is logged, in order, by the time its caller
+    has the call's result -- a line it left unfinished too: stdout at info, stderr at
+    warning, with the worker's ids. (It prints more than a pipe holds.)"""
+    lines, width = 1500, 100
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options(name="talk")) as pool:
+            for round_ in range(3):
+                tag = f"r{round_}"
+                args = {"lines": lines, "tag": tag, "width": width}
+                assert await pool.execute(tool, args) == lines
+                expected = [f"{tag} {i}".ljust(width, ".") for i in range(lines)]
+                expected.append(f"{tag} unfinished")
+                assert output_lines(logs, "stdout", tag + " ") == expected
+                (done,) = [e for e in logs if e["event"] == f"{tag} done"]
+                assert (done["stream"], done["log_level"]) == ("stderr", "warning")
+                assert (done["worker_id"], done["pool_name"]) == ("talk_worker_1", "talk")
+
+
+async def test_a_line_too_large_for_a_frame_is_counted_as_lost() -> None:
+    """A line that no frame can carry is dropped, and the pool logs how many entries were
+    lost; the call is answered and what was printed around it arrives."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options(max_frame_size=65_536)) as pool:
+            args = {"lines": 1, "tag": "big", "width": 70_000}
+            assert await pool.execute("print_lines", args) == 1
+
+    (lost,) = [e for e in logs if e["event"].startswith("worker output lost")]
+    assert (lost["lost"], lost["log_level"]) == (1, "warning")
+    assert lost["worker_id"] == "default_worker_1"
+    assert output_lines(logs, "stderr", "big") == ["big done"]
+    assert output_lines(logs, "stdout", "big") == ["big unfinished"]
+
+
+async def test_what_bypasses_sys_stdout_still_arrives_line_by_line() -> None:
+    """What is written to file descriptors 1 and 2 directly (C code, child processes), and
+    what a child forked from the worker prints or logs, reach the pool through the worker's
+    pipes, one record per line."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options()) as pool:
+            await pool.execute("write_fds", {"tag": "c"})
+            assert await pool.execute("fork_and_log", {"tag": "f"}) == 0
+            expected = {
+                ("c fd 1", "stdout"),
+                ("c fd 2", "stderr"),
+                ("f printed by the child", "stdout"),
+                ("WARNING:child:f logged by the child", "stderr"),
+            }
+            with anyio.fail_after(5):
+                while not expected <= {(e["event"], e.get("stream")) for e in logs}:
+                    await anyio.sleep(0.01)
+
+    assert not [e for e in logs if e.get("logger") == "child"]
+
+
+@pytest.mark.usefixtures("restore_log_levels")
+async def test_each_pool_keeps_its_own_levels() -> None:
+    """Levels belong to the pool given them: a pool opened later with another level does not
+    change an open pool's, each pool's records carry its name and are filtered at its own
+    levels, and a pool given no level follows the process-wide one."""
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            open_pool(adapter(), **options(name="quiet", log_level="error")) as quiet,
+            open_pool(
+                adapter(),
+                **options(name="loud", log_level="warning", log_categories={"worker": "debug"}),
+            ) as loud,
+            open_pool(adapter(), **options(name="plain")) as plain,
+        ):
+            for pool in (quiet, loud, plain):
+                await pool.execute("chatter", {"text": pool.name})
+                await pool.recycle_worker(f"{pool.name}_worker_1")
+            _log.set_levels("error")
+            await plain.execute("chatter", {"text": "plain, later"})
+
+    def seen(pool_name: str) -> set[str]:
+        return {e["event"] for e in logs if e.get("pool_name") == pool_name}
+
+    assert seen("quiet") & {"quiet", "err: quiet", "recycling worker"} == set()
+    assert {"loud", "err: loud"} <= seen("loud")
+    assert "recycling worker" not in seen("loud")
+    assert {"plain", "err: plain", "recycling worker"} <= seen("plain")
+    assert "err: plain, later" not in seen("plain")
+    assert all("pool_name" in e for e in logs if e.get("category") in ("pool", "worker"))
+
+
+@pytest.mark.usefixtures("restore_log_levels")
+async def test_workers_start_at_the_pools_level_for_the_worker_category() -> None:
+    """log_categories["worker"] is the level a pool's workers start with, over log_level."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(
+            adapter("Logs"), **options(log_level="warning", log_categories={"worker": "debug"})
+        ) as pool:
+            await pool.execute("stdlib", {"tag": "w"})
+
+    assert by_logger(logs, "adapter.model")[0] == ("debug w", "debug")
+
+
+async def test_the_traceback_of_a_worker_that_crashes_reaches_the_pool() -> None:
+    """What a worker prints as it exits -- the traceback of a failure of its own loop -- is
+    logged, though the worker no longer ships anything on its channel by then."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter(), **options()) as pool:
+            await pool.execute("break_loop")
+            with pytest.raises(WorkerCrashedError):
+                await pool.execute("identity", 1)
+            with anyio.fail_after(10):
+                while not output_lines(logs, "stderr", "RuntimeError: the worker's loop broke"):
+                    await anyio.sleep(0.01)
+
+    assert output_lines(logs, "stderr", "Traceback (most recent call last):")
