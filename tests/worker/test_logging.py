@@ -221,3 +221,13 @@ async def test_the_traceback_of_a_worker_that_crashes_reaches_the_pool() -> None
                     await anyio.sleep(0.01)
 
     assert output_lines(logs, "stderr", "Traceback (most recent call last):")
+
+
+async def test_the_level_none_silences_a_worker_without_breaking_it() -> None:
+    """log_level="none", for the pool or one worker, starts and serves (it once failed
+    every start with KeyError: 60)."""
+    async with open_pool(adapter(), **options(log_level="none")) as pool:
+        assert await pool.execute("identity", 1) == 1
+        (worker_id,) = pool.workers()
+        await pool.set_worker_level(worker_id, "none")
+        assert await pool.execute("identity", 2) == 2
