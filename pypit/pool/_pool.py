@@ -588,10 +588,17 @@ async def open_pool(
                 interrupted = exc
                 raise
             finally:
-                with anyio.CancelScope(shield=True):
-                    await pool._close(interrupted)
-                    await pool._stopped()
-                tasks.end()
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await pool._close(interrupted)
+                        await pool._stopped()
+                except BaseException:
+                    # Interrupted again while it stopped (a second Ctrl-C): kill the
+                    # workers, and leave at once.
+                    pool._kill()
+                    raise
+                finally:
+                    tasks.end()
     except BaseExceptionGroup as group:
         # The pool's own tasks never raise, so a group holds the one error of
         # the caller's block (or of opening): raise it as the caller wrote it.

@@ -205,7 +205,8 @@ def test_ctrl_c_cancels_the_calls_and_stops_the_pool_at_once(
                 if alive(pid):
                     os.kill(pid, signal.SIGKILL)
 
-    assert took < 4.0
+    # A drain would wait shutdown_timeout (10 s) for the call.
+    assert took < 8.0
     assert [pid for pid in workers if alive(pid)] == []
     assert ("interrupted" in out.split()) == (api == "start_pool")
     assert "stopping: cancelling 1 call" in out
@@ -213,11 +214,14 @@ def test_ctrl_c_cancels_the_calls_and_stops_the_pool_at_once(
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_a_second_ctrl_c_kills_the_workers_and_exits_at_once(backend: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("api", ["start_pool", "open_pool"])
+def test_a_second_ctrl_c_kills_the_workers_and_exits_at_once(
+    api: str, backend: str, tmp_path: Path
+) -> None:
     """While the pool stops after a Ctrl-C, waiting for a worker that cannot stop (it is
     frozen: only SIGKILL reaches it, after twice stop_grace), a second Ctrl-C kills the
     workers left and the program exits at once, leaving none."""
-    with interrupted_run("start_pool", backend, "freeze", tmp_path / "unused") as program:
+    with interrupted_run(api, backend, "freeze", tmp_path / "unused") as program:
         try:
             assert program.stdout is not None
             workers: list[int] = json.loads(program.stdout.readline())
@@ -227,7 +231,8 @@ def test_a_second_ctrl_c_kills_the_workers_and_exits_at_once(backend: str, tmp_p
 
             wait_for(frozen, "a worker to freeze")
             program.send_signal(signal.SIGINT)
-            assert program.stdout.readline() == "interrupted\n"
+            if api == "start_pool":
+                assert program.stdout.readline() == "interrupted\n"
             time.sleep(0.5)
             interrupted = time.monotonic()
             program.send_signal(signal.SIGINT)
@@ -239,6 +244,7 @@ def test_a_second_ctrl_c_kills_the_workers_and_exits_at_once(backend: str, tmp_p
                 if alive(pid):
                     os.kill(pid, signal.SIGKILL)
 
-    assert took < 2.0
+    # Without the kill, the frozen worker holds the stop for twice stop_grace (6 s).
+    assert took < 5.0
     assert [pid for pid in workers if alive(pid)] == []
     assert "stopping now: killing 1 worker" in out
