@@ -395,6 +395,7 @@ class FailsWhile(Echo):
 
 class FailingSetup(Adapter):
     def setup(self) -> None:
+        print("looking for the model file", file=sys.stderr)
         raise RuntimeError("the model file is missing")
 
     @tool

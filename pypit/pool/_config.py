@@ -26,16 +26,20 @@ def _invalid(name: str, value: Any, expected: str) -> Exception:
     return kind(f"{name} must be {expected}, not {value!r}")
 
 
-def _count(minimum: int, *, optional: bool = False) -> Any:
-    """An int (not a bool) of at least ``minimum``; None too if ``optional``."""
-    expected = f"an int >= {minimum}" + (" or None" if optional else "")
+def _count(minimum: int, *, optional: bool = False, maximum: int | None = None) -> Any:
+    """An int (not a bool) of at least ``minimum`` (and at most ``maximum``); None too if
+    ``optional``."""
+    expected = f"an int >= {minimum}"
+    if maximum is not None:
+        expected = f"an int from {minimum} to {maximum}"
+    expected += " or None" if optional else ""
 
     def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
             return
         if type(value) is not int:
             raise TypeError(f"{attribute.name} must be {expected}, not {value!r}")
-        if value < minimum:
+        if value < minimum or (maximum is not None and value > maximum):
             raise ValueError(f"{attribute.name} must be {expected}, not {value!r}")
 
     return check
@@ -79,7 +83,14 @@ def _str_mapping(name: str, value: Any) -> dict[str, str]:
 
 
 def _env(value: Any) -> dict[str, str]:
-    return _str_mapping("env", value)
+    env = _str_mapping("env", value)
+    for key, text in env.items():
+        if not key or "=" in key or "\0" in key or "\0" in text:
+            raise ValueError(
+                f"env must map variable names (not empty, without '=' or NUL) to values "
+                f"without NUL, not {key!r}: {text!r}"
+            )
+    return env
 
 
 def _log_categories(value: Any) -> dict[str, str]:
@@ -106,13 +117,15 @@ def _adapter(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None
 
 
 def _name(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ValueError(f"a pool name is 1-64 characters of [A-Za-z0-9_.-], not {value!r}")
 
 
 def _text(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{attribute.name} must be a str, not {value!r}")
+    if "\0" in value:
+        raise ValueError(f"{attribute.name} must not hold a NUL character, not {value!r}")
 
 
 Affinity = Literal["hint", "strict", "strict_fail_fast"]
@@ -148,7 +161,7 @@ class PoolConfig:
 
     adapter: str = attrs.field(validator=[_text, _adapter])
     """The adapter class, ``"package.module:Class"``, imported by each worker."""
-    size: int = attrs.field(factory=_default_size, validator=_count(1))
+    size: int = attrs.field(factory=_default_size, validator=_count(1, maximum=4096))
     """Number of worker processes."""
     name: str = attrs.field(default="default", validator=[_text, _name])
     """The pool's name: in every event, and in worker ids ``<name>_worker_<n>``."""
@@ -177,7 +190,7 @@ class PoolConfig:
     its workers report); unknown commands and streams are slow. Only quick calls are
     prefetched, and never behind a slow one, so a prefetched call waits about
     ``prefetch * prefetch_below`` at most. 0 treats every command but streams as quick."""
-    stream_window: int = attrs.field(default=16, validator=_count(1))
+    stream_window: int = attrs.field(default=16, validator=_count(1, maximum=2**31 - 1))
     """Chunks of a stream the worker may send ahead of its consumer: when that many were
     sent and not yet taken, the generator is not advanced until the consumer takes some.
     It bounds what a stream holds in the parent (``stream_window`` chunks) whatever the
@@ -219,7 +232,9 @@ class PoolConfig:
     max_rss_bytes: int | None = attrs.field(default=None, validator=_count(1, optional=True))
     """Recycle a worker whose resident memory (RSS) exceeds this. Checked every heartbeat
     interval, between and during calls: a soft limit, which one call can overshoot."""
-    max_vm_bytes: int | None = attrs.field(default=None, validator=_count(1, optional=True))
+    max_vm_bytes: int | None = attrs.field(
+        default=None, validator=_count(1, optional=True, maximum=2**63 - 1)
+    )
     """A hard limit on each worker's virtual memory (``RLIMIT_AS``, set in the worker
     before the adapter is imported): an allocation past it fails in the worker
     (``MemoryError`` in Python code), whatever the call. Counts address space, not

@@ -376,6 +376,11 @@ class Pool:
                 raise TypeError(f"{name} must be a str or None, not {value!r}")
         request_id = next(_request_ids)
         correlation_id = correlation_id or correlation_id_var.get() or _new_correlation_id()
+        if type(correlation_id) is not str:
+            raise TypeError(
+                f"the current correlation id must be a str, not {correlation_id!r} "
+                "(set with set_correlation_id)"
+            )
         message = _wire.Call(request_id, command, args, correlation_id, timeout, stream)
         message.session_id = session_id
         if stream:

@@ -107,7 +107,16 @@ def failed_to_start(
         # The pool stopped this start: nothing failed.
         log.info("worker start abandoned: the pool is closing", **fields(handle))
         return
-    traceback = handle.failure.traceback if handle.failure else "\n".join(early)
+    if handle.failure is not None:
+        # What it wrote before it failed, without the traceback it printed last (the
+        # record carries the one it reported).
+        cut = next(
+            (n for n, line in enumerate(early) if line.startswith("Traceback (most recent")),
+            len(early),
+        )
+        traceback, stderr = handle.failure.traceback, "\n".join(early[:cut])
+    else:
+        traceback, stderr = "\n".join(early), ""
     log.error(
         "worker failed to start",
         **fields(handle),
@@ -115,6 +124,7 @@ def failed_to_start(
         error=slot.failure,
         exit_code=returncode,
         traceback=traceback,
+        **({"stderr": stderr} if stderr else {}),
     )
 
 
@@ -192,7 +202,8 @@ def slot_degraded(log: _Logger, pool_name: str, slot: Slot) -> None:
         {"failed_starts": slot.failed_starts, "system_time": time.time_ns()},
         {"pool_name": pool_name, "worker_id": slot.worker_id, "reason": slot.failure},
     )
-    log.error(
+    # A warning: each failed start has its own error record already.
+    log.warning(
         "worker slot degraded: its starts fail; retrying with back-off",
         worker_id=slot.worker_id,
         reason=slot.failure,

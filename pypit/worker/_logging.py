@@ -41,6 +41,7 @@ from pypit import _wire
 
 # The stdlib's numbers.
 LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "none": 60}
+_CRITICAL: Final = 50
 
 MAX_TEXT: Final = 65_536
 """Characters kept of a line, a message or a field's value."""
@@ -174,9 +175,20 @@ def _level_structlog() -> None:
     import structlog
 
     initial = _initial.setdefault("structlog", structlog.get_config()["wrapper_class"])
-    structlog.configure(
-        wrapper_class=initial if _level is None else structlog.make_filtering_bound_logger(_level)
-    )
+    if _level is None:
+        wrapper = initial
+    elif _level > _CRITICAL:
+        # "none": structlog filters only by the levels it knows; past critical, critical
+        # itself is dropped too.
+        wrapper = structlog.make_filtering_bound_logger(_CRITICAL)
+        wrapper = type("Silent", (wrapper,), {"critical": _drop, "fatal": _drop})
+    else:
+        wrapper = structlog.make_filtering_bound_logger(_level)
+    structlog.configure(wrapper_class=wrapper)
+
+
+def _drop(self: object, event: object = None, *args: object, **kw: object) -> None:
+    return None
 
 
 # -- the stdlib -------------------------------------------------------------------------

@@ -289,7 +289,9 @@ def new_correlation_id() -> str:
 
 def set_correlation_id(correlation_id: str) -> Token[str | None]:
     """Make ``correlation_id`` current in this context; returns a token for
-    :func:`reset_correlation_id`."""
+    :func:`reset_correlation_id`. ``TypeError`` for anything but a str."""
+    if type(correlation_id) is not str:
+        raise TypeError(f"a correlation id is a str, not {correlation_id!r}")
     return correlation_id_var.set(correlation_id)
 
 

@@ -12,9 +12,9 @@ from pypit.pool import PoolConfig, open_pool
 from tests.pool.conftest import adapter, options
 
 BAD_OPTIONS = [
-    ({"size": 2.5}, TypeError, "size must be an int >= 1, not 2.5"),
-    ({"size": True}, TypeError, "size must be an int >= 1, not True"),
-    ({"size": 0}, ValueError, "size must be an int >= 1, not 0"),
+    ({"size": 2.5}, TypeError, "size must be an int from 1 to 4096, not 2.5"),
+    ({"size": True}, TypeError, "size must be an int from 1 to 4096, not True"),
+    ({"size": 0}, ValueError, "size must be an int from 1 to 4096, not 0"),
     ({"max_concurrency": 1.5}, TypeError, "max_concurrency must be an int >= 1"),
     ({"max_queue_size": -1}, ValueError, "max_queue_size must be an int >= 0"),
     ({"prefetch": "8"}, TypeError, "prefetch must be an int >= 0, not '8'"),
@@ -35,6 +35,14 @@ BAD_OPTIONS = [
     ({"affinity": "sticky"}, ValueError, "affinity must be one of 'hint', 'strict'"),
     ({"python": None}, TypeError, "python must be a str, not None"),
     ({"name": "a b"}, ValueError, "a pool name is 1-64 characters"),
+    ({"name": "models\n"}, ValueError, "a pool name is 1-64 characters"),
+    ({"env": {"A": "x\0y"}}, ValueError, "env must map variable names"),
+    ({"env": {"A=B": "x"}}, ValueError, "env must map variable names"),
+    ({"env": {"": "x"}}, ValueError, "env must map variable names"),
+    ({"python": "python\0"}, ValueError, "python must not hold a NUL character"),
+    ({"size": 10**12}, ValueError, "size must be an int from 1 to 4096"),
+    ({"stream_window": 2**70}, ValueError, "stream_window must be an int from 1 to"),
+    ({"max_vm_bytes": 2**63}, ValueError, "max_vm_bytes must be an int from 1 to"),
 ]
 
 
@@ -106,3 +114,23 @@ async def test_a_bad_call_argument_is_refused_before_anything_is_sent() -> None:
         status = pool.status()
         assert (status.requests, status.completed, status.failed) == (0, 0, 0)
         assert await pool.execute("identity", 1, timeout=5) == 1
+
+
+@pytest.mark.anyio
+async def test_a_correlation_id_that_is_not_a_str_is_refused_where_it_is_set() -> None:
+    """set_correlation_id refuses anything but a str; one set around it anyway is refused
+    by the call, in the caller, and the worker serves on."""
+    from pypit._shared import correlation_id_var
+    from pypit.worker.telemetry import set_correlation_id
+
+    with pytest.raises(TypeError, match="a correlation id is a str, not 123"):
+        set_correlation_id(123)  # type: ignore[arg-type]
+    async with open_pool(adapter(), **options()) as pool:
+        pid = await pool.execute("pid")
+        token = correlation_id_var.set(123)  # type: ignore[arg-type]
+        try:
+            with pytest.raises(TypeError, match="correlation id must be a str"):
+                await pool.execute("identity", 1)
+        finally:
+            correlation_id_var.reset(token)
+        assert await pool.execute("pid") == pid

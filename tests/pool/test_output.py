@@ -44,3 +44,4 @@ async def test_failed_start_logs_the_error_and_its_traceback() -> None:
     assert failure["reason"] == "setup_failed"
     assert "the model file is missing" in failure["error"]
     assert "RuntimeError: the model file is missing" in failure["traceback"]
+    assert failure["stderr"] == "looking for the model file"
