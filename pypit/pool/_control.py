@@ -9,6 +9,7 @@ re-emitted with the three keys only the pool may set.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -134,6 +135,8 @@ class Control:
             )
 
     def _check_worker(self, worker_id: str) -> None:
+        if type(worker_id) is not str:
+            raise TypeError(f"worker_id must be a str, not {worker_id!r}")
         if worker_id not in self._worker_ids:
             known = ", ".join(self._worker_ids)
             raise UnknownWorkerError(
@@ -164,13 +167,23 @@ class Control:
         worker_id: str | None,
         timeout: float,
     ) -> None:
-        """See :meth:`Pool.configure_telemetry`."""
+        """See :meth:`Pool.configure_telemetry`. Every argument is checked before anything
+        changes."""
+        _check_timeout(timeout)
         changes: dict[str, Any] = {}
         if enabled is not None:
-            changes["enabled"] = bool(enabled)
+            if type(enabled) is not bool:
+                raise TypeError(f"enabled must be True, False or None, not {enabled!r}")
+            changes["enabled"] = enabled
         if sampling_rate is not None:
+            if type(sampling_rate) not in (int, float):
+                raise TypeError(
+                    f"sampling_rate must be a number from 0 to 1, not {sampling_rate!r}"
+                )
             if not 0.0 <= sampling_rate <= 1.0:
-                raise ValueError(f"sampling_rate is between 0 and 1, not {sampling_rate!r}")
+                raise ValueError(
+                    f"sampling_rate must be a number from 0 to 1, not {sampling_rate!r}"
+                )
             changes["sampling_rate"] = float(sampling_rate)
         for key, patterns in (("allow", allow), ("deny", deny)):
             if patterns is not None:
@@ -179,15 +192,17 @@ class Control:
                 ):
                     raise TypeError(f"{key} is a list of name patterns, not {patterns!r}")
                 changes[key] = tuple(patterns)
+        if worker_id is not None:
+            self._check_worker(worker_id)
         if worker_id is None:
             self._settings.update(changes)
         else:
-            self._check_worker(worker_id)
             self._per_worker.setdefault(worker_id, {}).update(changes)
         await self._apply(worker_id, timeout)
 
     async def set_worker_level(self, worker_id: str, level: str, timeout: float) -> None:
         """See :meth:`Pool.set_worker_level`."""
+        _check_timeout(timeout)
         check_level(level)
         self._check_worker(worker_id)
         self._per_worker.setdefault(worker_id, {})["log_level"] = level
@@ -196,6 +211,7 @@ class Control:
 
     async def reset_worker_level(self, worker_id: str, timeout: float) -> None:
         """See :meth:`Pool.reset_worker_level`."""
+        _check_timeout(timeout)
         self._check_worker(worker_id)
         self._per_worker.get(worker_id, {}).pop("log_level", None)
         self._relevel(worker_id)
@@ -252,3 +268,11 @@ class Control:
                         "event_name": next(iter(names)) if len(names) == 1 else None,
                     },
                 )
+
+
+def _check_timeout(timeout: Any) -> None:
+    """How long to wait for the workers' acknowledgement: a finite number of seconds > 0."""
+    if type(timeout) not in (int, float):
+        raise TypeError(f"timeout must be a number of seconds > 0, not {timeout!r}")
+    if not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")

@@ -134,3 +134,31 @@ async def test_a_correlation_id_that_is_not_a_str_is_refused_where_it_is_set() -
         finally:
             correlation_id_var.reset(token)
         assert await pool.execute("pid") == pid
+
+
+@pytest.mark.anyio
+async def test_live_control_arguments_are_checked_before_anything_changes() -> None:
+    """configure_telemetry, set_worker_level and reset_worker_level refuse a bad argument
+    with a typed error, and a refused change is not applied."""
+    async with open_pool(adapter(), **options()) as pool:
+        (worker_id,) = pool.workers()
+        cases: list[tuple[dict[str, Any], type[Exception], str]] = [
+            ({"enabled": "no"}, TypeError, "enabled must be True, False or None"),
+            ({"sampling_rate": "0.5"}, TypeError, "sampling_rate must be a number"),
+            ({"sampling_rate": True}, TypeError, "sampling_rate must be a number"),
+            ({"sampling_rate": 2.0}, ValueError, "sampling_rate must be a number"),
+            ({"deny": ["*"], "timeout": "5"}, TypeError, "timeout must be a number"),
+            ({"deny": ["*"], "timeout": 0}, ValueError, "timeout must be a number"),
+            ({"deny": ["*"], "timeout": math.nan}, ValueError, "timeout must be a number"),
+            ({"deny": ["*"], "worker_id": 123}, TypeError, "worker_id must be a str"),
+        ]
+        for kwargs, kind, message in cases:
+            with pytest.raises(kind, match=message):
+                await pool.configure_telemetry(**kwargs)
+        with pytest.raises(TypeError, match="timeout must be a number"):
+            await pool.set_worker_level(worker_id, "debug", timeout="x")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="timeout must be a number"):
+            await pool.reset_worker_level(worker_id, timeout=-1)
+        # None of the refused deny lists was applied (the test reads the settings the pool
+        # would send the worker, which are private).
+        assert pool._control.message(worker_id).deny == []
