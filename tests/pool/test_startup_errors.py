@@ -6,6 +6,7 @@ import os
 import signal
 
 import anyio
+import psutil
 import pytest
 import structlog
 
@@ -18,7 +19,7 @@ from pypit import (
     WorkerStartError,
 )
 from pypit.pool import open_pool
-from tests.pool.conftest import adapter, options
+from tests.pool.conftest import adapter, options, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -85,6 +86,10 @@ async def test_misuse_of_the_pool_raises_pypit_errors_that_are_the_fitting_built
         (pid,) = pool.workers().values()
         os.kill(pid, signal.SIGSTOP)
         try:
+            # The signal is delivered a moment later: a worker still running would ack.
+            await wait_until(
+                lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, "the stop"
+            )
             with pytest.raises(AcknowledgeTimeoutError, match="default_worker_1") as late:
                 await pool.configure_telemetry(sampling_rate=0.5, timeout=0.3)
         finally:
