@@ -19,6 +19,7 @@ from pypit._errors import PypitError as PypitError
 from pypit._errors import QueueTimeoutError as QueueTimeoutError
 from pypit._errors import SerializationError as SerializationError
 from pypit._errors import SessionUnavailableError as SessionUnavailableError
+from pypit._errors import StreamBusyError as StreamBusyError
 from pypit._errors import ToolError as ToolError
 from pypit._errors import ToolKindError as ToolKindError
 from pypit._errors import UnknownCommandError as UnknownCommandError
@@ -41,6 +42,7 @@ __all__ = [
     "QueueTimeoutError",
     "SerializationError",
     "SessionUnavailableError",
+    "StreamBusyError",
     "ToolError",
     "ToolKindError",
     "UnknownCommandError",

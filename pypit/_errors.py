@@ -11,6 +11,7 @@ works on a call that ran out of time::
     ├── PoolSaturatedError (RuntimeError)       the pool's queue is full
     ├── PoolDegradedError (RuntimeError)        no worker can serve the call
     ├── SessionUnavailableError (RuntimeError)  the session's worker cannot take the call
+    ├── StreamBusyError (RuntimeError)          a stream iterated by two tasks at once
     ├── QueueTimeoutError (TimeoutError)        waited in the queue past queue_timeout
     ├── WorkerTimeoutError (TimeoutError)       the call ran past its deadline
     ├── WorkerCrashedError (RuntimeError)       the worker died with the call in flight
@@ -64,6 +65,11 @@ class PoolDegradedError(PypitError, RuntimeError):
 
 class SessionUnavailableError(PypitError, RuntimeError):
     """``affinity="strict_fail_fast"``: the worker of the session cannot take the call now."""
+
+
+class StreamBusyError(PypitError, RuntimeError):
+    """Another task is taking this stream's chunks: a stream is iterated by one task at a
+    time."""
 
 
 class QueueTimeoutError(PypitError, TimeoutError):

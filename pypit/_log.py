@@ -9,9 +9,10 @@ costs one comparison.
 
 Levels belong to the pool given them (``log_level`` and ``log_categories`` of
 ``open_pool``, as :class:`Levels`): a pool's loggers carry its name and filter
-at its levels, whatever other pools were given. Where a pool was given no
-level, and for records that belong to no pool, the process-wide levels of
-:func:`set_levels` apply (info by default).
+at its levels, whatever other pools were given. Records that belong to no pool
+(a failing telemetry handler) pass at info and above; the application's
+structlog configuration filters further. There is no process-wide level to
+change: nothing one part of an application sets can silence another's pool.
 """
 
 from __future__ import annotations
@@ -24,65 +25,53 @@ import structlog
 LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "none": 100}
 CATEGORIES: Final = ("pool", "worker", "rpc", "telemetry")
 
-_default_level = LEVELS["info"]
-_thresholds: dict[str, int] = dict.fromkeys(CATEGORIES, _default_level)
+DEFAULT_LEVEL: Final = "info"
 
 
-def check_level(level: str) -> int:
+def check_level(level: object, option: str = "log_level") -> int:
+    """``level``'s number; a one-line error naming ``option`` if it is not a level."""
+    if not isinstance(level, str):
+        raise TypeError(f"{option} must be one of {', '.join(LEVELS)} (a str), not {level!r}")
     try:
         return LEVELS[level]
     except KeyError:
-        raise ValueError(f"a log level is one of {', '.join(LEVELS)}, not {level!r}") from None
+        raise ValueError(f"{option} must be one of {', '.join(LEVELS)}, not {level!r}") from None
 
 
-def check_category(category: str) -> None:
+def check_category(category: object) -> None:
     if category not in CATEGORIES:
-        raise ValueError(f"a log category is one of {', '.join(CATEGORIES)}, not {category!r}")
-
-
-def set_levels(level: str | None = None, categories: Mapping[str, str] | None = None) -> None:
-    """Set pypit's process-wide log level, and per-category levels that override it: they
-    apply where a pool was given no level of its own."""
-    global _default_level
-    for category, category_level in (categories or {}).items():
-        check_category(category)
-        check_level(category_level)
-    if level is not None:
-        _default_level = check_level(level)
-        for category in CATEGORIES:
-            _thresholds[category] = _default_level
-    for category, category_level in (categories or {}).items():
-        _thresholds[category] = check_level(category_level)
+        raise ValueError(
+            f"log_categories' keys must be among {', '.join(CATEGORIES)}, not {category!r}"
+        )
 
 
 class Levels:
-    """The levels one pool was given: ``level`` for every category, ``categories`` over it.
-    A category given no level follows the process-wide one."""
+    """The levels one pool was given: ``level`` for every category, ``categories`` over it."""
 
     __slots__ = ("_thresholds",)
 
     def __init__(
-        self, level: str | None = None, categories: Mapping[str, str] | None = None
+        self, level: str = DEFAULT_LEVEL, categories: Mapping[str, str] | None = None
     ) -> None:
-        default = None if level is None else check_level(level)
-        self._thresholds: dict[str, int | None] = dict.fromkeys(CATEGORIES, default)
+        self._thresholds = dict.fromkeys(CATEGORIES, check_level(level))
         for category, category_level in (categories or {}).items():
             check_category(category)
-            self._thresholds[category] = check_level(category_level)
+            self._thresholds[category] = check_level(
+                category_level, f"log_categories[{category!r}]"
+            )
 
-    def threshold(self, category: str) -> int | None:
-        """The pool's threshold for ``category``; None where it follows the process's."""
+    def threshold(self, category: str) -> int:
+        """The pool's threshold for ``category``."""
         return self._thresholds[category]
 
 
 class _Logger:
-    """A structlog logger for one category, filtered by pypit's levels first, or by a
-    threshold of its own."""
+    """A structlog logger for one category, filtered by a threshold first."""
 
     __slots__ = ("_category", "_initial", "_logger", "_threshold")
 
     def __init__(
-        self, category: str, initial_values: dict[str, Any], threshold: int | None = None
+        self, category: str, initial_values: dict[str, Any], threshold: int = LEVELS[DEFAULT_LEVEL]
     ) -> None:
         self._category = category
         self._initial = initial_values
@@ -95,15 +84,12 @@ class _Logger:
         """The same logger, with ``values`` in each of its records."""
         return _Logger(self._category, {**self._initial, **values}, self._threshold)
 
-    def with_threshold(self, threshold: int | None) -> _Logger:
-        """The same logger, filtered at ``threshold`` (None: at the process-wide levels)."""
+    def with_threshold(self, threshold: int) -> _Logger:
+        """The same logger, filtered at ``threshold``."""
         return _Logger(self._category, self._initial, threshold)
 
     def _enabled(self, level: int) -> bool:
-        threshold = self._threshold
-        if threshold is None:
-            threshold = _thresholds.get(self._category, _default_level)
-        return level >= threshold
+        return level >= self._threshold
 
     def log(self, level: int, event: str, /, **kw: Any) -> None:
         """Log at a level given as the stdlib's number (a worker's record)."""
@@ -138,5 +124,7 @@ class _Logger:
 
 def get_logger(category: str, levels: Levels | None = None, **initial_values: Any) -> _Logger:
     """A logger named ``pypit.<category>`` with ``category`` bound, filtered at the levels
-    of its pool, if it has one, else at the process-wide levels."""
-    return _Logger(category, initial_values, None if levels is None else levels.threshold(category))
+    of its pool, if it has one, else at info."""
+    if levels is None:
+        return _Logger(category, initial_values)
+    return _Logger(category, initial_values, levels.threshold(category))

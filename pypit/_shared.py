@@ -52,6 +52,18 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
     return False
 
 
+def check_pattern(option: str, pattern: object) -> None:
+    """Refuse what is not a pattern :func:`matches` understands, naming ``option``."""
+    if pattern == "*":
+        return
+    name = pattern.removesuffix(".*") if isinstance(pattern, str) else None
+    if name is None or not valid_name(name) or "*" in name:
+        raise ValueError(
+            f"{option} holds event name patterns: an exact name ('inference.stop'), a "
+            f"prefix ending in '.*' ('inference.*') or '*', not {pattern!r}"
+        )
+
+
 def valid_name(name: object) -> bool:
     """Whether ``name`` is a dotted event name: non-empty segments."""
     return isinstance(name, str) and bool(name) and all(name.split("."))

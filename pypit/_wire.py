@@ -27,6 +27,7 @@ import reprlib
 import struct
 import threading
 import uuid
+from collections.abc import Iterator
 from itertools import compress, repeat
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
@@ -437,6 +438,59 @@ def _path(root: Any, target: Any) -> str:
     return ""
 
 
+def _children(value: Any, path: str) -> Iterator[tuple[Any, str]]:
+    if type(value) is dict:
+        return ((item, f"{path}[{_show(key)}]") for key, item in value.items())
+    if type(value) is list or type(value) is tuple:
+        return ((item, f"{path}[{i}]") for i, item in enumerate(value))
+    return iter(())
+
+
+def _cycle(root: Any) -> tuple[str, str] | None:
+    """Where ``root`` contains itself: the path of a container met again inside itself,
+    and the path where it was first met; None if it holds no cycle. Only on the way to an
+    error, so a plain search (depth first, keeping the containers on the way)."""
+    ancestors: dict[int, str] = {id(root): ""}
+    done: set[int] = set()
+    stack = [(root, _children(root, ""))]
+    while stack:
+        value, children = stack[-1]
+        for child, path in children:
+            if type(child) not in (dict, list, tuple) or id(child) in done:
+                continue
+            if id(child) in ancestors:
+                return path, ancestors[id(child)]
+            ancestors[id(child)] = path
+            stack.append((child, _children(child, path)))
+            break
+        else:
+            stack.pop()
+            del ancestors[id(value)]
+            done.add(id(value))
+    return None
+
+
+def _too_deep(message: _Message) -> SerializationError:
+    """The error of a message whose value is nested past the recursion limit: where it
+    contains itself, if it does."""
+    where, value = {
+        Call: ("args", "args"),
+        Result: ("result", "value"),
+        Chunk: ("chunk", "value"),
+    }.get(type(message), ("", ""))
+    cycle = _cycle(getattr(message, value)) if where else None
+    if cycle is not None:
+        again, first = cycle
+        return SerializationError(
+            f"cannot send {where}{again}: it is {where}{first} again, a value that contains "
+            "itself; the wire carries values nested as trees, not cycles"
+        )
+    return SerializationError(
+        "cannot encode the message: a value in it is nested too deep (the interpreter's "
+        "recursion limit bounds the nesting of a value on the wire)"
+    )
+
+
 def _refuse(value: Any) -> Any:
     raise SerializationError(
         f"cannot send a value of type {_type_name(value)}: {_show(value)}; {_RULE}: "
@@ -475,10 +529,7 @@ def encode(message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> b
     except OverflowError:
         raise _out_of_range(message) from None
     except RecursionError:
-        raise SerializationError(
-            "cannot encode the message: a value in it is nested too deep (the interpreter's "
-            "recursion limit bounds the nesting of a value on the wire)"
-        ) from None
+        raise _too_deep(message) from None
     except Exception as exc:
         # Not only msgspec's own errors: encoding reads the value's attributes, and whatever
         # that raises means the value cannot travel, never that the sender must fail.

@@ -37,7 +37,6 @@ from typing import Any
 import attrs
 import pytest
 
-from pypit import _log
 from pypit.pool import open_pool, start_pool
 from pypit.worker import Adapter
 from pypit.worker._adapter import discover_tools
@@ -220,16 +219,6 @@ def page_modules(
     _forget_myapp()
     yield write
     _forget_myapp()
-
-
-@pytest.fixture(autouse=True)
-def _log_levels() -> Iterator[None]:
-    """pypit's log levels as they were: a block may open a pool that sets them."""
-    levels = _log._default_level, dict(_log._thresholds)
-    yield
-    _log._default_level, thresholds = levels
-    _log._thresholds.clear()
-    _log._thresholds.update(thresholds)
 
 
 def test_every_python_block_is_run_or_says_why_not() -> None:

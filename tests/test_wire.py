@@ -212,8 +212,8 @@ def test_a_value_whose_attributes_raise_is_refused_without_advice() -> None:
 
 
 def test_shared_containers_travel_and_cycles_are_refused() -> None:
-    """A container met twice is checked once and sent twice; a cycle ends the check and is
-    refused by the encoder as nested too deep."""
+    """A container met twice is checked once and sent twice; a value that contains itself
+    is refused with where: the path of the container met again, and where it was first."""
     shared = [{"a": [1, 2]}]
     frame = _wire.encode(_wire.Call(1, "tool", [shared, shared, {"k": shared}], "c"))
     decoded = _wire.decode_to_worker(frame[_wire.HEADER.size :])
@@ -222,8 +222,16 @@ def test_shared_containers_travel_and_cycles_are_refused() -> None:
 
     cycle: list[Any] = [1]
     cycle.append({"again": cycle})
-    with pytest.raises(SerializationError, match="nested too deep"):
-        _wire.encode(_wire.Call(1, "tool", cycle, "c"))
+    with pytest.raises(SerializationError) as info:
+        _wire.encode(_wire.Call(1, "tool", [shared, {"x": cycle}], "c"))
+    assert str(info.value) == (
+        "cannot send args[1]['x'][1]['again']: it is args[1]['x'] again, a value that "
+        "contains itself; the wire carries values nested as trees, not cycles"
+    )
+    with pytest.raises(
+        SerializationError, match=r"cannot send result\[1\]\['again'\]: it is result "
+    ):
+        _wire.encode(_wire.Result(1, cycle))
 
 
 def test_a_key_nested_past_the_recursion_limit_is_refused() -> None:

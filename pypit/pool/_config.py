@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -11,7 +12,8 @@ from typing import Any, Literal
 
 import attrs
 
-from pypit._log import check_category, check_level
+from pypit._log import DEFAULT_LEVEL, check_category, check_level
+from pypit._shared import check_pattern
 from pypit._wire import DEFAULT_MAX_FRAME_SIZE
 
 MIN_MAX_FRAME_SIZE = 65_536
@@ -64,6 +66,20 @@ def _seconds(*, positive: bool, optional: bool = False) -> Any:
     return check
 
 
+def check_timeout(value: Any, *, optional: bool) -> float | None:
+    """A call's or an operation's ``timeout``: a finite number of seconds > 0 (any int or
+    float, a subclass such as numpy's float64 included, but not a bool), as a float; None
+    too if ``optional``."""
+    if value is None and optional:
+        return None
+    expected = "a number of seconds > 0" + (" or None" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"timeout must be {expected}, not {value!r}")
+    if not 0 < value < math.inf:
+        raise ValueError(f"timeout must be {expected}, not {value!r}")
+    return float(value)
+
+
 def _patterns(value: Any) -> tuple[str, ...]:
     """A list of event name patterns; a bare string is refused, not split into letters."""
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
@@ -97,7 +113,7 @@ def _log_categories(value: Any) -> dict[str, str]:
     categories = _str_mapping("log_categories", value)
     for category, level in categories.items():
         check_category(category)
-        check_level(level)
+        check_level(level, f"log_categories[{category!r}]")
     return categories
 
 
@@ -140,12 +156,11 @@ def _affinity(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
 
 
 def _pattern(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{attribute.name} holds event name patterns (str), not {value!r}")
+    check_pattern(attribute.name, value)
 
 
-def _level(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_level(value)
+def _level(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_level(value, attribute.name)
 
 
 def _default_size() -> int:
@@ -254,9 +269,9 @@ class PoolConfig:
     """Events a worker holds before shipping; past it, events are dropped and counted."""
     sample_interval: float = attrs.field(default=10.0, validator=_seconds(positive=False))
     """Period of python.memory.sampled and python.cpu.sampled in each worker; 0 disables."""
-    log_level: str | None = attrs.field(default=None, validator=attrs.validators.optional(_level))
-    """This pool's log level (debug, info, warning, error or none); None follows pypit's
-    process-wide level (info by default). Other pools keep their own."""
+    log_level: str = attrs.field(default=DEFAULT_LEVEL, validator=_level)
+    """This pool's log level: debug, info, warning, error or none. Other pools keep
+    their own."""
     log_categories: Mapping[str, str] = attrs.field(factory=dict, converter=_log_categories)
     """This pool's levels per category (``pool``, ``worker``, ``rpc``, ``telemetry``), over
     ``log_level``. The ``worker`` level is also the level its workers start with."""
@@ -264,3 +279,20 @@ class PoolConfig:
     """The interpreter that runs the workers."""
     env: Mapping[str, str] = attrs.field(factory=dict, converter=_env)
     """Extra environment variables for the workers."""
+
+
+def make_config(
+    adapter: str, size: int | None, name: str, options: Mapping[str, Any]
+) -> PoolConfig:
+    """The :class:`PoolConfig` of ``open_pool``'s arguments; an unknown option is refused
+    with the closest known one."""
+    known = attrs.fields_dict(PoolConfig)
+    for option in options:
+        if option not in known:
+            close = difflib.get_close_matches(option, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"{option!r} is not an option of a pool{hint}")
+    settings: dict[str, Any] = {"adapter": adapter, "name": name, **options}
+    if size is not None:
+        settings["size"] = size
+    return PoolConfig(**settings)

@@ -9,7 +9,6 @@ re-emitted with the three keys only the pool may set.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,9 +17,16 @@ import anyio
 from pypit import _wire
 from pypit._errors import AcknowledgeTimeoutError, ProtocolError, UnknownWorkerError
 from pypit._log import LEVELS, Levels, _Logger, check_level, get_logger
-from pypit._shared import CATALOG_NAMES, DROP_REASONS, invalid_metadata, matches, valid_name
+from pypit._shared import (
+    CATALOG_NAMES,
+    DROP_REASONS,
+    check_pattern,
+    invalid_metadata,
+    matches,
+    valid_name,
+)
 from pypit.pool import _events
-from pypit.pool._config import PoolConfig
+from pypit.pool._config import PoolConfig, check_timeout
 from pypit.pool._worker import WorkerHandle
 from pypit.telemetry import _registry
 
@@ -169,7 +175,7 @@ class Control:
     ) -> None:
         """See :meth:`Pool.configure_telemetry`. Every argument is checked before anything
         changes."""
-        _check_timeout(timeout)
+        check_timeout(timeout, optional=False)
         changes: dict[str, Any] = {}
         if enabled is not None:
             if type(enabled) is not bool:
@@ -187,10 +193,13 @@ class Control:
             changes["sampling_rate"] = float(sampling_rate)
         for key, patterns in (("allow", allow), ("deny", deny)):
             if patterns is not None:
-                if not isinstance(patterns, list | tuple) or not all(
-                    isinstance(p, str) and p for p in patterns
-                ):
-                    raise TypeError(f"{key} is a list of name patterns, not {patterns!r}")
+                if not isinstance(patterns, list | tuple):
+                    raise TypeError(
+                        f"{key} must be a list of name patterns such as ['inference.*'], "
+                        f"not {patterns!r}"
+                    )
+                for pattern in patterns:
+                    check_pattern(key, pattern)
                 changes[key] = tuple(patterns)
         if worker_id is not None:
             self._check_worker(worker_id)
@@ -202,8 +211,8 @@ class Control:
 
     async def set_worker_level(self, worker_id: str, level: str, timeout: float) -> None:
         """See :meth:`Pool.set_worker_level`."""
-        _check_timeout(timeout)
-        check_level(level)
+        check_timeout(timeout, optional=False)
+        check_level(level, "level")
         self._check_worker(worker_id)
         self._per_worker.setdefault(worker_id, {})["log_level"] = level
         self._relevel(worker_id)
@@ -211,7 +220,7 @@ class Control:
 
     async def reset_worker_level(self, worker_id: str, timeout: float) -> None:
         """See :meth:`Pool.reset_worker_level`."""
-        _check_timeout(timeout)
+        check_timeout(timeout, optional=False)
         self._check_worker(worker_id)
         self._per_worker.get(worker_id, {}).pop("log_level", None)
         self._relevel(worker_id)
@@ -268,11 +277,3 @@ class Control:
                         "event_name": next(iter(names)) if len(names) == 1 else None,
                     },
                 )
-
-
-def _check_timeout(timeout: Any) -> None:
-    """How long to wait for the workers' acknowledgement: a finite number of seconds > 0."""
-    if type(timeout) not in (int, float):
-        raise TypeError(f"timeout must be a number of seconds > 0, not {timeout!r}")
-    if not 0 < timeout < math.inf:
-        raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")

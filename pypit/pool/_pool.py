@@ -43,7 +43,7 @@ from pypit._log import Levels, get_logger
 from pypit._shared import correlation_id_var
 from pypit.pool import _events
 from pypit.pool._channel import Server, signal_factory
-from pypit.pool._config import AFFINITIES, Affinity, PoolConfig
+from pypit.pool._config import AFFINITIES, Affinity, PoolConfig, check_timeout, make_config
 from pypit.pool._control import Control
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Limits, Scheduler, SessionInfo
@@ -342,9 +342,12 @@ class Pool:
 
     # -- placing calls ---------------------------------------------------------------------
 
-    def _check(self, command: str, *, stream: bool) -> None:
+    def _check_open(self) -> None:
         if self._closed:
             raise PoolClosedError(f"pool {self.name!r} is closed")
+
+    def _check(self, command: str, *, stream: bool) -> None:
+        self._check_open()
         tool = self._supervisor.tools.get(command)
         if tool is None:
             raise UnknownCommandError(command, tuple(sorted(self._supervisor.tools)))
@@ -365,12 +368,7 @@ class Pool:
     ) -> Request:
         """Check and encode a call; nothing is sent or queued yet."""
         self._check(command, stream=stream)
-        if timeout is not None and (
-            (type(timeout) is not float and type(timeout) is not int) or not 0 < timeout < math.inf
-        ):
-            number = type(timeout) is float or type(timeout) is int
-            kind = ValueError if number else TypeError
-            raise kind(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
+        timeout = check_timeout(timeout, optional=True)
         for name, value in (("session_id", session_id), ("correlation_id", correlation_id)):
             if value is not None and type(value) is not str:
                 raise TypeError(f"{name} must be a str or None, not {value!r}")
@@ -430,8 +428,9 @@ class Pool:
         workers start with it. Raises :class:`~pypit.AcknowledgeTimeoutError` (a
         ``TimeoutError``) naming the workers that did not acknowledge in ``timeout``
         seconds, :class:`~pypit.UnknownWorkerError` (a ``LookupError``) for an unknown
-        worker.
+        worker, :class:`~pypit.PoolClosedError` once the pool is closed.
         """
+        self._check_open()
         await self._control.configure_telemetry(
             enabled=enabled,
             sampling_rate=sampling_rate,
@@ -444,12 +443,16 @@ class Pool:
     async def set_worker_level(self, worker_id: str, level: str, *, timeout: float = 5.0) -> None:
         """Set the log level inside ``worker_id``'s process (its stdlib logging and
         structlog), live; the pool logs that worker's records at it too. It survives
-        restarts of that worker."""
+        restarts of that worker. Raises :class:`~pypit.PoolClosedError` once the pool is
+        closed."""
+        self._check_open()
         await self._control.set_worker_level(worker_id, level, timeout)
 
     async def reset_worker_level(self, worker_id: str, *, timeout: float = 5.0) -> None:
         """Give ``worker_id`` back the pool's level for the ``worker`` category (or, without
-        one, the level the worker started with)."""
+        one, the level the worker started with). Raises :class:`~pypit.PoolClosedError`
+        once the pool is closed."""
+        self._check_open()
         await self._control.reset_worker_level(worker_id, timeout)
 
     async def recycle_worker(self, worker_id: str) -> None:
@@ -461,7 +464,9 @@ class Pool:
         replacement got ready in time: the old worker's drain and stop
         (``shutdown_timeout`` and twice ``stop_grace``), then ``startup_timeout``
         and ``restart_backoff_max`` for the new one. The slot keeps trying.
+        :class:`~pypit.PoolClosedError` once the pool is closed.
         """
+        self._check_open()
         await self._supervisor.recycle_worker(worker_id)
 
     # -- opening and closing ---------------------------------------------------------
@@ -577,11 +582,7 @@ async def open_pool(
     waiting for them, and stops the workers within ``stop_grace``. Other
     options are the fields of :class:`PoolConfig`.
     """
-    settings: dict[str, Any] = {"adapter": adapter, "name": name, **options}
-    if size is not None:
-        settings["size"] = size
-    config = PoolConfig(**settings)
-    pool = Pool(config)
+    pool = Pool(make_config(adapter, size, name, options))
     try:
         async with anyio.create_task_group() as task_group:
             tasks = PoolTasks(task_group)

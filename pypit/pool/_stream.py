@@ -28,6 +28,7 @@ import anyio
 import anyio.lowlevel
 
 from pypit import _wire
+from pypit._errors import StreamBusyError
 from pypit.pool import _events
 from pypit.pool._channel import signal_factory
 from pypit.pool._request import Request
@@ -40,6 +41,11 @@ _CLOSE_GRACE: Final = 0.25
 _ENTER_FIRST: Final = (
     "iterate a stream inside its block: `async with pool.stream(...) as chunks: "
     "async for chunk in chunks: ...`, so that leaving the loop early cancels it at once"
+)
+_ENTERED: Final = "a stream is entered once, for one call: call pool.stream(...) again for another"
+STREAM_ENDED: Final = (
+    "this stream is closed (its block ended, or aclose() was called): iterate a stream "
+    "inside its block, or call pool.stream(...) again for another call"
 )
 _stream_ids = itertools.count(1)
 
@@ -145,7 +151,7 @@ class Stream:
 
     async def __aenter__(self) -> Self:
         if self._request is not None or self._closed:
-            raise RuntimeError("a stream is entered once")
+            raise TypeError(_ENTERED)
         request = self._prepare()
         request.arrived = _Arrivals(self)
         self._batch = max(1, self._window // 2)
@@ -168,16 +174,24 @@ class Stream:
         await self.aclose()
 
     def __aiter__(self) -> Self:
+        self._check_iterable()
+        return self
+
+    def _check_iterable(self) -> None:
         if self._request is None:
             raise TypeError(_ENTER_FIRST)
-        return self
+        if self._closed and not self._busy:
+            raise TypeError(STREAM_ENDED)
 
     async def __anext__(self) -> Any:
         request = self._request
-        if request is None:
-            raise TypeError(_ENTER_FIRST)
+        self._check_iterable()
+        assert request is not None
         if self._busy:
-            raise RuntimeError("a stream is iterated by one task at a time")
+            raise StreamBusyError(
+                "another task is taking this stream's chunks: iterate a stream from one "
+                "task at a time"
+            )
         # A chunk already here is taken without waiting; a cancelled consumer still stops
         # at once rather than after up to a window of chunks.
         await anyio.lowlevel.checkpoint_if_cancelled()

@@ -15,14 +15,14 @@ import functools
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 import anyio.from_thread
 
 from pypit._errors import PoolClosedError
-from pypit.pool._config import Affinity
+from pypit.pool._config import Affinity, make_config
 from pypit.pool._pool import Pool, PoolStatus, SessionInfo, ToolDescription, open_pool
-from pypit.pool._stream import Stream
+from pypit.pool._stream import STREAM_ENDED, Stream
 
 T = TypeVar("T")
 
@@ -61,12 +61,13 @@ class SyncStream:
     iterator, and a stream must not wait for the garbage collector to end.
     """
 
-    __slots__ = ("_entered", "_portal", "_stream")
+    __slots__ = ("_closed", "_entered", "_portal", "_stream")
 
     def __init__(self, stream: Stream, portal: anyio.from_thread.BlockingPortal) -> None:
         self._stream = stream
         self._portal = portal
         self._entered = False
+        self._closed = False
 
     @property
     def buffered(self) -> int:
@@ -92,6 +93,8 @@ class SyncStream:
                 "iterate a stream inside its block: `with pool.stream(...) as chunks: "
                 "for chunk in chunks: ...`, so that leaving the loop early cancels it at once"
             )
+        if self._closed:
+            raise TypeError(STREAM_ENDED)
         return self
 
     def __next__(self) -> Any:
@@ -103,6 +106,7 @@ class SyncStream:
     def close(self) -> None:
         """End the stream, as leaving its block does; nothing happens the second time (nor
         once the pool closed, which ended the stream)."""
+        self._closed = True
         with contextlib.suppress(PoolClosedError):
             _on_loop(self._portal, self._stream.aclose)
 
@@ -207,6 +211,9 @@ class SyncPool:
         return self._pool.workers()
 
 
+_BACKENDS: Final = ("asyncio", "trio")
+
+
 @contextmanager
 def start_pool(
     adapter: str,
@@ -224,6 +231,11 @@ def start_pool(
     included), they are cancelled. Ctrl-C while the pool stops kills its
     workers, and the block is left at once.
     """
+    if backend not in _BACKENDS:
+        raise ValueError(
+            f"backend must be one of {', '.join(map(repr, _BACKENDS))}, not {backend!r}"
+        )
+    make_config(adapter, size, name, options)  # misuse is refused here, with no thread yet
     with anyio.from_thread.start_blocking_portal(backend) as portal:
         opened = portal.wrap_async_context_manager(
             open_pool(adapter, size=size, name=name, **options)

@@ -358,10 +358,14 @@ class WorkerHandle:
             os.killpg(self.pid, sig)
 
     async def reap(self, grace: float) -> int | None:
-        """Wait for the process to exit, escalating to SIGTERM and SIGKILL; its return code."""
+        """Wait for the process to exit, escalating to SIGTERM and SIGKILL; its return code.
+
+        SIGCONT follows SIGTERM (as systemd sends it): a stopped worker acts on SIGTERM
+        at once instead of holding it until SIGKILL, a second ``grace`` later."""
         with anyio.move_on_after(grace):
             return await self.process.wait()
         self.kill_group(signal.SIGTERM)
+        self.kill_group(signal.SIGCONT)
         with anyio.move_on_after(grace):
             return await self.process.wait()
         self.kill_group(signal.SIGKILL)

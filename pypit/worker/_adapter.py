@@ -121,7 +121,8 @@ def discover_tools(adapter: object) -> dict[str, ToolSpec]:
 
 
 def load_adapter(spec: str) -> type[Any]:
-    """Import ``"package.module:Class"`` and return the class."""
+    """Import ``"package.module:Class"`` and return the class, a subclass of
+    :class:`Adapter`."""
     module_name, sep, qualname = spec.partition(":")
     if not sep or not module_name or not qualname:
         raise ValueError(f"an adapter is named 'package.module:Class', not {spec!r}")
@@ -129,5 +130,10 @@ def load_adapter(spec: str) -> type[Any]:
     for part in qualname.split("."):
         target = getattr(target, part)
     if not isinstance(target, type):
-        raise TypeError(f"{spec} is not a class")
+        raise TypeError(f"adapter {spec} is not a class but {target!r}")
+    if not issubclass(target, Adapter):
+        raise TypeError(
+            f"adapter {spec} is not a subclass of pypit.worker.Adapter: declare it as "
+            f"`class {target.__name__}(Adapter)`"
+        )
     return target

@@ -385,6 +385,7 @@ async def test_shutdown_drains_calls_in_flight_and_refuses_queued_ones(
     gate = tmp_path / "gate"
     async with open_pool(adapter(), **options(**warmth(warm))) as pool:
         await warm_up(pool, warm)
+        (worker_id,) = pool.workers()
 
         async def call(name: str, command: str, args: object) -> None:
             try:
@@ -405,6 +406,14 @@ async def test_shutdown_drains_calls_in_flight_and_refuses_queued_ones(
     assert isinstance(outcomes["queued"], PoolClosedError)
     with pytest.raises(PoolClosedError):
         await pool.execute("identity", 1)
+    for operation in (
+        pool.configure_telemetry(enabled=False),
+        pool.set_worker_level(worker_id, "debug"),
+        pool.reset_worker_level(worker_id),
+        pool.recycle_worker(worker_id),
+    ):
+        with pytest.raises(PoolClosedError, match="is closed"):
+            await operation
 
 
 @pytest.mark.parametrize("how", ["cancelled", "raised"])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import pytest
 
 from pypit import telemetry
-from pypit.pool import PoolConfig, open_pool
+from pypit.pool import PoolConfig, open_pool, start_pool
+from pypit.pool._config import make_config
 from tests.pool.conftest import adapter, options
 
 BAD_OPTIONS = [
@@ -30,8 +32,16 @@ BAD_OPTIONS = [
     ({"env": {"A": 1}}, TypeError, "env must be a mapping of str to str"),
     ({"env": ["A=1"]}, TypeError, "env must be a mapping of str to str"),
     ({"log_categories": {"pool": 10}}, TypeError, "log_categories must be a mapping of str"),
-    ({"log_categories": {"pools": "info"}}, ValueError, "a log category is one of pool,"),
-    ({"log_categories": {"pool": "loud"}}, ValueError, "a log level is one of debug,"),
+    ({"log_categories": {"pools": "info"}}, ValueError, "log_categories' keys must be among"),
+    ({"log_categories": {"pool": "loud"}}, ValueError, "log_categories['pool'] must be one of"),
+    ({"log_level": "loud"}, ValueError, "log_level must be one of debug, info, warning, error"),
+    ({"log_level": 10}, TypeError, "log_level must be one of debug, info, warning, error, none"),
+    ({"log_level": None}, TypeError, "log_level must be one of"),
+    ({"telemetry_allow": ["inference*"]}, ValueError, "prefix ending in '.*'"),
+    ({"telemetry_allow": ["a..b"]}, ValueError, "not 'a..b'"),
+    ({"telemetry_allow": ["a.*.b"]}, ValueError, "not 'a.*.b'"),
+    ({"telemetry_allow": [".*"]}, ValueError, "not '.*'"),
+    ({"telemetry_allow": [3]}, ValueError, "not 3"),
     ({"affinity": "sticky"}, ValueError, "affinity must be one of 'hint', 'strict'"),
     ({"python": None}, TypeError, "python must be a str, not None"),
     ({"name": "a b"}, ValueError, "a pool name is 1-64 characters"),
@@ -66,12 +76,13 @@ def test_the_defaults_and_good_values_are_accepted() -> None:
         size=2,
         queue_timeout=1,
         max_frame_size=65_536,
-        telemetry_allow=("inference.*", "x.y"),
+        telemetry_allow=("inference.*", "x.y", "*", "a.b.*"),
         env={"A": "1"},
         ttl=None,
         affinity="strict",
     )
-    assert config.telemetry_allow == ("inference.*", "x.y")
+    assert config.telemetry_allow == ("inference.*", "x.y", "*", "a.b.*")
+    assert config.log_level == "info"
 
 
 @pytest.mark.anyio
@@ -115,6 +126,36 @@ async def test_a_bad_call_argument_is_refused_before_anything_is_sent() -> None:
         assert (status.requests, status.completed, status.failed) == (0, 0, 0)
         assert await pool.execute("identity", 1, timeout=5) == 1
 
+        class Seconds(float):
+            """A float subclass, as numpy's float64 is."""
+
+        assert await pool.execute("identity", 2, timeout=Seconds(5.0)) == 2
+
+
+def test_an_unknown_option_is_refused_with_the_closest_one() -> None:
+    """A misspelt option names itself and the option it resembles, in one line, before any
+    worker or thread starts."""
+    with pytest.raises(TypeError, match="'sise' is not an option of a pool; did you mean 'size'"):
+        make_config("tests.adapters:Echo", None, "default", {"sise": 2})
+    with pytest.raises(TypeError, match=r"'colour' is not an option of a pool$"):
+        make_config("tests.adapters:Echo", None, "default", {"colour": "red"})
+
+
+def test_start_pool_checks_its_backend_and_options_before_it_starts_a_thread() -> None:
+    """An unknown backend is a ValueError naming the choices (not anyio's LookupError), and
+    a bad option is refused in the caller's thread, before the loop thread starts."""
+    threads = threading.active_count()
+    with pytest.raises(ValueError, match="backend must be one of 'asyncio', 'trio', not 'foo'"):
+        with start_pool(adapter(), **options(), backend="foo"):
+            pass
+    with pytest.raises(TypeError, match=r"size must be an int from 1 to 4096, not 2\.5"):
+        with start_pool(adapter(), **options(size=2.5)):
+            pass
+    with pytest.raises(TypeError, match="did you mean 'queue_timeout'"):
+        with start_pool(adapter(), queue_timout=1, **options()):
+            pass
+    assert threading.active_count() == threads
+
 
 @pytest.mark.anyio
 async def test_a_correlation_id_that_is_not_a_str_is_refused_where_it_is_set() -> None:
@@ -151,6 +192,9 @@ async def test_live_control_arguments_are_checked_before_anything_changes() -> N
             ({"deny": ["*"], "timeout": 0}, ValueError, "timeout must be a number"),
             ({"deny": ["*"], "timeout": math.nan}, ValueError, "timeout must be a number"),
             ({"deny": ["*"], "worker_id": 123}, TypeError, "worker_id must be a str"),
+            ({"deny": "*"}, TypeError, "deny must be a list of name patterns"),
+            ({"deny": ["*", "a..b"]}, ValueError, "deny holds event name patterns"),
+            ({"allow": ["inference*"]}, ValueError, "allow holds event name patterns"),
         ]
         for kwargs, kind, message in cases:
             with pytest.raises(kind, match=message):
@@ -159,6 +203,10 @@ async def test_live_control_arguments_are_checked_before_anything_changes() -> N
             await pool.set_worker_level(worker_id, "debug", timeout="x")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="timeout must be a number"):
             await pool.reset_worker_level(worker_id, timeout=-1)
+        with pytest.raises(ValueError, match="level must be one of debug, info"):
+            await pool.set_worker_level(worker_id, "loud")
+        with pytest.raises(TypeError, match="level must be one of debug, info"):
+            await pool.set_worker_level(worker_id, 10)  # type: ignore[arg-type]
         # None of the refused deny lists was applied (the test reads the settings the pool
         # would send the worker, which are private).
         assert pool._control.message(worker_id).deny == []

@@ -158,6 +158,29 @@ async def test_a_stopped_worker_is_killed_with_everything_below_it() -> None:
     assert left == []
 
 
+@pytest.mark.anyio
+async def test_a_stopped_worker_is_stopped_within_stop_grace() -> None:
+    """A worker stopped (SIGSTOP) while the pool closes does not answer the request to
+    stop; after stop_grace it gets SIGTERM and SIGCONT, and acts on it at once, instead of
+    holding SIGTERM until the SIGKILL of a second stop_grace."""
+    worker = 0
+    try:
+        # The default stop_grace, which options() shortens for other tests.
+        async with open_pool(adapter(), **options(stop_grace=3.0)) as pool:
+            worker = pool.workers()["default_worker_1"]
+            os.kill(worker, signal.SIGSTOP)
+            while psutil.Process(worker).status() != psutil.STATUS_STOPPED:
+                await anyio.sleep(0.005)
+            closing = anyio.current_time()
+        closed = anyio.current_time() - closing
+    finally:
+        kill([worker] if worker else [])
+    # A liveness bound, not a timing: twice the default stop_grace (6 s) fails it, one
+    # stop_grace (3 s) and the moment SIGTERM takes pass with 2 s to spare.
+    assert closed < 5.0
+    assert not alive(worker)
+
+
 @pytest.mark.parametrize("stopped", [False, True], ids=["running", "stopped"])
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_sigkilled_parent_leaves_no_process(backend: str, stopped: bool) -> None:

@@ -43,6 +43,24 @@ async def test_a_failed_start_says_what_failed_in_the_error_and_once_in_the_log(
     assert [entry for entry in logs if entry.get("stream") == "stderr"] == []
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("tests.adapters:Point", "is not a subclass of pypit.worker.Adapter"),
+        ("tests.adapters:os", "is not a class"),
+    ],
+)
+async def test_an_adapter_that_is_not_an_adapter_class_is_refused(spec: str, message: str) -> None:
+    """A class that does not derive from Adapter (or something that is not a class) is not
+    served: its start fails saying so, before anything of it runs."""
+    with pytest.raises(WorkerStartError) as info:
+        async with open_pool(spec, **options()):
+            pass
+    failure = info.value.failures["default_worker_1"]
+    assert failure.startswith("import_failed: TypeError")
+    assert message in failure
+
+
 async def test_an_interpreter_that_cannot_run_is_a_logged_failure() -> None:
     """python= a path that does not exist: the error and the log say exec_failed."""
     with structlog.testing.capture_logs() as logs, pytest.raises(WorkerStartError) as info:

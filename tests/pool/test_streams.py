@@ -12,6 +12,7 @@ import pytest
 from pypit import (
     QueueTimeoutError,
     SerializationError,
+    StreamBusyError,
     WorkerCrashedError,
     WorkerTimeoutError,
     _wire,
@@ -95,6 +96,31 @@ async def test_iterating_without_async_with_is_a_type_error() -> None:
             async for _ in pool.stream("count", {"n": 3}):
                 pass
         assert pool.status().requests == 0
+
+
+async def test_a_stream_is_entered_once_iterated_by_one_task_and_not_after_its_block() -> None:
+    """Entering a stream twice and iterating it after its block are TypeErrors saying what
+    to do; a second task taking chunks while another waits gets StreamBusyError (a
+    RuntimeError), and the first task's iteration is not disturbed."""
+    async with open_pool(adapter(), **options()) as pool:
+        async with pool.stream("async_count", {"n": 2, "delay": 30}) as chunks:
+            with pytest.raises(TypeError, match="a stream is entered once"):
+                async with chunks:
+                    pass
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(chunks.__anext__)
+                await anyio.wait_all_tasks_blocked()
+                with pytest.raises(StreamBusyError, match="one task at a time") as info:
+                    await chunks.__anext__()
+                assert isinstance(info.value, RuntimeError)
+                tasks.cancel_scope.cancel()
+        with pytest.raises(TypeError, match=r"this stream is closed \(its block ended"):
+            async for _ in chunks:
+                pass
+        with pytest.raises(TypeError, match="a stream is entered once"):
+            async with chunks:
+                pass
+        assert await pool.execute("identity", 1) == 1
 
 
 @TOOLS

@@ -86,6 +86,19 @@ def test_iterating_a_stream_without_with_is_a_type_error() -> None:
         assert pool.status().requests == 0
 
 
+def test_a_stream_is_not_iterated_after_its_block_nor_entered_twice() -> None:
+    """After its block a stream raises TypeError instead of yielding nothing, and a stream
+    is entered once."""
+    with start_pool(adapter(), **options()) as pool:
+        with pool.stream("count", {"n": 3}) as chunks:
+            assert next(chunks) == 1
+        with pytest.raises(TypeError, match=r"this stream is closed \(its block ended"):
+            list(chunks)
+        with pytest.raises(TypeError, match="a stream is entered once"):
+            with chunks:
+                pass
+
+
 def test_closing_a_stream_from_another_thread_ends_its_iteration(tmp_path: Path) -> None:
     """close() from another thread ends an iteration blocked waiting for a chunk; the
     generator is ended in the worker once its chunk is done (a sync generator cannot be

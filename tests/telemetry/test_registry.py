@@ -55,6 +55,25 @@ def test_execute_accepts_a_list_event_name() -> None:
     assert [c[0] for c in calls] == [("a", "b")]
 
 
+def test_execute_refuses_a_dotted_string_that_names_an_attached_event() -> None:
+    """``execute("a.b", ...)`` would reach no handler: where ``("a", "b")`` has handlers it
+    raises TypeError with the tuple to write, and no handler runs or is detached; after
+    detach, the string is as unknown as any other."""
+    calls: Calls = []
+    telemetry.attach("h", ("a", "b"), recorder(calls))
+
+    with pytest.raises(TypeError, match=r"not a str: 'a\.b'; write \('a', 'b'\)"):
+        telemetry.execute("a.b", {})  # type: ignore[arg-type]
+
+    assert calls == []
+    assert [h.id for h in telemetry.list_handlers()] == ["h"]
+    telemetry.execute(("a", "b"), {})
+    assert len(calls) == 1
+    telemetry.detach("h")
+    telemetry.execute("a.b", {})  # type: ignore[arg-type]
+    assert telemetry.list_handlers() == []
+
+
 def test_execute_with_no_handlers_does_nothing() -> None:
     """An event nobody listens to reaches no handler: not those on its prefix, on a longer
     name or on another event."""

@@ -3,27 +3,20 @@ and fields, once; printed lines arrive before the result of the call that printe
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import anyio
 import pytest
 import structlog
 
-from pypit import WorkerCrashedError, _log
+from pypit import WorkerCrashedError
 from pypit.pool import open_pool
 from tests.pool.conftest import adapter, options
 
 pytestmark = pytest.mark.anyio
 
 Logs = list[MutableMapping[str, Any]]
-
-
-@pytest.fixture
-def restore_log_levels() -> Iterator[None]:
-    """Put pypit's process-wide levels back as a test found them."""
-    yield
-    _log.set_levels("info", dict.fromkeys(_log.CATEGORIES, "info"))
 
 
 def by_logger(logs: Logs, name: str) -> list[tuple[str, str]]:
@@ -36,7 +29,6 @@ def output_lines(logs: Logs, stream: str, prefix: str) -> list[str]:
     return [e["event"] for e in logs if e.get("stream") == stream and e["event"].startswith(prefix)]
 
 
-@pytest.mark.usefixtures("restore_log_levels")
 async def test_stdlib_records_keep_their_level_logger_and_fields() -> None:
     """Each record of a tool's plain stdlib logger is one record of the pool, at its own
     level, with its logger's name, its extra fields, its traceback and the worker's ids --
@@ -61,7 +53,6 @@ async def test_stdlib_records_keep_their_level_logger_and_fields() -> None:
     assert [e for e in logs if "stream" in e and e["event"].endswith(" a")] == []
 
 
-@pytest.mark.usefixtures("restore_log_levels")
 async def test_structlog_records_keep_their_level_logger_and_fields() -> None:
     """A tool's structlog records arrive as records, not as rendered text: the event alone,
     no second prefix, its fields as fields, its logger's name when it has one."""
@@ -88,7 +79,6 @@ async def test_an_adapters_own_structlog_renderer_makes_the_message() -> None:
     assert by_logger(logs, "adapter.rendered") == [("event='rendered' tag='r'", "warning")]
 
 
-@pytest.mark.usefixtures("restore_log_levels")
 async def test_set_worker_level_applies_to_plain_stdlib_loggers_and_structlog() -> None:
     """A worker starts at the pool's level; set_worker_level("debug") shows the debug records
     of a plain stdlib logger (no handler, no basicConfig) and of structlog, in that worker,
@@ -165,11 +155,10 @@ async def test_what_bypasses_sys_stdout_still_arrives_line_by_line() -> None:
     assert not [e for e in logs if e.get("logger") == "child"]
 
 
-@pytest.mark.usefixtures("restore_log_levels")
 async def test_each_pool_keeps_its_own_levels() -> None:
     """Levels belong to the pool given them: a pool opened later with another level does not
     change an open pool's, each pool's records carry its name and are filtered at its own
-    levels, and a pool given no level follows the process-wide one."""
+    levels, and a pool given no level logs at info."""
     with structlog.testing.capture_logs() as logs:
         async with (
             open_pool(adapter(), **options(name="quiet", log_level="error")) as quiet,
@@ -182,8 +171,6 @@ async def test_each_pool_keeps_its_own_levels() -> None:
             for pool in (quiet, loud, plain):
                 await pool.execute("chatter", {"text": pool.name})
                 await pool.recycle_worker(f"{pool.name}_worker_1")
-            _log.set_levels("error")
-            await plain.execute("chatter", {"text": "plain, later"})
 
     def seen(pool_name: str) -> set[str]:
         return {e["event"] for e in logs if e.get("pool_name") == pool_name}
@@ -192,11 +179,23 @@ async def test_each_pool_keeps_its_own_levels() -> None:
     assert {"loud", "err: loud"} <= seen("loud")
     assert "recycling worker" not in seen("loud")
     assert {"plain", "err: plain", "recycling worker"} <= seen("plain")
-    assert "err: plain, later" not in seen("plain")
     assert all("pool_name" in e for e in logs if e.get("category") in ("pool", "worker"))
 
 
-@pytest.mark.usefixtures("restore_log_levels")
+async def test_a_pool_given_no_level_ships_its_workers_info_records() -> None:
+    """At the default level (info) a worker's stdlib info and warning records arrive, its
+    debug record does not: the worker's root logger starts at the pool's level, not at the
+    stdlib's own default (warning)."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options()) as pool:
+            await pool.execute("stdlib", {"tag": "d"})
+
+    events = [event for event, _ in by_logger(logs, "adapter.model")]
+    assert "loaded d" in events
+    assert "warning d" in events
+    assert "debug d" not in events
+
+
 async def test_workers_start_at_the_pools_level_for_the_worker_category() -> None:
     """log_categories["worker"] is the level a pool's workers start with, over log_level."""
     with structlog.testing.capture_logs() as logs:
