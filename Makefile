@@ -18,7 +18,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint typecheck unit bench docs lock test-latest clean
+.PHONY: compile demo test lint typecheck unit bench docs lock test-latest clean
 
 $(UV): requirements/uv.txt
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
@@ -31,7 +31,12 @@ $(STAMP): $(UV) uv.lock pyproject.toml
 	$(UV) sync --locked --all-extras --python $(PYTHON) --quiet
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The project's own modules are compiled before anything runs: with PYTHONDONTWRITEBYTECODE
+# set, each worker would otherwise compile pypit anew, which doubles its start-up.
+compile: $(STAMP)
+	$(PY) -m compileall -q pypit tests examples benchmarks
+
+demo: compile
 	$(PY) -m examples.demo $(DEMO_ARGS)
 
 test: lint typecheck unit
@@ -43,12 +48,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
-	$(PY) -m compileall -q pypit tests examples
+unit: compile
 	$(PY) -m pytest
 
 # The benchmarks and the table of targets (docs/performance.md); BENCH_ARGS go to pytest.
-bench: $(STAMP)
+bench: compile
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 docs: $(STAMP)

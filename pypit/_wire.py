@@ -18,20 +18,15 @@ accepts only the messages a worker may send.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime
-import decimal
 import enum
-import pathlib
 import reprlib
 import struct
+import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from itertools import compress, repeat
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
-import attrs
 import msgspec
 
 from pypit._errors import FrameTooLargeError, ProtocolError, SerializationError
@@ -394,20 +389,31 @@ def _instead(value: Any) -> str:
         return "convert it first"
 
 
+def _loaded(module: str, *names: str) -> tuple[type, ...]:
+    """The classes ``names`` of ``module`` if something imported it: a value cannot be an
+    instance of a class of a module nobody imported, so a worker does not import these
+    modules to name what it refuses."""
+    loaded = sys.modules.get(module)
+    return () if loaded is None else tuple(getattr(loaded, name) for name in names)
+
+
 def _suggestion(value: Any) -> str:
     if isinstance(value, set | frozenset):
         return "send a list instead (sorted(value), say)"
     if isinstance(value, enum.Enum):
         return "send value.value or value.name instead"
-    if isinstance(value, datetime.date | datetime.time):
+    if isinstance(value, _loaded("datetime", "date", "time")):
         return "send value.isoformat() or a timestamp instead"
-    if isinstance(value, datetime.timedelta):
+    if isinstance(value, _loaded("datetime", "timedelta")):
         return "send value.total_seconds() instead"
-    if isinstance(value, decimal.Decimal | uuid.UUID | pathlib.PurePath):
+    if isinstance(
+        value,
+        (*_loaded("decimal", "Decimal"), *_loaded("uuid", "UUID"), *_loaded("pathlib", "PurePath")),
+    ):
         return "send str(value) instead"
-    if dataclasses.is_dataclass(value):
+    if hasattr(type(value), "__dataclass_fields__"):
         return "send dataclasses.asdict(value) instead"
-    if attrs.has(type(value)):
+    if hasattr(type(value), "__attrs_attrs__"):
         return "send attrs.asdict(value) instead"
     if isinstance(value, tuple) and hasattr(value, "_asdict"):
         return "send value._asdict() or tuple(value) instead"

@@ -11,7 +11,8 @@ import msgspec
 import pytest
 
 from pypit import SerializationError, _wire
-from tests.adapters import WIRE_VALUES, nested, typed
+from tests.adapters import nested
+from tests.values import WIRE_VALUES, typed
 
 ROOT = Path(__file__).parents[1]
 

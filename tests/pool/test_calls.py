@@ -25,7 +25,7 @@ from pypit import (
     telemetry,
 )
 from pypit.pool import Pool, open_pool
-from tests.adapters import WIRE_VALUES, Unrepresentable, nested, typed
+from tests.adapters import Unrepresentable, nested
 from tests.pool.conftest import (
     WARM,
     accepted,
@@ -37,6 +37,7 @@ from tests.pool.conftest import (
     warmth,
 )
 from tests.test_wire import CONVERTED, REFUSED, SAME
+from tests.values import WIRE_VALUES, typed
 
 pytestmark = pytest.mark.anyio
 
