@@ -38,6 +38,7 @@ from types import ModuleType
 from typing import Any, Final, Literal, TextIO
 
 from pypit import _wire
+from pypit.worker._telemetry import take
 
 # The stdlib's numbers.
 LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "none": 60}
@@ -94,14 +95,7 @@ class OutputBuffer:
         entries = self._entries
         if not entries and not self._dropped:
             return None
-        # As EventBuffer.drain: each thread pops until the deque is empty.
-        taken: list[Entry] = []
-        popleft = entries.popleft
-        try:
-            for _ in range(limit):
-                taken.append(popleft())
-        except IndexError:
-            pass
+        taken = take(entries, limit)
         with self._lock:
             dropped, self._dropped = self._dropped, 0
         if not taken and not dropped:

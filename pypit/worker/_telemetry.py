@@ -43,6 +43,7 @@ from pypit._shared import (
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 DEFAULT_BUFFER_SIZE: Final = 65_536
 MAX_BATCH: Final = 4096
@@ -107,6 +108,22 @@ class Settings:
         return zlib.crc32(correlation_id.encode()) % 10_000 < self.rate * 10_000
 
 
+def take(items: deque[T], limit: int) -> list[T]:
+    """Up to ``limit`` items from the left of ``items``.
+
+    Several threads may take at once (a call's end and the shipper): each pops until the
+    deque is empty rather than trusting a length another thread may shrink meanwhile.
+    """
+    taken: list[T] = []
+    popleft = items.popleft
+    try:
+        for _ in range(limit):
+            taken.append(popleft())
+    except IndexError:
+        pass
+    return taken
+
+
 class EventBuffer:
     """A bounded, thread-safe buffer of worker events and drop counts.
 
@@ -150,16 +167,7 @@ class EventBuffer:
         if not events and not self._dropped:
             # Checked without the lock: a drop counted meanwhile leaves with the next drain.
             return None
-        # Several threads may drain at once (a call's end and the shipper):
-        # each pops until the deque is empty rather than trusting a length
-        # another thread may shrink meanwhile.
-        taken: list[tuple[str, dict[str, int | float], dict[str, Any]]] = []
-        popleft = events.popleft
-        try:
-            for _ in range(limit):
-                taken.append(popleft())
-        except IndexError:
-            pass
+        taken = take(events, limit)
         with self._lock:
             dropped = [(reason, name, n) for (reason, name), n in self._dropped.items()]
             self._dropped.clear()

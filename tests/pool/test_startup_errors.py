@@ -46,7 +46,7 @@ async def test_a_failed_start_says_what_failed_in_the_error_and_once_in_the_log(
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("tests.adapters:Point", "is not a subclass of pypit.worker.Adapter"),
+        ("tests.values:Point", "is not a subclass of pypit.worker.Adapter"),
         ("tests.adapters:os", "is not a class"),
     ],
 )
