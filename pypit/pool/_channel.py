@@ -126,8 +126,9 @@ class Connection:
         if self._lost is not None:
             on_lost(self._lost)
 
-    def send(self, frame: bytes) -> None:
-        """Queue a frame; it leaves with the others queued in this turn of the loop."""
+    def send(self, frame: bytes, *, at_once: bool = False) -> None:
+        """Queue a frame; it leaves with the others queued in this turn of the loop, or
+        now if ``at_once`` and nothing is queued before it."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -207,7 +208,11 @@ class _ProtocolConnection(Connection, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed("closed" if exc is None else "broken_pipe")
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, *, at_once: bool = False) -> None:
+        if at_once and not self._flush_scheduled:
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(frame)
+            return
         self._outbox.append(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -244,9 +249,11 @@ class _StreamConnection(Connection):
         self._stream = stream
         self._wake = anyio.Event()
         self._scope = anyio.CancelScope()
+        self._raw: socket.socket | None = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        self._writing = False
 
     async def run(self) -> None:
-        self._admit(self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None))
+        self._admit(self._raw)
         with self._scope:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._write_loop)
@@ -279,12 +286,33 @@ class _StreamConnection(Connection):
                 if self._outbox:
                     data = b"".join(self._outbox)
                     self._outbox.clear()
+                    self._writing = True
                     await self._stream.send(data)
+                    self._writing = False
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self._closed("broken_pipe")
             self._scope.cancel()
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, *, at_once: bool = False) -> None:
+        # At once, with nothing queued or being written, the frame goes straight to the
+        # (non-blocking) socket: it does not wait for the writer task's turn. What the
+        # socket does not take, and every frame behind it, goes through the writer task.
+        if (
+            at_once
+            and not self._outbox
+            and not self._writing
+            and self._raw is not None
+            and not self._lost
+        ):
+            try:
+                sent = self._raw.send(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # the writer task meets the error and reports the channel lost
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
         self._outbox.append(frame)
         self._wake.set()
 

@@ -37,8 +37,9 @@ class Worker(Protocol):
     pending: dict[int, Request]
     """The calls in flight by request id, in the order they were sent."""
 
-    def send(self, frame: bytes) -> None:
-        """Queue a frame to the worker; never blocks."""
+    def send(self, frame: bytes, *, at_once: bool = False) -> None:
+        """Queue a frame to the worker; never blocks. ``at_once``: the worker is idle, so
+        the frame is written now rather than with the others of this turn of the loop."""
 
     def cancel(self, request_id: int, *, if_waiting: bool = False) -> None:
         """Tell the worker to drop the call, or to cancel it if it runs (unless

@@ -265,7 +265,10 @@ class Scheduler(Generic[W]):
             if headers:
                 request.message.trace_context = headers
                 request.frame = _wire.encode(request.message, self.limits.max_frame_size)
-        worker.send(request.frame)
+        # A call to an idle worker leaves at once: a lone caller does not wait a turn of
+        # the loop. Calls to a busy worker leave together at the end of the turn, in one
+        # write, which is what keeps throughput up under load.
+        worker.send(request.frame, at_once=worker.in_flight == 1)
 
     def _pick(self, avoid: str | None = None, quick: bool = False) -> W | None:
         """The least loaded worker with room (see :meth:`_has_room`), idle ones in rotation.

@@ -139,10 +139,11 @@ class WorkerHandle:
 
     # -- the channel ---------------------------------------------------------------
 
-    def send(self, frame: bytes) -> None:
-        """Queue a frame to the worker (coalesced with others, never blocks)."""
+    def send(self, frame: bytes, *, at_once: bool = False) -> None:
+        """Queue a frame to the worker (coalesced with others unless ``at_once``, never
+        blocks)."""
         if self.connection is not None:
-            self.connection.send(frame)
+            self.connection.send(frame, at_once=at_once)
 
     def cancel(self, request_id: int, *, if_waiting: bool = False) -> None:
         """Tell the worker to drop the call (if it has not started) or cancel it (if it

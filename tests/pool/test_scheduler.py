@@ -51,7 +51,7 @@ class FakeWorker:
         self.sent: list[bytes] = []
         self.cancelled: set[int] = set()
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, *, at_once: bool = False) -> None:
         self.sent.append(frame)
 
     def cancel(self, request_id: int, *, if_waiting: bool = False) -> None:
