@@ -244,7 +244,8 @@ class Record(_Entry, tag=2):
 
 class Output(_Message, tag=31):
     """What the worker's code printed and logged, in the order it was written. ``dropped``
-    counts the entries lost because the worker's buffer was full."""
+    counts the entries lost because the worker's buffer was full (or, rarely, because
+    an entry could not be encoded even cut to fit a frame)."""
 
     entries: list[Line | Record]
     dropped: Annotated[int, msgspec.Meta(ge=0)] = 0

@@ -367,6 +367,13 @@ class SlowSetup(Adapter):
         return None
 
 
+class KilledInSetup(Adapter):
+    """setup() is killed by SIGKILL, as the OOM killer does to a model too large."""
+
+    def setup(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class StartsOnce(Echo):
     """Starts once per marker file (``STARTS_ONCE_MARKER``); every later start fails."""
 
@@ -614,6 +621,17 @@ class Instrumented(Adapter):
         telemetry.emit("tool.execution.stop", {"v": 1}, {f"k{i}": i for i in range(40)})
         telemetry.emit("tool.execution.stop", {"v": 1}, {"long": "x" * 5000})
 
+    @tool(description="Emit events whose values pass the checks but not the wire")
+    def emit_unsendable(self) -> int:
+        from pypit.worker import telemetry
+
+        telemetry.emit("tool.execution.stop", {"v": 1})
+        telemetry.emit("tool.execution.stop", {"v": 2**64})
+        telemetry.emit("tool.execution.stop", {"v": -(2**70)})
+        telemetry.emit("tool.execution.stop", {"v": 1}, {"text": "\ud800"})
+        telemetry.emit("tool.execution.stop", {"v": 2})
+        return os.getpid()
+
     @tool(description="Try to overwrite the keys the pool adds")
     def impersonate(self) -> None:
         from pypit.worker import telemetry
@@ -678,6 +696,16 @@ class Logs(Adapter):
         print(f"{tag} done", file=sys.stderr)
         sys.stdout.write(f"{tag} unfinished")
         return lines
+
+    @tool(description="Print n lines while nothing can ship them: past the buffer, lost")
+    def flood_output(self, n: int) -> None:
+        from pypit.worker import _runtime
+
+        assert _runtime.current is not None
+        # Output leaves under the send lock: holding it keeps every line in the buffer.
+        with _runtime.current._send_lock:
+            for i in range(n):
+                print(i)
 
     @tool(description="Configure structlog with a renderer of the adapter's own, and log")
     def own_renderer(self, tag: str) -> None:

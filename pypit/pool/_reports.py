@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pypit.pool import _events
+from pypit.pool._worker import describe_exit
 
 if TYPE_CHECKING:
     from pypit._log import _Logger
@@ -101,7 +102,7 @@ def failed_to_start(
         reason = slot.failure = handle.kill_reason
     else:
         reason = "exited"
-        slot.failure = f"exited with code {returncode}" + (f": {last}" if last else "")
+        slot.failure = describe_exit(returncode) + (f": {last}" if last else "")
     spawn_failed(pool_name, handle.worker_id, handle.spawn_started, reason, returncode)
     if closing:
         # The pool stopped this start: nothing failed.

@@ -44,8 +44,8 @@ _ENTER_FIRST: Final = (
 )
 _ENTERED: Final = "a stream is entered once, for one call: call pool.stream(...) again for another"
 STREAM_ENDED: Final = (
-    "this stream is closed (its block ended, or aclose() was called): iterate a stream "
-    "inside its block, or call pool.stream(...) again for another call"
+    "this stream's block has ended: iterate a stream inside its block, or call "
+    "pool.stream(...) again for another call"
 )
 _stream_ids = itertools.count(1)
 
@@ -99,6 +99,7 @@ class Stream:
         "_batch",
         "_busy",
         "_closed",
+        "_exited",
         "_metadata",
         "_opened",
         "_pool_name",
@@ -133,6 +134,7 @@ class Stream:
         self._timeout = timeout
         self._request: Request | None = None
         self._closed = False
+        self._exited = False  # its block ended: iterating it now is a mistake
         self._reason = ""  # how the stream ended, once it did
         self._busy = False
         self._opened = False
@@ -171,6 +173,7 @@ class Stream:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._exited = True
         await self.aclose()
 
     def __aiter__(self) -> Self:
@@ -180,7 +183,7 @@ class Stream:
     def _check_iterable(self) -> None:
         if self._request is None:
             raise TypeError(_ENTER_FIRST)
-        if self._closed and not self._busy:
+        if self._exited and not self._busy:
             raise TypeError(STREAM_ENDED)
 
     async def __anext__(self) -> Any:

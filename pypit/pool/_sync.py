@@ -61,13 +61,13 @@ class SyncStream:
     iterator, and a stream must not wait for the garbage collector to end.
     """
 
-    __slots__ = ("_closed", "_entered", "_portal", "_stream")
+    __slots__ = ("_entered", "_exited", "_portal", "_stream")
 
     def __init__(self, stream: Stream, portal: anyio.from_thread.BlockingPortal) -> None:
         self._stream = stream
         self._portal = portal
         self._entered = False
-        self._closed = False
+        self._exited = False
 
     @property
     def buffered(self) -> int:
@@ -85,6 +85,7 @@ class SyncStream:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._exited = True
         self.close()
 
     def __iter__(self) -> Self:
@@ -93,11 +94,13 @@ class SyncStream:
                 "iterate a stream inside its block: `with pool.stream(...) as chunks: "
                 "for chunk in chunks: ...`, so that leaving the loop early cancels it at once"
             )
-        if self._closed:
+        if self._exited:
             raise TypeError(STREAM_ENDED)
         return self
 
     def __next__(self) -> Any:
+        if self._exited:
+            raise TypeError(STREAM_ENDED)
         try:
             return _on_loop(self._portal, self._stream.__anext__)
         except StopAsyncIteration:
@@ -106,7 +109,6 @@ class SyncStream:
     def close(self) -> None:
         """End the stream, as leaving its block does; nothing happens the second time (nor
         once the pool closed, which ended the stream)."""
-        self._closed = True
         with contextlib.suppress(PoolClosedError):
             _on_loop(self._portal, self._stream.aclose)
 

@@ -290,7 +290,7 @@ class WorkerHandle:
                 self._log_record(entry)
         if output.dropped:
             self.log.warning(
-                "worker output lost: the worker's buffer was full",
+                "worker output lost: the worker's buffer was full, or an entry could not be sent",
                 lost=output.dropped,
             )
 
@@ -467,6 +467,17 @@ class WorkerHandle:
             )
 
 
+def describe_exit(returncode: int | None) -> str:
+    """How a process ended, from its return code: ``exited with code 1``, ``was killed by
+    SIGKILL``."""
+    if returncode is not None and returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
 def crash_error(
     handle: WorkerHandle, returncode: int | None, closing: bool
 ) -> Callable[[], BaseException]:
@@ -477,13 +488,8 @@ def crash_error(
     signum = -returncode if returncode is not None and returncode < 0 else None
     if handle.lost_reason == "protocol_error":
         how = "broke the protocol and was stopped"
-    elif signum is not None:
-        try:
-            how = f"was killed by {signal.Signals(signum).name}"
-        except ValueError:
-            how = f"was killed by signal {signum}"
     else:
-        how = f"exited with code {exit_code}"
+        how = describe_exit(returncode)
     message = f"worker {handle.worker_id} (pid {handle.pid}) {how} with the call in flight"
     return lambda: WorkerCrashedError(
         message, worker_id=handle.worker_id, exit_code=exit_code, signal=signum

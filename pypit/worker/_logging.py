@@ -326,6 +326,18 @@ def _scalar(value: Any) -> Scalar:
         return f"<unrepresentable {type(value).__qualname__} object>"
 
 
+def shrink(entry: Entry, max_frame_size: int) -> Entry:
+    """``entry`` cut to fit a frame of ``max_frame_size`` bytes whatever its characters
+    (four bytes each at most in UTF-8), its fields' values as text."""
+    if isinstance(entry, _wire.Line):
+        return _wire.Line(entry.stream, entry.text[: (max_frame_size - 4096) // 4])
+    limit = (max_frame_size - 4096) // (4 * (1 + len(entry.fields)))
+    fields: dict[str, Scalar] = {
+        key[:MAX_KEY]: _text(value, limit) for key, value in entry.fields.items()
+    }
+    return _wire.Record(entry.level, entry.logger[:limit], entry.message[:limit], fields)
+
+
 def _text(value: Any, limit: int = MAX_TEXT) -> str:
     """``value`` as a str of at most ``limit`` characters that UTF-8 can hold."""
     if not isinstance(value, str):
@@ -361,6 +373,9 @@ class _Capture(io.TextIOBase):
         self.original = original
         self._buffer = buffer
         self.partial: dict[int, str] = {}
+        # Threads whose line grew past MAX_TEXT: its start left, the rest of it is dropped
+        # up to its end (instead of becoming more lines, or an empty one at its "\n").
+        self._cut: set[int] = set()
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
@@ -370,10 +385,18 @@ class _Capture(io.TextIOBase):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         thread = threading.get_ident()
         with self._lock:
-            *lines, rest = (self.partial.pop(thread, "") + text).split("\n")
+            written = self.partial.pop(thread, "") + text
+            if thread in self._cut:
+                end = written.find("\n")
+                if end < 0:
+                    return len(text)
+                self._cut.discard(thread)
+                written = written[end + 1 :]
+            *lines, rest = written.split("\n")
             if len(rest) > MAX_TEXT:
                 lines.append(rest)
                 rest = ""
+                self._cut.add(thread)
             if rest:
                 self.partial[thread] = rest
             for line in lines:
@@ -388,7 +411,9 @@ class _Capture(io.TextIOBase):
             if every_thread:
                 unfinished = list(self.partial.values())
                 self.partial.clear()
+                self._cut.clear()
             else:
+                self._cut.discard(threading.get_ident())
                 line = self.partial.pop(threading.get_ident(), None)
                 unfinished = [] if line is None else [line]
             for line in unfinished:

@@ -325,25 +325,54 @@ class Runtime:
             if len(output.entries) < _logging.MAX_BATCH:
                 break
         while (batch := self.events.drain()) is not None:
-            frames.append(_wire.encode(batch, self._max_frame_size))
+            frames.extend(self._encode_events(batch))
             if len(batch.events) < _telemetry.MAX_BATCH:
                 break
         return frames
 
+    def _encode_events(self, batch: _wire.Events) -> list[bytes]:
+        """``batch`` as frames: halves of it, if need be, and an event the wire cannot
+        carry (an int out of msgpack's range, a string UTF-8 cannot hold) is dropped and
+        counted as ``invalid_measurements`` or ``invalid_metadata``."""
+        try:
+            return [_wire.encode(batch, self._max_frame_size)]
+        except (FrameTooLargeError, SerializationError):
+            events = batch.events
+            if len(events) > 1:
+                half = len(events) // 2
+                return [
+                    *self._encode_events(_wire.Events(events[:half], batch.dropped)),
+                    *self._encode_events(_wire.Events(events[half:])),
+                ]
+            dropped = list(batch.dropped)
+            for name, measurements, _ in events:
+                try:
+                    _wire.encode(_wire.Events([(name, measurements, {})]))
+                except (FrameTooLargeError, SerializationError):
+                    dropped.append(("invalid_measurements", _text(name), 1))
+                else:
+                    dropped.append(("invalid_metadata", _text(name), 1))
+            return [_wire.encode(_wire.Events([], dropped))]
+
     def _encode_output(self, output: _wire.Output) -> list[bytes]:
-        """``output`` as frames under the size limit: halves of it, if need be, and an entry
-        too large for a frame of its own is counted as lost."""
+        """``output`` as frames under the size limit: halves of it, if need be; an entry
+        too large for a frame of its own is cut to fit (its fields as text), and one that
+        still cannot travel is counted as lost."""
         try:
             return [_wire.encode(output, self._max_frame_size)]
         except (FrameTooLargeError, SerializationError):
             entries = output.entries
-            if len(entries) <= 1:
-                return [_wire.encode(_wire.Output([], output.dropped + len(entries)))]
-            half = len(entries) // 2
-            return [
-                *self._encode_output(_wire.Output(entries[:half], output.dropped)),
-                *self._encode_output(_wire.Output(entries[half:])),
-            ]
+            if len(entries) > 1:
+                half = len(entries) // 2
+                return [
+                    *self._encode_output(_wire.Output(entries[:half], output.dropped)),
+                    *self._encode_output(_wire.Output(entries[half:])),
+                ]
+            if entries:
+                shrunk = _logging.shrink(entries[0], self._max_frame_size)
+                with contextlib.suppress(FrameTooLargeError, SerializationError):
+                    return [_wire.encode(_wire.Output([shrunk], output.dropped))]
+            return [_wire.encode(_wire.Output([], output.dropped + len(entries)))]
 
     def _encode_reply(self, message: _wire._Message) -> bytes:
         """The frame of a call's answer or, if a value in it cannot travel, of the error
@@ -1003,6 +1032,16 @@ def _describe(exc: BaseException) -> tuple[str, str, str]:
     except BaseException:
         formatted = ""
     return error_type, _sendable(message), _sendable(formatted)
+
+
+def _text(name: str) -> str:
+    """``name`` if msgpack can carry it (UTF-8), else ``""``: a drop is counted under no
+    name rather than not at all."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return ""
+    return name
 
 
 def _sendable(text: str) -> str:

@@ -61,6 +61,15 @@ async def test_an_adapter_that_is_not_an_adapter_class_is_refused(spec: str, mes
     assert message in failure
 
 
+async def test_a_start_killed_by_a_signal_says_which() -> None:
+    """A worker killed during setup() (the OOM killer, say) fails its start with the
+    signal's name, as a crash does, not a negative exit code."""
+    with pytest.raises(WorkerStartError) as info:
+        async with open_pool("tests.adapters:KilledInSetup", **options()):
+            pass
+    assert info.value.failures["default_worker_1"] == "was killed by SIGKILL"
+
+
 async def test_an_interpreter_that_cannot_run_is_a_logged_failure() -> None:
     """python= a path that does not exist: the error and the log say exec_failed."""
     with structlog.testing.capture_logs() as logs, pytest.raises(WorkerStartError) as info:

@@ -114,13 +114,33 @@ async def test_a_stream_is_entered_once_iterated_by_one_task_and_not_after_its_b
                     await chunks.__anext__()
                 assert isinstance(info.value, RuntimeError)
                 tasks.cancel_scope.cancel()
-        with pytest.raises(TypeError, match=r"this stream is closed \(its block ended"):
+        with pytest.raises(TypeError, match=r"this stream's block has ended"):
             async for _ in chunks:
                 pass
         with pytest.raises(TypeError, match="a stream is entered once"):
             async with chunks:
                 pass
         assert await pool.execute("identity", 1) == 1
+
+
+async def test_aclose_from_another_task_ends_the_iteration_between_two_chunks() -> None:
+    """aclose() from another task while the consumer is busy with a chunk ends its loop
+    at its next step, as it does when the consumer waits for a chunk: no error."""
+    taken: list[int] = []
+    async with open_pool(adapter(), **options()) as pool:
+        async with pool.stream("async_count", {"n": 1000, "delay": 0.001}) as chunks:
+
+            async def consume() -> None:
+                async for chunk in chunks:
+                    taken.append(chunk)
+                    await anyio.sleep(0.05)
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(consume)
+                await wait_until(lambda: len(taken) == 2, "two chunks to be taken")
+                await chunks.aclose()
+        assert await pool.execute("identity", 1) == 1
+    assert 2 <= len(taken) < 1000
 
 
 @TOOLS

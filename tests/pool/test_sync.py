@@ -92,11 +92,29 @@ def test_a_stream_is_not_iterated_after_its_block_nor_entered_twice() -> None:
     with start_pool(adapter(), **options()) as pool:
         with pool.stream("count", {"n": 3}) as chunks:
             assert next(chunks) == 1
-        with pytest.raises(TypeError, match=r"this stream is closed \(its block ended"):
+        with pytest.raises(TypeError, match=r"this stream's block has ended"):
             list(chunks)
         with pytest.raises(TypeError, match="a stream is entered once"):
             with chunks:
                 pass
+        with pytest.raises(TypeError, match=r"this stream's block has ended"):
+            next(chunks)
+
+
+def test_close_from_another_thread_ends_a_loop_busy_with_a_chunk() -> None:
+    """close() from another thread while the consumer is busy with a chunk ends its loop at
+    its next step, without an error."""
+    taken: list[int] = []
+    with start_pool(adapter(), **options()) as pool:
+        with pool.stream("count", {"n": 1000, "delay": 0.001}) as chunks:
+            closer = threading.Timer(0.1, chunks.close)
+            closer.start()
+            for chunk in chunks:
+                taken.append(chunk)
+                time.sleep(0.05)
+            closer.join()
+        assert pool.execute("identity", 1) == 1
+    assert 1 <= len(taken) < 1000
 
 
 def test_closing_a_stream_from_another_thread_ends_its_iteration(tmp_path: Path) -> None:

@@ -119,19 +119,49 @@ async def test_printed_lines_are_logged_before_the_result_arrives(tool: str) -> 
                 assert (done["worker_id"], done["pool_name"]) == ("talk_worker_1", "talk")
 
 
-async def test_a_line_too_large_for_a_frame_is_counted_as_lost() -> None:
-    """A line that no frame can carry is dropped, and the pool logs how many entries were
-    lost; the call is answered and what was printed around it arrives."""
+async def test_a_line_too_long_is_cut_once_and_nothing_else_is_lost() -> None:
+    """A printed line over 65,536 characters arrives cut to 65,536, as one record: the
+    rest of it does not become more lines, nor its newline an empty one, and what was
+    printed after it arrives."""
     with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options()) as pool:
+            args = {"lines": 2, "tag": "big", "width": 70_000}
+            assert await pool.execute("print_lines", args) == 2
+
+    stdout = [e["event"] for e in logs if e.get("stream") == "stdout"]
+    assert [len(line) for line in stdout] == [65_536, 65_536, len("big unfinished")]
+    assert [line[:5] for line in stdout] == ["big 0", "big 1", "big u"]
+    assert output_lines(logs, "stderr", "big") == ["big done"]
+    assert not [e for e in logs if e["event"].startswith("worker output lost")]
+
+
+async def test_an_entry_too_large_for_a_frame_is_cut_to_fit_not_lost() -> None:
+    """With the smallest frame, a line no frame can carry whole arrives cut to fit, and
+    nothing is reported lost; the call is answered and what was printed around it
+    arrives."""
+    with structlog.testing.capture_logs() as logs:
+        # The smallest max_frame_size, which a 65,536-character line cannot fit.
         async with open_pool(adapter("Logs"), **options(max_frame_size=65_536)) as pool:
             args = {"lines": 1, "tag": "big", "width": 70_000}
             assert await pool.execute("print_lines", args) == 1
 
-    (lost,) = [e for e in logs if e["event"].startswith("worker output lost")]
-    assert (lost["lost"], lost["log_level"]) == (1, "warning")
-    assert lost["worker_id"] == "default_worker_1"
+    assert not [e for e in logs if e["event"].startswith("worker output lost")]
+    (line,) = output_lines(logs, "stdout", "big 0")
+    assert 10_000 < len(line) < 65_536
     assert output_lines(logs, "stderr", "big") == ["big done"]
-    assert output_lines(logs, "stdout", "big") == ["big unfinished"]
+    assert output_lines(logs, "stdout", "big u") == ["big unfinished"]
+
+
+async def test_output_past_the_workers_buffer_is_counted_and_reported() -> None:
+    """A worker holds 65,536 lines and records waiting to leave: the lines printed past
+    them are lost, counted, and the pool says how many, once."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options()) as pool:
+            await pool.execute("flood_output", {"n": 70_000})
+
+    (lost,) = [e for e in logs if e["event"].startswith("worker output lost")]
+    assert (lost["lost"], lost["log_level"]) == (70_000 - 65_536, "warning")
+    assert len([e for e in logs if e.get("stream") == "stdout"]) == 65_536
 
 
 async def test_what_bypasses_sys_stdout_still_arrives_line_by_line() -> None:

@@ -113,6 +113,21 @@ async def test_every_drop_reason_is_counted() -> None:
     assert seen.named(*STOP) == []
 
 
+async def test_values_the_wire_cannot_carry_are_dropped_and_counted() -> None:
+    """An int out of msgpack's range in the measurements, or a string UTF-8 cannot hold in
+    the metadata, passes the worker's checks but not its encoder: the event is dropped and
+    counted, the events around it arrive, the call is answered and the worker serves on
+    (it used to die)."""
+    name, settings = instrumented()
+    with telemetry.capture(DROPPED, STOP) as seen:
+        async with open_pool(name, **settings) as pool:
+            pid = await pool.execute("emit_unsendable")
+            assert await pool.execute("pid") == pid
+
+    assert dropped_by_reason(seen) == {"invalid_measurements": 2, "invalid_metadata": 1}
+    assert [e.measurements["v"] for e in seen.named(*STOP)] == [1, 2]
+
+
 async def test_a_full_buffer_drops_and_counts_nothing_silently() -> None:
     """Past the buffer, events are counted as buffer_full: shipped + dropped = emitted."""
     name, settings = instrumented(telemetry_buffer_size=50)
