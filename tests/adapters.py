@@ -697,6 +697,19 @@ class Logs(Adapter):
         sys.stdout.write(f"{tag} unfinished")
         return lines
 
+    @tool(description="Print the traceback of a chained exception, then a line")
+    def print_chained_traceback(self) -> None:
+        import traceback
+
+        try:
+            try:
+                {}["missing"]
+            except KeyError:
+                raise RuntimeError("while handling")  # noqa: B904 - the implicit chain is the point
+        except RuntimeError:
+            traceback.print_exc()
+        print("after the traceback", file=sys.stderr)
+
     @tool(description="Print n lines while nothing can ship them: past the buffer, lost")
     def flood_output(self, n: int) -> None:
         from pypit.worker import _runtime

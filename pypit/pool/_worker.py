@@ -50,6 +50,30 @@ _RESERVED: Final = frozenset(
     | {"exc_info", "stack_info"}
 )
 _STDERR_TAIL: Final = 20
+_TRACEBACK: Final = "Traceback (most recent call last):"
+_CHAINED: Final = (
+    "During handling of the above exception, another exception occurred:",
+    "The above exception was the direct cause of the following exception:",
+)
+
+
+@attrs.define(eq=False)
+class _Traceback:
+    """The lines of a traceback printed so far. It has ended at a line that is neither
+    indented, blank nor a link of a chain (``During handling ...``): the exception's own;
+    it is logged at the first line after that which does not continue it, or when no
+    more lines came with the same read."""
+
+    lines: list[str]
+    ended: bool = False
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        self.ended = bool(line) and not line[0].isspace() and line not in _CHAINED
+        if line == _TRACEBACK:
+            self.ended = False
+
+
 _EARLY_LINES: Final = 1000
 
 
@@ -115,6 +139,8 @@ class WorkerHandle:
     worker must have answered them: past it, the worker is killed."""
     _cancel_wake: anyio.Event | None = None
     stderr_tail: deque[str] = attrs.field(factory=lambda: deque(maxlen=_STDERR_TAIL))
+    tracebacks: dict[str, _Traceback] = attrs.field(factory=dict)
+    """Per stream, the lines of a traceback being printed, logged once it is complete."""
     early_stderr: list[str] = attrs.field(factory=list)
     """What the worker wrote to stderr before it was ready, not logged yet."""
     changed: anyio.Event = attrs.field(factory=anyio.Event)
@@ -288,6 +314,7 @@ class WorkerHandle:
                 self._log_line(entry.stream, entry.text)
             else:
                 self._log_record(entry)
+        self._end_tracebacks()
         if output.dropped:
             self.log.warning(
                 "worker output lost: the worker's buffer was full, or an entry could not be sent",
@@ -320,10 +347,12 @@ class WorkerHandle:
                     buffer = b""
                 for raw in lines:
                     self._log_line(name, raw.decode("utf-8", "replace").rstrip("\r"))
+                self._end_tracebacks()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         if buffer:
             self._log_line(name, buffer.decode("utf-8", "replace").rstrip("\r"))
+        self._end_tracebacks(unfinished_too=True)
 
     def _log_line(self, name: str, line: str) -> None:
         """One line of the worker's stdout (logged at info) or stderr (at warning)."""
@@ -334,8 +363,34 @@ class WorkerHandle:
                 # once, in its own record; a start that succeeds logs it then.
                 self.early_stderr.append(line)
                 return
+        held = self.tracebacks.get(name)
+        if held is not None:
+            if held.ended and line and line != _TRACEBACK and line not in _CHAINED:
+                self._log_traceback(name)
+            else:
+                held.add(line)
+                return
+        if line == _TRACEBACK:
+            self.tracebacks[name] = _Traceback([line])
+            return
         log = self.log.info if name == "stdout" else self.log.warning
         log(line, stream=name)
+
+    def _end_tracebacks(self, *, unfinished_too: bool = False) -> None:
+        """Log the tracebacks that ended with the lines received so far (or every one held,
+        at the end of the pipe)."""
+        for name, held in list(self.tracebacks.items()):
+            if held.ended or unfinished_too:
+                self._log_traceback(name)
+
+    def _log_traceback(self, name: str) -> None:
+        """A traceback printed line by line, as one record: its last line (the exception)
+        as the message, the whole of it as ``traceback``."""
+        held = self.tracebacks.pop(name)
+        text = "\n".join(held.lines).rstrip("\n")
+        last = next((line for line in reversed(held.lines) if line.strip()), "")
+        log = self.log.info if name == "stdout" else self.log.warning
+        log(last, stream=name, traceback=text)
 
     def log_early_stderr(self) -> None:
         """Log what the worker wrote to stderr while it started (its start succeeded)."""

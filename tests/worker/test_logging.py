@@ -24,6 +24,11 @@ def by_logger(logs: Logs, name: str) -> list[tuple[str, str]]:
     return [(e["event"], e["log_level"]) for e in logs if e.get("logger") == name]
 
 
+def output_lines_records(logs: Logs, event: str) -> list[MutableMapping[str, Any]]:
+    """The records of worker output whose message is ``event``."""
+    return [e for e in logs if e.get("stream") and e["event"] == event]
+
+
 def output_lines(logs: Logs, stream: str, prefix: str) -> list[str]:
     """The lines printed to ``stream`` that start with ``prefix``, in order."""
     return [e["event"] for e in logs if e.get("stream") == stream and e["event"].startswith(prefix)]
@@ -239,7 +244,8 @@ async def test_workers_start_at_the_pools_level_for_the_worker_category() -> Non
 
 async def test_the_traceback_of_a_worker_that_crashes_reaches_the_pool() -> None:
     """What a worker prints as it exits -- the traceback of a failure of its own loop -- is
-    logged, though the worker no longer ships anything on its channel by then."""
+    logged, though the worker no longer ships anything on its channel by then: as one
+    record, the exception as its message and the whole traceback in ``traceback``."""
     with structlog.testing.capture_logs() as logs:
         async with open_pool(adapter(), **options()) as pool:
             await pool.execute("break_loop")
@@ -249,7 +255,25 @@ async def test_the_traceback_of_a_worker_that_crashes_reaches_the_pool() -> None
                 while not output_lines(logs, "stderr", "RuntimeError: the worker's loop broke"):
                     await anyio.sleep(0.01)
 
-    assert output_lines(logs, "stderr", "Traceback (most recent call last):")
+    (record,) = output_lines_records(logs, "RuntimeError: the worker's loop broke")
+    assert record["traceback"].startswith("Traceback (most recent call last):\n  File ")
+    assert record["traceback"].endswith("RuntimeError: the worker's loop broke")
+    assert not output_lines(logs, "stderr", "Traceback")
+    assert not output_lines(logs, "stderr", "  File ")
+
+
+async def test_a_traceback_a_tool_prints_is_one_record_with_its_chain() -> None:
+    """traceback.print_exc() of a chained exception, in a tool: one record, with every
+    link of the chain, and the lines printed after it are records of their own."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter("Logs"), **options()) as pool:
+            await pool.execute("print_chained_traceback")
+
+    (record,) = output_lines_records(logs, "RuntimeError: while handling")
+    assert record["traceback"].count("Traceback (most recent call last):") == 2
+    assert "During handling of the above exception" in record["traceback"]
+    assert "KeyError: 'missing'" in record["traceback"]
+    assert output_lines(logs, "stderr", "after") == ["after the traceback"]
 
 
 async def test_the_level_none_silences_a_worker_without_breaking_it() -> None:
