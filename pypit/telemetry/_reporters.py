@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import IO, Any, Final
 
+from pypit._checks import check_seconds
 from pypit._log import get_logger
 from pypit.telemetry._metrics import Metric, unit_name
 from pypit.telemetry._registry import EventName, Measurements, Metadata, attach_many, detach
@@ -252,7 +253,8 @@ class PrometheusReporter(_Reporter):
 
 
 class Poller:
-    """Calls measurement functions every ``period`` seconds on a background thread.
+    """Calls measurement functions every ``period`` seconds (above 0, up to 1e9) on a
+    background thread.
 
     Each function usually emits an event (with :func:`~pypit.telemetry.execute`).
     One that raises is removed and logged, as ``telemetry_poller`` does; the
@@ -263,9 +265,7 @@ class Poller:
         self.measurements = list(measurements)
         if not all(callable(m) for m in self.measurements):
             raise TypeError("a poller takes functions without arguments")
-        if period <= 0:
-            raise ValueError(f"period must be > 0, not {period!r}")
-        self.period = period
+        self.period = check_seconds("period", period, positive=True)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import math
+import re
+import socket
 import threading
 from typing import Any
 
+import attrs
 import pytest
 
 from pypit import telemetry
+from pypit._checks import MAX_SECONDS
 from pypit.pool import PoolConfig, open_pool, start_pool
 from pypit.pool._config import make_config
 from tests.pool.conftest import adapter, options
+
+ABOVE_0 = "a number of seconds > 0 and <= 1e9"
+FROM_0 = "a number of seconds from 0 to 1e9"
+SECONDS_OPTIONS = [
+    field.name for field in attrs.fields(PoolConfig) if field.type in ("float", "float | None")
+]
 
 BAD_OPTIONS = [
     ({"size": 2.5}, TypeError, "size must be an int from 1 to 4096, not 2.5"),
@@ -21,11 +31,15 @@ BAD_OPTIONS = [
     ({"max_queue_size": -1}, ValueError, "max_queue_size must be an int >= 0"),
     ({"prefetch": "8"}, TypeError, "prefetch must be an int >= 0, not '8'"),
     ({"max_frame_size": 10}, ValueError, "max_frame_size must be an int >= 65536, not 10"),
-    ({"queue_timeout": 0}, ValueError, "queue_timeout must be a number > 0 or None, not 0"),
-    ({"queue_timeout": math.nan}, ValueError, "queue_timeout must be a number > 0 or None"),
-    ({"startup_timeout": math.inf}, ValueError, "startup_timeout must be a number > 0"),
-    ({"cancel_grace": "2"}, TypeError, "cancel_grace must be a number >= 0, not '2'"),
-    ({"ttl": -1.0}, ValueError, "ttl must be a number > 0 or None"),
+    ({"queue_timeout": 0}, ValueError, f"queue_timeout must be {ABOVE_0} or None, not 0"),
+    ({"queue_timeout": math.nan}, ValueError, f"queue_timeout must be {ABOVE_0} or None"),
+    ({"queue_timeout": 1e300}, ValueError, f"queue_timeout must be {ABOVE_0} or None, not 1e+300"),
+    ({"startup_timeout": math.inf}, ValueError, f"startup_timeout must be {ABOVE_0}, not inf"),
+    ({"cancel_grace": "2"}, TypeError, f"cancel_grace must be {FROM_0}, not '2'"),
+    ({"ttl": -1.0}, ValueError, f"ttl must be {ABOVE_0} or None, not -1.0"),
+    ({"prefetch_below": 1e300}, ValueError, f"prefetch_below must be {FROM_0}, not 1e+300"),
+    ({"sample_interval": 1e10}, ValueError, f"sample_interval must be {FROM_0}, not 10000000000.0"),
+    ({"reconnect_window": 2**64}, ValueError, f"reconnect_window must be {FROM_0}, not 1844"),
     ({"max_rss_bytes": 1.0e9}, TypeError, "max_rss_bytes must be an int >= 1 or None"),
     ({"telemetry_allow": "inference.*"}, TypeError, "telemetry_allow must be a list of name"),
     ({"telemetry_allow": ["ok", ""]}, ValueError, "telemetry_allow holds event name patterns"),
@@ -85,6 +99,45 @@ def test_the_defaults_and_good_values_are_accepted() -> None:
     assert config.log_level == "info"
 
 
+@pytest.mark.parametrize("option", SECONDS_OPTIONS)
+def test_every_duration_takes_up_to_1e9_seconds(option: str) -> None:
+    """Each option in seconds takes the bound itself and refuses the next float above it,
+    naming the bound: a larger value would break where it ends up (a thread's wait, a
+    socket's timeout, an int of nanoseconds)."""
+    assert getattr(PoolConfig(adapter="tests.adapters:Echo", **{option: 1e9}), option) == 1e9
+    above = math.nextafter(1e9, math.inf)
+    message = rf"^{option} must be ({FROM_0}|{ABOVE_0})( or None)?, not {re.escape(repr(above))}$"
+    with pytest.raises(ValueError, match=message):
+        PoolConfig(adapter="tests.adapters:Echo", **{option: above})
+
+
+def test_the_bound_fits_where_durations_end_up() -> None:
+    """1e9 s fits a thread's wait, a socket's timeout and an int of nanoseconds, which a
+    larger duration (1e300, or above threading.TIMEOUT_MAX) overflows."""
+    lock = threading.Lock()
+    assert lock.acquire(timeout=MAX_SECONDS)
+    lock.release()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(MAX_SECONDS)
+        assert sock.gettimeout() == MAX_SECONDS
+    assert int(MAX_SECONDS * 1e9) < 2**63
+    with pytest.raises(OverflowError):
+        lock.acquire(timeout=1e300)
+
+
+@pytest.mark.anyio
+async def test_a_pool_opens_serves_and_closes_with_every_duration_at_the_bound() -> None:
+    """Every option in seconds at 1e9 at once: the pool opens, serves calls with a timeout
+    of 1e9, takes a live change bounded by 1e9 and closes."""
+    at_bound = dict.fromkeys(SECONDS_OPTIONS, MAX_SECONDS)
+    # The status period is the one duration options() sets: the bound replaces it.
+    async with open_pool(adapter(), **{**options(), **at_bound}) as pool:
+        assert await pool.execute("identity", 1, timeout=MAX_SECONDS) == 1
+        await pool.configure_telemetry(sampling_rate=0.5, timeout=MAX_SECONDS)
+        assert await pool.execute("identity", 2, timeout=MAX_SECONDS) == 2
+    assert pool.status().closed
+
+
 @pytest.mark.anyio
 async def test_an_adapter_of_main_is_refused_before_any_worker_starts() -> None:
     """A class of the running script or notebook (module ``__main__``) cannot be imported
@@ -122,6 +175,8 @@ async def test_a_bad_call_argument_is_refused_before_anything_is_sent() -> None:
         for kwargs, kind in cases:
             with pytest.raises(kind, match=next(iter(kwargs))):
                 await pool.execute("identity", 1, **kwargs)
+        with pytest.raises(ValueError, match=rf"^timeout must be {ABOVE_0} or None, not 1e\+300$"):
+            await pool.execute("identity", 1, timeout=1e300)
         status = pool.status()
         assert (status.requests, status.completed, status.failed) == (0, 0, 0)
         assert await pool.execute("identity", 1, timeout=5) == 1
@@ -191,6 +246,7 @@ async def test_live_control_arguments_are_checked_before_anything_changes() -> N
             ({"deny": ["*"], "timeout": "5"}, TypeError, "timeout must be a number"),
             ({"deny": ["*"], "timeout": 0}, ValueError, "timeout must be a number"),
             ({"deny": ["*"], "timeout": math.nan}, ValueError, "timeout must be a number"),
+            ({"deny": ["*"], "timeout": 1e300}, ValueError, f"timeout must be {ABOVE_0}, not"),
             ({"deny": ["*"], "worker_id": 123}, TypeError, "worker_id must be a str"),
             ({"deny": "*"}, TypeError, "deny must be a list of name patterns"),
             ({"deny": ["*", "a..b"]}, ValueError, "deny holds event name patterns"),

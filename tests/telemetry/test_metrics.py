@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import io
+import math
+import re
 import socket
 import typing
 import urllib.request
@@ -328,3 +330,25 @@ def test_poller_runs_measurements_and_removes_failing_ones() -> None:
         metrics.Poller([good], period=0)
     with pytest.raises(TypeError):
         metrics.Poller([1])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("period", "error", "shown"),
+    [
+        (math.nan, ValueError, "nan"),
+        (math.inf, ValueError, "inf"),
+        (1e300, ValueError, "1e+300"),
+        (-1, ValueError, "-1"),
+        ("5", TypeError, "'5'"),
+        (True, TypeError, "True"),
+    ],
+)
+def test_a_poller_period_is_a_duration_its_thread_can_wait(
+    period: Any, error: type[Exception], shown: str
+) -> None:
+    """A period that is not a number of seconds above 0, up to 1e9, is refused where the
+    poller is made (NaN busy-looped, infinity killed the thread with OverflowError)."""
+    expected = f"period must be a number of seconds > 0 and <= 1e9, not {shown}"
+    with pytest.raises(error, match=f"^{re.escape(expected)}$"):
+        metrics.Poller([lambda: None], period=period)
+    assert metrics.Poller([lambda: None], period=1e9).period == 1e9
