@@ -20,7 +20,7 @@ from tests.pool.conftest import adapter, options
 ABOVE_0 = "a number of seconds > 0 and <= 1e9"
 FROM_0 = "a number of seconds from 0 to 1e9"
 SECONDS_OPTIONS = [
-    field.name for field in attrs.fields(PoolConfig) if field.type in ("float", "float | None")
+    field.name for field in attrs.fields(PoolConfig) if str(field.type) in ("float", "float | None")
 ]
 
 BAD_OPTIONS = [
@@ -104,11 +104,11 @@ def test_every_duration_takes_up_to_1e9_seconds(option: str) -> None:
     """Each option in seconds takes the bound itself and refuses the next float above it,
     naming the bound: a larger value would break where it ends up (a thread's wait, a
     socket's timeout, an int of nanoseconds)."""
-    assert getattr(PoolConfig(adapter="tests.adapters:Echo", **{option: 1e9}), option) == 1e9
+    assert getattr(make_config(adapter(), None, "default", {option: 1e9}), option) == 1e9
     above = math.nextafter(1e9, math.inf)
     message = rf"^{option} must be ({FROM_0}|{ABOVE_0})( or None)?, not {re.escape(repr(above))}$"
     with pytest.raises(ValueError, match=message):
-        PoolConfig(adapter="tests.adapters:Echo", **{option: above})
+        make_config(adapter(), None, "default", {option: above})
 
 
 def test_the_bound_fits_where_durations_end_up() -> None:
