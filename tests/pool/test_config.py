@@ -187,6 +187,87 @@ async def test_a_bad_call_argument_is_refused_before_anything_is_sent() -> None:
         assert await pool.execute("identity", 2, timeout=Seconds(5.0)) == 2
 
 
+class Tagged(str):
+    """A subclass of str, as an application's own id type may be; its repr does not show
+    the class, so an error about it would read like one about a plain str."""
+
+
+@pytest.mark.anyio
+async def test_ids_and_commands_that_subclass_str_are_taken_as_the_str_they_hold() -> None:
+    """A str subclass given as command, session_id, correlation_id or worker_id works as
+    the plain str (these are pypit's own parameters): the call runs, the worker and the
+    events see an exact str, and the session and the worker are found by it."""
+    async with open_pool(adapter(), **options()) as pool:
+        (worker_id,) = pool.workers()
+        with telemetry.capture(("pypit", "rpc", "call", "start")) as starts:
+            session_id, _, _ = await pool.execute(
+                Tagged("session_state"),
+                session_id=Tagged("s-1"),
+                correlation_id=Tagged("c-1"),
+            )
+        assert (type(session_id), session_id) == (str, "s-1")
+        (start,) = starts.events
+        assert type(start.metadata["correlation_id"]) is str
+        assert start.metadata["correlation_id"] == "c-1"
+        session = pool.session(Tagged("s-1"))
+        assert session is not None
+        assert session.worker_id == worker_id
+        async with pool.stream(Tagged("session_ids"), 2, session_id=Tagged("s-1")) as chunks:
+            assert [chunk async for chunk in chunks] == ["s-1", "s-1"]
+        await pool.set_worker_level(Tagged(worker_id), "debug")
+        await pool.reset_worker_level(Tagged(worker_id))
+        await pool.configure_telemetry(sampling_rate=0.5, worker_id=Tagged(worker_id))
+        assert pool._control.message(worker_id).sampling_rate == 0.5
+
+
+@pytest.mark.anyio
+async def test_a_command_that_is_not_a_str_is_a_type_error() -> None:
+    """execute and stream refuse a command that is not a str with a TypeError naming it,
+    not UnknownCommandError (which says the adapter lacks a tool), before anything is
+    sent."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(TypeError, match=r"^command must be a str, not 1$"):
+            await pool.execute(1)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^command must be a str, not None$"):
+            async with pool.stream(None, 2):  # type: ignore[arg-type]
+                pass
+        assert pool.status().requests == 0
+
+
+@pytest.mark.anyio
+async def test_every_operation_on_a_worker_refuses_a_worker_id_that_is_not_a_str() -> None:
+    """recycle_worker, set_worker_level, reset_worker_level and configure_telemetry raise
+    the same TypeError for a worker_id of the wrong type (recycle_worker raised
+    UnknownWorkerError), and nothing changes."""
+    async with open_pool(adapter(), **options()) as pool:
+        workers = pool.workers()
+        for worker_id in (None, 1):
+            message = rf"^worker_id must be a str, not {worker_id}$"
+            with pytest.raises(TypeError, match=message):
+                await pool.recycle_worker(worker_id)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=message):
+                await pool.set_worker_level(worker_id, "debug")  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=message):
+                await pool.reset_worker_level(worker_id)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^worker_id must be a str or None, not 1$"):
+            await pool.configure_telemetry(enabled=False, worker_id=1)  # type: ignore[arg-type]
+        assert pool.workers() == workers
+        assert pool._control.message(next(iter(workers))).enabled
+
+
+@pytest.mark.anyio
+async def test_idempotent_and_a_session_lookup_are_checked() -> None:
+    """idempotent must be a bool (a str such as "yes" was taken as true), and session()
+    names session_id when given what is not a str (it raised a bare "unhashable type")."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(TypeError, match=r"^idempotent must be True or False, not 'yes'$"):
+            await pool.execute("identity", 1, idempotent="yes")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^session_id must be a str, not \[\]$"):
+            pool.session([])  # type: ignore[arg-type]
+        assert pool.status().requests == 0
+        assert await pool.execute("identity", 1, idempotent=True) == 1
+
+
 def test_an_unknown_option_is_refused_with_the_closest_one() -> None:
     """A misspelt option names itself and the option it resembles, in one line, before any
     worker or thread starts."""
