@@ -394,6 +394,23 @@ def test_a_worker_span_has_the_shape_of_the_applications_span(
     assert events[3][1]["kind"] == "exit"
 
 
+def test_a_correlation_id_given_to_emit_is_a_str(
+    in_a_worker: _telemetry.WorkerTelemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """emit refuses a correlation id that is not a str at the call (an int arrived in the
+    pool as the event's correlation_id), in a worker and out of one; a str is shipped."""
+    from pypit.worker import telemetry as worker_telemetry
+
+    message = r"^correlation_id must be a str or None, not 5$"
+    with pytest.raises(TypeError, match=message):
+        worker_telemetry.emit("job.stop", {"duration": 1}, correlation_id=5)  # type: ignore[arg-type]
+    worker_telemetry.emit("job.stop", {"duration": 1}, correlation_id="c-1")
+    assert shipped(in_a_worker) == [("job.stop", {"correlation_id": "c-1"})]
+    monkeypatch.setattr(_telemetry, "current", None)
+    with pytest.raises(TypeError, match=message):
+        worker_telemetry.emit("job.stop", {"duration": 1}, correlation_id=5)  # type: ignore[arg-type]
+
+
 def test_one_handler_serves_both_spans(in_a_worker: _telemetry.WorkerTelemetry) -> None:
     """A handler that pairs spans by telemetry_span_context and slices error_message works
     on the application's span and on a worker's span, re-emitted as the pool does."""
