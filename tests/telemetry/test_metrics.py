@@ -98,6 +98,48 @@ def test_invalid_definitions_raise_at_construction(build: Any, error: type[Excep
         build()
 
 
+TAGS = "tags must be a list of metadata keys such as ['pool_name'], not "
+BUCKETS = "buckets must be a list of increasing numbers (no NaN) such as [0.1, 1, 10], not "
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"tags": "pool_name"}, TypeError, TAGS + "'pool_name'"),
+        ({"tags": None}, TypeError, TAGS + "None"),
+        ({"tags": ["pool_name", 1]}, TypeError, TAGS + "['pool_name', 1]"),
+        ({"reporter_options": "buckets"}, TypeError, "reporter_options must be a mapping, not "),
+        ({"reporter_options": {"buckets": [1, math.nan, 2]}}, ValueError, BUCKETS + "[1, nan, 2]"),
+        ({"reporter_options": {"buckets": [math.nan]}}, ValueError, BUCKETS + "[nan]"),
+        ({"reporter_options": {"buckets": [1, 1]}}, ValueError, BUCKETS + "[1, 1]"),
+        ({"reporter_options": {"buckets": []}}, ValueError, BUCKETS + "[]"),
+        ({"reporter_options": {"buckets": "0.1"}}, TypeError, BUCKETS + "'0.1'"),
+        ({"reporter_options": {"buckets": [1, "2"]}}, TypeError, BUCKETS + "[1, '2']"),
+    ],
+)
+def test_a_sequence_argument_refuses_a_str_and_buckets_must_increase(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """A bare str where a list of str goes is refused (tags="pool_name" made one tag per
+    letter), and so are buckets holding NaN, not increasing or not numbers, each with a
+    one-line message naming the argument and the value."""
+    with pytest.raises(error) as info:
+        metrics.distribution("myapp.req.size", **options)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_good_tags_and_buckets_are_kept() -> None:
+    """Tags from any iterable of str, and increasing buckets (infinity included)."""
+    metric = metrics.distribution(
+        "myapp.req.size",
+        tags=(tag for tag in ["pool_name"]),
+        reporter_options={"buckets": (0.1, 1, math.inf)},
+    )
+    assert metric.tags == ("pool_name",)
+    assert metric.reporter_options["buckets"] == [0.1, 1, math.inf]
+
+
 def test_console_reporter_prints_each_update() -> None:
     """The console reporter prints one line per metric update, and detaches on stop."""
     out = io.StringIO()
