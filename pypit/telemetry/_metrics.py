@@ -157,15 +157,15 @@ def _define(
         )
     if keep is not None and drop is not None:
         raise ValueError("give keep or drop, not both")
+    for function, label in ((tag_values, "tag_values"), (keep, "keep"), (drop, "drop")):
+        if function is not None and not callable(function):
+            raise TypeError(f"{label} is a function of the metadata, not {function!r}")
     if drop is not None:
         dropping = drop
 
         def keep(metadata: Metadata) -> bool:
             return not dropping(metadata)
 
-    for function, label in ((tag_values, "tag_values"), (keep, "keep")):
-        if function is not None and not callable(function):
-            raise TypeError(f"{label} is a function of the metadata, not {function!r}")
     if reporter_options is not None and not isinstance(reporter_options, Mapping):
         raise TypeError(f"reporter_options must be a mapping, not {reporter_options!r}")
     options = dict(reporter_options or {})

@@ -29,9 +29,12 @@ class _Reporter:
     """Attaches a handler to the events of ``metrics`` while started."""
 
     def __init__(self, metrics: Iterable[Metric]) -> None:
+        expected = "a list of metric definitions (counter(...), summary(...), ...)"
+        if not isinstance(metrics, Iterable):
+            raise TypeError(f"a reporter takes {expected}, not {metrics!r}")
         self.metrics = tuple(metrics)
         if not all(isinstance(m, Metric) for m in self.metrics):
-            raise TypeError("a reporter takes metric definitions (counter(...), summary(...), ...)")
+            raise TypeError(f"a reporter takes {expected}, not {metrics!r}")
         self._by_event: dict[EventName, list[Metric]] = {}
         for metric in self.metrics:
             self._by_event.setdefault(metric.event_name, []).append(metric)
@@ -262,9 +265,12 @@ class Poller:
     """
 
     def __init__(self, measurements: Iterable[Callable[[], object]], period: float = 5.0) -> None:
+        expected = "a list of functions without arguments"
+        if not isinstance(measurements, Iterable):
+            raise TypeError(f"a poller takes {expected}, not {measurements!r}")
         self.measurements = list(measurements)
         if not all(callable(m) for m in self.measurements):
-            raise TypeError("a poller takes functions without arguments")
+            raise TypeError(f"a poller takes {expected}, not {measurements!r}")
         self.period = check_seconds("period", period, positive=True)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

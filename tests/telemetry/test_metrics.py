@@ -129,6 +129,23 @@ def test_a_sequence_argument_refuses_a_str_and_buckets_must_increase(
     assert "\n" not in str(info.value)
 
 
+def test_one_item_where_a_list_goes_or_a_list_where_a_function_goes_is_refused() -> None:
+    """A drop that is not a function (it was accepted, and failed at each event), one
+    metric given to a reporter and one function given to a poller (bare "not iterable"
+    errors) raise a TypeError saying what the argument takes."""
+    with pytest.raises(TypeError, match=r"^drop is a function of the metadata, not \['x'\]$"):
+        metrics.counter("myapp.req.count", drop=["x"])  # type: ignore[arg-type]
+    metric = metrics.counter("myapp.req.count")
+    with pytest.raises(TypeError, match=r"^a reporter takes a list of metric definitions "):
+        metrics.ConsoleReporter(metric)  # type: ignore[arg-type]
+
+    def measure() -> None:
+        """A measurement."""
+
+    with pytest.raises(TypeError, match=r"^a poller takes a list of functions without arg"):
+        metrics.Poller(measure)  # type: ignore[arg-type]
+
+
 def test_good_tags_and_buckets_are_kept() -> None:
     """Tags from any iterable of str, and increasing buckets (infinity included)."""
     metric = metrics.distribution(
