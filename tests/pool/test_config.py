@@ -130,7 +130,8 @@ async def test_a_pool_opens_serves_and_closes_with_every_duration_at_the_bound()
     """Every option in seconds at 1e9 at once: the pool opens, serves calls with a timeout
     of 1e9, takes a live change bounded by 1e9 and closes."""
     at_bound = dict.fromkeys(SECONDS_OPTIONS, MAX_SECONDS)
-    # The status period is the one duration options() sets: the bound replaces it.
+    # Every duration at the bound, those options() sets (status_interval, stop_grace)
+    # included: the bound is what the test is about.
     async with open_pool(adapter(), **{**options(), **at_bound}) as pool:
         assert await pool.execute("identity", 1, timeout=MAX_SECONDS) == 1
         await pool.configure_telemetry(sampling_rate=0.5, timeout=MAX_SECONDS)
