@@ -701,9 +701,10 @@ class Logs(Adapter):
     def print_chained_traceback(self) -> None:
         import traceback
 
+        empty: dict[str, int] = {}
         try:
             try:
-                {}["missing"]
+                empty["missing"]
             except KeyError:
                 raise RuntimeError("while handling")  # noqa: B904 - the implicit chain is the point
         except RuntimeError:

@@ -5,8 +5,8 @@ What a block is decides how it runs:
 - A block whose first line is ``# myapp/<name>.py`` is that module. Before any block of its
   page runs, it is written into a package ``myapp`` put first on ``sys.path`` (which the
   workers inherit), so ``"myapp.model:Model"`` names the page's own adapter. A page that
-  writes no ``myapp/model.py`` gets one serving the demo's adapter
-  (``examples.demo_adapter:DemoModel``: ``predict``, ``generate`` and more).
+  runs a pool writes its ``myapp/model.py``: its reader sees every tool its examples
+  call.
 - A block with ``await``, ``async with`` or ``async for`` outside a function is the body of
   an async function, run on asyncio and on trio.
 - A block that uses the name ``pool`` without binding it gets one:
@@ -52,10 +52,6 @@ LANGUAGES = {"python", "console"}
 SUBSTITUTIONS = {"port=9568": "port=0"}
 ADAPTER = "myapp.model:Model"
 GIVEN_POOL: dict[str, Any] = {"size": 2, "status_interval": 0}
-DEFAULT_MODEL = (
-    '"""The adapter of the pages that write no myapp/model.py: the demo\'s."""\n\n'
-    "from examples.demo_adapter import DemoModel as Model\n"
-)
 
 _FENCE = re.compile(r"^```(.*)$")
 _NOT_RUN = re.compile(r"^<!-- not run: (\S.*?) -->$")
@@ -64,9 +60,9 @@ _TOKENS = "".join(f"hi-{i}\n" for i in range(8))
 
 PRINTS: dict[tuple[str, str], str] = {
     ("README.md", "anyio.run(main)"): r"predict default_worker_\d [\d.e-]+ ms\n\{'y': 42\.0\}\n",
-    ("docs/configuration.md", 'name="models"'): r"\{'y': 3\}\n",
+    ("docs/configuration.md", 'name="models"'): r"\{'y': 2\.0\}\n",
     ("docs/configuration.md", "async for chunk in chunks"): re.escape(_TOKENS),
-    ("docs/configuration.md", "start_pool"): r"\{'y': 3\}\n" + re.escape(_TOKENS),
+    ("docs/configuration.md", "start_pool"): r"\{'y': 2\.0\}\n" + re.escape(_TOKENS),
     ("docs/adapters.md", 'pool.stream("agenerate"'): "hi-0\nhi-1\nhi-2\n",
     ("docs/adapters.md", "start_pool"): "hi-0\nhi-1\nhi-2\n",
     ("docs/worker-telemetry.md", "show-inference"): (
@@ -210,7 +206,6 @@ def page_modules(
         package = tmp_path / "modules" / "myapp"
         package.mkdir(parents=True)
         (package / "__init__.py").write_text("")
-        (package / "model.py").write_text(DEFAULT_MODEL)
         for block in MODULES:
             if block.page == page and block.module is not None:
                 (tmp_path / "modules" / block.module).write_text(block.source)
@@ -239,6 +234,16 @@ def test_every_python_block_is_run_or_says_why_not() -> None:
     assert not set(run_ids) & marked
     for page, piece in PRINTS:
         assert len([b for b in PROGRAMS + FRAGMENTS if b.page == page and piece in b.source]) == 1
+
+
+def test_a_page_that_runs_a_pool_shows_its_adapter() -> None:
+    """Every page with a block that runs a pool of ``myapp.model:Model`` writes
+    ``myapp/model.py`` itself, so a reader who follows the page has the tools its examples
+    call (the configuration page ran against an adapter no page showed)."""
+    runs = {b.page for b in PROGRAMS + FRAGMENTS if b.needs_pool or ADAPTER in b.source}
+    shows = {b.page for b in MODULES if b.module == "myapp/model.py"}
+    assert "docs/configuration.md" in runs
+    assert sorted(runs - shows) == []
 
 
 @pytest.mark.filterwarnings("error")

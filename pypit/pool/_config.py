@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 import sys
@@ -12,20 +11,13 @@ from typing import Any, Literal
 
 import attrs
 
+from pypit._checks import check_seconds
 from pypit._log import DEFAULT_LEVEL, check_category, check_level
 from pypit._shared import check_pattern
 from pypit._wire import DEFAULT_MAX_FRAME_SIZE
 
 MIN_MAX_FRAME_SIZE = 65_536
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def _invalid(name: str, value: Any, expected: str) -> Exception:
-    """The one-line error of an option: its name, the value given, what it takes."""
-    kind = (
-        ValueError if isinstance(value, int | float) and not isinstance(value, bool) else TypeError
-    )
-    return kind(f"{name} must be {expected}, not {value!r}")
 
 
 def _count(minimum: int, *, optional: bool = False, maximum: int | None = None) -> Any:
@@ -48,36 +40,20 @@ def _count(minimum: int, *, optional: bool = False, maximum: int | None = None) 
 
 
 def _seconds(*, positive: bool, optional: bool = False) -> Any:
-    """A finite number of seconds (not a bool), > 0 or >= 0; None too if ``optional``."""
-    expected = ("a number > 0" if positive else "a number >= 0") + (" or None" if optional else "")
+    """A number of seconds (not a bool) from 0, or above 0 if ``positive``, to 1e9; None
+    too if ``optional``."""
 
     def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is None and optional:
-            return
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value < 0
-            or (positive and value == 0)
-        ):
-            raise _invalid(attribute.name, value, expected)
+        check_seconds(attribute.name, value, positive=positive, optional=optional)
 
     return check
 
 
 def check_timeout(value: Any, *, optional: bool) -> float | None:
-    """A call's or an operation's ``timeout``: a finite number of seconds > 0 (any int or
-    float, a subclass such as numpy's float64 included, but not a bool), as a float; None
-    too if ``optional``."""
-    if value is None and optional:
-        return None
-    expected = "a number of seconds > 0" + (" or None" if optional else "")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"timeout must be {expected}, not {value!r}")
-    if not 0 < value < math.inf:
-        raise ValueError(f"timeout must be {expected}, not {value!r}")
-    return float(value)
+    """A call's or an operation's ``timeout``: a number of seconds above 0, up to 1e9 (any
+    int or float, a subclass such as numpy's float64 included, but not a bool), as a float;
+    None too if ``optional``."""
+    return check_seconds("timeout", value, positive=True, optional=optional)
 
 
 def _patterns(value: Any) -> tuple[str, ...]:

@@ -141,8 +141,6 @@ class Control:
             )
 
     def _check_worker(self, worker_id: str) -> None:
-        if type(worker_id) is not str:
-            raise TypeError(f"worker_id must be a str, not {worker_id!r}")
         if worker_id not in self._worker_ids:
             known = ", ".join(self._worker_ids)
             raise UnknownWorkerError(

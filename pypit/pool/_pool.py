@@ -31,6 +31,7 @@ import anyio.abc
 import attrs
 
 from pypit import _wire
+from pypit._checks import exact_str
 from pypit._errors import (
     PoolClosedError,
     QueueTimeoutError,
@@ -158,7 +159,11 @@ class Pool:
         allows one retry on another worker if the worker crashes with the
         call in flight; other calls never run twice.
 
+        ``command``, ``session_id`` and ``correlation_id`` are strs (a subclass of str is
+        taken as the plain str it holds).
+
         Raises:
+            TypeError, ValueError: an argument of the wrong type or out of range.
             UnknownCommandError: no tool of that name (before anything is sent).
             PoolSaturatedError: the queue is full.
             QueueTimeoutError: no worker came free in time; the call never ran.
@@ -173,6 +178,8 @@ class Pool:
         if affinity is not None and affinity not in AFFINITIES:
             choices = ", ".join(map(repr, AFFINITIES))
             raise ValueError(f"affinity must be one of {choices} or None, not {affinity!r}")
+        if type(idempotent) is not bool:
+            raise TypeError(f"idempotent must be True or False, not {idempotent!r}")
         request = self._request(command, args, timeout, session_id, correlation_id, stream=False)
         if not idempotent:
             return await self._call(request, affinity, None)
@@ -181,11 +188,16 @@ class Pool:
         except WorkerCrashedError as crash:
             self._log.warning(
                 "retrying an idempotent call on another worker after a crash",
-                command=command,
+                command=request.command,
                 worker_id=crash.worker_id,
             )
             retry = self._request(
-                command, args, None, session_id, request.correlation_id, stream=False
+                request.command,
+                args,
+                None,
+                request.session_id,
+                request.correlation_id,
+                stream=False,
             )
             retry.deadline = retry.queue_deadline = request.deadline
             return await self._call(retry, affinity, crash.worker_id)
@@ -338,6 +350,7 @@ class Pool:
         worker kept for the session was lost. A call that ran on another worker
         while the session's was busy (``affinity="hint"``) does not move it.
         """
+        session_id = exact_str("session_id", session_id)
         return self._scheduler.session(session_id, self._supervisor.worker_ids())
 
     # -- placing calls ---------------------------------------------------------------------
@@ -367,11 +380,11 @@ class Pool:
         stream: bool,
     ) -> Request:
         """Check and encode a call; nothing is sent or queued yet."""
-        self._check(command, stream=stream)
+        command = exact_str("command", command)
         timeout = check_timeout(timeout, optional=True)
-        for name, value in (("session_id", session_id), ("correlation_id", correlation_id)):
-            if value is not None and type(value) is not str:
-                raise TypeError(f"{name} must be a str or None, not {value!r}")
+        session_id = exact_str("session_id", session_id, optional=True)
+        correlation_id = exact_str("correlation_id", correlation_id, optional=True)
+        self._check(command, stream=stream)
         request_id = next(_request_ids)
         correlation_id = correlation_id or correlation_id_var.get() or _new_correlation_id()
         if type(correlation_id) is not str:
@@ -430,6 +443,7 @@ class Pool:
         seconds, :class:`~pypit.UnknownWorkerError` (a ``LookupError``) for an unknown
         worker, :class:`~pypit.PoolClosedError` once the pool is closed.
         """
+        worker_id = exact_str("worker_id", worker_id, optional=True)
         self._check_open()
         await self._control.configure_telemetry(
             enabled=enabled,
@@ -445,6 +459,7 @@ class Pool:
         structlog), live; the pool logs that worker's records at it too. It survives
         restarts of that worker. Raises :class:`~pypit.PoolClosedError` once the pool is
         closed."""
+        worker_id = exact_str("worker_id", worker_id)
         self._check_open()
         await self._control.set_worker_level(worker_id, level, timeout)
 
@@ -452,6 +467,7 @@ class Pool:
         """Give ``worker_id`` back the pool's level for the ``worker`` category (or, without
         one, the level the worker started with). Raises :class:`~pypit.PoolClosedError`
         once the pool is closed."""
+        worker_id = exact_str("worker_id", worker_id)
         self._check_open()
         await self._control.reset_worker_level(worker_id, timeout)
 
@@ -466,6 +482,7 @@ class Pool:
         and ``restart_backoff_max`` for the new one. The slot keeps trying.
         :class:`~pypit.PoolClosedError` once the pool is closed.
         """
+        worker_id = exact_str("worker_id", worker_id)
         self._check_open()
         await self._supervisor.recycle_worker(worker_id)
 

@@ -26,6 +26,11 @@ from pypit.pool._stream import STREAM_ENDED, Stream
 
 T = TypeVar("T")
 
+_ENTER_FIRST: Final = (
+    "iterate a stream inside its block: `with pool.stream(...) as chunks: "
+    "for chunk in chunks: ...`, so that leaving the loop early cancels it at once"
+)
+
 
 def _on_loop(
     portal: anyio.from_thread.BlockingPortal, func: Callable[..., Awaitable[T]], *args: Any
@@ -90,15 +95,14 @@ class SyncStream:
 
     def __iter__(self) -> Self:
         if not self._entered:
-            raise TypeError(
-                "iterate a stream inside its block: `with pool.stream(...) as chunks: "
-                "for chunk in chunks: ...`, so that leaving the loop early cancels it at once"
-            )
+            raise TypeError(_ENTER_FIRST)
         if self._exited:
             raise TypeError(STREAM_ENDED)
         return self
 
     def __next__(self) -> Any:
+        if not self._entered:
+            raise TypeError(_ENTER_FIRST)
         if self._exited:
             raise TypeError(STREAM_ENDED)
         try:
@@ -171,8 +175,13 @@ class SyncPool:
         return SyncStream(stream, self._portal)
 
     def status(self) -> PoolStatus:
-        """:meth:`Pool.status`."""
-        return _on_loop(self._portal, self._snapshot)
+        """:meth:`Pool.status`; once the pool is closed, its last snapshot (``closed`` is
+        true), as from the async pool."""
+        try:
+            return _on_loop(self._portal, self._snapshot)
+        except PoolClosedError:
+            # The loop thread is gone, and nothing changes the pool any more: read it here.
+            return self._pool.status()
 
     async def _snapshot(self) -> PoolStatus:
         return self._pool.status()
@@ -184,17 +193,43 @@ class SyncPool:
     async def _emit_status(self) -> None:
         self._pool.emit_status()
 
-    def configure_telemetry(self, **settings: Any) -> None:
+    def configure_telemetry(
+        self,
+        *,
+        enabled: bool | None = None,
+        sampling_rate: float | None = None,
+        allow: list[str] | tuple[str, ...] | None = None,
+        deny: list[str] | tuple[str, ...] | None = None,
+        worker_id: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
         """Blocking :meth:`Pool.configure_telemetry`."""
-        _on_loop(self._portal, functools.partial(self._pool.configure_telemetry, **settings))
+        _on_loop(
+            self._portal,
+            functools.partial(
+                self._pool.configure_telemetry,
+                enabled=enabled,
+                sampling_rate=sampling_rate,
+                allow=allow,
+                deny=deny,
+                worker_id=worker_id,
+                timeout=timeout,
+            ),
+        )
 
-    def set_worker_level(self, worker_id: str, level: str) -> None:
+    def set_worker_level(self, worker_id: str, level: str, *, timeout: float = 5.0) -> None:
         """Blocking :meth:`Pool.set_worker_level`."""
-        _on_loop(self._portal, self._pool.set_worker_level, worker_id, level)
+        _on_loop(
+            self._portal,
+            functools.partial(self._pool.set_worker_level, worker_id, level, timeout=timeout),
+        )
 
-    def reset_worker_level(self, worker_id: str) -> None:
+    def reset_worker_level(self, worker_id: str, *, timeout: float = 5.0) -> None:
         """Blocking :meth:`Pool.reset_worker_level`."""
-        _on_loop(self._portal, self._pool.reset_worker_level, worker_id)
+        _on_loop(
+            self._portal,
+            functools.partial(self._pool.reset_worker_level, worker_id, timeout=timeout),
+        )
 
     def recycle_worker(self, worker_id: str) -> None:
         """Blocking :meth:`Pool.recycle_worker`."""

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import attrs
 
+from pypit._checks import check_seconds
 from pypit.telemetry._registry import (
     EventName,
     Measurements,
@@ -88,9 +89,10 @@ class Capture:
     ) -> list[CapturedEvent]:
         """Block this thread until ``count`` events named ``event`` were captured.
 
-        Raises ``TimeoutError`` after ``timeout`` seconds. Do not call it on the
-        thread that emits the events.
+        Raises ``TimeoutError`` after ``timeout`` seconds (0 to 1e9). Do not call it on
+        the thread that emits the events.
         """
+        check_seconds("timeout", timeout, positive=False)
         deadline = time.monotonic() + timeout
         with self._changed:
             while self._count(lambda e: e.event == event) < count:
@@ -108,8 +110,9 @@ class Capture:
     ) -> list[CapturedEvent]:
         """Wait, without blocking the event loop, until ``count`` events named ``event`` arrive.
 
-        Raises ``TimeoutError`` after ``timeout`` seconds.
+        Raises ``TimeoutError`` after ``timeout`` seconds (0 to 1e9).
         """
+        check_seconds("timeout", timeout, positive=False)
         with anyio.move_on_after(timeout):
             while len(self.named(*event)) < count:
                 await anyio.sleep(0.005)

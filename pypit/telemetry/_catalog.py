@@ -470,7 +470,9 @@ def catalog_event(name: EventName) -> EventSpec:
 
 
 class UnknownEventWarning(UserWarning):
-    """A handler was attached to a name under ``("pypit", ...)`` that pypit never emits.
+    """A handler was attached to a name that pypit never emits, under one of its roots:
+    ``("pypit", ...)``, the bus's own ``("telemetry", ...)``, or ``pypit`` in another case
+    (``("PYPIT", ...)``: names are case-sensitive).
 
     Most likely a typo: the message names the closest event of the catalog. The
     handler is attached all the same, since an application may attach ahead of
@@ -480,25 +482,48 @@ class UnknownEventWarning(UserWarning):
     """
 
 
+def _worker_event(name: EventName) -> bool:
+    return len(name) > 2 and name[0] == "pypit" and name[1] == "python"
+
+
+def _never_emitted(name: EventName) -> bool:
+    """Whether ``name`` is under one of pypit's roots and no event of pypit can have it."""
+    root = name[0]
+    if root == "pypit":
+        return name not in _BY_NAME and not _worker_event(name)
+    if root == "telemetry":
+        return name not in _BY_NAME
+    return root.lower() == "pypit"
+
+
 def warn_unknown(handler_id: str, names: Iterable[EventName]) -> None:
-    """Warn about each name under ``("pypit", ...)`` that is not in the catalog."""
+    """Warn about each name under pypit's roots that is not in the catalog (see
+    :class:`UnknownEventWarning`)."""
     for name in names:
-        if name[0] != "pypit" or name in _BY_NAME or (len(name) > 2 and name[1] == "python"):
-            continue
-        warnings.warn(_unknown(handler_id, name), UnknownEventWarning, stacklevel=_stacklevel())
+        if _never_emitted(name):
+            warnings.warn(_unknown(handler_id, name), UnknownEventWarning, stacklevel=_stacklevel())
 
 
 def _unknown(handler_id: str, name: EventName) -> str:
+    fixed = ("pypit", *name[1:]) if name[0] != "pypit" and name[0].lower() == "pypit" else name
+    case = " (names are case-sensitive)" if fixed != name else ""
     below = [spec.name for spec in CATALOG if spec.name[: len(name)] == name]
-    if below:
+    if case and (fixed in _BY_NAME or _worker_event(fixed)):
+        hint = f"did you mean {fixed!r}?{case}"
+    elif below:
+        events = f"{len(below)} events, such as {below[0]!r}," if below[1:] else repr(below[0])
         hint = (
-            f"it is a prefix of {len(below)} events, such as {below[0]!r}, and a handler "
-            "gets the events of the exact names it is attached to (attach_many takes several)"
+            f"it is a prefix of {events} and a handler gets the events of the exact names it "
+            "is attached to (attach_many takes several)"
         )
     else:
-        dotted = {".".join(spec.name): spec.name for spec in CATALOG if spec.name[0] == "pypit"}
-        close = difflib.get_close_matches(".".join(name), dotted, n=1)
-        hint = f"did you mean {dotted[close[0]]!r}?" if close else "no event of pypit is close"
+        dotted = {".".join(spec.name): spec.name for spec in CATALOG}
+        close = difflib.get_close_matches(".".join(fixed), dotted, n=1)
+        hint = (
+            f"did you mean {dotted[close[0]]!r}?{case}"
+            if close
+            else f"no event of pypit is close{case}"
+        )
     return (
         f"handler {handler_id!r} is attached to {name!r}, which pypit never emits: {hint} "
         "(attached all the same; pypit.telemetry.CATALOG and docs/events.md list the events)"
@@ -574,10 +599,12 @@ def render_markdown() -> str:
         "`pool_name, worker_id, python_pid`); anything refused is counted in",
         '`("pypit", "telemetry", "dropped")`.',
         "",
-        'Attaching a handler to a name under `("pypit", ...)` that is not on this page (a',
-        "typo, most likely) warns with `pypit.telemetry.UnknownEventWarning`, naming the",
-        "closest event; the handler is attached all the same. Names under",
-        '`("pypit", "python", ...)` are not checked: a pool may allow any worker event.',
+        'Attaching a handler to a name under `("pypit", ...)` or `("telemetry", ...)` that is',
+        "not on this page, or to one whose first segment is `pypit` in another case",
+        '(`("PYPIT", ...)`: names are case-sensitive), a typo most likely, warns with',
+        "`pypit.telemetry.UnknownEventWarning`, naming the closest event; the handler is",
+        'attached all the same. Names under `("pypit", "python", ...)` are not checked: a pool',
+        "may allow any worker event.",
         "",
         "## Spans",
         "",

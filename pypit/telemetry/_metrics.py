@@ -13,6 +13,8 @@ the measurement.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -50,6 +52,23 @@ def _factor(unit: str | tuple[str, str] | None) -> float:
         if source in table and target in table:
             return table[source] / table[target]
     raise ValueError(f"cannot convert {source!r} to {target!r}")
+
+
+def _buckets(value: Any) -> list[float]:
+    """A distribution's bucket bounds: a non-empty list of increasing numbers, none NaN."""
+    expected = "a list of increasing numbers (no NaN) such as [0.1, 1, 10]"
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"buckets must be {expected}, not {value!r}")
+    bounds = list(value)
+    if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
+        raise TypeError(f"buckets must be {expected}, not {value!r}")
+    if (
+        not bounds
+        or any(math.isnan(b) for b in bounds)
+        or not all(low < high for low, high in itertools.pairwise(bounds))
+    ):
+        raise ValueError(f"buckets must be {expected}, not {value!r}")
+    return bounds
 
 
 def unit_name(unit: str | tuple[str, str] | None) -> str | None:
@@ -128,27 +147,30 @@ def _define(
         measurement = parts[-1]
     elif not (isinstance(measurement, str) or callable(measurement)):
         raise TypeError(f"measurement is a key or a function, not {measurement!r}")
-    tags = tuple(tags)
+    if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
+        # A str is iterable, and would become one tag per letter.
+        raise TypeError(f"tags must be a list of metadata keys such as ['pool_name'], not {tags!r}")
+    given, tags = tags, tuple(tags)
     if not all(isinstance(t, str) and t for t in tags):
-        raise TypeError(f"tags are metadata keys (str), not {tags!r}")
+        raise TypeError(
+            f"tags must be a list of metadata keys such as ['pool_name'], not {given!r}"
+        )
     if keep is not None and drop is not None:
         raise ValueError("give keep or drop, not both")
+    for function, label in ((tag_values, "tag_values"), (keep, "keep"), (drop, "drop")):
+        if function is not None and not callable(function):
+            raise TypeError(f"{label} is a function of the metadata, not {function!r}")
     if drop is not None:
         dropping = drop
 
         def keep(metadata: Metadata) -> bool:
             return not dropping(metadata)
 
-    for function, label in ((tag_values, "tag_values"), (keep, "keep")):
-        if function is not None and not callable(function):
-            raise TypeError(f"{label} is a function of the metadata, not {function!r}")
+    if reporter_options is not None and not isinstance(reporter_options, Mapping):
+        raise TypeError(f"reporter_options must be a mapping, not {reporter_options!r}")
     options = dict(reporter_options or {})
-    if kind == "distribution":
-        buckets = options.get("buckets")
-        if buckets is not None and (
-            not buckets or list(buckets) != sorted(buckets) or len(set(buckets)) != len(buckets)
-        ):
-            raise ValueError(f"buckets must be increasing and distinct, not {buckets!r}")
+    if kind == "distribution" and options.get("buckets") is not None:
+        options["buckets"] = _buckets(options["buckets"])
     return Metric(
         kind=kind,
         name=parts,
@@ -187,7 +209,8 @@ def counter(
             or a dotted str).
         measurement: the measurement key, or a function ``(measurements,
             metadata) -> value``, when the name does not say it.
-        tags: metadata keys that label the metric's values.
+        tags: metadata keys that label the metric's values, a list (one str is refused:
+            it is not split into letters).
         tag_values: a function ``metadata -> mapping`` the tags are read from.
         keep: a function ``metadata -> bool``: only events it accepts count.
         drop: the opposite of ``keep`` (give one of the two).
@@ -326,7 +349,7 @@ def distribution(
     """A distribution metric: a histogram of a measurement.
 
     Takes the arguments of :func:`counter`; the buckets are
-    ``reporter_options={"buckets": [...]}``, increasing and distinct.
+    ``reporter_options={"buckets": [...]}``, increasing numbers (no NaN).
     """
     return _define(
         "distribution",

@@ -114,9 +114,13 @@ def event_name(value: object) -> EventName:
     return value
 
 
-def _check_handler(handler_id: object, function: object) -> None:
+def _check_id(handler_id: object) -> None:
     if not isinstance(handler_id, str):
-        raise TypeError(f"a handler id is a str, not {type(handler_id).__name__}")
+        raise TypeError(f"a handler id is a str, not {handler_id!r}")
+
+
+def _check_handler(handler_id: object, function: object) -> None:
+    _check_id(handler_id)
     if not callable(function):
         raise TypeError(f"the handler function must be callable, got {function!r}")
     try:
@@ -137,7 +141,10 @@ def _check_handler(handler_id: object, function: object) -> None:
 
 
 def _check_events(events: object) -> None:
-    """Refuse one event name where a list of them belongs, with a message of its own."""
+    """Refuse what is not a list of event names, with a message of its own for one event
+    name where a list of them belongs."""
+    if not isinstance(events, Iterable):
+        raise TypeError(f"attach_many takes a list of event names (tuples of str), not {events!r}")
     if isinstance(events, str) or (
         isinstance(events, tuple | list) and events and all(isinstance(e, str) for e in events)
     ):
@@ -158,8 +165,9 @@ def attach(
 
     The handler's signature is checked here when Python can read it, so a
     handler that cannot take the four arguments fails at attach, not at its
-    first event. A name under ``("pypit", ...)`` that pypit never emits (a
-    typo, most likely) is attached all the same, with an
+    first event. A name that pypit never emits under one of its roots,
+    ``("pypit", ...)`` or ``("telemetry", ...)``, or under ``pypit`` in another case
+    (a typo, most likely) is attached all the same, with an
     :class:`UnknownEventWarning` naming the closest event of the catalog;
     ``("pypit", "python", ...)`` names are not checked, since a pool may allow
     any worker event.
@@ -211,8 +219,10 @@ def detach(handler_id: str) -> None:
 
     Raises:
         HandlerNotFoundError: no handler with this id is attached.
+        TypeError: ``handler_id`` is not a str.
     """
     global _table, _by_id, generation
+    _check_id(handler_id)
     with _lock:
         records = _by_id.get(handler_id)
         if records is None:
@@ -275,9 +285,14 @@ def has_handlers(event: EventName) -> bool:
 def list_handlers(prefix: EventName | list[str] = ()) -> list[Handler]:
     """Every (handler, event) pair whose event starts with ``prefix``, whole segments.
 
-    ``()`` lists all of them. Entries come in attach order.
+    ``()`` lists all of them. Entries come in attach order. A prefix is an event name
+    (``("myapp",)``, ``("myapp", "db")``): a dotted string is refused as
+    :func:`attach` refuses it, since it would list nothing.
     """
-    prefix = tuple(prefix)
+    if isinstance(prefix, list):
+        prefix = tuple(prefix)
+    if prefix != ():
+        prefix = event_name(prefix)
     size = len(prefix)
     return [
         record

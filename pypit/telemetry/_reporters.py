@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import IO, Any, Final
 
+from pypit._checks import check_seconds
 from pypit._log import get_logger
 from pypit.telemetry._metrics import Metric, unit_name
 from pypit.telemetry._registry import EventName, Measurements, Metadata, attach_many, detach
@@ -28,9 +29,12 @@ class _Reporter:
     """Attaches a handler to the events of ``metrics`` while started."""
 
     def __init__(self, metrics: Iterable[Metric]) -> None:
+        expected = "a list of metric definitions (counter(...), summary(...), ...)"
+        if not isinstance(metrics, Iterable):
+            raise TypeError(f"a reporter takes {expected}, not {metrics!r}")
         self.metrics = tuple(metrics)
         if not all(isinstance(m, Metric) for m in self.metrics):
-            raise TypeError("a reporter takes metric definitions (counter(...), summary(...), ...)")
+            raise TypeError(f"a reporter takes {expected}, not {metrics!r}")
         self._by_event: dict[EventName, list[Metric]] = {}
         for metric in self.metrics:
             self._by_event.setdefault(metric.event_name, []).append(metric)
@@ -252,7 +256,8 @@ class PrometheusReporter(_Reporter):
 
 
 class Poller:
-    """Calls measurement functions every ``period`` seconds on a background thread.
+    """Calls measurement functions every ``period`` seconds (above 0, up to 1e9) on a
+    background thread.
 
     Each function usually emits an event (with :func:`~pypit.telemetry.execute`).
     One that raises is removed and logged, as ``telemetry_poller`` does; the
@@ -260,12 +265,13 @@ class Poller:
     """
 
     def __init__(self, measurements: Iterable[Callable[[], object]], period: float = 5.0) -> None:
+        expected = "a list of functions without arguments"
+        if not isinstance(measurements, Iterable):
+            raise TypeError(f"a poller takes {expected}, not {measurements!r}")
         self.measurements = list(measurements)
         if not all(callable(m) for m in self.measurements):
-            raise TypeError("a poller takes functions without arguments")
-        if period <= 0:
-            raise ValueError(f"period must be > 0, not {period!r}")
-        self.period = period
+            raise TypeError(f"a poller takes {expected}, not {measurements!r}")
+        self.period = check_seconds("period", period, positive=True)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -58,7 +58,8 @@ class Span:
     start metadata unless :meth:`set_stop_metadata` replaces it (the two are
     never merged, as in ``:telemetry``); :meth:`add_measurements` adds
     measurements to the stop event, which cannot override ``duration`` or
-    ``monotonic_time``. An exception is reported and always re-raised.
+    ``monotonic_time``. An exception is reported and always re-raised. A span is entered
+    once: entering it again raises ``TypeError``.
     """
 
     # No __slots__: the class-level defaults below make the two rarely set
@@ -97,7 +98,7 @@ class Span:
 
     def __enter__(self) -> Span:
         if self._start_time >= 0:
-            raise RuntimeError("a Span is entered once; call span() again for a new one")
+            raise TypeError("a span is entered once; call span() again for a new one")
         self._start_time = now = _monotonic_ns()
         event = self._events[0]
         entries = _registry._table.get(event)

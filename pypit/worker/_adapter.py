@@ -71,9 +71,20 @@ def tool(
 
     The method may be a plain function, ``async def``, a generator or an async
     generator; generators are streams, called with ``pool.stream()``. The
-    tool's name is the method's name unless ``name`` is given. Arguments
-    arrive as keyword arguments when the caller passes a dict.
+    tool's name is the method's name unless ``name`` (a non-empty str) is given. Arguments
+    arrive as keyword arguments when the caller passes a dict. A ``name`` or a
+    ``description`` that is not a str, or an empty ``name``, raises where the method is
+    decorated.
     """
+    if name is not None:
+        expected = "a non-empty str, or None for the method's name"
+        if not isinstance(name, str):
+            raise TypeError(f"@tool's name must be {expected}, not {name!r}")
+        if not name:
+            raise ValueError(f"@tool's name must be {expected}, not {name!r}")
+        name = str.__str__(name)
+    if not isinstance(description, str):
+        raise TypeError(f"@tool's description must be a str, not {description!r}")
 
     def mark(method: F) -> F:
         if not callable(method):

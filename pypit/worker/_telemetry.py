@@ -217,13 +217,16 @@ def emit(
 
     ``measurements`` are numbers; ``metadata`` values are str, int, float,
     bool or None (at most 32 keys, strings up to 1024 characters). The
-    correlation id of the call being served is added unless one is given.
+    correlation id of the call being served is added unless one is given (a str:
+    anything else raises ``TypeError``, in or out of a worker).
     Accepted names are the catalog's python events and the pool's allowlist.
     The dicts are shipped as given, a moment later: do not change them after
     emitting. Costs well under a microsecond.
     """
     # The checks are written out here rather than called: emit runs in the
     # tool's own code path, and each call would cost a tenth of a microsecond.
+    if correlation_id is not None and type(correlation_id) is not str:
+        raise TypeError(f"correlation_id must be a str or None, not {correlation_id!r}")
     state = current
     if state is None:
         return

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import math
+import re
+import socket
 import threading
 from typing import Any
 
+import attrs
 import pytest
 
 from pypit import telemetry
+from pypit._checks import MAX_SECONDS
 from pypit.pool import PoolConfig, open_pool, start_pool
 from pypit.pool._config import make_config
 from tests.pool.conftest import adapter, options
+
+ABOVE_0 = "a number of seconds > 0 and <= 1e9"
+FROM_0 = "a number of seconds from 0 to 1e9"
+SECONDS_OPTIONS = [
+    field.name for field in attrs.fields(PoolConfig) if str(field.type) in ("float", "float | None")
+]
 
 BAD_OPTIONS = [
     ({"size": 2.5}, TypeError, "size must be an int from 1 to 4096, not 2.5"),
@@ -21,11 +31,15 @@ BAD_OPTIONS = [
     ({"max_queue_size": -1}, ValueError, "max_queue_size must be an int >= 0"),
     ({"prefetch": "8"}, TypeError, "prefetch must be an int >= 0, not '8'"),
     ({"max_frame_size": 10}, ValueError, "max_frame_size must be an int >= 65536, not 10"),
-    ({"queue_timeout": 0}, ValueError, "queue_timeout must be a number > 0 or None, not 0"),
-    ({"queue_timeout": math.nan}, ValueError, "queue_timeout must be a number > 0 or None"),
-    ({"startup_timeout": math.inf}, ValueError, "startup_timeout must be a number > 0"),
-    ({"cancel_grace": "2"}, TypeError, "cancel_grace must be a number >= 0, not '2'"),
-    ({"ttl": -1.0}, ValueError, "ttl must be a number > 0 or None"),
+    ({"queue_timeout": 0}, ValueError, f"queue_timeout must be {ABOVE_0} or None, not 0"),
+    ({"queue_timeout": math.nan}, ValueError, f"queue_timeout must be {ABOVE_0} or None"),
+    ({"queue_timeout": 1e300}, ValueError, f"queue_timeout must be {ABOVE_0} or None, not 1e+300"),
+    ({"startup_timeout": math.inf}, ValueError, f"startup_timeout must be {ABOVE_0}, not inf"),
+    ({"cancel_grace": "2"}, TypeError, f"cancel_grace must be {FROM_0}, not '2'"),
+    ({"ttl": -1.0}, ValueError, f"ttl must be {ABOVE_0} or None, not -1.0"),
+    ({"prefetch_below": 1e300}, ValueError, f"prefetch_below must be {FROM_0}, not 1e+300"),
+    ({"sample_interval": 1e10}, ValueError, f"sample_interval must be {FROM_0}, not 10000000000.0"),
+    ({"reconnect_window": 2**64}, ValueError, f"reconnect_window must be {FROM_0}, not 1844"),
     ({"max_rss_bytes": 1.0e9}, TypeError, "max_rss_bytes must be an int >= 1 or None"),
     ({"telemetry_allow": "inference.*"}, TypeError, "telemetry_allow must be a list of name"),
     ({"telemetry_allow": ["ok", ""]}, ValueError, "telemetry_allow holds event name patterns"),
@@ -85,6 +99,46 @@ def test_the_defaults_and_good_values_are_accepted() -> None:
     assert config.log_level == "info"
 
 
+@pytest.mark.parametrize("option", SECONDS_OPTIONS)
+def test_every_duration_takes_up_to_1e9_seconds(option: str) -> None:
+    """Each option in seconds takes the bound itself and refuses the next float above it,
+    naming the bound: a larger value would break where it ends up (a thread's wait, a
+    socket's timeout, an int of nanoseconds)."""
+    assert getattr(make_config(adapter(), None, "default", {option: 1e9}), option) == 1e9
+    above = math.nextafter(1e9, math.inf)
+    message = rf"^{option} must be ({FROM_0}|{ABOVE_0})( or None)?, not {re.escape(repr(above))}$"
+    with pytest.raises(ValueError, match=message):
+        make_config(adapter(), None, "default", {option: above})
+
+
+def test_the_bound_fits_where_durations_end_up() -> None:
+    """1e9 s fits a thread's wait, a socket's timeout and an int of nanoseconds, which a
+    larger duration (1e300, or above threading.TIMEOUT_MAX) overflows."""
+    lock = threading.Lock()
+    assert lock.acquire(timeout=MAX_SECONDS)
+    lock.release()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(MAX_SECONDS)
+        assert sock.gettimeout() == MAX_SECONDS
+    assert int(MAX_SECONDS * 1e9) < 2**63
+    with pytest.raises(OverflowError):
+        lock.acquire(timeout=1e300)
+
+
+@pytest.mark.anyio
+async def test_a_pool_opens_serves_and_closes_with_every_duration_at_the_bound() -> None:
+    """Every option in seconds at 1e9 at once: the pool opens, serves calls with a timeout
+    of 1e9, takes a live change bounded by 1e9 and closes."""
+    at_bound = dict.fromkeys(SECONDS_OPTIONS, MAX_SECONDS)
+    # Every duration at the bound, those options() sets (status_interval, stop_grace)
+    # included: the bound is what the test is about.
+    async with open_pool(adapter(), **{**options(), **at_bound}) as pool:
+        assert await pool.execute("identity", 1, timeout=MAX_SECONDS) == 1
+        await pool.configure_telemetry(sampling_rate=0.5, timeout=MAX_SECONDS)
+        assert await pool.execute("identity", 2, timeout=MAX_SECONDS) == 2
+    assert pool.status().closed
+
+
 @pytest.mark.anyio
 async def test_an_adapter_of_main_is_refused_before_any_worker_starts() -> None:
     """A class of the running script or notebook (module ``__main__``) cannot be imported
@@ -122,6 +176,8 @@ async def test_a_bad_call_argument_is_refused_before_anything_is_sent() -> None:
         for kwargs, kind in cases:
             with pytest.raises(kind, match=next(iter(kwargs))):
                 await pool.execute("identity", 1, **kwargs)
+        with pytest.raises(ValueError, match=rf"^timeout must be {ABOVE_0} or None, not 1e\+300$"):
+            await pool.execute("identity", 1, timeout=1e300)
         status = pool.status()
         assert (status.requests, status.completed, status.failed) == (0, 0, 0)
         assert await pool.execute("identity", 1, timeout=5) == 1
@@ -130,6 +186,87 @@ async def test_a_bad_call_argument_is_refused_before_anything_is_sent() -> None:
             """A float subclass, as numpy's float64 is."""
 
         assert await pool.execute("identity", 2, timeout=Seconds(5.0)) == 2
+
+
+class Tagged(str):
+    """A subclass of str, as an application's own id type may be; its repr does not show
+    the class, so an error about it would read like one about a plain str."""
+
+
+@pytest.mark.anyio
+async def test_ids_and_commands_that_subclass_str_are_taken_as_the_str_they_hold() -> None:
+    """A str subclass given as command, session_id, correlation_id or worker_id works as
+    the plain str (these are pypit's own parameters): the call runs, the worker and the
+    events see an exact str, and the session and the worker are found by it."""
+    async with open_pool(adapter(), **options()) as pool:
+        (worker_id,) = pool.workers()
+        with telemetry.capture(("pypit", "rpc", "call", "start")) as starts:
+            session_id, _, _ = await pool.execute(
+                Tagged("session_state"),
+                session_id=Tagged("s-1"),
+                correlation_id=Tagged("c-1"),
+            )
+        assert (type(session_id), session_id) == (str, "s-1")
+        (start,) = starts.events
+        assert type(start.metadata["correlation_id"]) is str
+        assert start.metadata["correlation_id"] == "c-1"
+        session = pool.session(Tagged("s-1"))
+        assert session is not None
+        assert session.worker_id == worker_id
+        async with pool.stream(Tagged("session_ids"), 2, session_id=Tagged("s-1")) as chunks:
+            assert [chunk async for chunk in chunks] == ["s-1", "s-1"]
+        await pool.set_worker_level(Tagged(worker_id), "debug")
+        await pool.reset_worker_level(Tagged(worker_id))
+        await pool.configure_telemetry(sampling_rate=0.5, worker_id=Tagged(worker_id))
+        assert pool._control.message(worker_id).sampling_rate == 0.5
+
+
+@pytest.mark.anyio
+async def test_a_command_that_is_not_a_str_is_a_type_error() -> None:
+    """execute and stream refuse a command that is not a str with a TypeError naming it,
+    not UnknownCommandError (which says the adapter lacks a tool), before anything is
+    sent."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(TypeError, match=r"^command must be a str, not 1$"):
+            await pool.execute(1)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^command must be a str, not None$"):
+            async with pool.stream(None, 2):  # type: ignore[arg-type]
+                pass
+        assert pool.status().requests == 0
+
+
+@pytest.mark.anyio
+async def test_every_operation_on_a_worker_refuses_a_worker_id_that_is_not_a_str() -> None:
+    """recycle_worker, set_worker_level, reset_worker_level and configure_telemetry raise
+    the same TypeError for a worker_id of the wrong type (recycle_worker raised
+    UnknownWorkerError), and nothing changes."""
+    async with open_pool(adapter(), **options()) as pool:
+        workers = pool.workers()
+        for worker_id in (None, 1):
+            message = rf"^worker_id must be a str, not {worker_id}$"
+            with pytest.raises(TypeError, match=message):
+                await pool.recycle_worker(worker_id)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=message):
+                await pool.set_worker_level(worker_id, "debug")  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=message):
+                await pool.reset_worker_level(worker_id)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^worker_id must be a str or None, not 1$"):
+            await pool.configure_telemetry(enabled=False, worker_id=1)  # type: ignore[arg-type]
+        assert pool.workers() == workers
+        assert pool._control.message(next(iter(workers))).enabled
+
+
+@pytest.mark.anyio
+async def test_idempotent_and_a_session_lookup_are_checked() -> None:
+    """idempotent must be a bool (a str such as "yes" was taken as true), and session()
+    names session_id when given what is not a str (it raised a bare "unhashable type")."""
+    async with open_pool(adapter(), **options()) as pool:
+        with pytest.raises(TypeError, match=r"^idempotent must be True or False, not 'yes'$"):
+            await pool.execute("identity", 1, idempotent="yes")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^session_id must be a str, not \[\]$"):
+            pool.session([])  # type: ignore[arg-type]
+        assert pool.status().requests == 0
+        assert await pool.execute("identity", 1, idempotent=True) == 1
 
 
 def test_an_unknown_option_is_refused_with_the_closest_one() -> None:
@@ -191,6 +328,7 @@ async def test_live_control_arguments_are_checked_before_anything_changes() -> N
             ({"deny": ["*"], "timeout": "5"}, TypeError, "timeout must be a number"),
             ({"deny": ["*"], "timeout": 0}, ValueError, "timeout must be a number"),
             ({"deny": ["*"], "timeout": math.nan}, ValueError, "timeout must be a number"),
+            ({"deny": ["*"], "timeout": 1e300}, ValueError, f"timeout must be {ABOVE_0}, not"),
             ({"deny": ["*"], "worker_id": 123}, TypeError, "worker_id must be a str"),
             ({"deny": "*"}, TypeError, "deny must be a list of name patterns"),
             ({"deny": ["*", "a..b"]}, ValueError, "deny holds event name patterns"),

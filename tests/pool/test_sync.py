@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 from pypit import PoolClosedError, ToolError, telemetry
-from pypit.pool import start_pool
+from pypit.pool import Pool, SyncPool, start_pool
 from tests.pool.conftest import adapter, options
 
 ROOT = Path(__file__).parents[2]
@@ -83,6 +84,19 @@ def test_iterating_a_stream_without_with_is_a_type_error() -> None:
     with start_pool(adapter(), **options()) as pool:
         with pytest.raises(TypeError, match=r"with pool\.stream"):
             list(pool.stream("count", {"n": 3}))
+        assert pool.status().requests == 0
+
+
+def test_next_on_a_stream_without_with_gives_the_blocking_advice() -> None:
+    """next() on a stream outside its block raises the TypeError of the blocking pool,
+    `with pool.stream(...)` (it told the caller to use `async with`), and sends nothing."""
+    with start_pool(adapter(), **options()) as pool:
+        with pytest.raises(TypeError) as info:
+            next(pool.stream("count", {"n": 3}))
+        assert str(info.value).startswith(
+            "iterate a stream inside its block: `with pool.stream(...) as chunks: for chunk in"
+        )
+        assert "async" not in str(info.value)
         assert pool.status().requests == 0
 
 
@@ -157,8 +171,12 @@ def test_blocking_control_methods() -> None:
         pool.execute("seed_emit")
         pool.configure_telemetry(enabled=True)
         pool.execute("seed_emit")
-        pool.set_worker_level("default_worker_1", "debug")
-        pool.reset_worker_level("default_worker_1")
+        pool.set_worker_level("default_worker_1", "debug", timeout=5.0)
+        pool.reset_worker_level("default_worker_1", timeout=5.0)
+        with pytest.raises(ValueError, match=r"^timeout must be a number of seconds > 0"):
+            pool.set_worker_level("default_worker_1", "debug", timeout=0)
+        with pytest.raises(ValueError, match=r"^timeout must be a number of seconds > 0"):
+            pool.reset_worker_level("default_worker_1", timeout=-1)
         old = pool.execute("pid", session_id="s")
         pool.recycle_worker("default_worker_1")
         new = pool.execute("pid", session_id="s")
@@ -171,18 +189,30 @@ def test_blocking_control_methods() -> None:
     assert (info.worker_pid, info.rehomed) == (new, 1)
 
 
+def test_the_blocking_pool_takes_the_arguments_of_the_async_pool() -> None:
+    """Each method of the blocking pool takes the same parameters, with the same defaults,
+    as the async pool's method of that name (the level methods lacked ``timeout``)."""
+    public = [name for name in vars(Pool) if not name.startswith("_") and name != "aclose"]
+    assert "set_worker_level" in public
+    for name in public:
+        synchronous = inspect.signature(getattr(SyncPool, name)).parameters
+        asynchronous = inspect.signature(getattr(Pool, name)).parameters
+        assert synchronous == asynchronous, name
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_closed_blocking_pool_raises_pool_closed_error(backend: str) -> None:
-    """After the block, every method that needs the pool's loop raises PoolClosedError."""
+    """After the block, every method that needs the pool's loop raises PoolClosedError;
+    status() is a read, and returns the closed pool's snapshot as the async pool does."""
     with start_pool(adapter(), backend=backend, **options()) as pool:
         assert pool.execute("identity", 1) == 1
 
     with pytest.raises(PoolClosedError, match="closed"):
         pool.execute("identity", 1)
-    with pytest.raises(PoolClosedError):
-        pool.status()
     with pytest.raises(PoolClosedError), pool.stream("count", {"n": 2}):
         pass
+    status = pool.status()
+    assert (status.closed, status.completed, status.total_workers) == (True, 1, 0)
 
 
 def alive(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import anyio
@@ -54,6 +55,8 @@ def test_wait_sync_sees_events_from_another_thread() -> None:
         seen.clear()
         with pytest.raises(TimeoutError):
             seen.wait_sync(("t",), count=1, timeout=0.05)
+        with pytest.raises(ValueError, match="timeout must be a number of seconds from 0 to 1e9"):
+            seen.wait_sync(("t",), count=1, timeout=1e300)
 
 
 @pytest.mark.anyio
@@ -70,3 +73,5 @@ async def test_wait_does_not_block_the_loop() -> None:
             assert len(await seen.wait(("t",))) == 1
         with pytest.raises(TimeoutError):
             await seen.wait(("t",), count=2, timeout=0.05)
+        with pytest.raises(ValueError, match="timeout must be a number of seconds from 0 to 1e9"):
+            await seen.wait(("t",), count=2, timeout=math.nan)

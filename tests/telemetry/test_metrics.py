@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import io
+import math
+import re
 import socket
 import typing
 import urllib.request
@@ -94,6 +96,65 @@ def test_invalid_definitions_raise_at_construction(build: Any, error: type[Excep
     """A bad definition fails where it is written, with a clear message."""
     with pytest.raises(error):
         build()
+
+
+TAGS = "tags must be a list of metadata keys such as ['pool_name'], not "
+BUCKETS = "buckets must be a list of increasing numbers (no NaN) such as [0.1, 1, 10], not "
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"tags": "pool_name"}, TypeError, TAGS + "'pool_name'"),
+        ({"tags": None}, TypeError, TAGS + "None"),
+        ({"tags": ["pool_name", 1]}, TypeError, TAGS + "['pool_name', 1]"),
+        ({"reporter_options": "buckets"}, TypeError, "reporter_options must be a mapping, not "),
+        ({"reporter_options": {"buckets": [1, math.nan, 2]}}, ValueError, BUCKETS + "[1, nan, 2]"),
+        ({"reporter_options": {"buckets": [math.nan]}}, ValueError, BUCKETS + "[nan]"),
+        ({"reporter_options": {"buckets": [1, 1]}}, ValueError, BUCKETS + "[1, 1]"),
+        ({"reporter_options": {"buckets": []}}, ValueError, BUCKETS + "[]"),
+        ({"reporter_options": {"buckets": "0.1"}}, TypeError, BUCKETS + "'0.1'"),
+        ({"reporter_options": {"buckets": [1, "2"]}}, TypeError, BUCKETS + "[1, '2']"),
+    ],
+)
+def test_a_sequence_argument_refuses_a_str_and_buckets_must_increase(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """A bare str where a list of str goes is refused (tags="pool_name" made one tag per
+    letter), and so are buckets holding NaN, not increasing or not numbers, each with a
+    one-line message naming the argument and the value."""
+    with pytest.raises(error) as info:
+        metrics.distribution("myapp.req.size", **options)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_one_item_where_a_list_goes_or_a_list_where_a_function_goes_is_refused() -> None:
+    """A drop that is not a function (it was accepted, and failed at each event), one
+    metric given to a reporter and one function given to a poller (bare "not iterable"
+    errors) raise a TypeError saying what the argument takes."""
+    with pytest.raises(TypeError, match=r"^drop is a function of the metadata, not \['x'\]$"):
+        metrics.counter("myapp.req.count", drop=["x"])  # type: ignore[arg-type]
+    metric = metrics.counter("myapp.req.count")
+    with pytest.raises(TypeError, match=r"^a reporter takes a list of metric definitions "):
+        metrics.ConsoleReporter(metric)  # type: ignore[arg-type]
+
+    def measure() -> None:
+        """A measurement."""
+
+    with pytest.raises(TypeError, match=r"^a poller takes a list of functions without arg"):
+        metrics.Poller(measure)  # type: ignore[arg-type]
+
+
+def test_good_tags_and_buckets_are_kept() -> None:
+    """Tags from any iterable of str, and increasing buckets (infinity included)."""
+    metric = metrics.distribution(
+        "myapp.req.size",
+        tags=(tag for tag in ["pool_name"]),
+        reporter_options={"buckets": (0.1, 1, math.inf)},
+    )
+    assert metric.tags == ("pool_name",)
+    assert metric.reporter_options["buckets"] == [0.1, 1, math.inf]
 
 
 def test_console_reporter_prints_each_update() -> None:
@@ -328,3 +389,25 @@ def test_poller_runs_measurements_and_removes_failing_ones() -> None:
         metrics.Poller([good], period=0)
     with pytest.raises(TypeError):
         metrics.Poller([1])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("period", "error", "shown"),
+    [
+        (math.nan, ValueError, "nan"),
+        (math.inf, ValueError, "inf"),
+        (1e300, ValueError, "1e+300"),
+        (-1, ValueError, "-1"),
+        ("5", TypeError, "'5'"),
+        (True, TypeError, "True"),
+    ],
+)
+def test_a_poller_period_is_a_duration_its_thread_can_wait(
+    period: Any, error: type[Exception], shown: str
+) -> None:
+    """A period that is not a number of seconds above 0, up to 1e9, is refused where the
+    poller is made (NaN busy-looped, infinity killed the thread with OverflowError)."""
+    expected = f"period must be a number of seconds > 0 and <= 1e9, not {shown}"
+    with pytest.raises(error, match=f"^{re.escape(expected)}$"):
+        metrics.Poller([lambda: None], period=period)
+    assert metrics.Poller([lambda: None], period=1e9).period == 1e9

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from typing import Any
@@ -201,6 +202,33 @@ def test_handler_list_is_a_snapshot_per_dispatch() -> None:
 
     telemetry.execute(("ev",), {})
     assert [c[3] for c in calls] == ["first", "second", "first", "third"]
+
+
+def test_misuse_of_detach_attach_many_and_list_handlers_is_a_clear_type_error() -> None:
+    """A handler id that is not a str (detach raised HandlerNotFoundError, or a bare
+    "unhashable type"), events that are not a list (attach_many raised "'NoneType' object
+    is not iterable") and a dotted prefix (list_handlers listed nothing, silently) raise a
+    one-line TypeError; nothing changes."""
+    telemetry.attach("kept", ("myapp", "x"), recorder([]))
+    with pytest.raises(TypeError, match=r"^a handler id is a str, not 1$"):
+        telemetry.detach(1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^a handler id is a str, not \['kept'\]$"):
+        telemetry.detach(["kept"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^a handler id is a str, not None$"):
+        telemetry.attach(None, ("myapp", "y"), recorder([]))  # type: ignore[arg-type]
+    message = r"^attach_many takes a list of event names \(tuples of str\), not None$"
+    with pytest.raises(TypeError, match=message):
+        telemetry.attach_many("id", None, recorder([]))  # type: ignore[arg-type]
+    for prefix in ("myapp", "myapp.x"):
+        dotted = re.escape(repr(tuple(prefix.split("."))))
+        with pytest.raises(
+            TypeError, match=rf"^an event name is a tuple of str, not a str: .*{dotted}$"
+        ):
+            telemetry.list_handlers(prefix)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^an event name is a tuple of str, not int: 1$"):
+        telemetry.list_handlers(1)  # type: ignore[arg-type]
+    assert [h.id for h in telemetry.list_handlers(())] == ["kept"]
+    assert [h.id for h in telemetry.list_handlers([])] == ["kept"]
 
 
 def test_list_handlers_matches_whole_segments() -> None:
@@ -417,6 +445,34 @@ def test_a_pypit_prefix_warns_that_handlers_take_whole_names() -> None:
     assert "('pypit', 'pool', 'initialized')" in messages[0]
     assert "('pypit', 'rpc', 'stream'), which pypit never emits: it is a prefix" in messages[1]
     assert len(telemetry.list_handlers()) == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "closest"),
+    [
+        (("telemetry", "handler", "failed"), "('telemetry', 'handler', 'failure')?"),
+        (("telemetry", "handler"), "a prefix of ('telemetry', 'handler', 'failure')"),
+        (("PYPIT", "pool", "status"), "('pypit', 'pool', 'status')? (names are case-sensitive)"),
+        (("Pypit", "rpc", "call", "stpo"), "('pypit', 'rpc', 'call', 'stop')? (names are case"),
+        (("Pypit", "python", "job", "stop"), "('pypit', 'python', 'job', 'stop')? (names are"),
+    ],
+)
+def test_a_typo_under_the_bus_root_or_in_the_case_of_pypit_warns(
+    name: EventName, closest: str
+) -> None:
+    """A name the bus never emits under its own ("telemetry", ...), and "pypit" in another
+    case (which no event of pypit has), warn as typos under ("pypit", ...) do, naming the
+    closest event; the handler is attached all the same."""
+    with pytest.warns(telemetry.UnknownEventWarning) as caught:
+        telemetry.attach("typo", name, recorder([]))
+
+    (warning,) = caught
+    assert f"handler 'typo' is attached to {name!r}, which pypit never emits: " in str(
+        warning.message
+    )
+    assert closest in str(warning.message)
+    assert warning.filename == __file__
+    assert [h.event_name for h in telemetry.list_handlers()] == [name]
 
 
 def test_catalog_events_worker_events_and_other_roots_do_not_warn() -> None:

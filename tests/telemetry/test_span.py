@@ -227,12 +227,16 @@ def test_functional_form_exception_propagates() -> None:
 
 
 def test_a_span_is_entered_once() -> None:
-    """Re-entering the same Span object is misuse."""
+    """Re-entering the same Span object is misuse: a TypeError that says a span is entered
+    once, and no second start event."""
     current = telemetry.span(PREFIX)
-    with current:
-        pass
-    with pytest.raises(RuntimeError, match="entered once"), current:
-        pass
+    with capture_span() as seen:
+        with current:
+            pass
+        with pytest.raises(TypeError, match=r"^a span is entered once; call span\(\) again"):
+            with current:
+                pass
+    assert [e.event for e in seen] == [START, STOP]
 
 
 def test_bad_prefix_raises_at_construction() -> None:
