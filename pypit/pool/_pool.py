@@ -48,8 +48,9 @@ from pypit.pool._control import Control
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Limits, Scheduler, SessionInfo
 from pypit.pool._stream import Stream
-from pypit.pool._supervisor import Supervisor, ToolDescription
+from pypit.pool._supervisor import Supervisor
 from pypit.pool._tasks import PoolTasks
+from pypit.pool._tools import ToolDescription
 from pypit.pool._worker import WorkerHandle
 
 __all__ = ["Pool", "PoolStatus", "SessionInfo", "ToolDescription", "open_pool"]
@@ -160,6 +161,8 @@ class Pool:
 
         Raises:
             UnknownCommandError: no tool of that name (before anything is sent).
+            ArgumentsError: ``args`` do not fit the tool's signature (before anything is
+                sent; the types of the values are not checked).
             PoolSaturatedError: the queue is full.
             QueueTimeoutError: no worker came free in time; the call never ran.
             WorkerTimeoutError: the worker did not answer in time.
@@ -320,7 +323,9 @@ class Pool:
         )
 
     def tools(self) -> dict[str, ToolDescription]:
-        """The tools the workers reported, by name."""
+        """The tools the workers reported, by name: each one's description, parameters
+        (``tool.signature()`` shows them as Python writes them), and whether it streams and
+        whether it is async."""
         return dict(self._supervisor.tools)
 
     def workers(self) -> dict[str, int]:
@@ -346,7 +351,7 @@ class Pool:
         if self._closed:
             raise PoolClosedError(f"pool {self.name!r} is closed")
 
-    def _check(self, command: str, *, stream: bool) -> None:
+    def _check(self, command: str, args: Any, *, stream: bool) -> None:
         self._check_open()
         tool = self._supervisor.tools.get(command)
         if tool is None:
@@ -355,6 +360,9 @@ class Pool:
             how = "pool.stream()" if tool.stream else "pool.execute()"
             kind = "stream" if tool.stream else "call"
             raise ToolKindError(f"{command!r} is a {kind}; use {how}")
+        check = self._supervisor.checks.get(command)
+        if check is not None:
+            check.check(args)
 
     def _request(
         self,
@@ -367,7 +375,7 @@ class Pool:
         stream: bool,
     ) -> Request:
         """Check and encode a call; nothing is sent or queued yet."""
-        self._check(command, stream=stream)
+        self._check(command, args, stream=stream)
         timeout = check_timeout(timeout, optional=True)
         for name, value in (("session_id", session_id), ("correlation_id", correlation_id)):
             if value is not None and type(value) is not str:
