@@ -138,10 +138,10 @@ class _Records:
         self.records: list[EventDict] = []
 
     def __call__(self, logger: Any, method: str, event_dict: EventDict) -> EventDict:
-        import structlog
+        from structlog import DropEvent
 
         self.records.append(event_dict)
-        raise structlog.DropEvent
+        raise DropEvent
 
 
 def _check(parser: argparse.ArgumentParser, options: argparse.Namespace) -> int:
@@ -184,6 +184,7 @@ async def _report(adapter: str, python: str | None, pool_options: dict[str, Any]
     from pypit.pool import open_pool
 
     async with open_pool(adapter, size=1, name="check", **pool_options) as pool:
+        # The start times are what the worker reported in its Ready, kept on its handle.
         (worker,) = (w for w in pool._supervisor.handles() if w is not None and w.ready)
         rss = psutil.Process(worker.pid).memory_info().rss
         tools = [
@@ -233,8 +234,7 @@ def _text(report: dict[str, Any]) -> str:
         if not tool["checked"]:
             marks.append("arguments not checked")
         lines.append(f"  {tool['signature']}" + "".join(f"  [{mark}]" for mark in marks))
-        if tool["description"]:
-            lines.append(f"      {tool['description']}")
+        lines += [f"      {line}".rstrip() for line in tool["description"].splitlines()]
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 import pypit
-from pypit._cli import main
+from pypit._cli import _text, main
 from pypit.pool import start_pool
 from pypit.telemetry import CATALOG
 from pypit.telemetry._catalog import render_markdown
@@ -97,6 +97,38 @@ def test_check_reports_the_start_and_the_tools_with_their_signatures() -> None:
         "      Scale x",
         "  undocumented(flag: bool = False)",
         "      Return the flag (the description is this docstring).",
+    ]
+
+
+def test_a_description_of_several_lines_is_indented_whole() -> None:
+    """A description taken from a docstring of several lines keeps its lines, each under
+    the signature."""
+    report = {
+        "adapter": "myapp.model:Model",
+        "python": "python3",
+        "import_seconds": 1.5,
+        "setup_seconds": 0.0004,
+        "rss_bytes": 3 * 2**20,
+        "tools": [
+            {
+                "signature": "predict(x: float)",
+                "description": "Predict.\n\nFrom x.",
+                "stream": False,
+                "async": True,
+                "checked": True,
+            }
+        ],
+    }
+    assert _text(report).splitlines()[2:] == [
+        "import   1.50 s",
+        "setup    0.4 ms",
+        "memory   3.0 MiB resident after setup",
+        "",
+        "tools (1)",
+        "  predict(x: float)  [async]",
+        "      Predict.",
+        "",
+        "      From x.",
     ]
 
 
