@@ -8,6 +8,7 @@ none of them.
 
 from pypit._decorate import publish as _publish
 from pypit._errors import AcknowledgeTimeoutError as AcknowledgeTimeoutError
+from pypit._errors import ArgumentsError as ArgumentsError
 from pypit._errors import FrameTooLargeError as FrameTooLargeError
 from pypit._errors import HandlerExistsError as HandlerExistsError
 from pypit._errors import HandlerNotFoundError as HandlerNotFoundError
@@ -31,6 +32,7 @@ from pypit._version import __version__ as __version__
 
 __all__ = [
     "AcknowledgeTimeoutError",
+    "ArgumentsError",
     "FrameTooLargeError",
     "HandlerExistsError",
     "HandlerNotFoundError",

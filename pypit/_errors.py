@@ -20,6 +20,7 @@ works on a call that ran out of time::
     ├── UnknownCommandError (LookupError)       no such tool in the adapter
     ├── UnknownWorkerError (LookupError)        no worker of that id in the pool
     ├── ToolKindError (TypeError)               execute() on a stream tool, or the reverse
+    ├── ArgumentsError (TypeError)              arguments that do not fit the tool's signature
     ├── AcknowledgeTimeoutError (TimeoutError)  workers did not apply new settings in time
     ├── SerializationError (TypeError)          a value the wire cannot carry
     └── ProtocolError (ValueError)              a malformed or oversized frame
@@ -179,6 +180,13 @@ class UnknownWorkerError(PypitError, LookupError):
 
 class ToolKindError(PypitError, TypeError):
     """``execute()`` was called on a stream tool, or ``stream()`` on a tool that returns."""
+
+
+class ArgumentsError(PypitError, TypeError):
+    """The arguments of a call do not fit the tool's signature: an unknown keyword, a
+    required argument missing, too many positional arguments. Raised in the caller before
+    anything is sent, naming the tool, the problem and the signature. Only the shape of
+    the call is checked, never the types of the values."""
 
 
 class AcknowledgeTimeoutError(PypitError, TimeoutError):

@@ -141,16 +141,42 @@ class Hello(_Message, tag=20):
     running: list[int] = []
 
 
+ParameterKind: TypeAlias = Literal[
+    "positional-only", "positional-or-keyword", "var-positional", "keyword-only", "var-keyword"
+]
+"""How a parameter takes its argument, as ``inspect.Parameter.kind`` says."""
+
+
+class Parameter(msgspec.Struct, array_like=True):
+    """A parameter of a tool: its ``default`` (``repr`` text) and ``annotation`` as text,
+    None where it has none."""
+
+    name: str
+    kind: ParameterKind
+    default: str | None = None
+    annotation: str | None = None
+
+
 class Tool(_Message, tag=21):
+    """A tool of the adapter. ``parameters`` is None when the worker could not read the
+    method's signature (the pool then calls it unchecked). Fields are added at the end,
+    with a default, so that a Tool framed before one of them existed still decodes."""
+
     name: str
     description: str
     stream: bool
+    parameters: list[Parameter] | None = None
+    is_async: bool = False
 
 
 class Ready(_Message, tag=22):
-    """The adapter is imported and set up; these are its tools."""
+    """The adapter is imported and set up; these are its tools. ``import_time`` and
+    ``setup_time`` are the nanoseconds the adapter's import and its instantiation and
+    ``setup()`` took (0 from a worker that did not say)."""
 
     tools: list[Tool]
+    import_time: Annotated[int, msgspec.Meta(ge=0)] = 0
+    setup_time: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class Failed(_Message, tag=23):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import signal
 import sys
@@ -403,6 +405,48 @@ class FailingSetup(Adapter):
     @tool
     def never(self) -> None:
         return None
+
+
+def _forged(**kwargs: Any) -> dict[str, Any]:
+    return kwargs
+
+
+# Parameters no function could have (a keyword-only one before a positional-only one), as a
+# broken worker would report them: inspect.signature() returns a __signature__ as it is.
+_forged.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter("a", inspect.Parameter.KEYWORD_ONLY),
+        inspect.Parameter("b", inspect.Parameter.POSITIONAL_ONLY),
+    ],
+    __validate_parameters__=False,
+)
+
+
+class Signatures(Adapter):
+    """Tools of each shape of parameters, and one whose signature cannot be read."""
+
+    @tool(description="Scale x")
+    def predict(self, x: float, *, scale: float = 1.0) -> float:
+        return x * scale
+
+    @tool(description="A positional-only value, then the rest as they came")
+    def gather(self, value: Any, /, *rest: Any, **options: Any) -> list[Any]:
+        return [value, list(rest), options]
+
+    @tool
+    def undocumented(self, flag: bool = False) -> bool:
+        """Return the flag (the description is this docstring)."""
+        return flag
+
+    largest = tool(description="The largest item (a builtin: its signature cannot be read)")(
+        functools.partial(max)
+    )
+
+
+class Forged(Signatures):
+    """Signatures, plus a tool whose reported parameters no function could have."""
+
+    forged = staticmethod(tool(description="Return the keyword arguments")(_forged))
 
 
 class Hostile(Echo):

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from pypit import SerializationError, _wire
+from pypit import ProtocolError, SerializationError, _wire
 from tests.adapters import nested
 from tests.values import WIRE_VALUES, typed
 
@@ -286,3 +286,29 @@ def test_a_call_carries_its_session_id() -> None:
     call = _wire.decode_to_worker(frame[4:])
     assert isinstance(call, _wire.Call)
     assert call.session_id == "user-42"
+
+
+def test_tools_and_ready_framed_before_signatures_decode() -> None:
+    """A Ready framed before tools carried their parameters, and before it carried the start
+    times, still decodes: parameters unknown (the tools are called unchecked), times 0."""
+    old = msgspec.msgpack.encode([22, [[21, "echo", "Return the arguments", False]]])
+    ready = _wire.decode_from_worker(old)
+    assert isinstance(ready, _wire.Ready)
+    (tool,) = ready.tools
+    assert (tool.name, tool.stream, tool.parameters, tool.is_async) == ("echo", False, None, False)
+    assert (ready.import_time, ready.setup_time) == (0, 0)
+
+
+def test_a_tool_carries_its_parameters() -> None:
+    """Parameters travel with their kinds, defaults and annotations; a kind the protocol
+    does not know is a protocol error."""
+    parameters = [
+        _wire.Parameter("x", "positional-or-keyword", None, "float"),
+        _wire.Parameter("scale", "keyword-only", "1.0", "float"),
+    ]
+    ready = _wire.Ready([_wire.Tool("predict", "", False, parameters, True)], 5, 7)
+    decoded = _wire.decode_from_worker(_wire.encode(ready)[_wire.HEADER.size :])
+    assert decoded == ready
+    forged = msgspec.msgpack.encode([22, [[21, "predict", "", False, [["x", "sideways"]]]]])
+    with pytest.raises(ProtocolError, match="sideways"):
+        _wire.decode_from_worker(forged)

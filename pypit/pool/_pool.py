@@ -49,8 +49,9 @@ from pypit.pool._control import Control
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Limits, Scheduler, SessionInfo
 from pypit.pool._stream import Stream
-from pypit.pool._supervisor import Supervisor, ToolDescription
+from pypit.pool._supervisor import Supervisor
 from pypit.pool._tasks import PoolTasks
+from pypit.pool._tools import ToolDescription
 from pypit.pool._worker import WorkerHandle
 
 __all__ = ["Pool", "PoolStatus", "SessionInfo", "ToolDescription", "open_pool"]
@@ -165,6 +166,8 @@ class Pool:
         Raises:
             TypeError, ValueError: an argument of the wrong type or out of range.
             UnknownCommandError: no tool of that name (before anything is sent).
+            ArgumentsError: ``args`` do not fit the tool's signature (before anything is
+                sent; the types of the values are not checked).
             PoolSaturatedError: the queue is full.
             QueueTimeoutError: no worker came free in time; the call never ran.
             WorkerTimeoutError: the worker did not answer in time.
@@ -332,7 +335,9 @@ class Pool:
         )
 
     def tools(self) -> dict[str, ToolDescription]:
-        """The tools the workers reported, by name."""
+        """The tools the workers reported, by name: each one's description, parameters
+        (``tool.signature()`` shows them as Python writes them), and whether it streams and
+        whether it is async."""
         return dict(self._supervisor.tools)
 
     def workers(self) -> dict[str, int]:
@@ -359,7 +364,7 @@ class Pool:
         if self._closed:
             raise PoolClosedError(f"pool {self.name!r} is closed")
 
-    def _check(self, command: str, *, stream: bool) -> None:
+    def _check(self, command: str, args: Any, *, stream: bool) -> None:
         self._check_open()
         tool = self._supervisor.tools.get(command)
         if tool is None:
@@ -368,6 +373,9 @@ class Pool:
             how = "pool.stream()" if tool.stream else "pool.execute()"
             kind = "stream" if tool.stream else "call"
             raise ToolKindError(f"{command!r} is a {kind}; use {how}")
+        check = self._supervisor.checks.get(command)
+        if check is not None:
+            check.check(args)
 
     def _request(
         self,
@@ -384,7 +392,7 @@ class Pool:
         timeout = check_timeout(timeout, optional=True)
         session_id = exact_str("session_id", session_id, optional=True)
         correlation_id = exact_str("correlation_id", correlation_id, optional=True)
-        self._check(command, stream=stream)
+        self._check(command, args, stream=stream)
         request_id = next(_request_ids)
         correlation_id = correlation_id or correlation_id_var.get() or _new_correlation_id()
         if type(correlation_id) is not str:

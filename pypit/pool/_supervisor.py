@@ -32,6 +32,7 @@ from pypit._errors import (
     WorkerStartError,
 )
 from pypit._log import _Logger
+from pypit._signature import ArgumentCheck
 from pypit.pool import _reports
 from pypit.pool._channel import Connection
 from pypit.pool._config import PoolConfig
@@ -39,18 +40,10 @@ from pypit.pool._control import Control
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Scheduler
 from pypit.pool._tasks import PoolTasks
+from pypit.pool._tools import ToolDescription, from_wire
 from pypit.pool._worker import WorkerHandle, crash_error
 
 _EXIT_GRACE: Final = 0.2
-
-
-@attrs.frozen
-class ToolDescription:
-    """A tool the workers serve, as they reported it."""
-
-    name: str
-    description: str
-    stream: bool
 
 
 @attrs.define(eq=False)
@@ -99,6 +92,9 @@ class Supervisor:
         self.control = control
         self.slots = [Slot(i, f"{config.name}_worker_{i + 1}") for i in range(config.size)]
         self.tools: dict[str, ToolDescription] = {}
+        self.checks: dict[str, ArgumentCheck] = {}
+        """The argument check of each tool whose signature is known (the others are called
+        unchecked)."""
         self.closed = False
         self.socket_path = ""
         self.tasks: PoolTasks | None = None
@@ -491,13 +487,29 @@ class Supervisor:
             return False
         self.control.greet(handle)
         if not self.tools:
-            self.tools = {
-                t.name: ToolDescription(t.name, t.description, t.stream)
-                for t in handle.tools.values()
-            }
+            self._learn_tools(handle)
         _reports.spawned(self.name, handle)
         self.scheduler.dispatch()
         return True
+
+    def _learn_tools(self, handle: WorkerHandle) -> None:
+        """The tools of the first worker ready, and the check of each one's arguments."""
+        self.tools = {t.name: from_wire(t) for t in handle.tools.values()}
+        for name, tool in self.tools.items():
+            if tool.parameters is None:
+                continue
+            try:
+                self.checks[name] = ArgumentCheck(name, tool.parameters)
+            except ValueError as exc:
+                # Only a broken worker sends these: its calls go unchecked, and fail in the
+                # worker if they do not fit.
+                self.log.warning(
+                    "the parameters the worker reported are not a signature: calls of the "
+                    "tool are not checked",
+                    tool=name,
+                    error=str(exc),
+                    **_reports.fields(handle),
+                )
 
     async def _run_ready(self, handle: WorkerHandle) -> None:
         """Wait while the worker serves; give a broken channel a chance to come back."""

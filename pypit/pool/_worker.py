@@ -123,6 +123,10 @@ class WorkerHandle:
     failure: _wire.Failed | None = None
     lost_reason: str | None = None
     ready_at: int = 0
+    import_time: int = 0
+    setup_time: int = 0
+    """Nanoseconds the worker took to import the adapter, and to make it and run its
+    ``setup()``, as it reported them."""
     token: str = ""
     recycle_reason: str | None = None
     kill_reason: str | None = None
@@ -256,6 +260,7 @@ class WorkerHandle:
                     raise ProtocolError("a second Ready")
                 self.log_early_stderr()
                 self.tools = {t.name: t for t in message.tools}
+                self.import_time, self.setup_time = message.import_time, message.setup_time
                 self.ready = self.accepting = True
                 self.ready_at = time.monotonic_ns()
                 self.changed.set()

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pypit import _wire
 from pypit._errors import FrameTooLargeError, ProtocolError, SerializationError
 from pypit._shared import MAX_STRING_LENGTH, correlation_id_var
+from pypit._signature import arguments, describe
 from pypit.worker import _guard, _logging, _telemetry
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter, session_id_var
 from pypit.worker._telemetry import (
@@ -392,15 +393,23 @@ class Runtime:
 
     # -- start-up ------------------------------------------------------------
 
-    def load(self, adapter_spec: str) -> list[_wire.Tool]:
-        """Import and set up the adapter; return its tools."""
+    def load(self, adapter_spec: str) -> _wire.Ready:
+        """Import and set up the adapter; its tools, with their signatures, and how long the
+        import and the set-up (instantiation and ``setup()``) took."""
+        started = time.monotonic_ns()
         adapter_class = load_adapter(adapter_spec)
+        imported = time.monotonic_ns()
         self._adapter = adapter_class()
         self._tools = discover_tools(self._adapter)
         setup = getattr(self._adapter, "setup", None)
         if setup is not None:
             self._call_blocking(setup)
-        return [_wire.Tool(t.name, t.description, t.is_stream) for t in self._tools.values()]
+        set_up = time.monotonic_ns()
+        tools = [
+            _wire.Tool(t.name, t.description, t.is_stream, describe(t.function), t.is_async)
+            for t in self._tools.values()
+        ]
+        return _wire.Ready(tools, import_time=imported - started, setup_time=set_up - imported)
 
     def _call_blocking(self, function: Callable[[], Any]) -> None:
         if inspect.iscoroutinefunction(function):
@@ -746,20 +755,13 @@ class Runtime:
             return False
         return not self._held_since or now - self._held_since < _HOLD_AT_MOST
 
-    def _arguments(self, args: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if args is None:
-            return (), {}
-        if isinstance(args, dict):
-            return (), args
-        return (args,), {}
-
     def _run_sync(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> _wire._Message:
         token = correlation_id_var.set(call.correlation_id)
         trace = trace_context_var.set(call.trace_context)
         session = session_id_var.set(call.session_id)
         started = self._call_started(call)
         try:
-            positional, keywords = self._arguments(call.args)
+            positional, keywords = arguments(call.args)
             if spec.is_stream:
                 reply: _wire._Message = self._stream(
                     call, spec.function(*positional, **keywords), running
@@ -828,7 +830,7 @@ class Runtime:
         session_id_var.set(call.session_id)
         started = self._call_started(call)
         try:
-            positional, keywords = self._arguments(call.args)
+            positional, keywords = arguments(call.args)
             if spec.is_stream:
                 reply: _wire._Message = await self._stream_async(
                     call, spec.function(*positional, **keywords), running
@@ -1127,7 +1129,7 @@ def main() -> int:
     _logging.install(runtime.output)
     runtime.output.at_once = lambda: runtime.send(ship=True)
     try:
-        tools = runtime.load(adapter_spec)
+        ready = runtime.load(adapter_spec)
     except BaseException as exc:
         reason = "setup_failed" if runtime._adapter is not None else "import_failed"
         runtime.send(
@@ -1140,7 +1142,7 @@ def main() -> int:
         return 1
     _logging.capture_stdio(runtime.output)
     runtime.output.at_once = None
-    runtime.send(_wire.encode(_wire.Ready(tools)), ship=True)
+    runtime.send(_wire.encode(ready), ship=True)
     runtime.serving = True
     _guard.start_reaping()
     try:

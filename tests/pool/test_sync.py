@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pypit import PoolClosedError, ToolError, telemetry
+from pypit import ArgumentsError, PoolClosedError, ToolError, telemetry
 from pypit.pool import Pool, SyncPool, start_pool
 from tests.pool.conftest import adapter, options
 
@@ -35,6 +35,20 @@ def test_blocking_execute_and_stream(backend: str) -> None:
         assert pool.status().completed == 2
         assert pool.name == "default"
         assert "echo" in pool.tools()
+
+
+def test_the_blocking_pool_checks_arguments_too() -> None:
+    """execute and stream of the blocking facade refuse what does not fit, before anything
+    is sent."""
+    with start_pool(adapter(), **options()) as pool:
+        with pytest.raises(ArgumentsError, match=r"add\(\) missing a required argument: 'b'"):
+            pool.execute("add", {"a": 1})
+        with pytest.raises(ArgumentsError, match=r"unexpected keyword argument 'x'"):
+            with pool.stream("count", {"n": 2, "x": 1}):
+                pass
+        assert pool.status().requests == 0
+        assert pool.execute("add", {"a": 1, "b": 2}) == 3
+        assert pool.tools()["add"].signature() == "add(a: float, b: float)"
 
 
 def test_many_threads_call_at_once() -> None:
