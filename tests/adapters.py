@@ -457,7 +457,7 @@ class Hostile(Echo):
         from pypit.worker import _runtime
 
         assert _runtime.current is not None
-        _runtime.current.send(data)
+        _runtime.current.outbox.send(data)
 
     @tool(description="Send the first `sent` bytes of a frame of `size` bytes, then die")
     def half_frame(self, size: int, sent: int) -> None:
@@ -465,7 +465,7 @@ class Hostile(Echo):
         from pypit.worker import _runtime
 
         assert _runtime.current is not None
-        _runtime.current.send(_wire.HEADER.pack(size) + bytes(sent))
+        _runtime.current.outbox.send(_wire.HEADER.pack(size) + bytes(sent))
         os.kill(os.getpid(), signal.SIGKILL)
 
     @tool(description="End this call as if it were a stream, then answer it")
@@ -476,7 +476,7 @@ class Hostile(Echo):
         runtime = _runtime.current
         assert runtime is not None
         (call_id,) = runtime._running  # the only call in flight: this one
-        runtime.send(_wire.encode(_wire.End(call_id)))
+        runtime.outbox.send(_wire.encode(_wire.End(call_id)))
 
     @tool(description="A stream that ignores its window: n chunks at once, then the end")
     def flood(self, n: int) -> Iterator[int]:
@@ -486,7 +486,7 @@ class Hostile(Echo):
         runtime = _runtime.current
         assert runtime is not None
         (call_id,) = runtime._running  # the only call in flight: this one
-        runtime.send(*(_wire.encode(_wire.Chunk(call_id, i, i)) for i in range(1, n + 1)))
+        runtime.outbox.send(*(_wire.encode(_wire.Chunk(call_id, i, i)) for i in range(1, n + 1)))
         yield 0
 
 
@@ -760,8 +760,8 @@ class Logs(Adapter):
         from pypit.worker import _runtime
 
         assert _runtime.current is not None
-        # Output leaves under the send lock: holding it keeps every line in the buffer.
-        with _runtime.current._send_lock:
+        # Output leaves under the outbox's lock: holding it keeps every line in the buffer.
+        with _runtime.current.outbox._lock:
             for i in range(n):
                 print(i)
 

@@ -18,12 +18,8 @@ slots: an adapter that is not thread-safe is never entered twice at once with
 ``max_concurrency=1``. A flusher thread ships telemetry, logs and printed
 output produced between calls.
 
-Writes from any thread go through :meth:`Runtime.send`, which coalesces: the
-thread that finds the channel idle writes everything queued so far in one
-system call, and the others just queue. What the worker's code logged,
-printed and emitted is queued ahead of each answer, in the same critical
-section, so it reaches the pool before the answer of the call that produced
-it, whichever thread ships it.
+What leaves the worker goes through its :class:`~pypit.worker._outbox.Outbox`;
+a call's state while it runs is in :mod:`pypit.worker._calls`.
 """
 
 from __future__ import annotations
@@ -42,11 +38,13 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from pypit import _wire
-from pypit._errors import FrameTooLargeError, ProtocolError, SerializationError
+from pypit._errors import ProtocolError
 from pypit._shared import MAX_STRING_LENGTH, correlation_id_var
 from pypit._signature import arguments, describe
-from pypit.worker import _guard, _logging, _telemetry
+from pypit.worker import _guard, _logging, _sampler, _telemetry
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter, session_id_var
+from pypit.worker._calls import Cancelled, Running, Window, describe_exception, waited
+from pypit.worker._outbox import Outbox, Unsendable
 from pypit.worker._telemetry import (
     EventBuffer,
     Settings,
@@ -59,133 +57,10 @@ if TYPE_CHECKING:
     # adapters with async tools or an async setup().
     import asyncio
 
-_FLUSH_INTERVAL: Final = 0.05
-_HOLD_FOR_CALLS_UNDER: Final = 100_000  # ns
-_HOLD_AT_MOST: Final = 1_000_000  # ns
-
 ENV_PREFIX: Final = "PYPIT_WORKER_"
 
 current: Runtime | None = None
 """The runtime of this worker process, once it started."""
-
-
-class _Cancelled(Exception):
-    """Raised inside a sync stream between chunks when the parent cancelled it."""
-
-
-class _Unsendable(Exception):
-    """Raised inside a stream whose chunk cannot be encoded: the stream ends with ``reply``."""
-
-    def __init__(self, reply: _wire.Error) -> None:
-        super().__init__(reply.message)
-        self.reply = reply
-
-
-class _Running:
-    """A call received and not yet answered, so that a Cancel can reach it.
-
-    ``received`` and ``started`` are monotonic nanoseconds; ``started`` is 0
-    while the call waits for a slot in the local queue.
-    """
-
-    __slots__ = ("cancelled", "loop", "received", "started", "task", "window")
-
-    def __init__(self) -> None:
-        self.cancelled = False
-        self.task: asyncio.Task[Any] | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.received = time.monotonic_ns()
-        self.started = 0
-        self.window: _Window | None = None
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        if self.task is not None and self.loop is not None:
-            self.loop.call_soon_threadsafe(self._cancel_task)
-        if self.window is not None:
-            self.window.wake()
-
-    def _cancel_task(self) -> None:
-        # On the loop thread. One task runs a slot's async calls one after the other: once
-        # this call ended (``task`` is None again), the task runs another call.
-        if self.task is not None:
-            self.task.cancel()
-
-
-class _Window:
-    """A stream's flow control (see ``_wire.Credit``): its generator is advanced only while
-    fewer than ``size`` of its chunks are sent and not yet taken by the consumer in the
-    parent, so a consumer that stops reading stops the generator instead of filling the
-    parent's memory.
-
-    A sync generator's thread waits in :meth:`wait`, an async generator in
-    :meth:`wait_async`; the reading thread grants credit, and a cancellation ends the wait
-    (the call's flag for a thread, the task's cancellation on the loop).
-    """
-
-    __slots__ = ("_condition", "_loop", "_running", "_waiter", "consumed", "sent", "size")
-
-    def __init__(
-        self, size: int, running: _Running, loop: asyncio.AbstractEventLoop | None = None
-    ) -> None:
-        if size < 1:
-            raise ProtocolError(f"a stream needs a window of at least one chunk, not {size}")
-        self.size = size
-        self.sent = 0
-        self.consumed = 0
-        self._running = running
-        self._condition = threading.Condition(threading.Lock())
-        self._loop = loop
-        self._waiter: asyncio.Future[None] | None = None
-        running.window = self  # where credit and a cancellation find it
-
-    def grant(self, consumed: int) -> None:
-        """The parent's credit: its consumer has taken ``consumed`` chunks in all."""
-        with self._condition:
-            if consumed == self.consumed:
-                return  # sent again after a reconnection
-            if not self.consumed < consumed <= self.sent:
-                raise ProtocolError(
-                    f"credit for {consumed} chunks of a stream that sent {self.sent} "
-                    f"and had credit for {self.consumed}"
-                )
-            self.consumed = consumed
-            self._condition.notify()
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(_resolve, waiter)
-
-    def wake(self) -> None:
-        """The call was cancelled: a thread waiting for credit stops waiting."""
-        with self._condition:
-            self._condition.notify()
-
-    def wait(self) -> bool:
-        """Wait until the generator may be advanced; False once the call is cancelled."""
-        with self._condition:
-            while self.sent - self.consumed >= self.size and not self._running.cancelled:
-                self._condition.wait()
-            return not self._running.cancelled
-
-    async def wait_async(self) -> None:
-        """Wait, on the loop, until the generator may be advanced."""
-        while True:
-            with self._condition:
-                if self.sent - self.consumed < self.size:
-                    return
-                assert self._loop is not None
-                waiter = self._waiter = self._loop.create_future()
-            await waiter
-
-    def sent_one(self) -> None:
-        """Count a chunk before it leaves: its credit may come back at once."""
-        with self._condition:
-            self.sent += 1
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 class Runtime:
@@ -212,13 +87,7 @@ class Runtime:
         self._reconnect_window = reconnect_window
         self._max_concurrency = max_concurrency
         self._max_frame_size = max_frame_size
-        self._send_lock = threading.Lock()
-        self._outbox: list[bytes] = []
-        self._outbox_answers: list[int] = []
-        self._sending_answers: list[int] = []  # answers in the write now under way
-        self._flushing = False
-        self._broken = False
-        self._running: dict[int, _Running] = {}
+        self._running: dict[int, Running] = {}
         # Calls, sync and async, wait here for one of max_concurrency slots; the
         # pool may send more than that at once (its prefetch).
         self._queue: deque[_wire.Call] = deque()
@@ -232,164 +101,27 @@ class Runtime:
         # Typical duration of each tool (moving average, ns): an executor
         # holds a result back for the next call only if that call is quick.
         self._typical: dict[str, float] = {}
-        self._held_since = 0
-        self._holding = threading.Event()
         self._tools: dict[str, ToolSpec] = {}
         self._adapter: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
-        # One event wakes the flusher for both of its reasons: a held result,
-        # and a batch of telemetry waiting.
-        self.telemetry = WorkerTelemetry(EventBuffer(buffer_size, filling=self._holding))
+        holding = threading.Event()
+        self.telemetry = WorkerTelemetry(EventBuffer(buffer_size, filling=holding))
         self.events = self.telemetry.buffer
-        self.output = _logging.OutputBuffer(filling=self._holding)
+        self.output = _logging.OutputBuffer(filling=holding)
+        self.outbox = Outbox(
+            sock,
+            max_frame_size=max_frame_size,
+            running=self._running,
+            output=self.output,
+            events=self.events,
+            holding=holding,
+        )
         self._sample_interval = 0.0
         self._sampler_wake = threading.Event()
         self._sampler: threading.Thread | None = None
         self._stopping = threading.Event()
         self.pid = os.getpid()
-
-    # -- writing -------------------------------------------------------------
-
-    def send(self, *frames: bytes, answers: int | None = None, ship: bool = False) -> None:
-        """Queue frames and write them, coalesced with whatever other threads queued.
-
-        ``answers`` is the call whose last reply is among the frames: until they
-        are written, that call counts as in progress (see :meth:`_reconnect`).
-        With ``ship``, the output and telemetry waiting go ahead of the frames.
-        """
-        with self._send_lock:
-            if ship:
-                self._outbox.extend(self._shipment())
-            self._outbox.extend(frames)
-            if answers is not None:
-                self._outbox_answers.append(answers)
-                self._running.pop(answers, None)
-            if self._flushing:
-                return
-            self._flushing = True
-        while True:
-            with self._send_lock:
-                if not self._outbox or self._broken:
-                    self._flushing = False
-                    return
-                data = b"".join(self._outbox)
-                self._outbox.clear()
-                self._sending_answers, self._outbox_answers = self._outbox_answers, []
-            try:
-                self._sock.sendall(data)
-            except OSError:
-                # Kept whole for the next connection: what part of it left
-                # went down with the old one.
-                with self._send_lock:
-                    self._outbox.insert(0, data)
-                    self._outbox_answers[:0] = self._sending_answers
-                    self._sending_answers = []
-                    self._broken = True
-                    self._flushing = False
-                return
-            with self._send_lock:
-                self._sending_answers = []
-
-    def _send_message(self, message: _wire._Message) -> None:
-        self.send(_wire.encode(message, self._max_frame_size))
-
-    def _finish(self, message: _wire._Message, *, hold: bool = False) -> None:
-        """Send a call's last message, preceded by the output and telemetry it produced
-        (a line it left unfinished included).
-
-        With ``hold``, the frames wait for the next ones instead of leaving
-        now: under load, results leave in batches.
-        """
-        call_id: int = getattr(message, "id")  # noqa: B009 - every final reply has an id
-        frame = self._encode_reply(message)
-        _logging.end_lines()
-        if hold:
-            with self._send_lock:
-                self._outbox.extend(self._shipment())
-                self._outbox.append(frame)
-                self._outbox_answers.append(call_id)
-                self._running.pop(call_id, None)
-                if not self._held_since:
-                    self._held_since = time.monotonic_ns()
-                    self._holding.set()
-            return
-        self._held_since = 0
-        self.send(frame, answers=call_id, ship=True)
-
-    def _shipment(self) -> list[bytes]:
-        """The frames of the output and telemetry waiting, oldest first (the send lock is
-        held: whatever is queued after them was produced after them)."""
-        frames: list[bytes] = []
-        while (output := self.output.drain()) is not None:
-            frames.extend(self._encode_output(output))
-            if len(output.entries) < _logging.MAX_BATCH:
-                break
-        while (batch := self.events.drain()) is not None:
-            frames.extend(self._encode_events(batch))
-            if len(batch.events) < _telemetry.MAX_BATCH:
-                break
-        return frames
-
-    def _encode_events(self, batch: _wire.Events) -> list[bytes]:
-        """``batch`` as frames: halves of it, if need be, and an event the wire cannot
-        carry (an int out of msgpack's range, a string UTF-8 cannot hold) is dropped and
-        counted as ``invalid_measurements`` or ``invalid_metadata``."""
-        try:
-            return [_wire.encode(batch, self._max_frame_size)]
-        except (FrameTooLargeError, SerializationError):
-            events = batch.events
-            if len(events) > 1:
-                half = len(events) // 2
-                return [
-                    *self._encode_events(_wire.Events(events[:half], batch.dropped)),
-                    *self._encode_events(_wire.Events(events[half:])),
-                ]
-            dropped = list(batch.dropped)
-            for name, measurements, _ in events:
-                try:
-                    _wire.encode(_wire.Events([(name, measurements, {})]))
-                except (FrameTooLargeError, SerializationError):
-                    dropped.append(("invalid_measurements", _text(name), 1))
-                else:
-                    dropped.append(("invalid_metadata", _text(name), 1))
-            return [_wire.encode(_wire.Events([], dropped))]
-
-    def _encode_output(self, output: _wire.Output) -> list[bytes]:
-        """``output`` as frames under the size limit: halves of it, if need be; an entry
-        too large for a frame of its own is cut to fit (its fields as text), and one that
-        still cannot travel is counted as lost."""
-        try:
-            return [_wire.encode(output, self._max_frame_size)]
-        except (FrameTooLargeError, SerializationError):
-            entries = output.entries
-            if len(entries) > 1:
-                half = len(entries) // 2
-                return [
-                    *self._encode_output(_wire.Output(entries[:half], output.dropped)),
-                    *self._encode_output(_wire.Output(entries[half:])),
-                ]
-            if entries:
-                shrunk = _logging.shrink(entries[0], self._max_frame_size)
-                with contextlib.suppress(FrameTooLargeError, SerializationError):
-                    return [_wire.encode(_wire.Output([shrunk], output.dropped))]
-            return [_wire.encode(_wire.Output([], output.dropped + len(entries)))]
-
-    def _encode_reply(self, message: _wire._Message) -> bytes:
-        """The frame of a call's answer or, if a value in it cannot travel, of the error
-        that says so: whatever a tool returned, its call gets an answer."""
-        try:
-            return _wire.encode(message, self._max_frame_size)
-        except (FrameTooLargeError, SerializationError) as exc:
-            return _wire.encode(_unsent(getattr(message, "id", 0), exc))
-
-    def _encode_chunk(self, call_id: int, seq: int, value: Any) -> bytes:
-        """The frame of a stream's chunk; :class:`_Unsendable` if it cannot travel (the
-        stream must end there: a chunk after the error would break the protocol)."""
-        try:
-            return _wire.encode(_wire.Chunk(call_id, seq, value), self._max_frame_size)
-        except (FrameTooLargeError, SerializationError) as exc:
-            raise _Unsendable(_unsent(call_id, exc, f"chunk {seq}: ")) from None
 
     # -- start-up ------------------------------------------------------------
 
@@ -459,7 +191,10 @@ class Runtime:
             _wire.Credit: self._on_credit,
         }
         threading.Thread(
-            target=self._or_stop, args=(self._flusher,), name="pypit-telemetry", daemon=True
+            target=self._or_stop,
+            args=(lambda: self.outbox.flush(self._stopping),),
+            name="pypit-telemetry",
+            daemon=True,
         ).start()
         # One thread more than can run calls: some thread is always reading.
         for n in range(self._max_concurrency + 1):
@@ -541,11 +276,7 @@ class Runtime:
             try:
                 sock.settimeout(max(0.1, deadline - time.monotonic()))
                 sock.connect(self._path)
-                with self._send_lock:
-                    running = sorted(
-                        {*self._running, *self._outbox_answers, *self._sending_answers}
-                    )
-                hello = _wire.Hello(self._token, self.pid, running=running)
+                hello = _wire.Hello(self._token, self.pid, running=self.outbox.unanswered())
                 sock.sendall(_wire.encode(hello))
                 # Accepted only once the pool answers (its Configure comes
                 # first); a refused connection is just closed.
@@ -562,9 +293,7 @@ class Runtime:
                 continue
             self._sock = sock
             self._reader = reader
-            with self._send_lock:
-                self._broken = False
-            self.send()
+            self.outbox.reconnected(sock)
             for payload in frames:
                 message = _wire.decode_to_worker(payload)
                 if not self._handlers[type(message)](message):
@@ -620,9 +349,9 @@ class Runtime:
             self._await_async(call, spec, running)
             reply = None
         elif running.cancelled:
-            reply = _waited(self._cancelled(call, started), running)
+            reply = waited(self._cancelled(call, started), running)
         else:
-            reply = _waited(self._run_sync(call, spec, running), running)
+            reply = waited(self._run_sync(call, spec, running), running)
             elapsed = time.monotonic_ns() - started
             typical = self._typical.get(call.command)
             self._typical[call.command] = (
@@ -631,7 +360,8 @@ class Runtime:
         if reply is not None:
             with self._state_lock:
                 following = self._queue[0].command if self._queue else None
-            self._finish(reply, hold=self._may_hold(following, time.monotonic_ns()))
+            typical = None if following is None else self._typical.get(following)
+            self.outbox.finish(reply, hold=self.outbox.may_hold(typical))
 
     def stop(self) -> None:
         """Stop the threads, run ``teardown()``, flush output and telemetry."""
@@ -648,7 +378,7 @@ class Runtime:
         # printed and logged before leaves now.
         _logging.end_lines(every_thread=True)
         _logging.detach()
-        self.send(ship=True)
+        self.outbox.send(ship=True)
 
     def _on_configure(self, message: _wire.Configure) -> bool:
         self.telemetry.settings = Settings(
@@ -664,15 +394,23 @@ class Runtime:
             self._sampler_wake.set()
             if self._sampler is None and message.sample_interval > 0:
                 self._sampler = threading.Thread(
-                    target=self._sample, name="pypit-sampler", daemon=True
+                    target=_sampler.sample,
+                    args=(
+                        self.telemetry,
+                        lambda: self._sample_interval,
+                        self._sampler_wake,
+                        self._stopping,
+                    ),
+                    name="pypit-sampler",
+                    daemon=True,
                 )
                 self._sampler.start()
         if message.seq:
-            self._send_message(_wire.Ack(message.seq))
+            self.outbox.send_message(_wire.Ack(message.seq))
         return True
 
     def _on_ping(self, message: _wire.Ping) -> bool:
-        self._send_message(_wire.Pong(message.seq))
+        self.outbox.send_message(_wire.Pong(message.seq))
         return True
 
     def _on_cancel(self, message: _wire.Cancel) -> bool:
@@ -704,10 +442,10 @@ class Runtime:
                 return True
         return False
 
-    def _drop(self, call_id: int, running: _Running) -> None:
+    def _drop(self, call_id: int, running: Running) -> None:
         """Answer a call cancelled before it started: it never runs."""
-        self.send(
-            self._encode_reply(
+        self.outbox.send(
+            self.outbox.encode_reply(
                 _wire.Error(
                     call_id,
                     "dropped",
@@ -723,7 +461,7 @@ class Runtime:
         spec = self._tools.get(call.command)
         if spec is None:
             known = ", ".join(sorted(self._tools))
-            self._send_message(
+            self.outbox.send_message(
                 _wire.Error(
                     call.id,
                     "unknown_command",
@@ -734,28 +472,18 @@ class Runtime:
             return True
         if spec.is_stream != call.stream:
             how = "pool.stream()" if spec.is_stream else "pool.execute()"
-            self._send_message(
+            self.outbox.send_message(
                 _wire.Error(call.id, "usage", "TypeError", f"{call.command!r} is called with {how}")
             )
             return True
-        self._running[call.id] = _Running()
+        self._running[call.id] = Running()
         with self._state_lock:
             self._queue.append(call)
         return True
 
     # -- running tools -------------------------------------------------------
 
-    def _may_hold(self, following: str | None, now: int) -> bool:
-        """Whether a result may wait to leave with the next call's: only if that call
-        is typically quick and nothing has been held for long."""
-        if following is None:
-            return False
-        typical = self._typical.get(following)
-        if typical is None or typical > _HOLD_FOR_CALLS_UNDER:
-            return False
-        return not self._held_since or now - self._held_since < _HOLD_AT_MOST
-
-    def _run_sync(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> _wire._Message:
+    def _run_sync(self, call: _wire.Call, spec: ToolSpec, running: Running) -> _wire._Message:
         token = correlation_id_var.set(call.correlation_id)
         trace = trace_context_var.set(call.trace_context)
         session = session_id_var.set(call.session_id)
@@ -768,9 +496,9 @@ class Runtime:
                 )
             else:
                 reply = _wire.Result(call.id, spec.function(*positional, **keywords))
-        except _Cancelled:
+        except Cancelled:
             reply = self._cancelled(call, started)
-        except _Unsendable as exc:
+        except Unsendable as exc:
             reply = self._unsendable(call, started, exc)
         except BaseException as exc:
             # SystemExit and KeyboardInterrupt too: raised by a tool, they end its call,
@@ -784,7 +512,7 @@ class Runtime:
             session_id_var.reset(session)
         return reply
 
-    def _await_async(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
+    def _await_async(self, call: _wire.Call, spec: ToolSpec, running: Running) -> None:
         """Run a started call of an async tool on the loop thread, then, in the same slot,
         the calls of async tools queued behind it; wait until the last one ended."""
         import asyncio
@@ -796,7 +524,7 @@ class Runtime:
         self,
         call: _wire.Call,
         spec: ToolSpec,
-        running: _Running | None,
+        running: Running | None,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         import asyncio
@@ -809,7 +537,7 @@ class Runtime:
                 # A Cancel that came before the task was set only marked the call; one
                 # that comes from here on cancels the task, between the tool's steps.
                 if running.cancelled:
-                    self._finish(_waited(self._cancelled(call, running.started), running))
+                    self.outbox.finish(waited(self._cancelled(call, running.started), running))
                 else:
                     await self._run_async_call(call, spec, running)
                 running.task = None
@@ -822,7 +550,7 @@ class Runtime:
             spec = self._tools[call.command]
             running = self._running.get(call.id)
 
-    async def _run_async_call(self, call: _wire.Call, spec: ToolSpec, running: _Running) -> None:
+    async def _run_async_call(self, call: _wire.Call, spec: ToolSpec, running: Running) -> None:
         import asyncio
 
         correlation_id_var.set(call.correlation_id)
@@ -839,7 +567,7 @@ class Runtime:
                 reply = _wire.Result(call.id, await spec.function(*positional, **keywords))
         except asyncio.CancelledError:
             reply = self._cancelled(call, started)
-        except _Unsendable as exc:
+        except Unsendable as exc:
             reply = self._unsendable(call, started, exc)
         except BaseException as exc:
             # Caught here, SystemExit and KeyboardInterrupt never reach asyncio, which
@@ -847,16 +575,16 @@ class Runtime:
             reply = self._failed(call, started, exc)
         else:
             self._call_stopped(call, started)
-        self._finish(_waited(reply, running))
+        self.outbox.finish(waited(reply, running))
 
     # -- streams -------------------------------------------------------------
 
-    def _stream(self, call: _wire.Call, chunks: Iterable[Any], running: _Running) -> _wire._Message:
+    def _stream(self, call: _wire.Call, chunks: Iterable[Any], running: Running) -> _wire._Message:
         """Send a sync generator's chunks, advancing it only while its window has room;
         the stream's last message. However it ends, the generator is closed before that
         message leaves, so a cancelled tool's ``finally`` has run when the parent hears."""
         iterator = iter(chunks)
-        window = _Window(call.window, running)
+        window = Window(call.window, running)
         try:
             while window.wait():
                 try:
@@ -864,20 +592,20 @@ class Runtime:
                 except StopIteration:
                     return _wire.End(call.id)
                 self._send_chunk(call.id, window, value)
-            raise _Cancelled
+            raise Cancelled
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()
 
     async def _stream_async(
-        self, call: _wire.Call, chunks: AsyncIterator[Any], running: _Running
+        self, call: _wire.Call, chunks: AsyncIterator[Any], running: Running
     ) -> _wire._Message:
         """:meth:`_stream` for an async generator: it awaits credit, and a cancellation
         ends the wait."""
         import asyncio
 
-        window = _Window(call.window, running, asyncio.get_running_loop())
+        window = Window(call.window, running, asyncio.get_running_loop())
         try:
             while True:
                 await window.wait_async()
@@ -891,12 +619,12 @@ class Runtime:
             if aclose is not None:
                 await aclose()
 
-    def _send_chunk(self, call_id: int, window: _Window, value: Any) -> None:
-        """Send one chunk; :class:`_Unsendable` when it cannot travel, which ends the
+    def _send_chunk(self, call_id: int, window: Window, value: Any) -> None:
+        """Send one chunk; :class:`Unsendable` when it cannot travel, which ends the
         stream with that error (no chunk may follow the call's last message)."""
-        frame = self._encode_chunk(call_id, window.sent + 1, value)
+        frame = self.outbox.encode_chunk(call_id, window.sent + 1, value)
         window.sent_one()
-        self.send(frame, ship=True)
+        self.outbox.send(frame, ship=True)
 
     # -- python.call.* events ------------------------------------------------
 
@@ -925,12 +653,12 @@ class Runtime:
         return _wire.Error(call.id, "cancelled", "Cancelled", "the call was cancelled")
 
     def _failed(self, call: _wire.Call, started: int, exc: BaseException) -> _wire.Error:
-        error_type, message, formatted = _describe(exc)
+        error_type, message, formatted = describe_exception(exc)
         if self.telemetry.wants("call.exception"):
             self._call_exception(call, started, error_type, message)
         return _wire.Error(call.id, "tool", error_type, message, formatted)
 
-    def _unsendable(self, call: _wire.Call, started: int, exc: _Unsendable) -> _wire.Error:
+    def _unsendable(self, call: _wire.Call, started: int, exc: Unsendable) -> _wire.Error:
         """A stream stopped at a chunk that cannot travel: the tool did not complete."""
         reply = exc.reply
         if self.telemetry.wants("call.exception"):
@@ -944,123 +672,6 @@ class Runtime:
         metadata["error_type"] = error_type
         metadata["error_message"] = message[:MAX_STRING_LENGTH]
         self.telemetry.ship("call.exception", {"duration": time.monotonic_ns() - started}, metadata)
-
-    def _flusher(self) -> None:
-        """Ship output and telemetry every _FLUSH_INTERVAL, or as soon as a batch is waiting;
-        release results held back longer than _HOLD_AT_MOST."""
-        wake = self._holding
-        while not self._stopping.is_set():
-            if wake.wait(_FLUSH_INTERVAL):
-                wake.clear()
-                # A result may be held for the next call: it leaves after
-                # _HOLD_AT_MOST at the latest, even if that call runs long.
-                while held := self._held_since:
-                    remaining = _HOLD_AT_MOST - (time.monotonic_ns() - held)
-                    if remaining <= 0:
-                        self._held_since = 0
-                        self.send()
-                        break
-                    time.sleep(remaining / 1e9)
-            self.send(ship=True)
-
-    def _sample(self) -> None:
-        """Emit python.memory.sampled and python.cpu.sampled every sample interval."""
-        cpu_times = _cpu_times()
-        while not self._stopping.is_set():
-            interval = self._sample_interval
-            woken = self._sampler_wake.wait(interval if interval > 0 else None)
-            self._sampler_wake.clear()
-            if woken or self._stopping.is_set():
-                continue  # the interval changed, or the worker stops
-            rss, vms = _memory()
-            self.telemetry.ship("memory.sampled", {"rss_bytes": rss, "vms_bytes": vms}, {})
-            (cpu, wall), cpu_times = cpu_times, _cpu_times()
-            busy = 100.0 * (cpu_times[0] - cpu) / max(cpu_times[1] - wall, 1e-9)
-            self.telemetry.ship("cpu.sampled", {"cpu_percent": busy}, {})
-
-
-def _cpu_times() -> tuple[float, float]:
-    """The CPU time this process used (user and system, every thread), and the time."""
-    return time.process_time(), time.monotonic()
-
-
-def _memory() -> tuple[int, int]:
-    """This process's resident and virtual memory, in bytes: from ``/proc`` where there is
-    one (psutil, which reads the same file, costs a worker 20-50 ms of start-up), else
-    from psutil."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            size, resident = statm.read().split()[:2]
-        return int(resident) * _PAGE_SIZE, int(size) * _PAGE_SIZE
-    except OSError:
-        import psutil
-
-        memory = psutil.Process().memory_info()
-        return memory.rss, memory.vms
-
-
-_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
-
-
-def _waited(reply: _wire._Message, running: _Running) -> _wire._Message:
-    """The call's final answer, with the time it waited in this worker before it started
-    and the time it ran."""
-    if running.started and isinstance(reply, _wire.Result | _wire.Error | _wire.End):
-        reply.waited = running.started - running.received
-        reply.took = time.monotonic_ns() - running.started
-    return reply
-
-
-def _unsent(
-    call_id: int, exc: FrameTooLargeError | SerializationError, what: str = ""
-) -> _wire.Error:
-    """The error that answers a call whose result or chunk cannot travel."""
-    if isinstance(exc, FrameTooLargeError):
-        return _wire.Error(call_id, "frame_too_large", "FrameTooLargeError", what + str(exc))
-    return _wire.Error(call_id, "serialization", "SerializationError", what + str(exc))
-
-
-def _describe(exc: BaseException) -> tuple[str, str, str]:
-    """The qualified type name, message and formatted traceback of a tool's exception, as
-    text the wire can carry, whatever the exception's own methods do: an exception that
-    cannot describe itself still answers its call."""
-    error_type = _qualified_name(type(exc))
-    try:
-        message = str(exc)
-    except BaseException:
-        message = f"<unprintable {error_type} object>"
-    try:
-        formatted = "".join(traceback.format_exception(exc))
-    except BaseException:
-        formatted = ""
-    return error_type, _sendable(message), _sendable(formatted)
-
-
-def _text(name: str) -> str:
-    """``name`` if msgpack can carry it (UTF-8), else ``""``: a drop is counted under no
-    name rather than not at all."""
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return ""
-    return name
-
-
-def _sendable(text: str) -> str:
-    """``text`` with what UTF-8 cannot hold escaped (lone surrogates, as in a file name
-    decoded with ``surrogateescape``): msgpack strings are UTF-8."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode(errors="backslashreplace").decode()
-    return text
-
-
-def _qualified_name(cls: type) -> str:
-    module = cls.__module__
-    if module in ("builtins", "__main__"):
-        return cls.__qualname__
-    return f"{module}.{cls.__qualname__}"
 
 
 def _read_token(fd: int) -> str:
@@ -1127,12 +738,12 @@ def main() -> int:
     # at once. What they print goes to the pipes, which the pool reads even if the start
     # fails and the worker exits.
     _logging.install(runtime.output)
-    runtime.output.at_once = lambda: runtime.send(ship=True)
+    runtime.output.at_once = lambda: runtime.outbox.send(ship=True)
     try:
         ready = runtime.load(adapter_spec)
     except BaseException as exc:
         reason = "setup_failed" if runtime._adapter is not None else "import_failed"
-        runtime.send(
+        runtime.outbox.send(
             _wire.encode(
                 _wire.Failed(reason, f"{type(exc).__name__}: {exc}", traceback.format_exc())
             )
@@ -1142,7 +753,7 @@ def main() -> int:
         return 1
     _logging.capture_stdio(runtime.output)
     runtime.output.at_once = None
-    runtime.send(_wire.encode(ready), ship=True)
+    runtime.outbox.send(_wire.encode(ready), ship=True)
     runtime.serving = True
     _guard.start_reaping()
     try:

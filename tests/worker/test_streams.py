@@ -8,12 +8,12 @@ import threading
 import pytest
 
 from pypit import ProtocolError, _wire
-from pypit.worker._runtime import _Running, _Window
+from pypit.worker._calls import Running, Window
 
 
-def full_window(size: int = 2) -> tuple[_Window, _Running]:
-    running = _Running()
-    window = _Window(size, running)
+def full_window(size: int = 2) -> tuple[Window, Running]:
+    running = Running()
+    window = Window(size, running)
     for _ in range(size):
         assert window.wait()
         window.sent_one()
@@ -61,8 +61,8 @@ def test_an_async_generator_awaits_credit() -> None:
     thread (the reader) resumes it."""
 
     async def scenario() -> bool:
-        running = _Running()
-        window = _Window(1, running, asyncio.get_running_loop())
+        running = Running()
+        window = Window(1, running, asyncio.get_running_loop())
         await window.wait_async()
         window.sent_one()
         waiting = asyncio.ensure_future(window.wait_async())
@@ -78,7 +78,7 @@ def test_an_async_generator_awaits_credit() -> None:
 def test_a_window_under_one_is_refused() -> None:
     """A stream must be allowed at least one chunk in flight."""
     with pytest.raises(ProtocolError, match="at least one chunk"):
-        _Window(0, _Running())
+        Window(0, Running())
 
 
 @pytest.mark.parametrize(
