@@ -2,6 +2,6 @@
 
 import sys
 
-from pypit.worker._runtime import main
+from pypit.worker._main import main
 
 sys.exit(main())

@@ -1,18 +1,23 @@
-"""A call as a worker runs it: its state while it runs, a stream's flow control, and the
-text of a tool's exception."""
+"""A call as a worker runs it: its state while it runs, a stream's chunks and flow
+control, its python.call.* events, and the text of a tool's exception."""
 
 from __future__ import annotations
 
 import threading
 import time
 import traceback
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pypit import _wire
 from pypit._errors import ProtocolError
+from pypit._shared import MAX_STRING_LENGTH
 
 if TYPE_CHECKING:
     import asyncio
+
+    from pypit.worker._outbox import Outbox
+    from pypit.worker._telemetry import WorkerTelemetry
 
 
 class Cancelled(Exception):
@@ -166,3 +171,109 @@ def _qualified_name(cls: type) -> str:
     if module in ("builtins", "__main__"):
         return cls.__qualname__
     return f"{module}.{cls.__qualname__}"
+
+
+def stream(
+    outbox: Outbox, call: _wire.Call, chunks: Iterable[Any], running: Running
+) -> _wire._Message:
+    """Send a sync generator's chunks, advancing it only while its window has room;
+    the stream's last message. However it ends, the generator is closed before that
+    message leaves, so a cancelled tool's ``finally`` has run when the parent hears."""
+    iterator = iter(chunks)
+    window = Window(call.window, running)
+    try:
+        while window.wait():
+            try:
+                value = next(iterator)
+            except StopIteration:
+                return _wire.End(call.id)
+            _send_chunk(outbox, call.id, window, value)
+        raise Cancelled
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+async def stream_async(
+    outbox: Outbox, call: _wire.Call, chunks: AsyncIterator[Any], running: Running
+) -> _wire._Message:
+    """:func:`stream` for an async generator: it awaits credit, and a cancellation
+    ends the wait."""
+    import asyncio
+
+    window = Window(call.window, running, asyncio.get_running_loop())
+    try:
+        while True:
+            await window.wait_async()
+            try:
+                value = await anext(chunks)
+            except StopAsyncIteration:
+                return _wire.End(call.id)
+            _send_chunk(outbox, call.id, window, value)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _send_chunk(outbox: Outbox, call_id: int, window: Window, value: Any) -> None:
+    """Send one chunk; :class:`Unsendable` when it cannot travel, which ends the
+    stream with that error (no chunk may follow the call's last message)."""
+    frame = outbox.encode_chunk(call_id, window.sent + 1, value)
+    window.sent_one()
+    outbox.send(frame, ship=True)
+
+
+def _metadata(call: _wire.Call) -> dict[str, Any]:
+    return {
+        "command": call.command,
+        "request_id": call.id,
+        "correlation_id": call.correlation_id,
+    }
+
+
+class CallEvents:
+    """python.call.start, stop and exception of the calls a worker runs (when someone in
+    the pool listens), and the error that answers a call that did not complete."""
+
+    __slots__ = ("_telemetry",)
+
+    def __init__(self, telemetry: WorkerTelemetry) -> None:
+        self._telemetry = telemetry
+
+    def started(self, call: _wire.Call) -> int:
+        if self._telemetry.wants("call.start"):
+            self._telemetry.ship("call.start", {"system_time": time.time_ns()}, _metadata(call))
+        return time.monotonic_ns()
+
+    def stopped(self, call: _wire.Call, started: int) -> None:
+        if self._telemetry.wants("call.stop"):
+            duration = time.monotonic_ns() - started
+            self._telemetry.ship("call.stop", {"duration": duration}, _metadata(call))
+
+    def cancelled(self, call: _wire.Call, started: int) -> _wire.Error:
+        if self._telemetry.wants("call.exception"):
+            self._exception(call, started, "Cancelled", "the call was cancelled")
+        return _wire.Error(call.id, "cancelled", "Cancelled", "the call was cancelled")
+
+    def failed(self, call: _wire.Call, started: int, exc: BaseException) -> _wire.Error:
+        error_type, message, formatted = describe_exception(exc)
+        if self._telemetry.wants("call.exception"):
+            self._exception(call, started, error_type, message)
+        return _wire.Error(call.id, "tool", error_type, message, formatted)
+
+    def unsendable(self, call: _wire.Call, started: int, reply: _wire.Error) -> _wire.Error:
+        """A stream stopped at a chunk that cannot travel (``reply`` says why): the tool did
+        not complete."""
+        if self._telemetry.wants("call.exception"):
+            self._exception(call, started, reply.type, reply.message)
+        return reply
+
+    def _exception(self, call: _wire.Call, started: int, error_type: str, message: str) -> None:
+        metadata = _metadata(call)
+        metadata["error_type"] = error_type
+        metadata["error_message"] = message[:MAX_STRING_LENGTH]
+        self._telemetry.ship(
+            "call.exception", {"duration": time.monotonic_ns() - started}, metadata
+        )

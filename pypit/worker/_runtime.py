@@ -26,24 +26,22 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import os
 import socket
-import sys
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pypit import _wire
 from pypit._errors import ProtocolError
-from pypit._shared import MAX_STRING_LENGTH, correlation_id_var
+from pypit._shared import correlation_id_var
 from pypit._signature import arguments, describe
-from pypit.worker import _guard, _logging, _sampler, _telemetry
+from pypit.worker import _logging, _sampler, _telemetry
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter, session_id_var
-from pypit.worker._calls import Cancelled, Running, Window, describe_exception, waited
+from pypit.worker._calls import CallEvents, Cancelled, Running, stream, stream_async, waited
 from pypit.worker._outbox import Outbox, Unsendable
 from pypit.worker._telemetry import (
     EventBuffer,
@@ -56,8 +54,6 @@ if TYPE_CHECKING:
     # asyncio costs a quarter of a worker's start-up; it is imported only for
     # adapters with async tools or an async setup().
     import asyncio
-
-ENV_PREFIX: Final = "PYPIT_WORKER_"
 
 current: Runtime | None = None
 """The runtime of this worker process, once it started."""
@@ -109,6 +105,7 @@ class Runtime:
         self.telemetry = WorkerTelemetry(EventBuffer(buffer_size, filling=holding))
         self.events = self.telemetry.buffer
         self.output = _logging.OutputBuffer(filling=holding)
+        self._events = CallEvents(self.telemetry)
         self.outbox = Outbox(
             sock,
             max_frame_size=max_frame_size,
@@ -349,7 +346,7 @@ class Runtime:
             self._await_async(call, spec, running)
             reply = None
         elif running.cancelled:
-            reply = waited(self._cancelled(call, started), running)
+            reply = waited(self._events.cancelled(call, started), running)
         else:
             reply = waited(self._run_sync(call, spec, running), running)
             elapsed = time.monotonic_ns() - started
@@ -487,25 +484,25 @@ class Runtime:
         token = correlation_id_var.set(call.correlation_id)
         trace = trace_context_var.set(call.trace_context)
         session = session_id_var.set(call.session_id)
-        started = self._call_started(call)
+        started = self._events.started(call)
         try:
             positional, keywords = arguments(call.args)
             if spec.is_stream:
-                reply: _wire._Message = self._stream(
-                    call, spec.function(*positional, **keywords), running
+                reply: _wire._Message = stream(
+                    self.outbox, call, spec.function(*positional, **keywords), running
                 )
             else:
                 reply = _wire.Result(call.id, spec.function(*positional, **keywords))
         except Cancelled:
-            reply = self._cancelled(call, started)
+            reply = self._events.cancelled(call, started)
         except Unsendable as exc:
-            reply = self._unsendable(call, started, exc)
+            reply = self._events.unsendable(call, started, exc.reply)
         except BaseException as exc:
             # SystemExit and KeyboardInterrupt too: raised by a tool, they end its call,
             # not the worker (no signal is delivered to this thread; see docs/supervision.md).
-            reply = self._failed(call, started, exc)
+            reply = self._events.failed(call, started, exc)
         else:
-            self._call_stopped(call, started)
+            self._events.stopped(call, started)
         finally:
             correlation_id_var.reset(token)
             trace_context_var.reset(trace)
@@ -537,7 +534,9 @@ class Runtime:
                 # A Cancel that came before the task was set only marked the call; one
                 # that comes from here on cancels the task, between the tool's steps.
                 if running.cancelled:
-                    self.outbox.finish(waited(self._cancelled(call, running.started), running))
+                    self.outbox.finish(
+                        waited(self._events.cancelled(call, running.started), running)
+                    )
                 else:
                     await self._run_async_call(call, spec, running)
                 running.task = None
@@ -556,216 +555,23 @@ class Runtime:
         correlation_id_var.set(call.correlation_id)
         trace_context_var.set(call.trace_context)
         session_id_var.set(call.session_id)
-        started = self._call_started(call)
+        started = self._events.started(call)
         try:
             positional, keywords = arguments(call.args)
             if spec.is_stream:
-                reply: _wire._Message = await self._stream_async(
-                    call, spec.function(*positional, **keywords), running
+                reply: _wire._Message = await stream_async(
+                    self.outbox, call, spec.function(*positional, **keywords), running
                 )
             else:
                 reply = _wire.Result(call.id, await spec.function(*positional, **keywords))
         except asyncio.CancelledError:
-            reply = self._cancelled(call, started)
+            reply = self._events.cancelled(call, started)
         except Unsendable as exc:
-            reply = self._unsendable(call, started, exc)
+            reply = self._events.unsendable(call, started, exc.reply)
         except BaseException as exc:
             # Caught here, SystemExit and KeyboardInterrupt never reach asyncio, which
             # would let them out of the loop.
-            reply = self._failed(call, started, exc)
+            reply = self._events.failed(call, started, exc)
         else:
-            self._call_stopped(call, started)
+            self._events.stopped(call, started)
         self.outbox.finish(waited(reply, running))
-
-    # -- streams -------------------------------------------------------------
-
-    def _stream(self, call: _wire.Call, chunks: Iterable[Any], running: Running) -> _wire._Message:
-        """Send a sync generator's chunks, advancing it only while its window has room;
-        the stream's last message. However it ends, the generator is closed before that
-        message leaves, so a cancelled tool's ``finally`` has run when the parent hears."""
-        iterator = iter(chunks)
-        window = Window(call.window, running)
-        try:
-            while window.wait():
-                try:
-                    value = next(iterator)
-                except StopIteration:
-                    return _wire.End(call.id)
-                self._send_chunk(call.id, window, value)
-            raise Cancelled
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-
-    async def _stream_async(
-        self, call: _wire.Call, chunks: AsyncIterator[Any], running: Running
-    ) -> _wire._Message:
-        """:meth:`_stream` for an async generator: it awaits credit, and a cancellation
-        ends the wait."""
-        import asyncio
-
-        window = Window(call.window, running, asyncio.get_running_loop())
-        try:
-            while True:
-                await window.wait_async()
-                try:
-                    value = await anext(chunks)
-                except StopAsyncIteration:
-                    return _wire.End(call.id)
-                self._send_chunk(call.id, window, value)
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    def _send_chunk(self, call_id: int, window: Window, value: Any) -> None:
-        """Send one chunk; :class:`Unsendable` when it cannot travel, which ends the
-        stream with that error (no chunk may follow the call's last message)."""
-        frame = self.outbox.encode_chunk(call_id, window.sent + 1, value)
-        window.sent_one()
-        self.outbox.send(frame, ship=True)
-
-    # -- python.call.* events ------------------------------------------------
-
-    def _call_metadata(self, call: _wire.Call) -> dict[str, Any]:
-        return {
-            "command": call.command,
-            "request_id": call.id,
-            "correlation_id": call.correlation_id,
-        }
-
-    def _call_started(self, call: _wire.Call) -> int:
-        if self.telemetry.wants("call.start"):
-            self.telemetry.ship(
-                "call.start", {"system_time": time.time_ns()}, self._call_metadata(call)
-            )
-        return time.monotonic_ns()
-
-    def _call_stopped(self, call: _wire.Call, started: int) -> None:
-        if self.telemetry.wants("call.stop"):
-            duration = time.monotonic_ns() - started
-            self.telemetry.ship("call.stop", {"duration": duration}, self._call_metadata(call))
-
-    def _cancelled(self, call: _wire.Call, started: int) -> _wire.Error:
-        if self.telemetry.wants("call.exception"):
-            self._call_exception(call, started, "Cancelled", "the call was cancelled")
-        return _wire.Error(call.id, "cancelled", "Cancelled", "the call was cancelled")
-
-    def _failed(self, call: _wire.Call, started: int, exc: BaseException) -> _wire.Error:
-        error_type, message, formatted = describe_exception(exc)
-        if self.telemetry.wants("call.exception"):
-            self._call_exception(call, started, error_type, message)
-        return _wire.Error(call.id, "tool", error_type, message, formatted)
-
-    def _unsendable(self, call: _wire.Call, started: int, exc: Unsendable) -> _wire.Error:
-        """A stream stopped at a chunk that cannot travel: the tool did not complete."""
-        reply = exc.reply
-        if self.telemetry.wants("call.exception"):
-            self._call_exception(call, started, reply.type, reply.message)
-        return reply
-
-    def _call_exception(
-        self, call: _wire.Call, started: int, error_type: str, message: str
-    ) -> None:
-        metadata = self._call_metadata(call)
-        metadata["error_type"] = error_type
-        metadata["error_message"] = message[:MAX_STRING_LENGTH]
-        self.telemetry.ship("call.exception", {"duration": time.monotonic_ns() - started}, metadata)
-
-
-def _read_token(fd: int) -> str:
-    """The token, from the pipe the pool passed (it holds nothing else)."""
-    try:
-        chunks = []
-        while chunk := os.read(fd, 256):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode()
-
-
-def main() -> int:
-    """Entry point of ``python -m pypit.worker``; configured through the environment."""
-    env = os.environ
-    try:
-        path = env[ENV_PREFIX + "SOCKET"]
-        token = _read_token(int(env.pop(ENV_PREFIX + "TOKEN_FD")))
-        adapter_spec = env[ENV_PREFIX + "ADAPTER"]
-        parent_pid = int(env[ENV_PREFIX + "PARENT_PID"])
-        max_concurrency = int(env.get(ENV_PREFIX + "MAX_CONCURRENCY", "1"))
-        max_frame_size = int(env.get(ENV_PREFIX + "MAX_FRAME_SIZE", _wire.DEFAULT_MAX_FRAME_SIZE))
-        extra_path = json.loads(env.get(ENV_PREFIX + "SYS_PATH", "[]"))
-        reconnect_window = float(env.get(ENV_PREFIX + "RECONNECT_WINDOW", "0"))
-        buffer_size = int(env.get(ENV_PREFIX + "BUFFER_SIZE", _telemetry.DEFAULT_BUFFER_SIZE))
-        max_vm_bytes = int(env.get(ENV_PREFIX + "MAX_VM_BYTES") or 0)
-        settings = (
-            _wire.decode_to_worker(bytes.fromhex(env.get(ENV_PREFIX + "CONFIGURE", "")))
-            if env.get(ENV_PREFIX + "CONFIGURE")
-            else None
-        )
-    except (KeyError, ValueError, OSError) as exc:
-        print(f"pypit worker: missing or bad setting: {exc}", file=sys.stderr)
-        return 2
-    _guard.protect(parent_pid)
-    if max_vm_bytes:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (max_vm_bytes, max_vm_bytes))
-    sys.path[:0] = [p for p in extra_path if p not in sys.path]
-
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    # The greeting goes first, before anything that takes time (logging set-up, the
-    # adapter's import): the pool gives a connection about a second to greet.
-    sock.sendall(_wire.encode(_wire.Hello(token, os.getpid())))
-    global current
-    runtime = current = Runtime(
-        sock,
-        max_concurrency=max_concurrency,
-        max_frame_size=max_frame_size,
-        path=path,
-        token=token,
-        parent_pid=parent_pid,
-        reconnect_window=reconnect_window,
-        buffer_size=buffer_size,
-    )
-    _telemetry.current = runtime.telemetry
-    if isinstance(settings, _wire.Configure):
-        # The pool's settings apply from the start: setup() may emit and log.
-        runtime._on_configure(settings)
-    # Until the worker serves, nothing ships on a timer: what import and setup() log leaves
-    # at once. What they print goes to the pipes, which the pool reads even if the start
-    # fails and the worker exits.
-    _logging.install(runtime.output)
-    runtime.output.at_once = lambda: runtime.outbox.send(ship=True)
-    try:
-        ready = runtime.load(adapter_spec)
-    except BaseException as exc:
-        reason = "setup_failed" if runtime._adapter is not None else "import_failed"
-        runtime.outbox.send(
-            _wire.encode(
-                _wire.Failed(reason, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-            )
-        )
-        traceback.print_exc()
-        _guard.leave(with_group=os.getppid() != parent_pid)
-        return 1
-    _logging.capture_stdio(runtime.output)
-    runtime.output.at_once = None
-    runtime.outbox.send(_wire.encode(ready), ship=True)
-    runtime.serving = True
-    _guard.start_reaping()
-    try:
-        runtime.serve()
-    finally:
-        _guard.stop_reaping()
-        runtime.stop()
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-        # What the tools started goes with this worker, as the pool would kill its group
-        # once it exited; and if the channel closed because the parent is gone, nobody is
-        # left to kill the group: it goes too.
-        _guard.leave(with_group=os.getppid() != parent_pid)
-    return 0
