@@ -300,7 +300,6 @@ class RayLauncher:
         self._group = placement_group(
             [placement.bundle()] * self._config.size,
             strategy="SPREAD" if placement.strategy == "spread" else "PACK",
-            name=f"pypit-{self._config.name}",
         )
 
     def _init(self) -> None:
@@ -339,7 +338,7 @@ class RayLauncher:
         if placement.runtime_env is not None:
             options["runtime_env"] = dict(placement.runtime_env)
         actor = self._host.options(**options).remote(
-            {**config.env, **settings}, token, config.max_frame_size, None
+            {**config.env, **settings}, token, config.max_frame_size
         )
         try:
             with anyio.fail_after(config.startup_timeout):

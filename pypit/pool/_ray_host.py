@@ -76,20 +76,17 @@ class _Tape:
 class WorkerHost:
     """One pool slot on a Ray node: the worker process it runs, and the relay of its bytes.
 
-    ``python`` runs the worker (None: the actor's own interpreter, the one the
-    cluster and the ``runtime_env`` chose); ``settings`` are the worker's
-    ``PYPIT_WORKER_*`` variables and the pool's ``env``; ``token`` is handed to the
-    worker through a pipe, and comes back to the pool in the worker's greeting.
+    The worker runs the actor's own interpreter (the one the cluster and the
+    ``runtime_env`` chose); ``settings`` are the worker's ``PYPIT_WORKER_*``
+    variables and the pool's ``env``; ``token`` is handed to the worker through a
+    pipe, and comes back to the pool in the worker's greeting.
     The constructor only records them: :meth:`start` does the work, so that an
     actor that was never placed is told from one whose worker failed.
     """
 
-    def __init__(
-        self, settings: dict[str, str], token: str, max_frame_size: int, python: str | None
-    ) -> None:
+    def __init__(self, settings: dict[str, str], token: str, max_frame_size: int) -> None:
         self._settings = settings
         self._token = token
-        self._python = python or sys.executable
         limit = max_frame_size + _BACKLOG
         self._tapes = (_Tape(limit), _Tape(_BACKLOG), _Tape(_BACKLOG))
         self._written = 0
@@ -124,7 +121,7 @@ class WorkerHost:
         }
         try:
             self._process = await asyncio.create_subprocess_exec(
-                self._python,
+                sys.executable,
                 "-m",
                 "pypit.worker",
                 stdin=subprocess.DEVNULL,
