@@ -21,6 +21,13 @@ it fails with TimeoutError, alone. pytest-timeout, set higher in pyproject.toml,
 backstop for the rest: it ends the whole run."""
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests on Ray last, in their order: the session's Ray (``ray_session``),
+    started by the first of them, then lives only while they run, and its processes load
+    no other test's machine."""
+    items.sort(key=lambda item: "ray_session" in getattr(item, "fixturenames", ()))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, None, None]:
     """Run each async test under ``anyio.fail_after``: a lost wake-up fails that test, on
@@ -64,7 +71,9 @@ def _live_children() -> list[psutil.Process]:
     alive = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if child.status() != psutil.STATUS_ZOMBIE:
+            # Ray keeps idle worker processes of its own for the next actor: they belong
+            # to the test session's Ray, whose end is checked for leftovers (ray_session).
+            if child.status() != psutil.STATUS_ZOMBIE and child.name() != "ray::IDLE":
                 alive.append(child)
         except psutil.NoSuchProcess:
             pass

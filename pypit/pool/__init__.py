@@ -13,6 +13,7 @@
 
 from pypit._decorate import publish as _publish
 from pypit.pool._config import PoolConfig as PoolConfig
+from pypit.pool._config import RayWorkers as RayWorkers
 from pypit.pool._pool import Pool as Pool
 from pypit.pool._pool import PoolStatus as PoolStatus
 from pypit.pool._pool import SessionInfo as SessionInfo
@@ -29,6 +30,7 @@ __all__ = [
     "Pool",
     "PoolConfig",
     "PoolStatus",
+    "RayWorkers",
     "SessionInfo",
     "Stream",
     "SyncPool",

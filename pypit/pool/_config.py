@@ -139,6 +139,101 @@ def _level(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     check_level(value, attribute.name)
 
 
+def _amount(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a number >= 0, not {value!r}")
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, not {value!r}")
+
+
+def _resources(value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"resources must be a mapping of str to a number, not {value!r}")
+    amounts: dict[str, float] = {}
+    for key, amount in value.items():
+        if not isinstance(key, str) or not key or key in ("CPU", "GPU"):
+            raise ValueError(
+                f"resources must name custom resources (CPU and GPU are num_cpus and "
+                f"num_gpus), not {key!r}"
+            )
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise TypeError(f"resources[{key!r}] must be a number >= 0, not {amount!r}")
+        if not amount >= 0 or amount == float("inf"):
+            raise ValueError(f"resources[{key!r}] must be a finite number >= 0, not {amount!r}")
+        amounts[key] = float(amount)
+    return amounts
+
+
+def _runtime_env(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"runtime_env must be a mapping (Ray's runtime_env) or None, not {value!r}")
+    return dict(value)
+
+
+def _address(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _text(instance, attribute, value)
+        if not value:
+            raise ValueError(
+                "address must be a Ray address ('auto', 'ray://host:10001', ...) or None"
+            )
+
+
+Strategy = Literal["pack", "spread"]
+
+
+@attrs.frozen(kw_only=True)
+class RayWorkers:
+    """Run a pool's workers as actors on a Ray cluster: ``open_pool(..., ray=RayWorkers())``.
+
+    Each slot is one actor that runs the ordinary worker process on its node and passes
+    its frames to the pool; the pool keeps its own queue, deadlines and supervision (see
+    docs/scaling.md). The amounts are reserved per worker, as one bundle per slot of a
+    placement group. Ray is imported only when a pool is given this option.
+    """
+
+    address: str | None = attrs.field(default=None, validator=_address)
+    """The cluster to join (``"auto"``, ``"ray://head:10001"``, ``"10.0.0.1:6379"``); None:
+    a local Ray started by the pool and stopped when it closes. A process already
+    connected to Ray (``ray.init`` was called) uses that connection, whatever this says,
+    and the pool leaves it open."""
+    num_cpus: float = attrs.field(default=1, validator=_amount)
+    """CPUs reserved for each worker."""
+    num_gpus: float = attrs.field(default=0, validator=_amount)
+    """GPUs reserved for each worker (fractions share a GPU)."""
+    resources: Mapping[str, float] = attrs.field(factory=dict, converter=_resources)
+    """Custom resources reserved for each worker, as the nodes declare them."""
+    runtime_env: Mapping[str, Any] | None = attrs.field(default=None, converter=_runtime_env)
+    """Ray's ``runtime_env`` of the actors (packages, working directory, variables)."""
+    strategy: Strategy = attrs.field(default="pack")
+    """``pack`` fills as few nodes as possible, ``spread`` puts workers on as many nodes as
+    it can (best effort, Ray's ``PACK`` and ``SPREAD`` placement strategies)."""
+
+    @strategy.validator
+    def _check_strategy(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in ("pack", "spread"):
+            raise ValueError(f"strategy must be 'pack' or 'spread', not {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        if not (self.num_cpus or self.num_gpus or any(self.resources.values())):
+            raise ValueError(
+                "a Ray worker must reserve something (num_cpus, num_gpus or resources above "
+                "0): its placement group bundle cannot be empty"
+            )
+
+    def bundle(self) -> dict[str, float]:
+        """One slot's placement group bundle."""
+        amounts = {"CPU": float(self.num_cpus), "GPU": float(self.num_gpus), **self.resources}
+        return {name: amount for name, amount in amounts.items() if amount}
+
+
+def _ray(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, RayWorkers):
+        raise TypeError(f"ray must be a pypit.pool.RayWorkers or None, not {value!r}")
+
+
 def _default_size() -> int:
     return os.cpu_count() or 1
 
@@ -255,6 +350,10 @@ class PoolConfig:
     """The interpreter that runs the workers."""
     env: Mapping[str, str] = attrs.field(factory=dict, converter=_env)
     """Extra environment variables for the workers."""
+    ray: RayWorkers | None = attrs.field(default=None, validator=_ray)
+    """Where the workers run: None, processes of this machine (children of the pool's
+    process); a :class:`RayWorkers`, actors on a Ray cluster (see docs/scaling.md). Under
+    Ray, ``python`` does not apply: each worker runs the interpreter of its actor."""
 
 
 def make_config(

@@ -127,7 +127,7 @@ class Control:
                 if w is not None
                 and w.ready
                 and w.acked < seq
-                and w.process.returncode is None
+                and w.process.running
                 and (worker_id is None or w.worker_id == worker_id)
             ]
 

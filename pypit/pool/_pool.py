@@ -16,11 +16,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import os
 import secrets
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -43,9 +40,10 @@ from pypit._errors import (
 from pypit._log import Levels, get_logger
 from pypit._shared import correlation_id_var
 from pypit.pool import _events
-from pypit.pool._channel import Server, signal_factory
+from pypit.pool._channel import signal_factory
 from pypit.pool._config import AFFINITIES, Affinity, PoolConfig, check_timeout, make_config
 from pypit.pool._control import Control
+from pypit.pool._launch import Launcher, LocalLauncher
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Limits, Scheduler, SessionInfo
 from pypit.pool._stream import Stream
@@ -131,8 +129,7 @@ class Pool:
         self._control = Control(config, lambda: self._scheduler.workers, worker_ids, levels)
         self._supervisor = Supervisor(config, self._scheduler, self._control, self._log)
         self._closed = False
-        self._directory = ""
-        self._socket_path = ""
+        self._launcher = _launcher(config)
         self._signal: Callable[[], Any] = anyio.Event
 
     # -- calls ---------------------------------------------------------------------------
@@ -499,12 +496,8 @@ class Pool:
     async def _open(self, tasks: PoolTasks) -> None:
         started = time.monotonic_ns()
         self._signal = signal_factory()
-        self._directory = tempfile.mkdtemp(prefix="pypit-")
-        self._socket_path = os.path.join(self._directory, "pool.sock")
-        server = Server(self._supervisor.on_greeting, self.config.max_frame_size)
-        await tasks.start(server.serve, self._socket_path)
-        os.chmod(self._socket_path, 0o600)
-        ready = await self._supervisor.start(tasks, self._socket_path)
+        await self._launcher.open(tasks, self._supervisor.on_greeting)
+        ready = await self._supervisor.start(tasks, self._launcher)
         _events.emit(
             _events.INITIALIZED,
             {
@@ -585,8 +578,19 @@ class Pool:
             while any(w is not None for w in self._scheduler.workers):
                 await anyio.sleep(0.01)
 
-    def _cleanup(self) -> None:
-        shutil.rmtree(self._directory, ignore_errors=True)
+    async def _cleanup(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._launcher.close()
+
+
+def _launcher(config: PoolConfig) -> Launcher:
+    """Where the pool's workers run: processes of this machine, or Ray actors."""
+    if config.ray is None:
+        return LocalLauncher(config)
+    # Imported here: Ray is an optional dependency, and a heavy import.
+    from pypit.pool._ray import RayLauncher
+
+    return RayLauncher(config, config.ray)
 
 
 @asynccontextmanager
@@ -638,4 +642,4 @@ async def open_pool(
         error = group.exceptions[0]
         raise error from error.__cause__
     finally:
-        pool._cleanup()
+        await pool._cleanup()

@@ -42,12 +42,12 @@ def spawned(pool_name: str, handle: WorkerHandle) -> None:
                 "system_time": time.time_ns(),
             },
             {
-                "node": _events.NODE,
+                "node": handle.process.node,
                 "pool_name": pool_name,
                 "worker_id": handle.worker_id,
                 "worker_pid": handle.pid,
                 "python_pid": handle.pid,
-                "mode": "process",
+                "mode": handle.process.mode,
             },
         )
 
@@ -68,13 +68,16 @@ def spawn_failed(
         )
 
 
-def exec_failed(log: _Logger, pool_name: str, worker_id: str, started: int, failure: str) -> None:
-    """The interpreter could not even be run."""
-    spawn_failed(pool_name, worker_id, started, "exec_failed", None)
+def launch_failed(
+    log: _Logger, pool_name: str, worker_id: str, started: int, reason: str, failure: str
+) -> None:
+    """The worker could not even be launched (the interpreter could not be run, the Ray
+    actor failed or was never placed)."""
+    spawn_failed(pool_name, worker_id, started, reason, None)
     log.error(
         "worker failed to start",
         worker_id=worker_id,
-        reason="exec_failed",
+        reason=reason,
         error=failure,
     )
 
@@ -170,7 +173,7 @@ def terminated(
             _events.TERMINATED,
             {"lifetime": lifetime, "total_commands": handle.total_commands},
             {
-                "node": _events.NODE,
+                "node": handle.process.node,
                 "pool_name": pool_name,
                 "worker_id": handle.worker_id,
                 "worker_pid": handle.pid,
@@ -231,8 +234,12 @@ def termination_reason(handle: WorkerHandle, returncode: int | None) -> str:
         return "shutdown"
     if handle.kill_reason is not None:
         return handle.kill_reason
-    if handle.lost_reason == "protocol_error":
-        return "protocol_error"
+    if handle.lost_reason in ("protocol_error", "connection_lost"):
+        return handle.lost_reason
     if returncode is not None and returncode < 0:
+        return "killed"
+    if returncode is None:
+        # Ended with no exit status anybody could read: a Ray actor that died, taking its
+        # worker along.
         return "killed"
     return "exited"

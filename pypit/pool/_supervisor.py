@@ -10,11 +10,9 @@ scheduler never calls it.
 from __future__ import annotations
 
 import json
-import os
 import random
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from typing import Any, Final
@@ -37,6 +35,7 @@ from pypit.pool import _reports
 from pypit.pool._channel import Connection
 from pypit.pool._config import PoolConfig
 from pypit.pool._control import Control
+from pypit.pool._launch import Launcher, LaunchError
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Scheduler
 from pypit.pool._tasks import PoolTasks
@@ -96,7 +95,7 @@ class Supervisor:
         """The argument check of each tool whose signature is known (the others are called
         unchecked)."""
         self.closed = False
-        self.socket_path = ""
+        self.launcher: Launcher | None = None
         self.tasks: PoolTasks | None = None
         self._expected: dict[str, _Greeting] = {}
         self._reconnecting: dict[str, WorkerHandle] = {}
@@ -123,11 +122,11 @@ class Supervisor:
     def degraded(self) -> bool:
         return any(slot.down for slot in self.slots)
 
-    async def start(self, tasks: PoolTasks, socket_path: str) -> int:
+    async def start(self, tasks: PoolTasks, launcher: Launcher) -> int:
         """Start every slot; return once each worker is ready or failed its first start,
         with the number ready."""
         self.tasks = tasks
-        self.socket_path = socket_path
+        self.launcher = launcher
         for slot in self.slots:
             tasks.start_soon(self._serve_slot, slot)
         await self._startup_done.wait()
@@ -179,7 +178,7 @@ class Supervisor:
                 try:
                     ready = await self._supervise(slot, handle, greeting, reason)
                 finally:
-                    if handle.process.returncode is None:
+                    if handle.process.running:
                         handle.kill_group(signal.SIGKILL)
                         with anyio.CancelScope(shield=True):
                             await handle.process.wait()
@@ -241,26 +240,12 @@ class Supervisor:
         if self._startup_reports == self.config.size:
             self._startup_done.set()
 
-    async def _spawn(self, slot: Slot, reason: str) -> tuple[WorkerHandle, _Greeting] | None:
-        worker_id = slot.worker_id
-        started = time.monotonic_ns()
-        _reports.spawn_started(self.name, worker_id, reason)
-        token = secrets.token_hex(16)
-        greeting = _Greeting()
-        self._expected[token] = greeting
-        # The token travels through a pipe the worker inherits, never the environment or
-        # the command line, which other processes of the user can read.
-        token_reader, token_writer = os.pipe()
-        os.write(token_writer, token.encode())
-        os.close(token_writer)
-        env = {
-            **os.environ,
-            **self.config.env,
+    def _settings(self, worker_id: str) -> dict[str, str]:
+        """What every worker is told at start, wherever it runs (the launcher adds how it
+        reaches the pool)."""
+        return {
             "PYTHONUNBUFFERED": "1",
-            "PYPIT_WORKER_SOCKET": self.socket_path,
-            "PYPIT_WORKER_TOKEN_FD": str(token_reader),
             "PYPIT_WORKER_ADAPTER": self.config.adapter,
-            "PYPIT_WORKER_PARENT_PID": str(os.getpid()),
             "PYPIT_WORKER_MAX_CONCURRENCY": str(self.config.max_concurrency),
             "PYPIT_WORKER_MAX_FRAME_SIZE": str(self.config.max_frame_size),
             "PYPIT_WORKER_SYS_PATH": json.dumps([p for p in sys.path if p]),
@@ -269,26 +254,29 @@ class Supervisor:
             "PYPIT_WORKER_BUFFER_SIZE": str(self.config.telemetry_buffer_size),
             "PYPIT_WORKER_MAX_VM_BYTES": str(self.config.max_vm_bytes or ""),
         }
+
+    async def _spawn(self, slot: Slot, reason: str) -> tuple[WorkerHandle, _Greeting] | None:
+        assert self.launcher is not None
+        worker_id = slot.worker_id
+        started = time.monotonic_ns()
+        _reports.spawn_started(self.name, worker_id, reason)
+        token = secrets.token_hex(16)
+        greeting = _Greeting()
+        self._expected[token] = greeting
         try:
-            # Shielded: a cancellation here could leave a started process with
-            # nobody holding it; past this point the slot always reaps it.
-            with anyio.CancelScope(shield=True):
-                process = await anyio.open_process(
-                    [self.config.python, "-m", "pypit.worker"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=env,
-                    start_new_session=True,
-                    pass_fds=(token_reader,),
-                )
-        except OSError as exc:
-            os.close(token_reader)
+            process = await self.launcher.launch(
+                slot.index, worker_id, token, self._settings(worker_id)
+            )
+        except LaunchError as exc:
             del self._expected[token]
-            slot.failure = f"exec_failed: {exc}"
-            _reports.exec_failed(self.log, self.name, worker_id, started, slot.failure)
+            slot.failure = f"{exc.reason}: {exc}"
+            _reports.launch_failed(
+                self.log, self.name, worker_id, started, exc.reason, slot.failure
+            )
             return None
-        os.close(token_reader)
+        except BaseException:
+            del self._expected[token]
+            raise
         greeting.pid = process.pid
         handle = WorkerHandle(
             pool_name=self.name,
@@ -423,7 +411,7 @@ class Supervisor:
 
     async def _bound_drain(self, handle: WorkerHandle) -> None:
         await anyio.sleep(self.config.shutdown_timeout)
-        if not handle.closing and handle.process.returncode is None:
+        if not handle.closing and handle.process.running:
             handle.request_stop()
 
     async def recycle_worker(self, worker_id: str) -> None:
@@ -514,11 +502,7 @@ class Supervisor:
     async def _run_ready(self, handle: WorkerHandle) -> None:
         """Wait while the worker serves; give a broken channel a chance to come back."""
         while True:
-            while (
-                handle.lost_reason is None
-                and handle.process.returncode is None
-                and not handle.closing
-            ):
+            while handle.lost_reason is None and handle.process.running and not handle.closing:
                 await handle.changed.wait()
                 handle.changed = anyio.Event()
             if handle.lost_reason == "protocol_error":
@@ -540,17 +524,17 @@ class Supervisor:
             # A dead worker's channel closes a moment before its exit shows.
             with anyio.move_on_after(_EXIT_GRACE):
                 await handle.process.wait()
-            if handle.process.returncode is not None:
+            if not handle.process.running:
                 return False
             with anyio.move_on_after(window):
-                while handle.lost_reason is not None and handle.process.returncode is None:
+                while handle.lost_reason is not None and handle.process.running:
                     await handle.changed.wait()
                     handle.changed = anyio.Event()
         finally:
             self._reconnecting.pop(handle.token, None)
         if handle.lost_reason is None:
             return True
-        if handle.process.returncode is None:
+        if handle.process.running:
             handle.kill("connection_lost")
         return False
 

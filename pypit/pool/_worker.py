@@ -11,13 +11,11 @@ frame ends the worker, never the pool.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from typing import Final
 
 import anyio
@@ -37,9 +35,9 @@ from pypit._errors import (
     WorkerCrashedError,
 )
 from pypit._log import _Logger, get_logger
-from pypit._proctree import kill_tree
 from pypit.pool._channel import Connection
 from pypit.pool._events import CONNECTION_ESTABLISHED, CONNECTION_LOST, emit, listened
+from pypit.pool._launch import WorkerProcess
 from pypit.pool._request import Request
 
 _MAX_LOG_LINE: Final = 65_536
@@ -94,11 +92,11 @@ def error_from_reply(reply: _wire.Error, command: str) -> PypitError:
 
 @attrs.define(eq=False)
 class WorkerHandle:
-    """The parent's side of one worker process."""
+    """The parent's side of one worker process, wherever it runs."""
 
     pool_name: str
     worker_id: str
-    process: anyio.abc.Process
+    process: WorkerProcess
     max_frame_size: int
     on_release: Callable[
         [WorkerHandle, Request, _wire.Result | _wire.Error | _wire.End | None], None
@@ -189,7 +187,7 @@ class WorkerHandle:
         """Kill the worker once a cancelled call is still unanswered ``cancel_grace``
         after the cancel. One task per worker, however many calls are cancelled: their
         deadlines come in the order of the cancels, and an answer forgets its own."""
-        while self.process.returncode is None:
+        while self.process.running:
             if not self.cancelling:
                 self._cancel_wake = anyio.Event()
                 await self._cancel_wake.wait()
@@ -338,7 +336,7 @@ class WorkerHandle:
             fields["logger"] = record.logger
         self.log.log(record.level, record.message, **fields)
 
-    async def drain_output(self, stream: anyio.abc.ByteReceiveStream | None, name: str) -> None:
+    async def drain_output(self, stream: AsyncIterable[bytes] | None, name: str) -> None:
         """Log each line that reaches the worker's ``name`` pipe (stdout or stderr)."""
         if stream is None:
             return
@@ -406,17 +404,9 @@ class WorkerHandle:
     # -- stopping --------------------------------------------------------------
 
     def kill_group(self, sig: int) -> None:
-        """Send ``sig`` to the worker's process group (the worker and its children).
-
-        SIGKILL also goes to every process below the worker that left the group
-        (``setsid()``), stopped first so that none slips away: the worker is their
-        subreaper, so they are below it until it dies, and nobody could find them
-        after. Only while the worker is not reaped: then its pid is still its own.
-        """
-        if sig == signal.SIGKILL and self.process.returncode is None:
-            kill_tree(self.pid, root_too=True)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
+        """Send ``sig`` to the worker and everything it started (see
+        :meth:`~pypit.pool._launch.WorkerProcess.signal_group`)."""
+        self.process.signal_group(sig)
 
     async def reap(self, grace: float) -> int | None:
         """Wait for the process to exit, escalating to SIGTERM and SIGKILL; its return code.
@@ -451,11 +441,9 @@ class WorkerHandle:
             self.changed.set()
 
     def measure_rss(self) -> int:
-        """The worker process's resident memory in bytes (0 if it cannot be read)."""
-        import psutil
-
-        with contextlib.suppress(psutil.Error, OSError):
-            self.rss_bytes = int(psutil.Process(self.pid).memory_info().rss)
+        """The worker process's resident memory in bytes (the last known if it cannot be
+        read now)."""
+        self.rss_bytes = self.process.rss() or self.rss_bytes
         return self.rss_bytes
 
     def resume(self, connection: Connection, running: list[int], configure: bytes) -> None:
@@ -548,6 +536,10 @@ def crash_error(
     signum = -returncode if returncode is not None and returncode < 0 else None
     if handle.lost_reason == "protocol_error":
         how = "broke the protocol and was stopped"
+    elif handle.lost_reason == "connection_lost":
+        how = "stopped answering (its node is unreachable) and was given up"
+    elif returncode is None:
+        how = "ended without an exit status (its Ray actor died)"
     else:
         how = describe_exit(returncode)
     message = f"worker {handle.worker_id} (pid {handle.pid}) {how} with the call in flight"

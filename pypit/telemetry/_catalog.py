@@ -207,13 +207,16 @@ CATALOG: Final[tuple[EventSpec, ...]] = (
         (*_POOL, "worker", "spawned"),
         _m(("duration", NANOSECONDS), ("system_time", EPOCH)),
         _k("node", "pool_name", "worker_id", "worker_pid", "python_pid", "mode"),
-        'the worker finished its handshake and takes work; `mode` is `"process"`',
+        'the worker finished its handshake and takes work; `mode` is `"process"`, or '
+        '`"ray_actor"` for a worker on Ray',
     ),
     EventSpec(
         (*_POOL, "worker", "spawn_failed"),
         _m(("duration", NANOSECONDS), ("system_time", EPOCH)),
         _k("pool_name", "worker_id", "reason", "exit_code", nullable=("exit_code",)),
-        "the start or handshake failed",
+        "the start or handshake failed; `reason` is `exec_failed`, `import_failed`, "
+        "`setup_failed`, `handshake_timeout`, `exited`, and on Ray `not_placed` (no node had "
+        "the worker's resources free within `startup_timeout`) or `actor_failed`",
     ),
     EventSpec(
         (*_POOL, "worker", "terminated"),
@@ -228,7 +231,9 @@ CATALOG: Final[tuple[EventSpec, ...]] = (
             "exit_code",
             nullable=("exit_code",),
         ),
-        "a worker process is gone, for any reason; `planned` is true for shutdown and recycling",
+        "a worker process is gone, for any reason; `planned` is true for shutdown and "
+        "recycling; `reason` `connection_lost`: a Ray node stopped answering past "
+        "`reconnect_window`",
     ),
     EventSpec(
         (*_POOL, "worker", "restarted"),
@@ -570,6 +575,14 @@ def render_markdown() -> str:
         '`str(metadata["reason"])`. `error_type` is the exception\'s class name; in',
         "`python.call.exception` it is qualified by its module (`myapp.errors.Invalid`; bare",
         "for builtins).",
+        "",
+        "Workers on Ray (`ray=RayWorkers(...)`, see [scaling](scaling.md)) emit the same",
+        "events with the same keys. There `node` is the id of the Ray node the worker runs",
+        "on (the pool's host name elsewhere), `worker_pid`, `python_pid`, `previous_pid` and",
+        "`new_pid` are pids on that node, and `exit_code` is `None` where Ray has no exit",
+        "status: a worker whose actor died (`ray.kill`, its node lost) ends with `reason`",
+        "`killed` and `exit_code` `None`; a worker that exits or is killed on its node has its",
+        "real status, which its actor reports.",
     ]
     sections = (
         ("Pool", ("pypit", "pool")),

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 
 from pypit import telemetry
@@ -103,3 +107,34 @@ async def opened_at_exit(gate: Path) -> AsyncIterator[None]:
         yield
     finally:
         gate.touch()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for every Ray test of the session (2 CPUs, no dashboard, its files in
+    a temporary directory), stopped at the end; then every process it started must be gone,
+    its agents included."""
+    import ray
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    # Short: Ray's Unix sockets live in it, and a socket's path has a length limit.
+    directory = tempfile.mkdtemp(prefix="pypit-ray-")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=directory,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        yield
+    finally:
+        started = [p for p in me.children(recursive=True) if p.pid not in before]
+        ray.shutdown()
+        _, alive = psutil.wait_procs(started, timeout=10.0)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+        assert not alive, f"Ray processes left after shutdown: {[p.pid for p in alive]}"

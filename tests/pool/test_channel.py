@@ -18,11 +18,19 @@ import pytest
 import structlog
 
 from pypit import WorkerCrashedError, _wire, telemetry
-from pypit.pool import open_pool
+from pypit.pool import Pool, open_pool
 from pypit.pool._channel import MAX_PENDING_GREETINGS
+from pypit.pool._launch import LocalLauncher
 from pypit.pool._request import Request
 from tests.pool.conftest import adapter, assert_catalog_shape, options, wait_until
 from tests.pool.test_hostile import _Signal, handle
+
+
+def socket_path(pool: Pool) -> str:
+    """The pool's socket, where its workers connect."""
+    assert isinstance(pool._launcher, LocalLauncher)
+    return pool._launcher.socket_path
+
 
 pytestmark = pytest.mark.anyio
 
@@ -113,7 +121,7 @@ async def test_the_socket_is_private_and_strangers_are_refused() -> None:
     worker's token is refused and the pool serves on."""
     with structlog.testing.capture_logs() as logs:
         async with open_pool(adapter(), **options()) as pool:
-            path = pool._socket_path
+            path = socket_path(pool)
             directory = os.path.dirname(path)
             assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -167,7 +175,7 @@ async def test_a_process_with_the_token_cannot_take_the_workers_place() -> None:
             await pool.execute("drop_channel", {"after": 0.1, "reconnect_after": 1.0})
             await wait_until(lambda: not pool.workers(), "the channel to break")
             impostor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            impostor.connect(pool._socket_path)
+            impostor.connect(socket_path(pool))
             impostor.sendall(_wire.encode(_wire.Hello(token, pid)))
             impostor.settimeout(5)
             assert await anyio.to_thread.run_sync(closed_by_the_pool, impostor)
@@ -198,7 +206,7 @@ async def test_an_unauthenticated_peer_costs_a_few_bytes_and_a_second() -> None:
 
             def stranger() -> socket.socket:
                 sock = sockets.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
-                sock.connect(pool._socket_path)
+                sock.connect(socket_path(pool))
                 sock.settimeout(10)
                 return sock
 

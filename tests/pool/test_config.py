@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 import socket
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 
 from pypit import telemetry
 from pypit._checks import MAX_SECONDS
-from pypit.pool import PoolConfig, open_pool, start_pool
+from pypit.pool import PoolConfig, RayWorkers, open_pool, start_pool
 from pypit.pool._config import make_config
 from tests.pool.conftest import adapter, options
 
@@ -67,7 +69,55 @@ BAD_OPTIONS = [
     ({"size": 10**12}, ValueError, "size must be an int from 1 to 4096"),
     ({"stream_window": 2**70}, ValueError, "stream_window must be an int from 1 to"),
     ({"max_vm_bytes": 2**63}, ValueError, "max_vm_bytes must be an int from 1 to"),
+    ({"ray": {"num_cpus": 1}}, TypeError, "ray must be a pypit.pool.RayWorkers or None, not {"),
+    ({"ray": "auto"}, TypeError, "ray must be a pypit.pool.RayWorkers or None, not 'auto'"),
 ]
+
+BAD_RAY_SETTINGS = [
+    ({"num_cpus": -1}, ValueError, "num_cpus must be a finite number >= 0, not -1"),
+    ({"num_gpus": "1"}, TypeError, "num_gpus must be a number >= 0, not '1'"),
+    ({"num_cpus": math.inf}, ValueError, "num_cpus must be a finite number >= 0, not inf"),
+    ({"resources": ["tpu"]}, TypeError, "resources must be a mapping of str to a number"),
+    ({"resources": {"GPU": 1}}, ValueError, "resources must name custom resources"),
+    ({"resources": {"tpu": True}}, TypeError, "resources['tpu'] must be a number >= 0"),
+    ({"resources": {"tpu": math.nan}}, ValueError, "resources['tpu'] must be a finite number"),
+    ({"runtime_env": "env"}, TypeError, "runtime_env must be a mapping (Ray's runtime_env)"),
+    ({"strategy": "strict_spread"}, ValueError, "strategy must be 'pack' or 'spread'"),
+    ({"address": ""}, ValueError, "address must be a Ray address"),
+    ({"address": 6379}, TypeError, "address must be a str, not 6379"),
+    ({"num_cpus": 0}, ValueError, "a Ray worker must reserve something"),
+]
+
+
+@pytest.mark.parametrize(("settings", "kind", "message"), BAD_RAY_SETTINGS)
+def test_a_bad_ray_setting_names_itself_its_value_and_what_it_takes(
+    settings: dict[str, Any], kind: type[Exception], message: str
+) -> None:
+    """Ray's settings are checked like the pool's options, in one line, without Ray."""
+    with pytest.raises(kind) as info:
+        RayWorkers(**settings)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_ray_is_imported_only_by_a_pool_that_runs_on_it() -> None:
+    """Ray is optional and heavy: importing pypit and checking a pool's options, Ray's
+    included, leave it unimported."""
+    code = (
+        "import sys, pypit, pypit.pool, pypit.worker, pypit.telemetry\n"
+        "from pypit.pool._config import make_config\n"
+        "from pypit.pool import RayWorkers\n"
+        "make_config('m:C', 2, 'p', {'ray': RayWorkers(num_gpus=0.5, resources={'a': 1})})\n"
+        "assert 'ray' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_ray_bundle_holds_what_each_worker_reserves() -> None:
+    """Each slot's placement group bundle: the amounts above 0, by Ray's resource names."""
+    assert RayWorkers().bundle() == {"CPU": 1.0}
+    placement = RayWorkers(num_cpus=0, num_gpus=0.5, resources={"tpu": 2, "unused": 0})
+    assert placement.bundle() == {"GPU": 0.5, "tpu": 2.0}
 
 
 @pytest.mark.parametrize(("settings", "kind", "message"), BAD_OPTIONS)

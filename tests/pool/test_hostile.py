@@ -25,6 +25,7 @@ from tests.pool.conftest import adapter, opened_at_exit, options, wait_until
 class _FakeProcess:
     pid = 4242
     returncode = None
+    running = True
 
 
 def handle() -> WorkerHandle:

@@ -1,0 +1,200 @@
+"""The pool's contract with its workers on Ray, on asyncio and trio: one local Ray for the
+session (see ``ray_session``), each worker an actor running the ordinary worker process."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import ray
+
+from pypit import ToolError, WorkerCrashedError, WorkerStartError, WorkerTimeoutError, telemetry
+from pypit.pool import Pool, RayWorkers, open_pool
+from pypit.pool._ray import RayProcess
+from tests.pool.conftest import adapter, assert_catalog_shape, opened_at_exit, options, wait_until
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ray_session")]
+
+POOL = ("pypit", "pool")
+RPC = ("pypit", "rpc")
+PYTHON = ("pypit", "python")
+
+
+def on_ray(**overrides: Any) -> dict[str, Any]:
+    """The tests' small pools, their workers on Ray at the default placement."""
+    return options(ray=RayWorkers(), **overrides)
+
+
+def ray_process(pool: Pool, worker_id: str | None = None) -> RayProcess:
+    """The Ray side of a worker of ``pool`` (its only one, or ``worker_id``)."""
+    handles = [
+        h for h in pool._supervisor.handles() if h is not None and worker_id in (None, h.worker_id)
+    ]
+    assert len(handles) == 1
+    process = handles[0].process
+    assert isinstance(process, RayProcess)
+    return process
+
+
+async def test_calls_streams_errors_and_events_as_with_local_workers() -> None:
+    """Calls, streams and tool errors come back as from a local worker, with the catalog's
+    events (exact keys), worker telemetry and the worker's output; ``node`` is the Ray
+    node, ``mode`` is ``ray_actor``, and the worker runs on its node with its own pid."""
+    names = [spec.name for spec in telemetry.CATALOG if spec.name[0] == "pypit"]
+    names.append((*PYTHON, "inference", "stop"))
+    instrumented = on_ray(name="rayev", telemetry_allow=["inference.*"])
+    with telemetry.capture(*names) as seen:
+        async with open_pool(adapter("Instrumented"), **instrumented) as pool:
+            (pid,) = pool.workers().values()
+            assert await pool.execute("pid") == pid
+            assert pid != os.getpid()
+            assert await pool.execute("inference") == "done"
+            with pytest.raises(ToolError) as raised:
+                await pool.execute("inference", {"fail": True})
+            assert raised.value.remote_type.endswith("ValueError")
+            node = ray_process(pool).node
+    async with open_pool(adapter(), **on_ray()) as pool:
+        assert await pool.execute("echo", {"a": [1, 2.5, "x"]}) == {"a": [1, 2.5, "x"]}
+        async with pool.stream("count", {"n": 5}) as chunks:
+            assert [chunk async for chunk in chunks] == [1, 2, 3, 4, 5]
+        async with pool.stream("async_count", {"n": 3}) as chunks:
+            assert [chunk async for chunk in chunks] == [1, 2, 3]
+
+    for event in seen:
+        if event.event[1] != "python":
+            assert_catalog_shape(event)
+    assert node == ray.get_runtime_context().get_node_id()
+    spawned = seen.named(*POOL, "worker", "spawned")[0]
+    assert spawned.metadata["mode"] == "ray_actor"
+    assert spawned.metadata["node"] == node
+    assert spawned.metadata["worker_pid"] == pid
+    terminated = seen.named(*POOL, "worker", "terminated")[0]
+    assert terminated.metadata["node"] == node
+    assert (terminated.metadata["reason"], terminated.metadata["exit_code"]) == ("shutdown", 0)
+    assert len(seen.named(*RPC, "call", "exception")) == 1
+    # The worker's own events, re-emitted in the parent with the worker's pid on its node.
+    inference = seen.named(*PYTHON, "inference", "stop")
+    assert inference
+    assert {e.metadata["python_pid"] for e in inference} == {pid}
+    assert {e.metadata["worker_id"] for e in inference} == {"rayev_worker_1"}
+
+
+async def test_deadlines_cancel_async_tools_and_replace_workers_that_do_not_stop() -> None:
+    """Past its deadline an async tool is cancelled in its worker, which serves on; a sync
+    tool that does not return within ``cancel_grace`` gets its worker killed and
+    replaced."""
+    async with open_pool(adapter(), **on_ray(cancel_grace=0.5)) as pool:
+        (pid,) = pool.workers().values()
+        with pytest.raises(WorkerTimeoutError):
+            await pool.execute("async_sleep", {"seconds": 30}, timeout=0.5)
+        assert await pool.execute("pid") == pid
+        with pytest.raises(WorkerTimeoutError):
+            await pool.execute("sleep", {"seconds": 30}, timeout=0.5)
+        await wait_until(lambda: pid not in pool.workers().values(), "the replacement")
+        assert await pool.execute("identity", 7) == 7
+        assert pool.status().timeouts == 2
+
+
+async def test_a_worker_killed_on_its_node_fails_its_calls_and_is_replaced(tmp_path: Path) -> None:
+    """SIGKILL to the worker's pid on its node: the call in flight fails with
+    ``WorkerCrashedError`` (the signal, as the actor saw the exit), ``terminated`` says
+    ``killed`` with the exit status, and a new worker takes the slot."""
+    gate = tmp_path / "gate"
+    with telemetry.capture((*POOL, "worker", "terminated"), (*POOL, "worker", "restarted")) as seen:
+        async with open_pool(adapter(), **on_ray()) as pool:
+            (pid,) = pool.workers().values()
+            async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+
+                async def doomed() -> None:
+                    with pytest.raises(WorkerCrashedError) as crashed:
+                        await pool.execute("hold", {"gate": str(gate)})
+                    assert crashed.value.signal == signal.SIGKILL
+
+                tasks.start_soon(doomed)
+                await wait_until(lambda: pool.status().in_flight == 1, "the call to start")
+                os.kill(pid, signal.SIGKILL)
+            await seen.wait((*POOL, "worker", "restarted"))
+            assert await pool.execute("identity", 1) == 1
+            assert pid not in pool.workers().values()
+
+    killed = seen.named(*POOL, "worker", "terminated")[0]
+    assert killed.metadata["reason"] == "killed"
+    assert killed.metadata["exit_code"] == -signal.SIGKILL
+    (restarted,) = seen.named(*POOL, "worker", "restarted")
+    assert restarted.metadata["previous_pid"] == pid
+
+
+async def test_a_killed_actor_takes_its_worker_along_and_is_replaced(tmp_path: Path) -> None:
+    """``ray.kill`` of a worker's actor: the worker dies with it (its guard watches the
+    actor's process), the call in flight fails with ``WorkerCrashedError``, ``terminated``
+    says ``killed`` with no exit status (Ray has none), and the slot is filled again."""
+    gate = tmp_path / "gate"
+    with telemetry.capture((*POOL, "worker", "terminated"), (*POOL, "worker", "restarted")) as seen:
+        async with open_pool(adapter(), **on_ray()) as pool:
+            (pid,) = pool.workers().values()
+            async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+
+                async def doomed() -> None:
+                    with pytest.raises(WorkerCrashedError, match="Ray actor died"):
+                        await pool.execute("hold", {"gate": str(gate)})
+
+                tasks.start_soon(doomed)
+                await wait_until(lambda: pool.status().in_flight == 1, "the call to start")
+                ray.kill(ray_process(pool)._actor, no_restart=True)
+            await seen.wait((*POOL, "worker", "restarted"))
+            assert await pool.execute("identity", 2) == 2
+            await wait_until(lambda: not _alive(pid), "the worker to die with its actor")
+
+    killed = seen.named(*POOL, "worker", "terminated")[0]
+    assert_catalog_shape(killed)
+    assert (killed.metadata["reason"], killed.metadata["exit_code"]) == ("killed", None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_recycling_and_affinity_work_through_the_actors() -> None:
+    """``max_requests`` recycles a worker (a new actor, a new pid); a session stays on the
+    worker that served it."""
+    with telemetry.capture((*POOL, "worker", "recycled")) as seen:
+        async with open_pool(adapter(), **on_ray(size=2, max_requests=3)) as pool:
+            first = await pool.execute("session_state", {"keep": "a"}, session_id="s")
+            second = await pool.execute("session_state", session_id="s")
+            assert second == ["s", "a", first[2]]
+            await pool.execute("identity", 0, session_id="s")
+            await seen.wait((*POOL, "worker", "recycled"))
+            await wait_until(lambda: first[2] not in pool.workers().values(), "the recycling")
+            await wait_until(lambda: pool.status().available_workers == 2, "the replacement")
+            assert await pool.execute("identity", 3) == 3
+    assert seen.named(*POOL, "worker", "recycled")[0].metadata["reason"] == "max_requests"
+
+
+async def test_a_worker_that_cannot_be_placed_fails_its_start_saying_so() -> None:
+    """No node has a GPU: the actor is never placed, and after ``startup_timeout`` (short
+    here, to keep the test quick) the start fails with ``spawn_failed`` reason
+    ``not_placed`` and an error that says it was never placed."""
+    placement = RayWorkers(num_gpus=1)
+    with telemetry.capture((*POOL, "worker", "spawn_failed")) as seen:
+        with pytest.raises(WorkerStartError, match="never placed"):
+            async with open_pool(adapter(), **options(ray=placement, startup_timeout=1)):
+                pass
+    failed = seen.named(*POOL, "worker", "spawn_failed")[0]
+    assert_catalog_shape(failed)
+    assert (failed.metadata["reason"], failed.metadata["exit_code"]) == ("not_placed", None)
+
+
+async def test_an_adapter_that_fails_to_import_fails_the_start_with_its_error() -> None:
+    """The worker's own start failure travels back through the actor: ``import_failed``,
+    with the worker's error."""
+    with pytest.raises(WorkerStartError, match="import_failed"):
+        async with open_pool("tests.no_such_module:Nothing", **on_ray()):
+            pass
