@@ -22,7 +22,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -45,6 +45,7 @@ from pypit.pool import _events
 from pypit.pool._channel import Server, signal_factory
 from pypit.pool._config import AFFINITIES, Affinity, PoolConfig, check_timeout, make_config
 from pypit.pool._control import Control
+from pypit.pool._map import Map, Progress
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Limits, Scheduler, SessionInfo
 from pypit.pool._stream import Stream
@@ -99,7 +100,7 @@ _correlation_prefix = secrets.token_hex(6)
 _correlation_counter = itertools.count(1)
 
 
-def _new_correlation_id() -> str:
+def new_correlation_id() -> str:
     return f"{_correlation_prefix}-{next(_correlation_counter):x}"
 
 
@@ -132,6 +133,7 @@ class Pool:
         self._directory = ""
         self._socket_path = ""
         self._signal: Callable[[], Any] = anyio.Event
+        self._tasks: PoolTasks | None = None
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -192,6 +194,10 @@ class Pool:
 
     async def _call(self, request: Request, affinity: str | None, avoid: str | None) -> Any:
         self._submit(request, affinity or self.config.affinity, avoid)
+        return await self._answer(request)
+
+    async def _answer(self, request: Request) -> Any:
+        """Wait for the answer of a submitted call, within its deadlines; its value."""
         try:
             await self._wait(request)
         except BaseException as exc:
@@ -283,6 +289,60 @@ class Pool:
             timeout=timeout,
         )
 
+    def map(
+        self,
+        command: str,
+        inputs: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        correlation_id: str | None = None,
+        return_exceptions: bool = False,
+        progress: Progress = None,
+    ) -> Map:
+        """Run ``command`` once per input, as :class:`~pypit.pool.Map` of the results in
+        the order of the inputs::
+
+            async with pool.map("predict", ({"x": x} for x in range(1000))) as results:
+                async for result in results:
+                    ...
+
+        Each input is what ``execute`` takes as ``args``. The iterable is pulled lazily:
+        at most ``buffersize`` frames (default: twice the pool's worker slots) are out at
+        once, each of ``chunksize`` inputs (default: chosen from the command's learned
+        cost: one for slow commands). ``timeout`` is per input: a frame of n inputs has
+        n times ``timeout`` from the moment it is sent to a worker. The first error is raised
+        in input order, and the map stops; ``return_exceptions=True`` yields errors as
+        results instead. ``progress`` is a callable ``(done, total)``, ``"tqdm"`` or
+        ``"rich"``. Leaving the block cancels what is in flight (docs/calls.md).
+        """
+        return Map(self, command, inputs, ordered=True, chunksize=chunksize,
+                   buffersize=buffersize, timeout=timeout, session_id=session_id,
+                   correlation_id=correlation_id, return_exceptions=return_exceptions,
+                   progress=progress)  # fmt: skip
+
+    def map_unordered(
+        self,
+        command: str,
+        inputs: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        correlation_id: str | None = None,
+        return_exceptions: bool = False,
+        progress: Progress = None,
+    ) -> Map:
+        """:meth:`map`, with the results as they arrive (those of one frame in input
+        order); the first error to arrive is raised."""
+        return Map(self, command, inputs, ordered=False, chunksize=chunksize,
+                   buffersize=buffersize, timeout=timeout, session_id=session_id,
+                   correlation_id=correlation_id, return_exceptions=return_exceptions,
+                   progress=progress)  # fmt: skip
+
     def status(self) -> PoolStatus:
         """A snapshot of the queue, the workers and the counters."""
         ready = [w for w in self._scheduler.workers if w is not None and w.accepting]
@@ -365,15 +425,18 @@ class Pool:
         correlation_id: str | None,
         *,
         stream: bool,
+        batch: bool = False,
+        stop_on_error: bool = False,
     ) -> Request:
-        """Check and encode a call; nothing is sent or queued yet."""
+        """Check and encode a call (with ``batch``, a frame of a map: ``args`` is its list
+        of inputs); nothing is sent or queued yet."""
         self._check(command, stream=stream)
         timeout = check_timeout(timeout, optional=True)
         for name, value in (("session_id", session_id), ("correlation_id", correlation_id)):
             if value is not None and type(value) is not str:
                 raise TypeError(f"{name} must be a str or None, not {value!r}")
         request_id = next(_request_ids)
-        correlation_id = correlation_id or correlation_id_var.get() or _new_correlation_id()
+        correlation_id = correlation_id or correlation_id_var.get() or new_correlation_id()
         if type(correlation_id) is not str:
             raise TypeError(
                 f"the current correlation id must be a str, not {correlation_id!r} "
@@ -381,6 +444,9 @@ class Pool:
             )
         message = _wire.Call(request_id, command, args, correlation_id, timeout, stream)
         message.session_id = session_id
+        if batch:
+            message.batch = True
+            message.stop_on_error = stop_on_error
         if stream:
             message.window = self.config.stream_window
         frame = _wire.encode(message, self.config.max_frame_size)
@@ -393,6 +459,8 @@ class Pool:
         request.session_id = session_id
         request.frame = frame
         request.window = message.window
+        if batch:
+            request.inputs = len(args)
         if timeout is not None:
             request.deadline = request.queue_deadline = anyio.current_time() + timeout
         return request
@@ -473,6 +541,7 @@ class Pool:
 
     async def _open(self, tasks: PoolTasks) -> None:
         started = time.monotonic_ns()
+        self._tasks = tasks
         self._signal = signal_factory()
         self._directory = tempfile.mkdtemp(prefix="pypit-")
         self._socket_path = os.path.join(self._directory, "pool.sock")

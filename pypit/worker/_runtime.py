@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pypit import _wire
 from pypit._errors import FrameTooLargeError, ProtocolError, SerializationError
 from pypit._shared import MAX_STRING_LENGTH, correlation_id_var
-from pypit.worker import _guard, _logging, _telemetry
+from pypit.worker import _batch, _guard, _logging, _telemetry
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter, session_id_var
 from pypit.worker._telemetry import (
     EventBuffer,
@@ -351,6 +351,8 @@ class Runtime:
         try:
             return _wire.encode(message, self._max_frame_size)
         except (FrameTooLargeError, SerializationError) as exc:
+            if isinstance(message, _wire.Results) and isinstance(exc, SerializationError):
+                return self._encode_reply(_batch.without_unsendable(message))
             return _wire.encode(_unsent(getattr(message, "id", 0), exc))
 
     def _encode_chunk(self, call_id: int, seq: int, value: Any) -> bytes:
@@ -730,12 +732,14 @@ class Runtime:
         session = session_id_var.set(call.session_id)
         started = self._call_started(call)
         try:
-            positional, keywords = self._arguments(call.args)
-            if spec.is_stream:
-                reply: _wire._Message = self._stream(
-                    call, spec.function(*positional, **keywords), running
-                )
+            if call.batch:
+                batch = _batch.run(call, spec.function, running, _describe)
+                reply: _wire._Message = batch or self._cancelled(call, started)
+            elif spec.is_stream:
+                positional, keywords = self._arguments(call.args)
+                reply = self._stream(call, spec.function(*positional, **keywords), running)
             else:
+                positional, keywords = self._arguments(call.args)
                 reply = _wire.Result(call.id, spec.function(*positional, **keywords))
         except _Cancelled:
             reply = self._cancelled(call, started)
@@ -800,8 +804,11 @@ class Runtime:
         started = self._call_started(call)
         try:
             positional, keywords = self._arguments(call.args)
-            if spec.is_stream:
-                reply: _wire._Message = await self._stream_async(
+            if call.batch:
+                batch = await _batch.run_async(call, spec.function, running, _describe)
+                reply: _wire._Message = batch or self._cancelled(call, started)
+            elif spec.is_stream:
+                reply = await self._stream_async(
                     call, spec.function(*positional, **keywords), running
                 )
             else:
@@ -954,7 +961,9 @@ class Runtime:
 def _waited(reply: _wire._Message, running: _Running) -> _wire._Message:
     """The call's final answer, with the time it waited in this worker before it started
     and the time it ran."""
-    if running.started and isinstance(reply, _wire.Result | _wire.Error | _wire.End):
+    if running.started and isinstance(
+        reply, _wire.Result | _wire.Results | _wire.Error | _wire.End
+    ):
         reply.waited = running.started - running.received
         reply.took = time.monotonic_ns() - running.started
     return reply

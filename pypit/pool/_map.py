@@ -1,0 +1,634 @@
+"""``pool.map`` and ``pool.map_unordered``: one tool over many inputs, as results.
+
+A map sends its inputs in *frames*: one call carries a chunk of inputs, the worker runs the
+tool once per input and answers with one result per input (``_wire.Results``), each a
+value or that input's error. A frame is a call like any other for the queue, the
+scheduler, deadlines, cancellation and the ``rpc.call`` events; its request counts its
+inputs, so that what a command costs is learned per input and a frame is prefetched only
+while the whole frame is quick.
+
+The inputs are pulled lazily: at most ``buffersize`` frames are out at once, counted from
+the moment a frame is sent until the consumer has taken its last result. So a map holds at
+most ``buffersize`` frames of inputs and results, however long its iterable, and a consumer
+that stops reading stops the map instead of filling memory.
+
+A frame waits for its answer in a task of the pool's (the task group of ``open_pool``), in
+a cancel scope of its own; the map itself is iterated by its consumer. Leaving the map's
+block cancels the frames in flight: a frame that waits is dropped and never runs, a
+running one stops after the input that runs (the worker looks between inputs), and the
+block waits a round trip for the workers to confirm.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sized
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
+
+import anyio
+import anyio.lowlevel
+
+from pypit import _wire
+from pypit._errors import (
+    FrameTooLargeError,
+    PoolClosedError,
+    PoolSaturatedError,
+    SerializationError,
+    ToolError,
+    ToolKindError,
+    UnknownCommandError,
+)
+from pypit._shared import correlation_id_var
+from pypit.pool._channel import signal_factory
+from pypit.pool._config import check_timeout
+from pypit.pool._request import Request
+
+if TYPE_CHECKING:
+    from pypit.pool._pool import Pool
+
+Progress = Callable[[int, int | None], object] | Literal["tqdm", "rich"] | None
+"""What ``progress`` takes: a callable ``(done, total)``, ``"tqdm"``, ``"rich"`` or None."""
+
+# How long leaving a map's block waits for the workers to confirm that its frames stopped:
+# a round trip, unless a sync tool is inside an input (the worker then has cancel_grace).
+_CLOSE_GRACE: Final = 0.25
+_MAX_CHUNK: Final = 4096
+"""The largest chunk the map chooses by itself (a ``chunksize`` given may be larger)."""
+_DEFAULT_TARGET: Final = 500_000
+"""ns a chosen chunk aims at when every command is quick (``prefetch_below=0``)."""
+_ENTER_FIRST: Final = (
+    "iterate a map inside its block: `async with pool.map(...) as results: "
+    "async for result in results: ...`, so that leaving the loop early cancels it at once"
+)
+_ENTERED: Final = "a map is entered once: call pool.map(...) again for another"
+MAP_ENDED: Final = (
+    "this map is closed (its block ended, or aclose() was called): iterate a map inside "
+    "its block, or call pool.map(...) again"
+)
+
+
+def check_map(
+    pool: Pool,
+    command: str,
+    inputs: Any,
+    chunksize: Any,
+    buffersize: Any,
+    timeout: Any,
+    return_exceptions: Any,
+    progress: Any,
+) -> float | None:
+    """Refuse what a map cannot run, before anything is sent; the timeout, as a float."""
+    pool._check_open()
+    tool = pool._supervisor.tools.get(command)
+    if tool is None:
+        raise UnknownCommandError(command, tuple(sorted(pool._supervisor.tools)))
+    if tool.stream:
+        raise ToolKindError(
+            f"{command!r} is a stream (a generator tool): map runs tools that return; "
+            "use pool.stream() for each input instead"
+        )
+    if isinstance(inputs, str | bytes) or not isinstance(inputs, Iterable):
+        raise TypeError(f"inputs must be an iterable of inputs (not a str), not {inputs!r}")
+    for name, value in (("chunksize", chunksize), ("buffersize", buffersize)):
+        if value is not None and (type(value) is not int or value < 1):
+            kind = ValueError if type(value) is int else TypeError
+            raise kind(f"{name} must be an int >= 1 or None, not {value!r}")
+    if type(return_exceptions) is not bool:
+        raise TypeError(f"return_exceptions must be a bool, not {return_exceptions!r}")
+    if progress is not None and not callable(progress) and progress not in ("tqdm", "rich"):
+        raise TypeError(
+            f"progress must be a callable (done, total), 'tqdm', 'rich' or None, not {progress!r}"
+        )
+    if progress in ("tqdm", "rich"):
+        _import_display(progress)
+    return check_timeout(timeout, optional=True)
+
+
+class _Frame:
+    """Inputs ``start`` to ``start + count - 1``, sent as one call (``request``; None for
+    an input refused before it was sent, whose ``error`` is already known)."""
+
+    __slots__ = ("count", "error", "request", "scope", "settled", "start", "value")
+
+    def __init__(self, start: int, count: int, request: Request | None) -> None:
+        self.start = start
+        self.count = count
+        self.request = request
+        self.scope: anyio.CancelScope | None = None
+        self.settled = request is None
+        self.value: _wire.Results | None = None
+        self.error: BaseException | None = None
+
+
+class Map:
+    """The results of one tool over many inputs: an async context manager that is also
+    async-iterable. Get one from :meth:`Pool.map <pypit.pool.Pool.map>` (results in the
+    order of the inputs) or :meth:`Pool.map_unordered <pypit.pool.Pool.map_unordered>`
+    (as they finish)::
+
+        async with pool.map("predict", ({"x": x} for x in range(1000))) as results:
+            async for result in results:
+                ...
+
+    The map starts when its block starts. Leaving the block -- at the end, by ``break``,
+    by an exception or by cancellation -- stops it at once: frames that wait are dropped
+    and never run, running ones stop after their current input, and the block waits a
+    round trip (0.25 s at most) for the workers to confirm. Iterating without
+    ``async with`` raises ``TypeError`` before anything is sent, for the reason a
+    :class:`~pypit.pool.Stream` does: ``async for`` never tells its iterator that the
+    loop was left early.
+
+    Several tasks may iterate one map: each result goes to one of them.
+    """
+
+    __slots__ = (
+        "_buffersize",
+        "_chunksize",
+        "_closed",
+        "_command",
+        "_correlation_id",
+        "_display",
+        "_entered",
+        "_exhausted",
+        "_finished",
+        "_flying",
+        "_frames",
+        "_held",
+        "_input_error",
+        "_inputs",
+        "_loaded",
+        "_next_index",
+        "_ordered",
+        "_pool",
+        "_progress",
+        "_raise",
+        "_ready",
+        "_reported",
+        "_return_exceptions",
+        "_session_id",
+        "_signal",
+        "_stop_at",
+        "_target",
+        "_timeout",
+        "_waiters",
+        "done",
+        "total",
+    )
+
+    def __init__(
+        self,
+        pool: Pool,
+        command: str,
+        inputs: Iterable[Any],
+        *,
+        ordered: bool,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        correlation_id: str | None = None,
+        return_exceptions: bool = False,
+        progress: Progress = None,
+    ) -> None:
+        self._timeout = check_map(
+            pool, command, inputs, chunksize, buffersize, timeout, return_exceptions, progress
+        )
+        for name, value in (("session_id", session_id), ("correlation_id", correlation_id)):
+            if value is not None and type(value) is not str:
+                raise TypeError(f"{name} must be a str or None, not {value!r}")
+        config = pool.config
+        self._pool = pool
+        self._command = command
+        self._ordered = ordered
+        self._chunksize = chunksize
+        self._buffersize = buffersize or default_buffersize(config.size, config.max_concurrency)
+        below = int(config.prefetch_below * 1e9)
+        self._target = below // 2 if below else _DEFAULT_TARGET
+        self._session_id = session_id
+        self._correlation_id = correlation_id
+        self._return_exceptions = return_exceptions
+        self._progress = progress
+        self._display: _Display | None = None
+        self.total: int | None = len(inputs) if isinstance(inputs, Sized) else None
+        """How many inputs there are, if the iterable knows (``len()``); else None."""
+        self.done = 0
+        """Inputs whose results have arrived (taken or not)."""
+        self._reported = -1
+        self._inputs: Iterator[Any] = iter(inputs)
+        self._next_index = 0
+        self._exhausted = False
+        self._input_error: BaseException | None = None
+        self._frames: deque[_Frame] = deque()  # created and not loaded, in input order
+        self._finished: deque[_Frame] = deque()  # settled and not loaded, as they settled
+        self._flying: set[_Frame] = set()  # submitted, still waiting for their answers
+        self._held: deque[_Frame] = deque()  # made, not sent: the pool's queue was full
+        self._stop_at: int | None = None  # the input of the first error (default mode)
+        self._loaded = 0  # frames whose results went to _ready
+        self._ready: deque[Any] = deque()
+        self._raise: BaseException | None = None
+        self._entered = False
+        self._closed = False
+        self._signal: Callable[[], Any] = anyio.Event
+        self._waiters: list[Any] = []
+
+    # -- the block ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise TypeError(_ENTERED)
+        self._entered = True
+        self._signal = signal_factory()
+        if self._correlation_id is None:
+            from pypit.pool._pool import new_correlation_id
+
+            # One correlation id for the whole map: the caller's, or a new one.
+            self._correlation_id = correlation_id_var.get() or new_correlation_id()
+        try:
+            if self._progress in ("tqdm", "rich"):
+                self._display = _Display(str(self._progress), self.total, self._command)
+            self._report()
+            self._refill()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Self:
+        self._check_iterable()
+        return self
+
+    async def __anext__(self) -> Any:
+        ready = self._ready
+        if ready:
+            return ready.popleft()
+        return await self._next()
+
+    async def aclose(self) -> None:
+        """Stop the map, as leaving its block does; nothing happens the second time."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ready.clear()
+        self._held.clear()
+        self._wake()
+        self._cancel(lambda frame: True)
+        try:
+            with anyio.move_on_after(_CLOSE_GRACE, shield=True):
+                while self._flying:
+                    await self._wait()
+                for frame in self._frames:
+                    request = frame.request
+                    if request is not None and request.worker is not None:
+                        await request.done.wait()
+        finally:
+            if self._display is not None:
+                self._display.close()
+
+    # -- taking results ----------------------------------------------------------------
+
+    def _check_iterable(self) -> None:
+        if not self._entered:
+            raise TypeError(_ENTER_FIRST)
+        if self._closed:
+            raise TypeError(MAP_ENDED)
+
+    async def _next(self) -> Any:
+        self._check_iterable()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        while not self._closed:
+            self._report()
+            if self._ready:
+                return self._ready.popleft()
+            if self._raise is not None:
+                error, self._raise = self._raise, None
+                self._stop()
+                raise error
+            frame = self._take_frame()
+            if frame is not None:
+                self._load(frame)
+                self._refill()
+                continue
+            if not self._frames and self._exhausted:
+                if self._input_error is not None:
+                    error, self._input_error = self._input_error, None
+                    raise error
+                break
+            self._refill()
+            await self._wait()
+        raise StopAsyncIteration
+
+    async def _take(self) -> list[Any]:
+        """The next result and every other one ready now (the blocking facade's batch);
+        an empty list at the end."""
+        try:
+            first = await self.__anext__()
+        except StopAsyncIteration:
+            return []
+        batch = [first]
+        batch.extend(self._ready)
+        self._ready.clear()
+        return batch
+
+    def _take_frame(self) -> _Frame | None:
+        """The next frame whose results are due and have arrived, if any."""
+        if self._ordered:
+            frames = self._frames
+            if frames and frames[0].settled:
+                return frames.popleft()
+            return None
+        if self._finished:
+            frame = self._finished.popleft()
+            self._frames.remove(frame)
+            return frame
+        return None
+
+    def _load(self, frame: _Frame) -> None:
+        """Put a settled frame's results in the queue of results to take; in the default
+        mode, an error ends them, to be raised once those before it are taken."""
+        self._loaded += 1
+        stop = not self._return_exceptions
+        if frame.value is None:
+            error = frame.error or PoolClosedError(
+                f"pool {self._pool.name!r} stopped with the call in flight"
+            )
+            if stop:
+                self._raise = error
+            else:
+                self._ready.extend(itertools.repeat(error, frame.count))
+            return
+        results = frame.value
+        if not results.errors:
+            self._ready.extend(results.values)
+        elif stop:
+            first = results.errors[0]
+            self._ready.extend(itertools.islice(results.values, first.index))
+            self._raise = _item_error(first)
+        else:
+            values = list(results.values)
+            for failure in results.errors:
+                values[failure.index] = _item_error(failure)
+            self._ready.extend(values)
+
+    def _report(self) -> None:
+        """Tell the progress callback or display, in the consumer's task, if more is done."""
+        if self.done == self._reported:
+            return
+        self._reported = self.done
+        if self._display is not None:
+            self._display.update(self.done)
+        elif callable(self._progress):
+            self._progress(self.done, self.total)
+
+    async def _wait(self) -> None:
+        waiter = self._signal()
+        self._waiters.append(waiter)
+        await waiter.wait()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.set()
+
+    # -- sending inputs ----------------------------------------------------------------
+
+    def _refill(self) -> None:
+        """Send frames while fewer than ``buffersize`` are out (the one being taken
+        included), and the inputs last; first those held back by a full queue."""
+        held = self._held
+        while held:
+            if not self._needed(held[0]):
+                held.clear()
+            elif not self._send(held[0]):
+                return
+            else:
+                held.popleft()
+        out = len(self._frames) + (1 if self._ready else 0)
+        while out < self._buffersize and not self._exhausted:
+            try:
+                chunk = list(itertools.islice(self._inputs, self._chunk()))
+            except Exception as exc:
+                # Raised once every result before it was taken.
+                self._input_error = exc
+                chunk = []
+            if not chunk:
+                self._exhausted = True
+                return
+            start = self._next_index
+            self._next_index += len(chunk)
+            for frame in self._make_frames(start, chunk):
+                if not self._needed(frame):
+                    return
+                self._frames.append(frame)
+                out += 1
+                if frame.request is None:
+                    self._settled(frame)
+                elif held or not self._send(frame):
+                    held.append(frame)
+
+    def _needed(self, frame: _Frame) -> bool:
+        """Whether a frame's results may still be taken: after an error, in the default
+        mode, only those before it in input order (none, unordered)."""
+        stop = self._stop_at
+        return stop is None or (self._ordered and frame.start < stop)
+
+    def _chunk(self) -> int:
+        """Inputs for the next frame: ``chunksize``, or as many as make a frame that runs
+        about half of ``prefetch_below`` by the command's learned cost (one while it has
+        none), so that quick commands are chunked and slow ones sent one by one."""
+        if self._chunksize is not None:
+            return self._chunksize
+        cost = self._pool._scheduler.cost(self._command)
+        if cost is None:
+            return 1
+        return max(1, min(_MAX_CHUNK, int(self._target / max(cost, 1.0))))
+
+    def _make_frames(self, start: int, chunk: list[Any]) -> list[_Frame]:
+        """The frames of a chunk: one, unless inputs of it cannot be sent (each is then a
+        frame of its own that failed already) or together they are over the frame size
+        limit (then halves)."""
+        try:
+            request = self._pool._request(
+                self._command,
+                chunk,
+                None,
+                self._session_id,
+                self._correlation_id,
+                stream=False,
+                batch=True,
+                stop_on_error=not self._return_exceptions,
+            )
+        except FrameTooLargeError as exc:
+            if len(chunk) == 1:
+                return [_failed(start, exc)]
+            half = len(chunk) // 2
+            return self._make_frames(start, chunk[:half]) + self._make_frames(
+                start + half, chunk[half:]
+            )
+        except SerializationError as exc:
+            if len(chunk) == 1:
+                return [_failed(start, _where(exc, start))]
+            return self._make_frames_apart(start, chunk)
+        request.budget = self._timeout * len(chunk) if self._timeout else 0.0
+        return [_Frame(start, len(chunk), request)]
+
+    def _make_frames_apart(self, start: int, chunk: list[Any]) -> list[_Frame]:
+        """Frames of the inputs that can be sent, in runs between those that cannot."""
+        frames: list[_Frame] = []
+        run: list[Any] = []
+        for offset, value in enumerate(chunk):
+            try:
+                _wire.check(value, f"inputs[{start + offset}]")
+            except SerializationError as exc:
+                if run:
+                    frames += self._make_frames(start + offset - len(run), run)
+                    run = []
+                frames.append(_failed(start + offset, exc))
+            else:
+                run.append(value)
+        if run:
+            if len(run) == len(chunk):  # refused by the encoder alone: one at a time
+                return [f for i, v in enumerate(chunk) for f in self._make_frames(start + i, [v])]
+            frames += self._make_frames(start + len(chunk) - len(run), run)
+        return frames
+
+    def _send(self, frame: _Frame) -> bool:
+        """Submit a frame and start its task; False if the queue is full and the map has
+        frames of its own in flight (it waits for one of them instead)."""
+        request = frame.request
+        assert request is not None
+        pool = self._pool
+        try:
+            pool._submit(request, pool.config.affinity, None)
+        except PoolSaturatedError:
+            if self._flying:
+                return False
+            raise
+        self._flying.add(frame)
+        assert pool._tasks is not None
+        pool._tasks.start_soon(self._await, frame)
+        return True
+
+    async def _await(self, frame: _Frame) -> None:
+        """A frame's task: wait for its answer in the frame's own cancel scope."""
+        request = frame.request
+        assert request is not None
+        try:
+            with anyio.CancelScope() as frame.scope:
+                if self._closed:
+                    frame.scope.cancel()
+                frame.value = await self._pool._answer(request)
+        except Exception as exc:
+            frame.error = exc
+        finally:
+            self._flying.discard(frame)
+            self._settled(frame)
+
+    def _settled(self, frame: _Frame) -> None:
+        frame.settled = True
+        self.done += frame.count
+        if not self._ordered:
+            self._finished.append(frame)
+        if not self._return_exceptions and (
+            frame.error is not None or (frame.value is not None and frame.value.errors)
+        ):
+            # The map stops at its first error: no more inputs, and frames whose results
+            # would come after it are not needed.
+            self._exhausted = True
+            if self._stop_at is None or frame.start < self._stop_at:
+                self._stop_at = frame.start
+            self._cancel(lambda other: not self._needed(other))
+        self._wake()
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def _cancel(self, which: Callable[[_Frame], bool]) -> None:
+        for frame in list(self._flying):
+            if which(frame) and frame.scope is not None:
+                frame.scope.cancel()
+
+    def _stop(self) -> None:
+        """The map raised an error: nothing more is sent, what is in flight is cancelled."""
+        self._exhausted = True
+        self._stop_at = -1
+        self._held.clear()
+        self._cancel(lambda frame: True)
+
+
+def default_buffersize(size: int, max_concurrency: int) -> int:
+    """Frames a map has out at once by default: two per worker slot, so that each worker
+    has the next frame at hand (prefetched, for quick frames) as it finishes one."""
+    return 2 * size * max_concurrency
+
+
+def _failed(start: int, error: BaseException) -> _Frame:
+    frame = _Frame(start, 1, None)
+    frame.error = error
+    return frame
+
+
+def _where(error: SerializationError, index: int) -> SerializationError:
+    """The error of input ``index`` that cannot be sent, naming it as such."""
+    message = str(error).replace("cannot send args[0]", f"cannot send inputs[{index}]", 1)
+    return SerializationError(message)
+
+
+def _item_error(error: _wire.ItemError) -> Exception:
+    if error.kind == "serialization":
+        return SerializationError(f"the worker could not send the result: {error.message}")
+    return ToolError(error.type, error.message, error.traceback)
+
+
+# -- progress displays ----------------------------------------------------------------------
+
+
+def _import_display(kind: str) -> Any:
+    """The module a display needs, imported only when asked for: neither is a dependency."""
+    try:
+        return importlib.import_module("tqdm" if kind == "tqdm" else "rich.progress")
+    except ImportError:
+        raise ImportError(
+            f"progress={kind!r} needs the {kind} package, which is not installed "
+            f"(pip install {kind}); or pass a callable (done, total)"
+        ) from None
+
+
+class _Display:
+    """A tqdm or rich progress bar for one map, updated from the consumer's task."""
+
+    __slots__ = ("_bar", "_kind", "_shown", "_task")
+
+    def __init__(self, kind: str, total: int | None, command: str) -> None:
+        self._kind = kind
+        self._shown = 0
+        module = _import_display(kind)
+        if kind == "tqdm":
+            self._bar = module.tqdm(total=total, desc=command, unit="input")
+            self._task = None
+        else:
+            self._bar = module.Progress()
+            self._bar.start()
+            self._task = self._bar.add_task(command, total=total)
+
+    def update(self, done: int) -> None:
+        if self._kind == "tqdm":
+            self._bar.update(done - self._shown)
+        else:
+            self._bar.update(self._task, completed=done)
+        self._shown = done
+
+    def close(self) -> None:
+        if self._kind == "tqdm":
+            self._bar.close()
+        else:
+            self._bar.stop()
