@@ -13,22 +13,26 @@
 
 from pypit._decorate import publish as _publish
 from pypit.pool._config import PoolConfig as PoolConfig
+from pypit.pool._map import Map as Map
 from pypit.pool._pool import Pool as Pool
 from pypit.pool._pool import PoolStatus as PoolStatus
 from pypit.pool._pool import SessionInfo as SessionInfo
 from pypit.pool._pool import ToolDescription as ToolDescription
 from pypit.pool._pool import open_pool as open_pool
 from pypit.pool._stream import Stream as Stream
+from pypit.pool._sync import SyncMap as SyncMap
 from pypit.pool._sync import SyncPool as SyncPool
 from pypit.pool._sync import SyncStream as SyncStream
 from pypit.pool._sync import start_pool as start_pool
 
 __all__ = [
+    "Map",
     "Pool",
     "PoolConfig",
     "PoolStatus",
     "SessionInfo",
     "Stream",
+    "SyncMap",
     "SyncPool",
     "SyncStream",
     "ToolDescription",

@@ -211,7 +211,7 @@ class Map:
         self._correlation_id = correlation_id
         self._return_exceptions = return_exceptions
         self._progress = progress
-        self._display: _Display | None = None
+        self._display: Display | None = None
         self.total: int | None = len(inputs) if isinstance(inputs, Sized) else None
         """How many inputs there are, if the iterable knows (``len()``); else None."""
         self.done = 0
@@ -248,7 +248,7 @@ class Map:
             self._correlation_id = correlation_id_var.get() or new_correlation_id()
         try:
             if self._progress in ("tqdm", "rich"):
-                self._display = _Display(str(self._progress), self.total, self._command)
+                self._display = Display(str(self._progress), self.total, self._command)
             self._report()
             self._refill()
         except BaseException:
@@ -603,7 +603,7 @@ def _import_display(kind: str) -> Any:
         ) from None
 
 
-class _Display:
+class Display:
     """A tqdm or rich progress bar for one map, updated from the consumer's task."""
 
     __slots__ = ("_bar", "_kind", "_shown", "_task")
