@@ -239,7 +239,7 @@ class Pool:
         """
         waiting = request.worker is None or request.prefetched
         deadline = request.queue_deadline if waiting else request.deadline
-        if deadline == math.inf:
+        if deadline == math.inf and not request.budget:
             await request.done.wait()
             return
         with anyio.CancelScope(deadline=deadline) as scope:
