@@ -8,9 +8,13 @@ inputs, so that what a command costs is learned per input and a frame is prefetc
 while the whole frame is quick.
 
 The inputs are pulled lazily: at most ``buffersize`` frames are out at once, counted from
-the moment a frame is sent until the consumer has taken its last result. So a map holds at
+the moment a frame is made until the consumer has taken its last result. So a map holds at
 most ``buffersize`` frames of inputs and results, however long its iterable, and a consumer
-that stops reading stops the map instead of filling memory.
+that stops reading stops the map instead of filling memory. Of those, at most two per
+worker slot are sent and unanswered: each worker has its next frame at hand, and the map
+holds few places in the pool's queue, ahead of other callers. The rest of the window
+absorbs a frame that is slow to come back: ``map`` yields in input order, so the frames
+after it wait, done, without stopping the workers.
 
 A frame waits for its answer in a task of the pool's (the task group of ``open_pool``), in
 a cancel scope of its own; the map itself is iterated by its consumer. Leaving the map's
@@ -159,7 +163,6 @@ class Map:
         "_held",
         "_input_error",
         "_inputs",
-        "_loaded",
         "_next_index",
         "_ordered",
         "_pool",
@@ -168,6 +171,7 @@ class Map:
         "_ready",
         "_reported",
         "_return_exceptions",
+        "_sending",
         "_session_id",
         "_signal",
         "_stop_at",
@@ -204,7 +208,11 @@ class Map:
         self._command = command
         self._ordered = ordered
         self._chunksize = chunksize
-        self._buffersize = buffersize or default_buffersize(config.size, config.max_concurrency)
+        slots = config.size * config.max_concurrency
+        self._buffersize = buffersize or 8 * slots
+        # Frames sent and not answered: enough for each worker to have its next frame at
+        # hand, and no more, so that a map holds few places in the pool's queue.
+        self._sending = min(self._buffersize, 2 * slots)
         below = int(config.prefetch_below * 1e9)
         self._target = below // 2 if below else _DEFAULT_TARGET
         self._session_id = session_id
@@ -226,7 +234,6 @@ class Map:
         self._flying: set[_Frame] = set()  # submitted, still waiting for their answers
         self._held: deque[_Frame] = deque()  # made, not sent: the pool's queue was full
         self._stop_at: int | None = None  # the input of the first error (default mode)
-        self._loaded = 0  # frames whose results went to _ready
         self._ready: deque[Any] = deque()
         self._raise: BaseException | None = None
         self._entered = False
@@ -356,7 +363,6 @@ class Map:
     def _load(self, frame: _Frame) -> None:
         """Put a settled frame's results in the queue of results to take; in the default
         mode, an error ends them, to be raised once those before it are taken."""
-        self._loaded += 1
         stop = not self._return_exceptions
         if frame.value is None:
             error = frame.error or PoolClosedError(
@@ -404,7 +410,8 @@ class Map:
 
     def _refill(self) -> None:
         """Send frames while fewer than ``buffersize`` are out (the one being taken
-        included), and the inputs last; first those held back by a full queue."""
+        included) and fewer than two per worker slot wait for their answers, and the
+        inputs last; first those held back by a full queue."""
         held = self._held
         while held:
             if not self._needed(held[0]):
@@ -414,7 +421,12 @@ class Map:
             else:
                 held.popleft()
         out = len(self._frames) + (1 if self._ready else 0)
-        while out < self._buffersize and not self._exhausted:
+        while (
+            out < self._buffersize
+            and len(self._flying) < self._sending
+            and not self._exhausted
+            and not held
+        ):
             try:
                 chunk = list(itertools.islice(self._inputs, self._chunk()))
             except Exception as exc:
@@ -563,12 +575,6 @@ class Map:
         self._stop_at = -1
         self._held.clear()
         self._cancel(lambda frame: True)
-
-
-def default_buffersize(size: int, max_concurrency: int) -> int:
-    """Frames a map has out at once by default: two per worker slot, so that each worker
-    has the next frame at hand (prefetched, for quick frames) as it finishes one."""
-    return 2 * size * max_concurrency
 
 
 def _failed(start: int, error: BaseException) -> _Frame:

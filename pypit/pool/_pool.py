@@ -310,9 +310,9 @@ class Pool:
                     ...
 
         Each input is what ``execute`` takes as ``args``. The iterable is pulled lazily:
-        at most ``buffersize`` frames (default: twice the pool's worker slots) are out at
-        once, each of ``chunksize`` inputs (default: chosen from the command's learned
-        cost: one for slow commands). ``timeout`` is per input: a frame of n inputs has
+        at most ``buffersize`` frames (default: 8 per worker slot) are out at once, two
+        per slot sent, each of ``chunksize`` inputs (default: chosen from the command's
+        learned cost: one for slow commands). ``timeout`` is per input: a frame of n inputs has
         n times ``timeout`` from the moment it is sent to a worker. The first error is raised
         in input order, and the map stops; ``return_exceptions=True`` yields errors as
         results instead. ``progress`` is a callable ``(done, total)``, ``"tqdm"`` or

@@ -77,8 +77,8 @@ async def test_map_yields_in_input_order_and_map_unordered_as_results_arrive(
 
 
 async def test_the_inputs_are_taken_only_as_far_as_the_window(tmp_path: Path) -> None:
-    """A map takes inputs for at most buffersize frames (two per worker slot by default)
-    and takes more only as its results are taken."""
+    """A map sends at most two frames per worker slot ahead of their answers (one input
+    each, for a command not seen yet), and takes no input beyond them."""
     gate = tmp_path / "gate"
     inputs = Counting([{"gate": str(gate), "tag": str(i)} for i in range(50)])
     async with open_pool(adapter(), **options()) as pool:
