@@ -155,6 +155,7 @@ class Map:
         "_command",
         "_correlation_id",
         "_display",
+        "_ended",
         "_entered",
         "_exhausted",
         "_finished",
@@ -237,6 +238,7 @@ class Map:
         self._ready: deque[Any] = deque()
         self._raise: BaseException | None = None
         self._entered = False
+        self._ended = False  # it raised its error: the iteration is over
         self._closed = False
         self._signal: Callable[[], Any] = anyio.Event
         self._waiters: list[Any] = []
@@ -313,7 +315,7 @@ class Map:
     async def _next(self) -> Any:
         self._check_iterable()
         await anyio.lowlevel.checkpoint_if_cancelled()
-        while not self._closed:
+        while not (self._closed or self._ended):
             self._report()
             if self._ready:
                 return self._ready.popleft()
@@ -416,7 +418,7 @@ class Map:
         while held:
             if not self._needed(held[0]):
                 held.clear()
-            elif not self._send(held[0]):
+            elif not self._sent(held[0]):
                 return
             else:
                 held.popleft()
@@ -445,7 +447,7 @@ class Map:
                 out += 1
                 if frame.request is None:
                     self._settled(frame)
-                elif held or not self._send(frame):
+                elif held or not self._sent(frame):
                     held.append(frame)
 
     def _needed(self, frame: _Frame) -> bool:
@@ -514,6 +516,14 @@ class Map:
             frames += self._make_frames(start + len(chunk) - len(run), run)
         return frames
 
+    def _sent(self, frame: _Frame) -> bool:
+        """:meth:`_send`; an error of the pool (closed, degraded ...) ends the map."""
+        try:
+            return self._send(frame)
+        except BaseException:
+            self._stop()
+            raise
+
     def _send(self, frame: _Frame) -> bool:
         """Submit a frame and start its task; False if the queue is full and the map has
         frames of its own in flight (it waits for one of them instead)."""
@@ -537,7 +547,7 @@ class Map:
         assert request is not None
         try:
             with anyio.CancelScope() as frame.scope:
-                if self._closed:
+                if self._closed or not self._needed(frame):
                     frame.scope.cancel()
                 frame.value = await self._pool._answer(request)
         except Exception as exc:
@@ -570,8 +580,9 @@ class Map:
                 frame.scope.cancel()
 
     def _stop(self) -> None:
-        """The map raised an error: nothing more is sent, what is in flight is cancelled."""
-        self._exhausted = True
+        """The map raised an error: nothing more is sent, what is in flight is cancelled,
+        and the iteration is over."""
+        self._ended = self._exhausted = True
         self._stop_at = -1
         self._held.clear()
         self._cancel(lambda frame: True)

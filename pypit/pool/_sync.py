@@ -146,10 +146,14 @@ class SyncMap:
         self._results = self._iterate()
 
     def __enter__(self) -> Self:
-        _on_loop(self._portal, self._map.__aenter__)
-        self._entered = True
         if self._progress in ("tqdm", "rich"):
             self._display = Display(str(self._progress), self._map.total, self._map._command)
+        try:
+            _on_loop(self._portal, self._map.__aenter__)
+        except BaseException:
+            self.close()
+            raise
+        self._entered = True
         self._report()
         return self
 

@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from pypit import (
+    PoolSaturatedError,
     SerializationError,
     ToolError,
     ToolKindError,
@@ -334,3 +335,25 @@ async def test_the_session_and_correlation_id_reach_every_input() -> None:
 
     assert [session for session, _, _ in got] == ["s1"] * 4
     assert len({e.metadata["correlation_id"] for e in seen}) == 1
+
+
+async def test_a_full_queue_holds_a_maps_frames_back_until_its_own_come_back(
+    tmp_path: Path,
+) -> None:
+    """A map whose frame finds the queue full keeps it until one of its own frames is
+    answered, and completes; a map that has nothing in flight gets PoolSaturatedError
+    before anything is sent, as execute does."""
+    gate = tmp_path / "gate"
+    # max_queue_size=0: no call may wait, so the map's second frame finds the queue full.
+    async with open_pool(adapter(), **options(max_queue_size=0)) as pool:
+        async with pool.map("identity", range(10)) as results:
+            assert [r async for r in results] == list(range(10))
+        assert pool.status().rejected > 0
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+            tasks.start_soon(pool.execute, "hold", {"gate": str(gate)})
+            await wait_until(lambda: pool.status().in_flight == 1, "the worker to be busy")
+            requests = pool.status().requests
+            with pytest.raises(PoolSaturatedError):
+                async with pool.map("identity", range(10)):
+                    pass
+            assert pool.status().requests == requests + 1
