@@ -11,8 +11,9 @@ The inputs are pulled lazily: at most ``buffersize`` frames are out at once, cou
 the moment a frame is made until the consumer has taken its last result. So a map holds at
 most ``buffersize`` frames of inputs and results, however long its iterable, and a consumer
 that stops reading stops the map instead of filling memory. Of those, at most two per
-worker slot are sent and unanswered: each worker has its next frame at hand, and the map
-holds few places in the pool's queue, ahead of other callers. The rest of the window
+worker slot are sent and unanswered (four for quick frames, which wait in their worker):
+each worker has its next frame at hand, and the map holds few places in the pool's queue,
+ahead of other callers. The rest of the window
 absorbs a frame that is slow to come back: ``map`` yields in input order, so the frames
 after it wait, done, without stopping the workers.
 
@@ -172,9 +173,9 @@ class Map:
         "_ready",
         "_reported",
         "_return_exceptions",
-        "_sending",
         "_session_id",
         "_signal",
+        "_slots",
         "_stop_at",
         "_target",
         "_timeout",
@@ -209,11 +210,8 @@ class Map:
         self._command = command
         self._ordered = ordered
         self._chunksize = chunksize
-        slots = config.size * config.max_concurrency
-        self._buffersize = buffersize or 8 * slots
-        # Frames sent and not answered: enough for each worker to have its next frame at
-        # hand, and no more, so that a map holds few places in the pool's queue.
-        self._sending = min(self._buffersize, 2 * slots)
+        self._slots = config.size * config.max_concurrency
+        self._buffersize = buffersize or 8 * self._slots
         below = int(config.prefetch_below * 1e9)
         self._target = below // 2 if below else _DEFAULT_TARGET
         self._session_id = session_id
@@ -423,14 +421,16 @@ class Map:
             else:
                 held.popleft()
         out = len(self._frames) + (1 if self._ready else 0)
+        size = self._chunk()
+        sending = min(self._buffersize, self._sending(size))
         while (
             out < self._buffersize
-            and len(self._flying) < self._sending
+            and len(self._flying) < sending
             and not self._exhausted
             and not held
         ):
             try:
-                chunk = list(itertools.islice(self._inputs, self._chunk()))
+                chunk = list(itertools.islice(self._inputs, size))
             except Exception as exc:
                 # Raised once every result before it was taken.
                 self._input_error = exc
@@ -449,6 +449,14 @@ class Map:
                     self._settled(frame)
                 elif held or not self._sent(frame):
                     held.append(frame)
+
+    def _sending(self, size: int) -> int:
+        """Frames sent and not answered, at most: two per worker slot, one running and the
+        next at hand in the pool's queue, so that a map holds few places in it, ahead of
+        other callers; four for frames quick enough to wait in their worker (prefetch),
+        which keep it busy while answers travel and the consumer catches up."""
+        quick = self._pool._scheduler.is_quick(self._command, size)
+        return (4 if quick else 2) * self._slots
 
     def _needed(self, frame: _Frame) -> bool:
         """Whether a frame's results may still be taken: after an error, in the default

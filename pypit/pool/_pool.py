@@ -311,7 +311,7 @@ class Pool:
 
         Each input is what ``execute`` takes as ``args``. The iterable is pulled lazily:
         at most ``buffersize`` frames (default: 8 per worker slot) are out at once, two
-        per slot sent, each of ``chunksize`` inputs (default: chosen from the command's
+        or four per slot sent, each of ``chunksize`` inputs (default: chosen from the command's
         learned cost: one for slow commands). ``timeout`` is per input: a frame of n inputs has
         n times ``timeout`` from the moment it is sent to a worker. The first error is raised
         in input order, and the map stops; ``return_exceptions=True`` yields errors as

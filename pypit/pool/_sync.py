@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import itertools
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -143,7 +144,9 @@ class SyncMap:
         self._progress = progress
         self._display: Display | None = None
         self._entered = False
-        self._results = self._iterate()
+        # Results are handed out by C code, a batch at a time: iterating costs next to
+        # nothing per result.
+        self._results = itertools.chain.from_iterable(self._batches())
 
     def __enter__(self) -> Self:
         if self._progress in ("tqdm", "rich"):
@@ -179,10 +182,10 @@ class SyncMap:
         iter(self)
         return next(self._results)
 
-    def _iterate(self) -> Iterator[Any]:
+    def _batches(self) -> Iterator[list[Any]]:
         while batch := _on_loop(self._portal, self._map._take):
             self._report()
-            yield from batch
+            yield batch
         self._report()
 
     def _report(self) -> None:

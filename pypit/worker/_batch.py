@@ -26,29 +26,35 @@ Describe = Callable[[BaseException], tuple[str, str, str]]
 def run(
     call: _wire.Call, function: Callable[..., Any], running: _Running, describe: Describe
 ) -> _wire.Results | None:
-    """Run a sync tool once per input; None when the call was cancelled meanwhile."""
-    inputs = _inputs(call)
+    """Run a sync tool once per input; None when the call was cancelled meanwhile.
+
+    The loop is the worker's cost per input, so it is kept tight: the ``try`` is around
+    it, not in it, and after an input raised the loop goes on with the same iterator.
+    """
     values: list[Any] = []
     errors: list[_wire.ItemError] = []
-    for index, args in enumerate(inputs):
-        if running.cancelled:
-            return None
+    append = values.append
+    remaining = iter(_inputs(call))
+    while True:
         try:
-            if type(args) is dict:
-                value = function(**args)
-            elif args is None:
-                value = function()
-            else:
-                value = function(args)
+            for args in remaining:
+                if running.cancelled:
+                    return None
+                if type(args) is dict:
+                    append(function(**args))
+                elif args is None:
+                    append(function())
+                else:
+                    append(function(args))
         except BaseException as exc:
             # SystemExit and KeyboardInterrupt too, as for a single call: they end the
             # input, not the worker.
-            values.append(None)
-            errors.append(_failed(index, exc, describe))
+            errors.append(_failed(len(values), exc, describe))
+            append(None)
             if call.stop_on_error:
                 break
         else:
-            values.append(value)
+            break
     return _wire.Results(call.id, values, errors)
 
 
@@ -59,28 +65,30 @@ async def run_async(
     the input's ``await`` (``CancelledError`` goes through)."""
     import asyncio
 
-    inputs = _inputs(call)
     values: list[Any] = []
     errors: list[_wire.ItemError] = []
-    for index, args in enumerate(inputs):
-        if running.cancelled:
-            return None
+    append = values.append
+    remaining = iter(_inputs(call))
+    while True:
         try:
-            if type(args) is dict:
-                value = await function(**args)
-            elif args is None:
-                value = await function()
-            else:
-                value = await function(args)
+            for args in remaining:
+                if running.cancelled:
+                    return None
+                if type(args) is dict:
+                    append(await function(**args))
+                elif args is None:
+                    append(await function())
+                else:
+                    append(await function(args))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            values.append(None)
-            errors.append(_failed(index, exc, describe))
+            errors.append(_failed(len(values), exc, describe))
+            append(None)
             if call.stop_on_error:
                 break
         else:
-            values.append(value)
+            break
     return _wire.Results(call.id, values, errors)
 
 
