@@ -17,17 +17,22 @@ ahead of other callers. The rest of the window
 absorbs a frame that is slow to come back: ``map`` yields in input order, so the frames
 after it wait, done, without stopping the workers.
 
-A frame waits for its answer in a task of the pool's (the task group of ``open_pool``), in
-a cancel scope of its own; the map itself is iterated by its consumer. Leaving the map's
-block cancels the frames in flight: a frame that waits is dropped and never runs, a
-running one stops after the input that runs (the worker looks between inputs), and the
-block waits a round trip for the workers to confirm.
+A frame costs no task: its request's ``done`` signal tells the map when the answer came,
+and the map's consumer settles it, applying the rules ``Pool.execute`` applies to a call
+(``Pool._wait``): a frame past its queue deadline in the pool's queue fails with
+``QueueTimeoutError``; one waiting in its worker is withdrawn; one running past its
+deadline is cancelled and fails with ``WorkerTimeoutError``. So a frame costs the parent
+what a call's wire costs, whatever its size. Leaving the map's block cancels the frames in
+flight: a frame that waits is dropped and never runs, a running one stops after the input
+that runs (the worker looks between inputs), and the block waits a round trip for the
+workers to confirm.
 """
 
 from __future__ import annotations
 
 import importlib
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
 from types import TracebackType
@@ -41,12 +46,14 @@ from pypit._errors import (
     FrameTooLargeError,
     PoolClosedError,
     PoolSaturatedError,
+    QueueTimeoutError,
     SerializationError,
     ToolError,
     ToolKindError,
     UnknownCommandError,
 )
 from pypit._shared import correlation_id_var
+from pypit.pool import _events
 from pypit.pool._channel import signal_factory
 from pypit.pool._config import check_timeout
 from pypit.pool._request import Request
@@ -57,9 +64,14 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int | None], object] | Literal["tqdm", "rich"] | None
 """What ``progress`` takes: a callable ``(done, total)``, ``"tqdm"``, ``"rich"`` or None."""
 
+# How long a frame withdrawn from its worker (its queue deadline passed) may take to be
+# confirmed dropped, as for a call (``Pool._WITHDRAW_GRACE``).
+_WITHDRAW_GRACE: Final = 0.25
 # How long leaving a map's block waits for the workers to confirm that its frames stopped:
 # a round trip, unless a sync tool is inside an input (the worker then has cancel_grace).
 _CLOSE_GRACE: Final = 0.25
+_TAKE_MAX: Final = 65_536
+"""Results the blocking facade takes in one hop from the loop, at most."""
 _MAX_CHUNK: Final = 4096
 """The largest chunk the map chooses by itself (a ``chunksize`` given may be larger)."""
 _DEFAULT_TARGET: Final = 500_000
@@ -114,18 +126,56 @@ def check_map(
 
 class _Frame:
     """Inputs ``start`` to ``start + count - 1``, sent as one call (``request``; None for
-    an input refused before it was sent, whose ``error`` is already known)."""
+    an input refused before it was sent, whose ``error`` is already known).
 
-    __slots__ = ("count", "error", "request", "scope", "settled", "start", "value")
+    It is also its request's ``done`` signal (``set``, ``is_set``, ``wait``): the worker
+    handle and the scheduler settle a request through it, and it tells its map.
+    """
 
-    def __init__(self, start: int, count: int, request: Request | None) -> None:
+    __slots__ = (
+        "_event",
+        "_map",
+        "answered",
+        "count",
+        "error",
+        "request",
+        "settled",
+        "start",
+        "value",
+        "withdrawn_until",
+    )
+
+    def __init__(self, start: int, count: int, request: Request | None, owner: Map) -> None:
         self.start = start
         self.count = count
         self.request = request
-        self.scope: anyio.CancelScope | None = None
-        self.settled = request is None
+        self._map = owner
+        self._event: Any = None
+        self.answered = False  # the request is settled (answered, failed or dropped)
+        self.settled = request is None  # the map knows its outcome
         self.value: _wire.Results | None = None
         self.error: BaseException | None = None
+        self.withdrawn_until = 0.0  # withdrawn from its worker: wait for it until then
+        if request is not None:
+            request.done = self
+
+    def set(self) -> None:
+        if self.answered:
+            return
+        self.answered = True
+        if self._event is not None:
+            self._event.set()
+        if not self.settled:
+            self._map._answered(self)
+
+    def is_set(self) -> bool:
+        return self.answered
+
+    async def wait(self) -> None:
+        if not self.answered:
+            if self._event is None:
+                self._event = self._map._signal()
+            await self._event.wait()
 
 
 class Map:
@@ -150,6 +200,7 @@ class Map:
     """
 
     __slots__ = (
+        "_arrivals",
         "_buffersize",
         "_chunksize",
         "_closed",
@@ -178,7 +229,9 @@ class Map:
         "_slots",
         "_stop_at",
         "_target",
+        "_timed",
         "_timeout",
+        "_unconfirmed",
         "_waiters",
         "done",
         "total",
@@ -230,7 +283,11 @@ class Map:
         self._input_error: BaseException | None = None
         self._frames: deque[_Frame] = deque()  # created and not loaded, in input order
         self._finished: deque[_Frame] = deque()  # settled and not loaded, as they settled
-        self._flying: set[_Frame] = set()  # submitted, still waiting for their answers
+        self._flying: set[_Frame] = set()  # submitted, not settled yet
+        self._arrivals: list[_Frame] = []  # answered, to be settled by the consumer
+        self._unconfirmed: list[_Frame] = []  # cancelled on their worker, not answered yet
+        # Whether frames have deadlines to watch: a timeout, or the pool's queue_timeout.
+        self._timed = self._timeout is not None or config.queue_timeout is not None
         self._held: deque[_Frame] = deque()  # made, not sent: the pool's queue was full
         self._stop_at: int | None = None  # the input of the first error (default mode)
         self._ready: deque[Any] = deque()
@@ -269,7 +326,7 @@ class Map:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        await self._close(exc)
 
     def __aiter__(self) -> Self:
         self._check_iterable()
@@ -283,21 +340,21 @@ class Map:
 
     async def aclose(self) -> None:
         """Stop the map, as leaving its block does; nothing happens the second time."""
+        await self._close(None)
+
+    async def _close(self, exc: BaseException | None) -> None:
         if self._closed:
             return
         self._closed = True
         self._ready.clear()
         self._held.clear()
         self._wake()
-        self._cancel(lambda frame: True)
+        self._cancel(lambda frame: True, exc)
         try:
+            # The workers confirm that the frames stopped, so that they serve at once.
             with anyio.move_on_after(_CLOSE_GRACE, shield=True):
-                while self._flying:
-                    await self._wait()
-                for frame in self._frames:
-                    request = frame.request
-                    if request is not None and request.worker is not None:
-                        await request.done.wait()
+                for frame in self._unconfirmed:
+                    await frame.wait()
         finally:
             if self._display is not None:
                 self._display.close()
@@ -314,6 +371,9 @@ class Map:
         self._check_iterable()
         await anyio.lowlevel.checkpoint_if_cancelled()
         while not (self._closed or self._ended):
+            self._settle_answers()
+            if self._timed:
+                self._expire()
             self._report()
             if self._ready:
                 return self._ready.popleft()
@@ -336,15 +396,26 @@ class Map:
         raise StopAsyncIteration
 
     async def _take(self) -> list[Any]:
-        """The next result and every other one ready now (the blocking facade's batch);
-        an empty list at the end."""
+        """The next result and every other one that came already, in order, up to
+        ``_TAKE_MAX`` (the blocking facade's batch: one thread hop for all of them); an
+        empty list at the end. An error is raised by the next call."""
         try:
             first = await self.__anext__()
         except StopAsyncIteration:
             return []
         batch = [first]
-        batch.extend(self._ready)
-        self._ready.clear()
+        ready = self._ready
+        while True:
+            batch.extend(ready)
+            ready.clear()
+            if len(batch) >= _TAKE_MAX or self._raise is not None:
+                break
+            self._settle_answers()
+            frame = self._take_frame()
+            if frame is None:
+                break
+            self._load(frame)
+        self._refill()
         return batch
 
     def _take_frame(self) -> _Frame | None:
@@ -397,9 +468,15 @@ class Map:
             self._progress(self.done, self.total)
 
     async def _wait(self) -> None:
+        """Wait until a frame is answered, or the next deadline of one passes."""
         waiter = self._signal()
         self._waiters.append(waiter)
-        await waiter.wait()
+        deadline = self._deadline() if self._timed else math.inf
+        if deadline == math.inf:
+            await waiter.wait()
+            return
+        with anyio.CancelScope(deadline=deadline):
+            await waiter.wait()
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -492,17 +569,17 @@ class Map:
             )
         except FrameTooLargeError as exc:
             if len(chunk) == 1:
-                return [_failed(start, exc)]
+                return [self._failed(start, exc)]
             half = len(chunk) // 2
             return self._make_frames(start, chunk[:half]) + self._make_frames(
                 start + half, chunk[half:]
             )
         except SerializationError as exc:
             if len(chunk) == 1:
-                return [_failed(start, _where(exc, start))]
+                return [self._failed(start, _where(exc, start))]
             return self._make_frames_apart(start, chunk)
         request.budget = self._timeout * len(chunk) if self._timeout else 0.0
-        return [_Frame(start, len(chunk), request)]
+        return [_Frame(start, len(chunk), request, self)]
 
     def _make_frames_apart(self, start: int, chunk: list[Any]) -> list[_Frame]:
         """Frames of the inputs that can be sent, in runs between those that cannot."""
@@ -515,7 +592,7 @@ class Map:
                 if run:
                     frames += self._make_frames(start + offset - len(run), run)
                     run = []
-                frames.append(_failed(start + offset, exc))
+                frames.append(self._failed(start + offset, exc))
             else:
                 run.append(value)
         if run:
@@ -533,8 +610,8 @@ class Map:
             raise
 
     def _send(self, frame: _Frame) -> bool:
-        """Submit a frame and start its task; False if the queue is full and the map has
-        frames of its own in flight (it waits for one of them instead)."""
+        """Submit a frame; False if the queue is full and the map has frames of its own in
+        flight (it waits for one of them instead)."""
         request = frame.request
         assert request is not None
         pool = self._pool
@@ -545,28 +622,115 @@ class Map:
                 return False
             raise
         self._flying.add(frame)
-        assert pool._tasks is not None
-        pool._tasks.start_soon(self._await, frame)
         return True
 
-    async def _await(self, frame: _Frame) -> None:
-        """A frame's task: wait for its answer in the frame's own cancel scope."""
+    def _failed(self, start: int, error: BaseException) -> _Frame:
+        """The frame of an input refused before it was sent."""
+        frame = _Frame(start, 1, None, self)
+        frame.error = error
+        return frame
+
+    # -- settling frames -----------------------------------------------------------------
+
+    def _answered(self, frame: _Frame) -> None:
+        """A frame's request was settled (by its worker, a crash, the pool closing): the
+        consumer settles the frame. Called from the pool's own code, so it only notes it."""
+        self.done += frame.count
+        self._arrivals.append(frame)
+        self._wake()
+
+    def _settle_answers(self) -> None:
+        """Settle the frames answered since last time, as ``Pool.execute`` settles a call."""
+        if not self._arrivals:
+            return
+        arrivals, self._arrivals = self._arrivals, []
+        pool = self._pool
+        for frame in arrivals:
+            request = frame.request
+            if frame.settled or request is None:
+                continue
+            error = request.error
+            if error is None:
+                pool._counters["completed"] += 1
+                _events.call_stopped(request)
+                frame.value = request.value
+            else:
+                if isinstance(error, QueueTimeoutError):
+                    # Its worker dropped it before it started: the pool closed, or it
+                    # waited too long.
+                    scheduler = pool._scheduler
+                    closed = pool._closed
+                    error = scheduler.closed_error() if closed else scheduler.queue_timeout(request)
+                pool._failed(request, error)
+                frame.error = error
+            self._settled(frame)
+
+    def _deadline(self) -> float:
+        """The next moment a frame in flight must be looked at (the loop's clock)."""
+        deadline = math.inf
+        for frame in self._flying:
+            request = frame.request
+            assert request is not None
+            worker = request.worker
+            if worker is None:
+                moment = request.queue_deadline
+            elif frame.withdrawn_until:
+                moment = frame.withdrawn_until
+            elif request.prefetched and worker.waiting(request):
+                moment = request.queue_deadline
+            else:
+                moment = request.deadline
+            deadline = min(deadline, moment)
+        return deadline
+
+    def _expire(self) -> None:
+        """Fail the frames whose deadlines passed, as ``Pool._wait`` does for a call: one
+        waiting in the pool's queue never runs (``QueueTimeoutError``); one waiting in its
+        worker is withdrawn (the worker drops it, unless it started); one running is
+        cancelled (``WorkerTimeoutError``)."""
+        now = anyio.current_time()
+        scheduler = self._pool._scheduler
+        for frame in list(self._flying):
+            request = frame.request
+            assert request is not None
+            worker = request.worker
+            if worker is None:
+                if now >= request.queue_deadline:
+                    self._give_up(frame, scheduler.timed_out(request))
+            elif frame.withdrawn_until:
+                if now >= frame.withdrawn_until:
+                    self._give_up(frame, scheduler.timed_out(request))
+            elif request.prefetched and now >= request.queue_deadline and worker.waiting(request):
+                scheduler.withdraw(request)
+                frame.withdrawn_until = max(request.deadline, now + _WITHDRAW_GRACE)
+            elif now >= request.deadline:
+                self._give_up(frame, scheduler.timed_out(request))
+
+    def _give_up(self, frame: _Frame, error: BaseException) -> None:
+        """Stop waiting for a frame: it fails with ``error`` (its worker cancels or drops
+        it), and the map goes on as for any failed frame."""
+        self._drop(frame, error)
+        self._settled(frame)
+
+    def _drop(self, frame: _Frame, error: BaseException) -> None:
         request = frame.request
         assert request is not None
-        try:
-            with anyio.CancelScope() as frame.scope:
-                if self._closed or not self._needed(frame):
-                    frame.scope.cancel()
-                frame.value = await self._pool._answer(request)
-        except Exception as exc:
-            frame.error = exc
-        finally:
-            self._flying.discard(frame)
-            self._settled(frame)
+        frame.settled = True
+        frame.error = error
+        self._flying.discard(frame)
+        if request.worker is not None and not frame.answered:
+            if len(self._unconfirmed) > self._buffersize:
+                # Kept to the frames still unconfirmed: a long map may cancel many.
+                self._unconfirmed = [f for f in self._unconfirmed if not f.answered]
+            self._unconfirmed.append(frame)
+        self._pool._scheduler.abandon(request)
+        self._pool._failed(request, error)
 
     def _settled(self, frame: _Frame) -> None:
         frame.settled = True
-        self.done += frame.count
+        self._flying.discard(frame)
+        if not frame.answered:  # failed here: refused before it was sent, or timed out
+            self.done += frame.count
         if not self._ordered:
             self._finished.append(frame)
         if not self._return_exceptions and (
@@ -582,10 +746,16 @@ class Map:
 
     # -- stopping ----------------------------------------------------------------------
 
-    def _cancel(self, which: Callable[[_Frame], bool]) -> None:
+    def _cancel(self, which: Callable[[_Frame], bool], exc: BaseException | None = None) -> None:
+        """Cancel the frames in flight that ``which`` picks. Their ``rpc.call.exception``
+        carries ``exc`` when the block was left by a cancellation (or Ctrl-C), as a call's
+        would; otherwise ``GeneratorExit``: their consumer stopped, and they failed in
+        nothing of their own."""
+        if exc is None or isinstance(exc, Exception):
+            exc = GeneratorExit("the map stopped before the call's answer")
         for frame in list(self._flying):
-            if which(frame) and frame.scope is not None:
-                frame.scope.cancel()
+            if which(frame):
+                self._drop(frame, exc)
 
     def _stop(self) -> None:
         """The map raised an error: nothing more is sent, what is in flight is cancelled,
@@ -594,12 +764,6 @@ class Map:
         self._stop_at = -1
         self._held.clear()
         self._cancel(lambda frame: True)
-
-
-def _failed(start: int, error: BaseException) -> _Frame:
-    frame = _Frame(start, 1, None)
-    frame.error = error
-    return frame
 
 
 def _where(error: SerializationError, index: int) -> SerializationError:

@@ -133,7 +133,6 @@ class Pool:
         self._directory = ""
         self._socket_path = ""
         self._signal: Callable[[], Any] = anyio.Event
-        self._tasks: PoolTasks | None = None
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -194,10 +193,6 @@ class Pool:
 
     async def _call(self, request: Request, affinity: str | None, avoid: str | None) -> Any:
         self._submit(request, affinity or self.config.affinity, avoid)
-        return await self._answer(request)
-
-    async def _answer(self, request: Request) -> Any:
-        """Wait for the answer of a submitted call, within its deadlines; its value."""
         try:
             await self._wait(request)
         except BaseException as exc:
@@ -239,7 +234,7 @@ class Pool:
         """
         waiting = request.worker is None or request.prefetched
         deadline = request.queue_deadline if waiting else request.deadline
-        if deadline == math.inf and not request.budget:
+        if deadline == math.inf:
             await request.done.wait()
             return
         with anyio.CancelScope(deadline=deadline) as scope:
@@ -541,7 +536,6 @@ class Pool:
 
     async def _open(self, tasks: PoolTasks) -> None:
         started = time.monotonic_ns()
-        self._tasks = tasks
         self._signal = signal_factory()
         self._directory = tempfile.mkdtemp(prefix="pypit-")
         self._socket_path = os.path.join(self._directory, "pool.sock")

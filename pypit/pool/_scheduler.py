@@ -362,10 +362,8 @@ class Scheduler(Generic[W]):
         self._send(worker, request)
         if starts:
             self._dequeued(worker, request, time.monotonic_ns() - request.enqueued)
-        if request.scope is not None:
-            # A prefetched call's queue deadline is unchanged unless it has a budget, which
-            # starts now.
-            request.scope.deadline = request.deadline if starts else request.queue_deadline
+            if request.scope is not None:
+                request.scope.deadline = request.deadline
         if request.arrived is not None:
             request.arrived.set()
 
