@@ -15,6 +15,7 @@ import pytest
 
 from pypit import (
     PoolSaturatedError,
+    QueueTimeoutError,
     SerializationError,
     ToolError,
     ToolKindError,
@@ -22,7 +23,7 @@ from pypit import (
     WorkerTimeoutError,
     telemetry,
 )
-from pypit.pool import Map, open_pool
+from pypit.pool import Map, Pool, open_pool
 from tests.pool.conftest import adapter, assert_catalog_shape, opened_at_exit, options, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -220,22 +221,55 @@ async def test_leaving_early_cancels_what_is_in_flight(how: str, tmp_path: Path)
     after the block, and the worker serves the next call."""
     record = tmp_path / "record"
     inputs = [{"path": str(record), "tag": str(i), "seconds": 0.02} for i in range(200)]
-    async with open_pool(adapter(), **options()) as pool:
-        pid = await pool.execute("pid")
-        with anyio.CancelScope() as scope:
-            # chunksize=20: a frame in flight stops between its inputs.
-            async with pool.map("record", inputs, chunksize=20) as results:
-                async for _ in results:
-                    if how == "break":
-                        break
-                    scope.cancel()
-                    await anyio.sleep(1)
-        assert scope.cancelled_caught == (how == "cancel")
-        assert pool.status().in_flight == 0
-        ran = len(record.read_text().split())
-        assert await pool.execute("pid", timeout=5) == pid
-        await anyio.sleep(0.1)
-        assert len(record.read_text().split()) == ran < 60
+    with telemetry.capture((*CALL, "exception")) as seen:
+        async with open_pool(adapter(), **options()) as pool:
+            pid = await pool.execute("pid")
+            with anyio.CancelScope() as scope:
+                # chunksize=20: a frame in flight stops between its inputs.
+                async with pool.map("record", inputs, chunksize=20) as results:
+                    async for _ in results:
+                        if how == "break":
+                            break
+                        scope.cancel()
+                        await anyio.sleep(1)
+            assert scope.cancelled_caught == (how == "cancel")
+            await check_stopped(pool, record, pid)
+
+    assert seen.events
+    for event in seen:
+        assert_catalog_shape(event)
+        assert event.metadata["kind"] == "exit"
+        cancelled = anyio.get_cancelled_exc_class()
+        expected = GeneratorExit if how == "break" else cancelled
+        assert isinstance(event.metadata["reason"], expected)
+
+
+async def check_stopped(pool: Pool, record: Path, pid: int) -> None:
+    """Nothing of the map runs once its block ended, and its worker serves at once."""
+    assert pool.status().in_flight == 0
+    ran = len(record.read_text().split())
+    assert await pool.execute("pid", timeout=5) == pid
+    await anyio.sleep(0.1)
+    assert len(record.read_text().split()) == ran < 60
+
+
+async def test_frames_that_wait_past_the_queue_timeout_never_run(tmp_path: Path) -> None:
+    """A frame still in the pool's queue at its queue deadline fails its inputs with
+    QueueTimeoutError and never runs, as a call does."""
+    gate, record = tmp_path / "gate", tmp_path / "record"
+    inputs = [{"path": str(record), "tag": str(i)} for i in range(3)]
+    # queue_timeout is off by default.
+    async with open_pool(adapter(), **options(queue_timeout=0.3)) as pool:
+        async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+            tasks.start_soon(pool.execute, "hold", {"gate": str(gate)})
+            await wait_until(lambda: pool.status().in_flight == 1, "the worker to be busy")
+            async with pool.map("record", inputs, return_exceptions=True) as results:
+                got = [r async for r in results]
+        assert [type(r) for r in got] == [QueueTimeoutError] * 3
+        assert pool.status().queue_timeouts == 3
+        assert await pool.execute("identity", 1, timeout=5) == 1
+
+    assert not record.exists()
 
 
 async def test_the_inputs_iterator_failing_is_raised_after_the_results_before_it() -> None:
