@@ -70,7 +70,7 @@ _WITHDRAW_GRACE: Final = 0.25
 # How long leaving a map's block waits for the workers to confirm that its frames stopped:
 # a round trip, unless a sync tool is inside an input (the worker then has cancel_grace).
 _CLOSE_GRACE: Final = 0.25
-_TAKE_MAX: Final = 65_536
+_TAKE_MAX: Final = 16_384
 """Results the blocking facade takes in one hop from the loop, at most."""
 _MAX_CHUNK: Final = 4096
 """The largest chunk the map chooses by itself (a ``chunksize`` given may be larger)."""
