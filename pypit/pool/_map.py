@@ -13,9 +13,9 @@ most ``buffersize`` frames of inputs and results, however long its iterable, and
 that stops reading stops the map instead of filling memory. Of those, at most two per
 worker slot are sent and unanswered (four for quick frames, which wait in their worker):
 each worker has its next frame at hand, and the map holds few places in the pool's queue,
-ahead of other callers. The rest of the window
-absorbs a frame that is slow to come back: ``map`` yields in input order, so the frames
-after it wait, done, without stopping the workers.
+ahead of other callers. The rest of the window absorbs a frame that is slow to come back:
+``map`` yields in input order, so the frames after it wait, done, without stopping the
+workers.
 
 A frame costs no task: its request's ``done`` signal tells the map when the answer came,
 and the map's consumer settles it, applying the rules ``Pool.execute`` applies to a call
