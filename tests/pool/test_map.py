@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from pypit import (
+    FrameTooLargeError,
     PoolSaturatedError,
     QueueTimeoutError,
     SerializationError,
@@ -355,6 +356,36 @@ async def test_progress_is_reported_to_a_callback_and_to_tqdm_or_rich(
         (bar,) = bars
         assert (bar.kwargs["total"], bar.n, bar.closed) == (5, 5, True)
 
+        progresses: list[Any] = []
+
+        class Progress:
+            def __init__(self) -> None:
+                self.tasks: dict[int, dict[str, Any]] = {}
+                self.running = False
+                progresses.append(self)
+
+            def start(self) -> None:
+                self.running = True
+
+            def stop(self) -> None:
+                self.running = False
+
+            def add_task(self, description: str, total: int | None) -> int:
+                self.tasks[1] = {"description": description, "total": total}
+                return 1
+
+            def update(self, task: int, completed: int) -> None:
+                self.tasks[task]["completed"] = completed
+
+        rich = types.SimpleNamespace(progress=types.SimpleNamespace(Progress=Progress))
+        monkeypatch.setitem(sys.modules, "rich", rich)
+        monkeypatch.setitem(sys.modules, "rich.progress", rich.progress)
+        async with pool.map("identity", range(3), progress="rich") as r:
+            assert [x async for x in r] == [0, 1, 2]
+        (shown,) = progresses
+        assert shown.tasks == {1: {"description": "identity", "total": 3, "completed": 3}}
+        assert not shown.running
+
         monkeypatch.setitem(sys.modules, "tqdm", None)
         with pytest.raises(ImportError, match=r"progress='tqdm' needs the tqdm package"):
             pool.map("identity", [1], progress="tqdm")
@@ -391,3 +422,41 @@ async def test_a_full_queue_holds_a_maps_frames_back_until_its_own_come_back(
                 async with pool.map("identity", range(10)):
                     pass
             assert pool.status().requests == requests + 1
+
+
+async def test_several_tasks_may_take_the_results_of_one_map() -> None:
+    """Each result goes to one of the tasks that iterate a map, and every result to one."""
+    taken: list[list[int]] = [[], []]
+    async with open_pool(adapter(), **options()) as pool:
+        async with pool.map_unordered("identity", range(300)) as results:
+
+            async def take(into: list[int]) -> None:
+                async for result in results:
+                    into.append(result)
+                    await anyio.sleep(0)
+
+            async with anyio.create_task_group() as tasks:
+                for into in taken:
+                    tasks.start_soon(take, into)
+
+    assert sorted(taken[0] + taken[1]) == list(range(300))
+    assert taken[0]
+    assert taken[1]
+
+
+async def test_inputs_over_the_frame_size_limit_go_in_smaller_frames() -> None:
+    """A chunk whose inputs together are over max_frame_size is split until each frame
+    fits; an input too large alone fails with FrameTooLargeError."""
+    blob = b"x" * 40_000
+    with telemetry.capture((*CALL, "stop")) as seen:
+        # The smallest max_frame_size (64 KiB): two of the inputs do not fit in one frame;
+        # chunksize=4 asks for four in one.
+        async with open_pool(adapter(), **options(max_frame_size=65_536)) as pool:
+            async with pool.map(
+                "identity", [blob] * 4 + [b"x" * 70_000], chunksize=4, return_exceptions=True
+            ) as results:
+                got = [r async for r in results]
+
+    assert got[:4] == [blob] * 4
+    assert isinstance(got[4], FrameTooLargeError)
+    assert [e.measurements["items"] for e in seen] == [1, 1, 1, 1]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import psutil
@@ -265,18 +266,34 @@ def test_a_second_ctrl_c_kills_the_workers_and_exits_at_once(
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_blocking_map_and_map_unordered(backend: str) -> None:
+def test_blocking_map_and_map_unordered(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The blocking maps return plain iterators inside their block, with the async ones'
-    results and errors; the progress callback runs in the iterating thread."""
+    results and errors; the progress callback and a tqdm bar (a stand-in: tqdm is no
+    dependency) are driven from the iterating thread."""
     threads: set[int] = set()
 
     def progress(done: int, total: int | None) -> None:
         threads.add(threading.get_ident())
 
+    class Bar:
+        def __init__(self, **kwargs: object) -> None:
+            self.n, self.closed = 0, False
+            bars.append(self)
+
+        def update(self, n: int) -> None:
+            threads.add(threading.get_ident())
+            self.n += n
+
+        def close(self) -> None:
+            self.closed = True
+
+    bars: list[Bar] = []
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=Bar))
+
     with start_pool(adapter(), backend=backend, **options()) as pool:
         with pool.map("identity", range(100), progress=progress) as results:
             assert list(results) == list(range(100))
-        with pool.map_unordered("identity", range(100)) as results:
+        with pool.map_unordered("identity", range(100), progress="tqdm") as results:
             assert sorted(results) == list(range(100))
         with pool.map("fail", [{"message": "a"}], return_exceptions=True) as results:
             (error,) = list(results)
@@ -285,6 +302,7 @@ def test_blocking_map_and_map_unordered(backend: str) -> None:
             list(failing)
 
     assert threads == {threading.get_ident()}
+    assert [(bar.n, bar.closed) for bar in bars] == [(100, True)]
 
 
 def test_a_blocking_map_is_iterated_inside_its_block_and_stops_when_it_ends(
