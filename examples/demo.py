@@ -172,9 +172,9 @@ async def main(seconds: float | None) -> None:
         ) as pool:
             tools = ", ".join(sorted(pool.tools()))
             print(f"pool 'demo' is up in {time.monotonic() - started:.2f}s; tools: {tools}")
-            await map_batch(pool, dashboard)
             stop = anyio.Event()
             try:
+                await map_batch(pool, dashboard)
                 async with anyio.create_task_group() as tasks:
                     for job in (fast_calls, slow_calls, streams, failures, bursts):
                         tasks.start_soon(job, pool, stop)
