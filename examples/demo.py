@@ -1,6 +1,7 @@
 """``make demo``: an embedded pool under a mixed load, with live status and an event tally.
 
-Runs for a few seconds by default; ``--seconds N`` changes that, ``--forever``
+It first maps a batch of predictions with a progress bar, then runs the mixed load for a
+few seconds by default; ``--seconds N`` changes that, ``--forever``
 keeps it going until Ctrl-C, which stops the pool at once and prints the summary.
 """
 
@@ -33,6 +34,7 @@ class Dashboard:
     def __init__(self) -> None:
         self.tally: Counter[str] = Counter()
         self.durations: list[float] = []
+        self.quiet = False  # while a progress bar holds the line
 
     def on_event(self, event: Any, measurements: Any, metadata: Any, config: Any) -> None:
         self.tally[".".join(event[1:])] += 1
@@ -43,6 +45,8 @@ class Dashboard:
             print(f"  · {template.format(**metadata)}")
 
     def on_status(self, event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        if self.quiet:
+            return
         p50 = sorted(self.durations)[len(self.durations) // 2] if self.durations else 0.0
         self.durations.clear()
         print(
@@ -50,6 +54,45 @@ class Dashboard:
             f"available {measurements['available_workers']}  busy {measurements['busy_workers']}  "
             f"in flight {measurements['in_flight']:>2}  call p50 {p50:6.2f} ms"
         )
+
+
+class TextBar:
+    """A one-line progress bar for any terminal: a map's ``progress`` callback."""
+
+    def __init__(self, label: str, width: int = 30) -> None:
+        self.label = label
+        self.width = width
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if total:
+            filled = self.width * done // total
+            bar = "#" * filled + "." * (self.width - filled)
+            shown = f"[{bar}] {100 * done // total:3d}%  {done:,}/{total:,}"
+        else:
+            shown = f"{done:,}"
+        end = "\n" if done == total else ""
+        print(f"\r  {self.label} {shown}", end=end, flush=True)
+
+
+async def map_batch(pool: Pool, dashboard: Dashboard, inputs: int = 20_000) -> None:
+    """Map a batch of predictions over the pool, with a progress bar; the pool sends quick
+    inputs many to a frame once it has learned that they are quick."""
+    frames = dashboard.tally["rpc.call.stop"]
+    started = time.monotonic()
+    dashboard.quiet = True
+    try:
+        progress = TextBar("map predict")
+        batch = [{"x": i % 1000} for i in range(inputs)]  # a list: the bar knows its total
+        async with pool.map("predict", batch, progress=progress) as results:
+            total = sum([result["y"] async for result in results])
+    finally:
+        dashboard.quiet = False
+    took = time.monotonic() - started
+    frames = dashboard.tally["rpc.call.stop"] - frames
+    print(
+        f"  · mapped {inputs:,} inputs in {frames} frames, {took:.2f}s "
+        f"({inputs / took:,.0f}/s); sum of y {total:,.0f}"
+    )
 
 
 async def fast_calls(pool: Pool, stop: anyio.Event) -> None:
@@ -131,6 +174,7 @@ async def main(seconds: float | None) -> None:
             print(f"pool 'demo' is up in {time.monotonic() - started:.2f}s; tools: {tools}")
             stop = anyio.Event()
             try:
+                await map_batch(pool, dashboard)
                 async with anyio.create_task_group() as tasks:
                     for job in (fast_calls, slow_calls, streams, failures, bursts):
                         tasks.start_soon(job, pool, stop)

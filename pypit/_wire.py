@@ -51,8 +51,10 @@ class Call(_Message, tag=1):
     sent and not yet taken by the consumer (see :class:`Credit`). A stream with a window
     under 1 is refused (the call fails); calls that do not stream leave it at 0.
     ``session_id`` is the caller's, which the tool reads with ``get_session_id()``.
-    Fields are added at the end, with a default, so that a Call framed before one of them
-    existed still decodes.
+    ``batch`` makes ``args`` a list of inputs, each what ``args`` is for one call: the tool
+    runs once per input and the worker answers with one :class:`Results`;
+    ``stop_on_error`` ends the batch at its first failing input. Fields are added at the
+    end, with a default, so that a Call framed before one of them existed still decodes.
     """
 
     id: int
@@ -64,6 +66,8 @@ class Call(_Message, tag=1):
     trace_context: dict[str, str] | None = None
     window: Annotated[int, msgspec.Meta(ge=0)] = 0
     session_id: str | None = None
+    batch: bool = False
+    stop_on_error: bool = False
 
 
 class Cancel(_Message, tag=2):
@@ -212,6 +216,30 @@ class Error(_Message, tag=25):
     took: int = 0
 
 
+class ItemError(msgspec.Struct, array_like=True):
+    """Why input ``index`` of a batch failed: ``kind`` is ``tool`` (the tool raised) or
+    ``serialization`` (its result cannot travel)."""
+
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    kind: str
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class Results(_Message, tag=32):
+    """The answer of batch call ``id``: ``values[i]`` is the result of input ``i`` (None
+    where ``errors`` names it). Every input ran, in order, unless the call asked to stop
+    at its first error: then ``values`` ends with that input's place, and the inputs after
+    it never ran."""
+
+    id: int
+    values: list[Any]
+    errors: list[ItemError] = []
+    waited: int = 0
+    took: int = 0
+
+
 class Chunk(_Message, tag=26):
     """Chunk ``seq`` (from 1) of stream ``id``; at most the call's ``window`` of them
     are sent ahead of the parent's :class:`Credit`, more is a protocol error."""
@@ -277,9 +305,11 @@ class Output(_Message, tag=31):
     dropped: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
+Answer: TypeAlias = Result | Results | Error | End
+"""A call's final message from its worker."""
 ToWorker: TypeAlias = Call | Cancel | Ping | Shutdown | Configure | Credit
 FromWorker: TypeAlias = (
-    Hello | Ready | Failed | Result | Error | Chunk | End | Events | Output | Pong | Ack
+    Hello | Ready | Failed | Result | Results | Error | Chunk | End | Events | Output | Pong | Ack
 )
 
 
@@ -509,6 +539,7 @@ def _too_deep(message: _Message) -> SerializationError:
     where, value = {
         Call: ("args", "args"),
         Result: ("result", "value"),
+        Results: ("result", "values"),
         Chunk: ("chunk", "value"),
     }.get(type(message), ("", ""))
     cycle = _cycle(getattr(message, value)) if where else None
@@ -556,6 +587,8 @@ def encode(message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> b
             check(message.value, "result")
         elif type(message) is Chunk:
             check(message.value, "chunk")
+        elif type(message) is Results:
+            check(message.values, "result")
         body = _encoder.encode(message)
     except SerializationError:
         raise
@@ -577,7 +610,12 @@ def _out_of_range(message: _Message) -> SerializationError:
     """The error for an int msgpack cannot hold, naming it where it is (found by a plain
     search: only on the way to an error)."""
     rule = "an int is from -2**63 to 2**64 - 1"
-    carried = {Call: ("args", "args"), Result: ("result", "value"), Chunk: ("chunk", "value")}
+    carried = {
+        Call: ("args", "args"),
+        Result: ("result", "value"),
+        Results: ("result", "values"),
+        Chunk: ("chunk", "value"),
+    }
     where, field = carried.get(type(message), ("", ""))
     stack: list[tuple[Any, str]] = [(getattr(message, field), where)] if where else []
     while stack:

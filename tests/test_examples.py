@@ -27,6 +27,8 @@ def test_demo_runs_a_pool_and_shows_status_and_events(capsys: pytest.CaptureFixt
     assert "[demo] queue" in out
     assert "flaky call failed as expected: ToolError" in out
     assert "burst of 40 calls" in out
+    assert "map predict [##############################] 100%  20,000/20,000\n" in out
+    assert "mapped 20,000 inputs in " in out
     assert "worker demo_worker_1 gone: shutdown" in out
     tally = out.split("events seen:")[1]
     for name in ("rpc.call.stop", "python.call.stop", "pool.saturated", "rpc.stream.closed"):

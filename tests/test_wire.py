@@ -312,3 +312,25 @@ def test_a_tool_carries_its_parameters() -> None:
     forged = msgspec.msgpack.encode([22, [[21, "predict", "", False, [["x", "sideways"]]]]])
     with pytest.raises(ProtocolError, match="sideways"):
         _wire.decode_from_worker(forged)
+
+
+def test_a_call_framed_before_batches_decodes_as_a_single_call() -> None:
+    """A Call frame written before batch calls existed decodes, as one call."""
+    old = msgspec.msgpack.encode([1, 7, "echo", None, "cid", None, False, None, 0, "s"])
+    call = _wire.decode_to_worker(old)
+    assert isinstance(call, _wire.Call)
+    assert (call.session_id, call.batch, call.stop_on_error) == ("s", False, False)
+
+
+def test_the_results_of_a_batch_travel_with_their_errors() -> None:
+    """A batch call and its Results round-trip; a value of the results that cannot travel
+    is refused as the result's, naming its place."""
+    call = _wire.Call(7, "echo", [1, {"a": 2}], "cid", batch=True, stop_on_error=True)
+    decoded = _wire.decode_to_worker(_wire.encode(call)[4:])
+    assert isinstance(decoded, _wire.Call)
+    assert (decoded.args, decoded.batch, decoded.stop_on_error) == ([1, {"a": 2}], True, True)
+    error = _wire.ItemError(1, "tool", "ValueError", "boom", "Traceback ...")
+    results = _wire.Results(7, [1, None], [error], waited=3, took=4)
+    assert _wire.decode_from_worker(_wire.encode(results)[4:]) == results
+    with pytest.raises(SerializationError, match=r"cannot send result\[1\], of type set"):
+        _wire.encode(_wire.Results(7, [1, {2}]))

@@ -14,11 +14,13 @@
 from pypit._decorate import publish as _publish
 from pypit.pool._config import PoolConfig as PoolConfig
 from pypit.pool._config import RayWorkers as RayWorkers
+from pypit.pool._map import Map as Map
 from pypit.pool._pool import Pool as Pool
 from pypit.pool._pool import PoolStatus as PoolStatus
 from pypit.pool._pool import SessionInfo as SessionInfo
 from pypit.pool._pool import open_pool as open_pool
 from pypit.pool._stream import Stream as Stream
+from pypit.pool._sync import SyncMap as SyncMap
 from pypit.pool._sync import SyncPool as SyncPool
 from pypit.pool._sync import SyncStream as SyncStream
 from pypit.pool._sync import start_pool as start_pool
@@ -26,6 +28,7 @@ from pypit.pool._tools import Parameter as Parameter
 from pypit.pool._tools import ToolDescription as ToolDescription
 
 __all__ = [
+    "Map",
     "Parameter",
     "Pool",
     "PoolConfig",
@@ -33,6 +36,7 @@ __all__ = [
     "RayWorkers",
     "SessionInfo",
     "Stream",
+    "SyncMap",
     "SyncPool",
     "SyncStream",
     "ToolDescription",

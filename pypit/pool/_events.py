@@ -101,6 +101,8 @@ def call_stopped(request: Request) -> None:
                 "monotonic_time": now,
                 "request_bytes": len(request.frame),
                 "response_bytes": request.size,
+                "items": request.inputs,
+                "failed_items": request.failed_items,
             },
             request.metadata,
         )
@@ -111,7 +113,7 @@ def call_failed(request: Request, exc: BaseException) -> None:
         now = time.monotonic_ns()
         execute(
             CALL_EXCEPTION,
-            {"duration": now - request.started, "monotonic_time": now},
+            {"duration": now - request.started, "monotonic_time": now, "items": request.inputs},
             {
                 **request.metadata,
                 "kind": "error" if isinstance(exc, Exception) else "exit",

@@ -19,7 +19,7 @@ import math
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -44,6 +44,7 @@ from pypit.pool._channel import signal_factory
 from pypit.pool._config import AFFINITIES, Affinity, PoolConfig, check_timeout, make_config
 from pypit.pool._control import Control
 from pypit.pool._launch import Launcher, LocalLauncher
+from pypit.pool._map import Map, Progress
 from pypit.pool._request import Request
 from pypit.pool._scheduler import Limits, Scheduler, SessionInfo
 from pypit.pool._stream import Stream
@@ -99,7 +100,7 @@ _correlation_prefix = secrets.token_hex(6)
 _correlation_counter = itertools.count(1)
 
 
-def _new_correlation_id() -> str:
+def new_correlation_id() -> str:
     return f"{_correlation_prefix}-{next(_correlation_counter):x}"
 
 
@@ -295,6 +296,60 @@ class Pool:
             timeout=timeout,
         )
 
+    def map(
+        self,
+        command: str,
+        inputs: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        correlation_id: str | None = None,
+        return_exceptions: bool = False,
+        progress: Progress = None,
+    ) -> Map:
+        """Run ``command`` once per input, as :class:`~pypit.pool.Map` of the results in
+        the order of the inputs::
+
+            async with pool.map("predict", ({"x": x} for x in range(1000))) as results:
+                async for result in results:
+                    ...
+
+        Each input is what ``execute`` takes as ``args``. The iterable is pulled lazily:
+        at most ``buffersize`` frames (default: 8 per worker slot) are out at once, two
+        or four per slot sent, each of ``chunksize`` inputs (default: chosen from the command's
+        learned cost: one for slow commands). ``timeout`` is per input: a frame of n inputs has
+        n times ``timeout`` from the moment it is sent to a worker. The first error is raised
+        in input order, and the map stops; ``return_exceptions=True`` yields errors as
+        results instead. ``progress`` is a callable ``(done, total)``, ``"tqdm"`` or
+        ``"rich"``. Leaving the block cancels what is in flight (docs/calls.md).
+        """
+        return Map(self, command, inputs, ordered=True, chunksize=chunksize,
+                   buffersize=buffersize, timeout=timeout, session_id=session_id,
+                   correlation_id=correlation_id, return_exceptions=return_exceptions,
+                   progress=progress)  # fmt: skip
+
+    def map_unordered(
+        self,
+        command: str,
+        inputs: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        correlation_id: str | None = None,
+        return_exceptions: bool = False,
+        progress: Progress = None,
+    ) -> Map:
+        """:meth:`map`, with the results as they arrive (those of one frame in input
+        order); the first error to arrive is raised."""
+        return Map(self, command, inputs, ordered=False, chunksize=chunksize,
+                   buffersize=buffersize, timeout=timeout, session_id=session_id,
+                   correlation_id=correlation_id, return_exceptions=return_exceptions,
+                   progress=progress)  # fmt: skip
+
     def status(self) -> PoolStatus:
         """A snapshot of the queue, the workers and the counters."""
         ready = [w for w in self._scheduler.workers if w is not None and w.accepting]
@@ -361,7 +416,7 @@ class Pool:
         if self._closed:
             raise PoolClosedError(f"pool {self.name!r} is closed")
 
-    def _check(self, command: str, args: Any, *, stream: bool) -> None:
+    def _check(self, command: str, args: Any, *, stream: bool, batch: bool = False) -> None:
         self._check_open()
         tool = self._supervisor.tools.get(command)
         if tool is None:
@@ -372,7 +427,8 @@ class Pool:
             raise ToolKindError(f"{command!r} is a {kind}; use {how}")
         check = self._supervisor.checks.get(command)
         if check is not None:
-            check.check(args)
+            for one in args if batch else (args,):
+                check.check(one)
 
     def _request(
         self,
@@ -383,15 +439,18 @@ class Pool:
         correlation_id: str | None,
         *,
         stream: bool,
+        batch: bool = False,
+        stop_on_error: bool = False,
     ) -> Request:
-        """Check and encode a call; nothing is sent or queued yet."""
+        """Check and encode a call (with ``batch``, a frame of a map: ``args`` is its list
+        of inputs); nothing is sent or queued yet."""
         command = exact_str("command", command)
         timeout = check_timeout(timeout, optional=True)
         session_id = exact_str("session_id", session_id, optional=True)
         correlation_id = exact_str("correlation_id", correlation_id, optional=True)
-        self._check(command, args, stream=stream)
+        self._check(command, args, stream=stream, batch=batch)
         request_id = next(_request_ids)
-        correlation_id = correlation_id or correlation_id_var.get() or _new_correlation_id()
+        correlation_id = correlation_id or correlation_id_var.get() or new_correlation_id()
         if type(correlation_id) is not str:
             raise TypeError(
                 f"the current correlation id must be a str, not {correlation_id!r} "
@@ -399,6 +458,9 @@ class Pool:
             )
         message = _wire.Call(request_id, command, args, correlation_id, timeout, stream)
         message.session_id = session_id
+        if batch:
+            message.batch = True
+            message.stop_on_error = stop_on_error
         if stream:
             message.window = self.config.stream_window
         frame = _wire.encode(message, self.config.max_frame_size)
@@ -411,6 +473,8 @@ class Pool:
         request.session_id = session_id
         request.frame = frame
         request.window = message.window
+        if batch:
+            request.inputs = len(args)
         if timeout is not None:
             request.deadline = request.queue_deadline = anyio.current_time() + timeout
         return request

@@ -62,6 +62,7 @@ class Request:
     __slots__ = (
         "abandoned",
         "arrived",
+        "budget",
         "chunks",
         "command",
         "correlation_id",
@@ -70,7 +71,9 @@ class Request:
         "done",
         "enqueued",
         "error",
+        "failed_items",
         "frame",
+        "inputs",
         "message",
         "metadata",
         "prefetched",
@@ -113,6 +116,13 @@ class Request:
         self.message: _wire.Call | None = None
         self.deadline = math.inf
         self.queue_deadline = math.inf
+        # Seconds the call has from the moment it is sent to a worker (0: none); its
+        # deadline is set then (a map's frames: time spent behind the map's own frames in
+        # the pool's queue does not count).
+        self.budget = 0.0
+        # A batch call (pool.map) carries several inputs; those whose tool raised.
+        self.inputs = 1
+        self.failed_items = 0
         self.enqueued = 0
         self.started = 0
         self.sent_at = 0

@@ -129,7 +129,7 @@ class Scheduler(Generic[W]):
             PoolDegradedError: it would wait and every slot is down.
         """
         self.counters["requests"] += 1
-        request.quick = request.chunks is None and self.is_quick(request.command)
+        request.quick = request.chunks is None and self.is_quick(request.command, request.inputs)
         target = None if request.session_id is None else self._session_worker(request)
         # Calls that wait for one worker (strict affinity) do not hold up the others: a
         # call may start at once unless something queued could be served first.
@@ -225,15 +225,21 @@ class Scheduler(Generic[W]):
 
     # -- prefetch ------------------------------------------------------------------------
 
-    def is_quick(self, command: str) -> bool:
-        """Whether calls of ``command`` may wait in a busy worker: it is known to take less
-        than ``prefetch_below`` (with ``prefetch_below=0``, any command)."""
+    def is_quick(self, command: str, inputs: int = 1) -> bool:
+        """Whether calls of ``command`` (with ``inputs`` inputs: a map's frame) may wait in
+        a busy worker: they are known to take less than ``prefetch_below`` (with
+        ``prefetch_below=0``, any call)."""
         if not self.limits.prefetch:
             return False
         if not self._quick_below:
             return True
         cost = self._cost.get(command)
-        return cost is not None and cost < self._quick_below
+        return cost is not None and cost * inputs < self._quick_below
+
+    def cost(self, command: str) -> float | None:
+        """What one input of ``command`` costs a worker (ns, moving average); None until
+        a call of it was answered."""
+        return self._cost.get(command)
 
     def _has_room(self, worker: W, quick: bool) -> bool:
         """A free slot, or, for a quick command, room to wait behind quick calls only."""
@@ -250,6 +256,9 @@ class Scheduler(Generic[W]):
     def _send(self, worker: W, request: Request) -> None:
         request.prefetched = worker.in_flight >= worker.max_concurrency
         request.sent_at = time.monotonic_ns()
+        if request.budget:
+            request.deadline = self.clock() + request.budget
+            request.queue_deadline = min(request.queue_deadline, request.deadline)
         worker.in_flight += 1
         if not request.quick:
             worker.slow += 1
@@ -370,7 +379,7 @@ class Scheduler(Generic[W]):
         self,
         worker: W,
         request: Request,
-        answer: _wire.Result | _wire.Error | _wire.End | None,
+        answer: _wire.Answer | None,
     ) -> None:
         """A call's answer came (or was lost: ``answer`` None): free its place, learn what
         its command costs, and report when a call that waited in the worker started.
@@ -384,7 +393,10 @@ class Scheduler(Generic[W]):
         # (or lies), and counts for nothing.
         if answer is not None and answer.took > 0:
             if request.chunks is None:
-                self._learn(request.command, answer.took, whole=not request.abandoned)
+                # What the command costs is learned per input: a batch ran that many.
+                ran = len(answer.values) if isinstance(answer, _wire.Results) else request.inputs
+                took = answer.took // max(1, ran)
+                self._learn(request.command, took, whole=not request.abandoned)
             if request.prefetched:
                 queue_time = request.sent_at - request.enqueued + max(0, answer.waited)
                 self._dequeued(worker, request, queue_time)

@@ -144,7 +144,7 @@ class Supervisor:
         self,
         worker: WorkerHandle,
         request: Request,
-        answer: _wire.Result | _wire.Error | _wire.End | None,
+        answer: _wire.Answer | None,
     ) -> None:
         """A call's answer came: the scheduler frees its place; a worker due for
         recycling is retired; the freed capacity goes to the queue."""

@@ -10,9 +10,12 @@ workers, and the block is left at once.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Iterator
+import itertools
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -21,6 +24,8 @@ import anyio.from_thread
 
 from pypit._errors import PoolClosedError
 from pypit.pool._config import Affinity, make_config
+from pypit.pool._futures import Callbacks, CallFuture
+from pypit.pool._map import MAP_ENDED, Display, Map, Progress
 from pypit.pool._pool import Pool, PoolStatus, SessionInfo, ToolDescription, open_pool
 from pypit.pool._stream import STREAM_ENDED, Stream
 
@@ -117,6 +122,97 @@ class SyncStream:
             _on_loop(self._portal, self._stream.aclose)
 
 
+class SyncMap:
+    """A blocking view of a :class:`~pypit.pool.Map`, from :meth:`SyncPool.map` and
+    :meth:`SyncPool.map_unordered`::
+
+        with pool.map("predict", ({"x": x} for x in range(1000))) as results:
+            for result in results:
+                ...
+
+    Leaving the block, however, stops the map at once, as :meth:`close` does (from any
+    thread). Iterating without ``with`` raises ``TypeError``: a ``for`` loop left by
+    ``break`` never tells its iterator, and a generator that stopped the map when closed
+    would stop it when the garbage collector gets to it -- in whatever thread it runs,
+    possibly the pool's own, where the stop cannot wait for the loop -- while the workers
+    ran inputs nobody reads. Results cross from the pool's loop in batches (all those
+    ready at once), so a quick map costs a thread hop per frame, not per result; the
+    progress callback runs in the iterating thread, after each batch.
+    """
+
+    __slots__ = ("_display", "_entered", "_map", "_portal", "_progress", "_results")
+
+    def __init__(
+        self, results: Map, portal: anyio.from_thread.BlockingPortal, progress: Progress
+    ) -> None:
+        self._map = results
+        self._portal = portal
+        self._progress = progress
+        self._display: Display | None = None
+        self._entered = False
+        # Results are handed out by C code, a batch at a time: iterating costs next to
+        # nothing per result.
+        self._results = itertools.chain.from_iterable(self._batches())
+
+    def __enter__(self) -> Self:
+        if self._progress in ("tqdm", "rich"):
+            self._display = Display(str(self._progress), self._map.total, self._map._command)
+        try:
+            _on_loop(self._portal, self._map.__aenter__)
+        except BaseException:
+            self.close()
+            raise
+        self._entered = True
+        self._report()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self._entered:
+            raise TypeError(
+                "iterate a map inside its block: `with pool.map(...) as results: "
+                "for result in results: ...`, so that leaving the loop early cancels it at once"
+            )
+        if self._map._closed:
+            raise TypeError(MAP_ENDED)
+        return self._results
+
+    def __next__(self) -> Any:
+        iter(self)
+        return next(self._results)
+
+    def _batches(self) -> Iterator[list[Any]]:
+        while batch := _on_loop(self._portal, self._map._take):
+            self._report()
+            yield batch
+        self._report()
+
+    def _report(self) -> None:
+        done = self._map.done
+        if self._display is not None:
+            self._display.update(done)
+        elif callable(self._progress):
+            self._progress(done, self._map.total)
+
+    def close(self) -> None:
+        """Stop the map, as leaving its block does; nothing happens the second time (nor
+        once the pool closed, which stopped the map)."""
+        try:
+            with contextlib.suppress(PoolClosedError):
+                _on_loop(self._portal, self._map.aclose)
+        finally:
+            if self._display is not None:
+                self._display.close()
+                self._display = None
+
+
 class SyncPool:
     """A blocking view of a :class:`Pool`. Every method is safe from any thread.
 
@@ -124,9 +220,13 @@ class SyncPool:
     until it is done; many threads may call at once.
     """
 
-    def __init__(self, pool: Pool, portal: anyio.from_thread.BlockingPortal) -> None:
+    def __init__(
+        self, pool: Pool, portal: anyio.from_thread.BlockingPortal, loop_thread: int = 0
+    ) -> None:
         self._pool = pool
         self._portal = portal
+        self._loop_thread = loop_thread
+        self._callbacks = Callbacks()
 
     @property
     def name(self) -> str:
@@ -173,6 +273,82 @@ class SyncPool:
             command, args, timeout=timeout, session_id=session_id, correlation_id=correlation_id
         )
         return SyncStream(stream, self._portal)
+
+    def submit(
+        self,
+        command: str,
+        args: Any = None,
+        *,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> concurrent.futures.Future[Any]:
+        """:meth:`Pool.execute` without waiting: a ``concurrent.futures.Future`` of its
+        result, for ``concurrent.futures.wait`` and ``as_completed``.
+
+        ``cancel()`` cancels the call: one that waits never runs, a running one is
+        cancelled as its deadline would cancel it. Callbacks added before the result run on
+        a thread of the pool's, never on its loop, so they may call the pool
+        (docs/calls.md). Raises ``PoolClosedError`` once the pool is closed.
+        """
+        future = CallFuture(self._portal, self._loop_thread, self._callbacks)
+        call = functools.partial(
+            self._pool.execute,
+            command,
+            args,
+            timeout=timeout,
+            session_id=session_id,
+            correlation_id=correlation_id,
+        )
+        try:
+            self._portal.start_task_soon(future.run, call)
+        except RuntimeError as exc:
+            if "portal is not running" not in str(exc):
+                raise
+            raise PoolClosedError("the pool is closed: its event loop thread has stopped") from None
+        return future
+
+    def map(
+        self,
+        command: str,
+        inputs: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        correlation_id: str | None = None,
+        return_exceptions: bool = False,
+        progress: Progress = None,
+    ) -> SyncMap:
+        """Blocking :meth:`Pool.map`: ``with pool.map(...) as results: for result in
+        results: ...``; leaving the block stops the map (see :class:`SyncMap`). The
+        iterable is pulled on the pool's loop thread, a frame at a time."""
+        results = self._pool.map(command, inputs, chunksize=chunksize, buffersize=buffersize,
+                                 timeout=timeout, session_id=session_id,
+                                 correlation_id=correlation_id,
+                                 return_exceptions=return_exceptions)  # fmt: skip
+        return SyncMap(results, self._portal, progress)
+
+    def map_unordered(
+        self,
+        command: str,
+        inputs: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        correlation_id: str | None = None,
+        return_exceptions: bool = False,
+        progress: Progress = None,
+    ) -> SyncMap:
+        """Blocking :meth:`Pool.map_unordered` (see :meth:`map`)."""
+        results = self._pool.map_unordered(command, inputs, chunksize=chunksize,
+                                           buffersize=buffersize, timeout=timeout,
+                                           session_id=session_id, correlation_id=correlation_id,
+                                           return_exceptions=return_exceptions)  # fmt: skip
+        return SyncMap(results, self._portal, progress)
 
     def status(self) -> PoolStatus:
         """:meth:`Pool.status`; once the pool is closed, its last snapshot (``closed`` is
@@ -273,17 +449,26 @@ def start_pool(
             f"backend must be one of {', '.join(map(repr, _BACKENDS))}, not {backend!r}"
         )
     make_config(adapter, size, name, options)  # misuse is refused here, with no thread yet
-    with anyio.from_thread.start_blocking_portal(backend) as portal:
-        opened = portal.wrap_async_context_manager(
-            open_pool(adapter, size=size, name=name, **options)
-        )
-        pool = opened.__enter__()
-        try:
-            yield SyncPool(pool, portal)
-        except BaseException as exc:
-            _leave(opened, portal, pool, exc)
-            raise
-        _leave(opened, portal, pool, None)
+    callbacks: Callbacks | None = None
+    try:
+        with anyio.from_thread.start_blocking_portal(backend) as portal:
+            opened = portal.wrap_async_context_manager(
+                open_pool(adapter, size=size, name=name, **options)
+            )
+            pool = opened.__enter__()
+            sync = SyncPool(pool, portal, portal.call(threading.get_ident))
+            callbacks = sync._callbacks
+            try:
+                yield sync
+            except BaseException as exc:
+                _leave(opened, portal, pool, exc)
+                raise
+            _leave(opened, portal, pool, None)
+    finally:
+        # The callbacks of the futures the pool settled as it stopped run before the block
+        # ends.
+        if callbacks is not None:
+            callbacks.close()
 
 
 def _leave(

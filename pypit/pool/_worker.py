@@ -98,9 +98,7 @@ class WorkerHandle:
     worker_id: str
     process: WorkerProcess
     max_frame_size: int
-    on_release: Callable[
-        [WorkerHandle, Request, _wire.Result | _wire.Error | _wire.End | None], None
-    ]
+    on_release: Callable[[WorkerHandle, Request, _wire.Answer | None], None]
     """Called with each call whose answer came, and that answer (None: the answer was lost)."""
     on_events: Callable[[WorkerHandle, _wire.Events], None]
     spawn_started: int
@@ -226,6 +224,17 @@ class WorkerHandle:
                     pending.end()
                 else:
                     pending.succeed(message.value, len(payload) + 4)
+            case _wire.Results():
+                batch = self.pending.get(message.id)
+                if batch is None or batch.message is None or not batch.message.batch:
+                    raise ProtocolError(f"results of a batch for call {message.id}, not a batch")
+                _check_results(message, batch.inputs, batch.message.stop_on_error)
+                pending = self._settle(message.id, message)
+                if pending.abandoned:
+                    pending.end()
+                else:
+                    pending.failed_items = len(message.errors)
+                    pending.succeed(message, len(payload) + 4)
             case _wire.Chunk():
                 streaming = self.pending.get(message.id)
                 if streaming is None or streaming.chunks is None:
@@ -275,9 +284,7 @@ class WorkerHandle:
             case _:
                 raise ProtocolError(f"unexpected {type(message).__name__} from a worker")
 
-    def _settle(
-        self, call_id: int, answer: _wire.Result | _wire.Error | _wire.End | None = None
-    ) -> Request:
+    def _settle(self, call_id: int, answer: _wire.Answer | None = None) -> Request:
         pending = self.pending.pop(call_id, None)
         if pending is None:
             raise ProtocolError(f"an answer to call {call_id}, which is not in flight")
@@ -524,6 +531,24 @@ def describe_exit(returncode: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-returncode}"
     return f"exited with code {returncode}"
+
+
+def _check_results(results: _wire.Results, inputs: int, stop_on_error: bool) -> None:
+    """:class:`ProtocolError` unless ``results`` answers a batch of ``inputs`` inputs: one
+    value per input, or, when it stops at its first error, up to that error; errors in
+    order, each naming a value."""
+    ran = len(results.values)
+    indices = [error.index for error in results.errors]
+    stopped = stop_on_error and ran < inputs and bool(indices) and indices[-1] == ran - 1
+    if (
+        (ran != inputs and not stopped)
+        or indices != sorted(set(indices))
+        or (indices and indices[-1] >= ran)
+    ):
+        raise ProtocolError(
+            f"results of batch {results.id}: {ran} values and errors at {indices[:5]} "
+            f"for {inputs} inputs"
+        )
 
 
 def crash_error(

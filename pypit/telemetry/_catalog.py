@@ -266,7 +266,8 @@ CATALOG: Final[tuple[EventSpec, ...]] = (
         (*_RPC, "call", "start"),
         _m(("monotonic_time", MONOTONIC), ("system_time", EPOCH)),
         _k(*_RPC_CALL_KEYS, nullable=("session_id",)),
-        "the parent sends a call to a worker",
+        "the parent sends a call to a worker; a frame of `pool.map` is one call, whatever "
+        "the number of inputs it carries",
     ),
     EventSpec(
         (*_RPC, "call", "stop"),
@@ -275,13 +276,17 @@ CATALOG: Final[tuple[EventSpec, ...]] = (
             ("monotonic_time", MONOTONIC),
             ("request_bytes", BYTES),
             ("response_bytes", BYTES),
+            ("items", COUNT),
+            ("failed_items", COUNT),
         ),
         _k(*_RPC_CALL_KEYS, nullable=("session_id",)),
-        "a result came back",
+        "a result came back; `items` counts the inputs the call carried (1, or a map's "
+        "frame's), `failed_items` those of a map whose tool raised or whose result could not "
+        "travel (0 for `execute`): sum `items` to count inputs, count events to count calls",
     ),
     EventSpec(
         (*_RPC, "call", "exception"),
-        _m(("duration", NANOSECONDS), ("monotonic_time", MONOTONIC)),
+        _m(("duration", NANOSECONDS), ("monotonic_time", MONOTONIC), ("items", COUNT)),
         _k(
             *_RPC_CALL_KEYS,
             "kind",
@@ -292,7 +297,8 @@ CATALOG: Final[tuple[EventSpec, ...]] = (
             nullable=("session_id", "stacktrace"),
             reason="BaseException",
         ),
-        "the caller gets an error: tool error, crash, timeout or cancellation",
+        "the caller gets an error: tool error, crash, timeout or cancellation; `items` "
+        "counts the inputs the call carried, all of which failed with it",
     ),
     EventSpec(
         (*_RPC, "stream", "opened"),

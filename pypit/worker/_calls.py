@@ -134,7 +134,9 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
 def waited(reply: _wire._Message, running: Running) -> _wire._Message:
     """The call's final answer, with the time it waited in this worker before it started
     and the time it ran."""
-    if running.started and isinstance(reply, _wire.Result | _wire.Error | _wire.End):
+    if running.started and isinstance(
+        reply, _wire.Result | _wire.Results | _wire.Error | _wire.End
+    ):
         reply.waited = running.started - running.received
         reply.took = time.monotonic_ns() - running.started
     return reply

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from pypit import _wire
 from pypit._errors import FrameTooLargeError, SerializationError
-from pypit.worker import _logging, _telemetry
+from pypit.worker import _batch, _logging, _telemetry
 
 _FLUSH_INTERVAL: Final = 0.05
 _HOLD_FOR_CALLS_UNDER: Final = 100_000  # ns
@@ -247,6 +247,8 @@ class Outbox:
         try:
             return _wire.encode(message, self._max_frame_size)
         except (FrameTooLargeError, SerializationError) as exc:
+            if isinstance(message, _wire.Results) and isinstance(exc, SerializationError):
+                return self.encode_reply(_batch.without_unsendable(message))
             return _wire.encode(unsent(getattr(message, "id", 0), exc))
 
     def encode_chunk(self, call_id: int, seq: int, value: Any) -> bytes:

@@ -39,9 +39,17 @@ from pypit import _wire
 from pypit._errors import ProtocolError
 from pypit._shared import correlation_id_var
 from pypit._signature import arguments, describe
-from pypit.worker import _logging, _sampler, _telemetry
+from pypit.worker import _batch, _logging, _sampler, _telemetry
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter, session_id_var
-from pypit.worker._calls import CallEvents, Cancelled, Running, stream, stream_async, waited
+from pypit.worker._calls import (
+    CallEvents,
+    Cancelled,
+    Running,
+    describe_exception,
+    stream,
+    stream_async,
+    waited,
+)
 from pypit.worker._outbox import Outbox, Unsendable
 from pypit.worker._telemetry import (
     EventBuffer,
@@ -486,12 +494,14 @@ class Runtime:
         session = session_id_var.set(call.session_id)
         started = self._events.started(call)
         try:
-            positional, keywords = arguments(call.args)
-            if spec.is_stream:
-                reply: _wire._Message = stream(
-                    self.outbox, call, spec.function(*positional, **keywords), running
-                )
+            if call.batch:
+                batch = _batch.run(call, spec.function, running, describe_exception)
+                reply: _wire._Message = batch or self._events.cancelled(call, started)
+            elif spec.is_stream:
+                positional, keywords = arguments(call.args)
+                reply = stream(self.outbox, call, spec.function(*positional, **keywords), running)
             else:
+                positional, keywords = arguments(call.args)
                 reply = _wire.Result(call.id, spec.function(*positional, **keywords))
         except Cancelled:
             reply = self._events.cancelled(call, started)
@@ -557,12 +567,16 @@ class Runtime:
         session_id_var.set(call.session_id)
         started = self._events.started(call)
         try:
-            positional, keywords = arguments(call.args)
-            if spec.is_stream:
-                reply: _wire._Message = await stream_async(
+            if call.batch:
+                batch = await _batch.run_async(call, spec.function, running, describe_exception)
+                reply: _wire._Message = batch or self._events.cancelled(call, started)
+            elif spec.is_stream:
+                positional, keywords = arguments(call.args)
+                reply = await stream_async(
                     self.outbox, call, spec.function(*positional, **keywords), running
                 )
             else:
+                positional, keywords = arguments(call.args)
                 reply = _wire.Result(call.id, await spec.function(*positional, **keywords))
         except asyncio.CancelledError:
             reply = self._events.cancelled(call, started)

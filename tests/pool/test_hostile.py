@@ -269,3 +269,41 @@ async def test_a_worker_that_ignores_its_window_is_replaced() -> None:
     assert most <= 4
     assert taken == list(range(1, len(taken) + 1))
     assert len(taken) < 1000
+
+
+@pytest.mark.parametrize(
+    ("values", "errors", "stop_on_error"),
+    [
+        ([1], [], False),  # a value short
+        ([1, 2, 3], [], False),  # a value too many
+        ([1], [1], True),  # stopped, but not at an error
+        ([None, None], [1, 0], False),  # errors out of order
+        ([None, None], [2], False),  # an error past the values
+    ],
+)
+def test_results_that_do_not_answer_their_batch_are_a_protocol_error(
+    values: list[Any], errors: list[int], stop_on_error: bool
+) -> None:
+    """A worker's Results must hold one value per input of its batch (or stop at an error
+    when asked to), with errors in order, each at a value; anything else breaks the
+    protocol and leaves the call in flight."""
+    worker = handle()
+    request = Request("identity", _Signal)
+    request.message = _wire.Call(7, "identity", [1, 2], "cid", batch=True)
+    request.message.stop_on_error = stop_on_error
+    request.inputs = 2
+    worker.pending[7] = request
+    failures = [_wire.ItemError(i, "tool", "ValueError", "boom") for i in errors]
+    with pytest.raises(ProtocolError, match="results of batch 7"):
+        worker.on_frame(_wire.encode(_wire.Results(7, values, failures))[4:])
+    assert 7 in worker.pending
+
+
+def test_results_for_a_call_that_is_not_a_batch_are_a_protocol_error() -> None:
+    """Results answer batch calls only."""
+    worker = handle()
+    request = Request("identity", _Signal)
+    request.message = _wire.Call(7, "identity", 1, "cid")
+    worker.pending[7] = request
+    with pytest.raises(ProtocolError, match="not a batch"):
+        worker.on_frame(_wire.encode(_wire.Results(7, [1]))[4:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import inspect
 import json
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import psutil
@@ -323,3 +325,142 @@ def test_a_second_ctrl_c_kills_the_workers_and_exits_at_once(
     assert took < 5.0
     assert [pid for pid in workers if alive(pid)] == []
     assert "stopping now: killing 1 worker" in out
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_blocking_map_and_map_unordered(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocking maps return plain iterators inside their block, with the async ones'
+    results and errors; the progress callback and a tqdm bar (a stand-in: tqdm is no
+    dependency) are driven from the iterating thread."""
+    threads: set[int] = set()
+
+    def progress(done: int, total: int | None) -> None:
+        threads.add(threading.get_ident())
+
+    class Bar:
+        def __init__(self, **kwargs: object) -> None:
+            self.n, self.closed = 0, False
+            bars.append(self)
+
+        def update(self, n: int) -> None:
+            threads.add(threading.get_ident())
+            self.n += n
+
+        def close(self) -> None:
+            self.closed = True
+
+    bars: list[Bar] = []
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=Bar))
+
+    with start_pool(adapter(), backend=backend, **options()) as pool:
+        with pool.map("identity", range(100), progress=progress) as results:
+            assert list(results) == list(range(100))
+        with pool.map_unordered("identity", range(100), progress="tqdm") as results:
+            assert sorted(results) == list(range(100))
+        with pool.map("fail", [{"message": "a"}], return_exceptions=True) as results:
+            (error,) = list(results)
+        assert isinstance(error, ToolError)
+        with pytest.raises(ToolError, match="b"), pool.map("fail", [{"message": "b"}]) as failing:
+            list(failing)
+
+    assert threads == {threading.get_ident()}
+    assert [(bar.n, bar.closed) for bar in bars] == [(100, True)]
+
+
+def test_a_blocking_map_is_iterated_inside_its_block_and_stops_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    """Iterating without with is a TypeError before anything is sent; a break leaves
+    nothing running, and the worker serves the next call."""
+    record = tmp_path / "record"
+    inputs = [{"path": str(record), "tag": str(i), "seconds": 0.02} for i in range(200)]
+    with start_pool(adapter(), **options()) as pool:
+        with pytest.raises(TypeError, match=r"with pool\.map"):
+            list(pool.map("identity", [1]))
+        assert pool.status().requests == 0
+        # chunksize=20: a frame in flight stops between its inputs.
+        with pool.map("record", inputs, chunksize=20) as results:
+            assert next(results) == "0"
+        assert pool.status().in_flight == 0
+        ran = len(record.read_text().split())
+        assert pool.execute("identity", 1, timeout=5) == 1
+        time.sleep(0.1)
+        assert len(record.read_text().split()) == ran < 60
+        with pytest.raises(TypeError, match="this map is closed"):
+            list(results)
+
+
+def test_submit_returns_futures_for_wait_and_as_completed() -> None:
+    """submit returns concurrent.futures futures: as_completed yields each, results and
+    errors are theirs."""
+    with start_pool(adapter(), **options(size=2)) as pool:
+        futures = [pool.submit("identity", i) for i in range(20)]
+        failing = pool.submit("fail", {"message": "nope"})
+        done = list(concurrent.futures.as_completed([*futures, failing], timeout=30))
+        assert sorted(f.result() for f in futures) == list(range(20))
+        with pytest.raises(ToolError, match="nope"):
+            failing.result()
+
+    assert len(done) == 21
+
+
+def test_cancelling_a_waiting_future_means_its_call_never_runs(tmp_path: Path) -> None:
+    """A call that waits behind another is cancelled: cancel() is True, wait() sees it, and
+    the call never runs, even once the worker is free."""
+    gate, record = tmp_path / "gate", tmp_path / "record"
+    with start_pool(adapter(), **options()) as pool:
+        holding = pool.submit("hold", {"gate": str(gate), "tag": "held"})
+        wait_for(lambda: pool.status().in_flight == 1, "the first call to run")
+        waiting = pool.submit("record", {"path": str(record), "tag": "never"})
+        wait_for(lambda: pool.status().queue_depth == 1, "the second call to wait")
+        assert waiting.cancel()
+        done, _ = concurrent.futures.wait([waiting], timeout=10)
+        assert done == {waiting}
+        gate.touch()
+        assert holding.result(timeout=10) == "held"
+        assert pool.execute("identity", 1, timeout=5) == 1
+
+    assert waiting.cancelled()
+    assert not record.exists()
+
+
+def test_cancelling_a_running_future_cancels_its_call(tmp_path: Path) -> None:
+    """A running call is cancelled in its worker as a deadline would cancel it: the worker
+    answers and serves the next call, and no worker is replaced."""
+    gate = tmp_path / "gate"
+    with start_pool(adapter(), **options()) as pool:
+        pid = pool.execute("pid")
+        running = pool.submit("async_hold", {"gate": str(gate)})
+        wait_for(lambda: pool.status().in_flight == 1, "the call to run")
+        assert running.cancel()
+        assert pool.execute("pid", timeout=5) == pid
+        assert pool.status().in_flight == 0
+
+    assert running.cancelled()
+    assert not gate.exists()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_future_callback_may_call_back_into_the_pool(backend: str) -> None:
+    """A callback added before the result runs on a thread of the pool's, not on its
+    loop, so a callback that calls pool.execute and pool.submit().result() gets answers."""
+    answers: list[object] = []
+    threads: list[str] = []
+    called = threading.Event()
+    with start_pool(adapter(), backend=backend, **options()) as pool:
+
+        def callback(future: concurrent.futures.Future[object]) -> None:
+            threads.append(threading.current_thread().name)
+            answers.append(pool.execute("identity", future.result()))
+            answers.append(pool.submit("identity", "again").result(timeout=10))
+            called.set()
+
+        gate_free = pool.submit("sleep", 0.05)
+        gate_free.add_done_callback(callback)
+        assert called.wait(timeout=20)
+        late: list[object] = []
+        gate_free.add_done_callback(lambda f: late.append(threading.current_thread().name))
+
+    assert answers == [0.05, "again"]
+    assert threads == ["pypit-future-callbacks"]
+    assert late == [threading.current_thread().name]

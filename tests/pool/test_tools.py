@@ -76,6 +76,24 @@ async def test_arguments_that_do_not_fit_are_refused_before_anything_is_sent() -
     )
 
 
+async def test_each_input_of_a_map_is_checked_before_its_frame_is_sent() -> None:
+    """A map checks every input of a frame against the signature, not the frame's list of
+    inputs as one argument: inputs that fit run, one that does not raises ArgumentsError
+    from the map before its frame is sent."""
+    async with open_pool(adapter("Signatures"), **options()) as pool:
+        async with pool.map("predict", [{"x": 1}, {"x": 2, "scale": 3}]) as results:
+            assert [result async for result in results] == [1, 6]
+
+        async def take_all(inputs: list[dict[str, int]]) -> None:
+            async with pool.map("predict", inputs) as results:
+                async for _ in results:
+                    pass
+
+        with pytest.raises(ArgumentsError, match=r"predict\(\) missing a required argument: 'x'"):
+            await take_all([{"x": 1}, {"y": 2}])
+        assert await pool.execute("predict", 4) == 4
+
+
 async def test_the_arguments_of_a_stream_are_checked_when_its_block_starts() -> None:
     """A stream whose arguments do not fit raises ArgumentsError as its block starts, and
     nothing is sent."""

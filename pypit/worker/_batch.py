@@ -1,0 +1,123 @@
+"""Batch calls in the worker: one frame, many inputs of one tool (``pool.map``).
+
+The tool runs once per input, in order, in the call's slot, as if each input were a call
+of its own; the frame costs one read, one write and one slot for all of them. Between two
+inputs the worker looks whether the call was cancelled, so a cancelled batch stops after
+the input that runs then (an async tool's at its next ``await``) instead of running the
+rest. Each input answers for itself: an input whose tool raised, or whose result cannot
+travel, is an error of that input only, and the others keep their values. One
+:class:`~pypit._wire.Results` answers the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pypit import _wire
+from pypit._errors import SerializationError
+
+if TYPE_CHECKING:
+    from pypit.worker._calls import Running
+
+Describe = Callable[[BaseException], tuple[str, str, str]]
+
+
+def run(
+    call: _wire.Call, function: Callable[..., Any], running: Running, describe: Describe
+) -> _wire.Results | None:
+    """Run a sync tool once per input; None when the call was cancelled meanwhile.
+
+    The loop is the worker's cost per input, so it is kept tight: the ``try`` is around
+    it, not in it, and after an input raised the loop goes on with the same iterator.
+    """
+    values: list[Any] = []
+    errors: list[_wire.ItemError] = []
+    append = values.append
+    remaining = iter(_inputs(call))
+    while True:
+        try:
+            for args in remaining:
+                if running.cancelled:
+                    return None
+                if type(args) is dict:
+                    append(function(**args))
+                elif args is None:
+                    append(function())
+                else:
+                    append(function(args))
+        except BaseException as exc:
+            # SystemExit and KeyboardInterrupt too, as for a single call: they end the
+            # input, not the worker.
+            errors.append(_failed(len(values), exc, describe))
+            append(None)
+            if call.stop_on_error:
+                break
+        else:
+            break
+    return _wire.Results(call.id, values, errors)
+
+
+async def run_async(
+    call: _wire.Call, function: Callable[..., Any], running: Running, describe: Describe
+) -> _wire.Results | None:
+    """:func:`run` for an async tool: a cancellation of the call's task ends the batch at
+    the input's ``await`` (``CancelledError`` goes through)."""
+    import asyncio
+
+    values: list[Any] = []
+    errors: list[_wire.ItemError] = []
+    append = values.append
+    remaining = iter(_inputs(call))
+    while True:
+        try:
+            for args in remaining:
+                if running.cancelled:
+                    return None
+                if type(args) is dict:
+                    append(await function(**args))
+                elif args is None:
+                    append(await function())
+                else:
+                    append(await function(args))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            errors.append(_failed(len(values), exc, describe))
+            append(None)
+            if call.stop_on_error:
+                break
+        else:
+            break
+    return _wire.Results(call.id, values, errors)
+
+
+def _inputs(call: _wire.Call) -> list[Any]:
+    if type(call.args) is not list:
+        raise TypeError(f"a batch call carries a list of inputs, not {type(call.args).__name__}")
+    return call.args
+
+
+def _failed(index: int, exc: BaseException, describe: Describe) -> _wire.ItemError:
+    error_type, message, formatted = describe(exc)
+    return _wire.ItemError(index, "tool", error_type, message, formatted)
+
+
+def without_unsendable(results: _wire.Results) -> _wire.Results:
+    """``results`` with each value that cannot travel replaced by that input's
+    ``SerializationError``; only on the way to an error, so each value is encoded alone."""
+    errors = {error.index: error for error in results.errors}
+    values = list(results.values)
+    for index, value in enumerate(values):
+        if index in errors:
+            continue
+        try:
+            _wire.encode(_wire.Result(results.id, value), max_frame_size=2**63)
+        except SerializationError as exc:
+            values[index] = None
+            errors[index] = _wire.ItemError(
+                index, "serialization", "SerializationError", f"result of input {index}: {exc}"
+            )
+    return _wire.Results(
+        results.id, values, [errors[i] for i in sorted(errors)], results.waited, results.took
+    )
