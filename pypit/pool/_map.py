@@ -43,6 +43,7 @@ import anyio.lowlevel
 
 from pypit import _wire
 from pypit._errors import (
+    ArgumentsError,
     FrameTooLargeError,
     PoolClosedError,
     PoolSaturatedError,
@@ -216,6 +217,7 @@ class Map:
         "_held",
         "_input_error",
         "_inputs",
+        "_max_frame_size",
         "_next_index",
         "_ordered",
         "_pool",
@@ -267,6 +269,7 @@ class Map:
         self._buffersize = buffersize or 8 * self._slots
         below = int(config.prefetch_below * 1e9)
         self._target = below // 2 if below else _DEFAULT_TARGET
+        self._max_frame_size = config.max_frame_size
         self._session_id = session_id
         self._correlation_id = correlation_id
         self._return_exceptions = return_exceptions
@@ -544,13 +547,20 @@ class Map:
     def _chunk(self) -> int:
         """Inputs for the next frame: ``chunksize``, or as many as make a frame that runs
         about half of ``prefetch_below`` by the command's learned cost (one while it has
-        none), so that quick commands are chunked and slow ones sent one by one."""
+        none), so that quick commands are chunked and slow ones sent one by one; and no
+        more than make answers of a quarter of ``max_frame_size`` by the learned size of
+        one input's answer, so that a frame's results fit in one frame."""
         if self._chunksize is not None:
             return self._chunksize
-        cost = self._pool._scheduler.cost(self._command)
+        scheduler = self._pool._scheduler
+        cost = scheduler.cost(self._command)
         if cost is None:
             return 1
-        return max(1, min(_MAX_CHUNK, int(self._target / max(cost, 1.0))))
+        chunk = min(_MAX_CHUNK, int(self._target / max(cost, 1.0)))
+        size = scheduler.result_bytes(self._command)
+        if size is not None:
+            chunk = min(chunk, int(self._max_frame_size // 4 / max(size, 1.0)))
+        return max(1, chunk)
 
     def _make_frames(self, start: int, chunk: list[Any]) -> list[_Frame]:
         """The frames of a chunk: one, unless inputs of it cannot be sent (each is then a
@@ -578,6 +588,12 @@ class Map:
             if len(chunk) == 1:
                 return [self._failed(start, _where(exc, start))]
             return self._make_frames_apart(start, chunk)
+        except ArgumentsError as exc:
+            # An input that does not fit the tool's signature fails alone, as one that
+            # cannot travel does: each input of this chunk goes in a frame of its own.
+            if len(chunk) == 1:
+                return [self._failed(start, ArgumentsError(f"inputs[{start}]: {exc}"))]
+            return [f for i, v in enumerate(chunk) for f in self._make_frames(start + i, [v])]
         request.budget = self._timeout * len(chunk) if self._timeout else 0.0
         return [_Frame(start, len(chunk), request, self)]
 

@@ -115,6 +115,7 @@ class Scheduler(Generic[W]):
         # What each command costs a worker (ns, moving average of the worker's own
         # measure): only commands known to be quick may wait in a busy worker.
         self._cost: dict[str, float] = {}
+        self._bytes: dict[str, float] = {}
         self._quick_below = int(limits.prefetch_below * 1e9)
 
     # -- accepting ---------------------------------------------------------------------
@@ -129,7 +130,13 @@ class Scheduler(Generic[W]):
             PoolDegradedError: it would wait and every slot is down.
         """
         self.counters["requests"] += 1
-        request.quick = request.chunks is None and self.is_quick(request.command, request.inputs)
+        # A frame of a map with a timeout is never prefetched: its time runs from when it is
+        # sent, and waiting in a busy worker behind another frame would spend it.
+        request.quick = (
+            request.chunks is None
+            and not request.budget
+            and self.is_quick(request.command, request.inputs)
+        )
         target = None if request.session_id is None else self._session_worker(request)
         # Calls that wait for one worker (strict affinity) do not hold up the others: a
         # call may start at once unless something queued could be served first.
@@ -235,6 +242,17 @@ class Scheduler(Generic[W]):
             return True
         cost = self._cost.get(command)
         return cost is not None and cost * inputs < self._quick_below
+
+    def result_bytes(self, command: str) -> float | None:
+        """What one input's answer of ``command`` weighs on the wire (bytes, leaning to the
+        larger of recent answers); None until a call of it was answered."""
+        return self._bytes.get(command)
+
+    def _learn_size(self, command: str, size: int) -> None:
+        previous = self._bytes.get(command)
+        self._bytes[command] = size if previous is None else max(size, (previous + size) / 2)
+        if len(self._bytes) > _MAX_COMMANDS:
+            self._bytes.clear()
 
     def cost(self, command: str) -> float | None:
         """What one input of ``command`` costs a worker (ns, moving average); None until
@@ -397,6 +415,8 @@ class Scheduler(Generic[W]):
                 ran = len(answer.values) if isinstance(answer, _wire.Results) else request.inputs
                 took = answer.took // max(1, ran)
                 self._learn(request.command, took, whole=not request.abandoned)
+                if request.size:
+                    self._learn_size(request.command, request.size // max(1, ran))
             if request.prefetched:
                 queue_time = request.sent_at - request.enqueued + max(0, answer.waited)
                 self._dequeued(worker, request, queue_time)

@@ -219,6 +219,8 @@ class WorkerHandle:
         message = _wire.decode_from_worker(payload)
         match message:
             case _wire.Result():
+                if (answered := self.pending.get(message.id)) is not None:
+                    answered.size = len(payload) + 4  # learned by the scheduler as it settles
                 pending = self._settle(message.id, message)
                 if pending.abandoned:
                     pending.end()
@@ -229,6 +231,7 @@ class WorkerHandle:
                 if batch is None or batch.message is None or not batch.message.batch:
                     raise ProtocolError(f"results of a batch for call {message.id}, not a batch")
                 _check_results(message, batch.inputs, batch.message.stop_on_error)
+                batch.size = len(payload) + 4  # learned by the scheduler as it settles
                 pending = self._settle(message.id, message)
                 if pending.abandoned:
                     pending.end()
@@ -368,11 +371,14 @@ class WorkerHandle:
         """One line of the worker's stdout (logged at info) or stderr (at warning)."""
         if name == "stderr":
             self.stderr_tail.append(line)
-            if not self.ready and len(self.early_stderr) < _EARLY_LINES:
+            if not self.ready:
                 # Before the worker is ready its stderr is held: a failed start logs it
-                # once, in its own record; a start that succeeds logs it then.
-                self.early_stderr.append(line)
-                return
+                # once, in its own record; a start that succeeds logs it then. Past
+                # _EARLY_LINES it is logged as it comes, what was held first.
+                if len(self.early_stderr) < _EARLY_LINES:
+                    self.early_stderr.append(line)
+                    return
+                self.log_early_stderr()
         held = self.tracebacks.get(name)
         if held is not None:
             if held.ended and line and line != _TRACEBACK and line not in _CHAINED:

@@ -112,9 +112,12 @@ def discover_tools(adapter: object) -> dict[str, ToolSpec]:
     tools: dict[str, ToolSpec] = {}
     for attribute in dir(type(adapter)):
         raw = inspect.getattr_static(type(adapter), attribute, None)
+        # @tool may be written above @staticmethod or below it: the mark is then on the
+        # descriptor or on its function.
+        info = getattr(raw, _MARK, None)
         if isinstance(raw, staticmethod | classmethod):
             raw = raw.__func__
-        info = getattr(raw, _MARK, None)
+            info = info or getattr(raw, _MARK, None)
         if not isinstance(info, ToolInfo):
             continue
         bound = getattr(adapter, attribute)

@@ -121,6 +121,20 @@ async def test_quick_commands_go_in_frames_and_slow_ones_alone() -> None:
         assert [e.measurements["items"] for e in seen] == [1] * 6
 
 
+async def test_large_results_keep_their_frames_under_the_limit() -> None:
+    """A quick command whose answers are large gets frames small enough that their
+    results fit one frame: every input of every map succeeds (frames sized by time alone
+    once summed past max_frame_size and failed every input)."""
+    # A frame of 1 MiB, so that a few results of 100 kB fill it.
+    async with open_pool(adapter(), **options(max_frame_size=65_536 * 16)) as pool:
+        for _ in range(3):
+            with telemetry.capture((*CALL, "stop")) as seen:
+                async with pool.map("blob", [{"n": 100_000}] * 60) as results:
+                    sizes = [len(r) async for r in results]
+            assert sizes == [100_000] * 60
+            assert max(e.measurements["items"] for e in seen) <= 3
+
+
 async def test_chunksize_sets_the_inputs_of_each_frame() -> None:
     """chunksize=50 sends 200 inputs in four frames of 50."""
     with telemetry.capture((*CALL, "stop")) as seen:
@@ -214,6 +228,20 @@ async def test_timeout_is_per_input() -> None:
         assert got[0] == 0.0
         assert isinstance(got[1], WorkerTimeoutError)
         assert await pool.execute("identity", 1, timeout=5) == 1
+
+
+async def test_a_map_never_times_out_its_frames_behind_its_own() -> None:
+    """With a timeout, a map's frames are not prefetched into a busy worker, where the
+    frame before them would spend their time: each input within its timeout succeeds,
+    whatever ran before it on the same worker."""
+    async with open_pool(adapter(), **options()) as pool:
+        async with pool.map("sleep", [0.0001] * 300) as results:
+            assert len([r async for r in results]) == 300  # sleep is learned as quick
+        inputs = [0.0001] * 5 + [0.25, 0.2] + [0.0001] * 5
+        async with pool.map(
+            "sleep", inputs, chunksize=1, timeout=0.3, return_exceptions=True
+        ) as results:
+            assert [r async for r in results] == inputs
 
 
 @pytest.mark.parametrize("how", ["break", "cancel"])

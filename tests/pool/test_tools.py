@@ -4,6 +4,8 @@ and trio, and through the blocking facade."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import structlog
 
@@ -77,20 +79,29 @@ async def test_arguments_that_do_not_fit_are_refused_before_anything_is_sent() -
 
 
 async def test_each_input_of_a_map_is_checked_before_its_frame_is_sent() -> None:
-    """A map checks every input of a frame against the signature, not the frame's list of
-    inputs as one argument: inputs that fit run, one that does not raises ArgumentsError
-    from the map before its frame is sent."""
+    """A map checks every input against the signature, not a frame's list of inputs as one
+    argument. An input that does not fit fails alone, before anything of it is sent: with
+    return_exceptions its ArgumentsError is its result, in its place; without, the results
+    before it come first, then it is raised."""
     async with open_pool(adapter("Signatures"), **options()) as pool:
-        async with pool.map("predict", [{"x": 1}, {"x": 2, "scale": 3}]) as results:
-            assert [result async for result in results] == [1, 6]
+        inputs: list[Any] = [{"x": 1}, {"x": 2, "scale": 3}, {"y": 2}, {"x": 3}]
+        async with pool.map("predict", inputs, return_exceptions=True) as results:
+            outcomes = [result async for result in results]
+        assert outcomes[:2] == [1, 6]
+        assert outcomes[3] == 3
+        assert isinstance(outcomes[2], ArgumentsError)
+        assert str(outcomes[2]).startswith("inputs[2]: predict() missing a required argument")
 
-        async def take_all(inputs: list[dict[str, int]]) -> None:
+        taken: list[Any] = []
+
+        async def take_all() -> None:
             async with pool.map("predict", inputs) as results:
-                async for _ in results:
-                    pass
+                async for result in results:
+                    taken.append(result)
 
-        with pytest.raises(ArgumentsError, match=r"predict\(\) missing a required argument: 'x'"):
-            await take_all([{"x": 1}, {"y": 2}])
+        with pytest.raises(ArgumentsError, match=r"inputs\[2\]: predict\(\) missing"):
+            await take_all()
+        assert taken == [1, 6]
         assert await pool.execute("predict", 4) == 4
 
 

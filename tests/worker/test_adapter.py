@@ -55,3 +55,25 @@ def test_a_tool_is_named_by_its_method_or_by_name() -> None:
     assert all(type(name) is str for name in tools)
     assert (tools["predict"].description, tools["infer"].description) == ("Predict.", "Infer")
     assert tools["infer"].function() == 2
+
+
+def test_tool_above_or_below_staticmethod_is_found() -> None:
+    """@tool written above @staticmethod (on the descriptor) or below it (on the function):
+    both are tools, callable through the instance (the first was silently left out)."""
+
+    class Model(Adapter):
+        @tool(description="above")
+        @staticmethod
+        def above(x: int) -> int:
+            return x + 1
+
+        @staticmethod
+        @tool(description="below")
+        def below(x: int) -> int:
+            return x + 2
+
+    tools = discover_tools(Model())
+    assert sorted(tools) == ["above", "below"]
+    assert tools["above"].function(1) == 2
+    assert tools["below"].function(1) == 3
+    assert tools["above"].description == "above"
