@@ -145,6 +145,9 @@ async def test_a_killed_actor_takes_its_worker_along_and_is_replaced(tmp_path: P
                 tasks.start_soon(doomed)
                 await wait_until(lambda: pool.status().in_flight == 1, "the call to start")
                 ray.kill(ray_process(pool)._actor, no_restart=True)
+                # ray.kill returns before the actor is dead: the gate opens (as the block
+                # ends) only once the pool saw the worker end, or the call could finish.
+                await seen.wait((*POOL, "worker", "terminated"))
             await seen.wait((*POOL, "worker", "restarted"))
             assert await pool.execute("identity", 2) == 2
             await wait_until(lambda: not _alive(pid), "the worker to die with its actor")
