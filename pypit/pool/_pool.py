@@ -699,11 +699,30 @@ async def open_pool(
                 finally:
                     tasks.end()
     except BaseExceptionGroup as group:
-        # The pool's own tasks never raise, so a group holds the one error of
-        # the caller's block (or of opening): raise it as the caller wrote it.
-        if len(group.exceptions) != 1:
+        # The pool's own tasks never raise, so a group holds the one error of the caller's
+        # block (or of opening): raise it as the caller wrote it. On trio a Ctrl-C may land
+        # in one of the pool's tasks too: it leaves as the KeyboardInterrupt it is.
+        error = _the_error(group)
+        if error is None:
             raise
-        error = group.exceptions[0]
         raise error from error.__cause__
     finally:
         await pool._cleanup()
+
+
+def _the_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The exception a group of the pool's task group stands for: a KeyboardInterrupt
+    among its exceptions (nested groups included), else its only exception; None if it
+    holds several."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    interrupt = next((e for e in leaves if isinstance(e, KeyboardInterrupt)), None)
+    if interrupt is not None:
+        return interrupt
+    return leaves[0] if len(leaves) == 1 else None

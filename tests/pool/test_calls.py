@@ -536,6 +536,23 @@ async def test_only_quick_commands_wait_in_a_busy_worker(tmp_path: Path) -> None
         assert await placement("hold", {"gate": str(gate)}) == (3, 3)
 
 
+def test_a_ctrl_c_in_one_of_the_pools_tasks_leaves_as_keyboardinterrupt() -> None:
+    """On trio a Ctrl-C may be raised in one of the pool's own tasks as well as in the
+    caller's block, nested in groups: the pool's block raises the KeyboardInterrupt, not
+    the groups; a group of one error is that error; several other errors stay a group."""
+    from pypit.pool._pool import _the_error
+
+    interrupt = KeyboardInterrupt()
+    nested = BaseExceptionGroup(
+        "tasks",
+        [BaseExceptionGroup("writer", [interrupt]), BaseExceptionGroup("block", [ValueError()])],
+    )
+    assert _the_error(nested) is interrupt
+    error = KeyError("mine")
+    assert _the_error(BaseExceptionGroup("one", [ExceptionGroup("inner", [error])])) is error
+    assert _the_error(ExceptionGroup("two", [KeyError(), ValueError()])) is None
+
+
 async def test_an_error_in_the_pools_block_propagates_as_raised() -> None:
     """The caller's own exception leaves `async with open_pool` as itself, not in a group."""
 
