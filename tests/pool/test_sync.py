@@ -296,8 +296,8 @@ def test_a_second_ctrl_c_kills_the_workers_and_exits_at_once(
     api: str, backend: str, tmp_path: Path
 ) -> None:
     """While the pool stops after a Ctrl-C, waiting for a worker that cannot stop (it is
-    frozen: only SIGKILL reaches it, after twice stop_grace), a second Ctrl-C kills the
-    workers left and the program exits at once, leaving none."""
+    frozen: it acts on nothing before SIGTERM and SIGCONT, a stop_grace later), a second
+    Ctrl-C kills the workers left and the program exits at once, leaving none."""
     with interrupted_run(api, backend, "freeze", tmp_path / "unused") as program:
         try:
             assert program.stdout is not None
@@ -321,7 +321,7 @@ def test_a_second_ctrl_c_kills_the_workers_and_exits_at_once(
                 if alive(pid):
                     os.kill(pid, signal.SIGKILL)
 
-    # Without the kill, the frozen worker holds the stop for twice stop_grace (6 s).
+    # A liveness bound; the kill itself is told by the output below.
     assert took < 5.0
     assert [pid for pid in workers if alive(pid)] == []
     assert "stopping now: killing 1 worker" in out
