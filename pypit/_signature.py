@@ -215,6 +215,23 @@ class ArgumentCheck:
             return
         self._bind(args)
 
+    def check_many(self, inputs: list[Any], kinds: set[type]) -> None:
+        """:meth:`check` each of a map's inputs, whose types are ``kinds``. Inputs of one
+        kind are checked once per kind, not once per input: for dicts, each distinct tuple
+        of keys (collected at C speed) is checked once. Inputs of mixed kinds are checked
+        one by one."""
+        if len(kinds) == 1:
+            (kind,) = kinds
+            if kind is dict:
+                for keys in set(map(tuple, inputs)):
+                    self.check(dict.fromkeys(keys))
+                return
+            if kind is not type(None) and not issubclass(kind, dict):
+                self.check(inputs[0])
+                return
+        for args in inputs:
+            self.check(args)
+
     def _bind(self, args: Any) -> None:
         """Bind as a call would, and word the error."""
         positional, keywords = arguments(args)

@@ -53,8 +53,10 @@ class Call(_Message, tag=1):
     ``session_id`` is the caller's, which the tool reads with ``get_session_id()``.
     ``batch`` makes ``args`` a list of inputs, each what ``args`` is for one call: the tool
     runs once per input and the worker answers with one :class:`Results`;
-    ``stop_on_error`` ends the batch at its first failing input. Fields are added at the
-    end, with a default, so that a Call framed before one of them existed still decodes.
+    ``stop_on_error`` ends the batch at its first failing input; ``positional`` says that
+    each input is one positional argument (none is a dict or None), so the worker may run
+    them in runs. Fields are added at the end, with a default, so that a Call framed before
+    one of them existed still decodes.
     """
 
     id: int
@@ -68,6 +70,7 @@ class Call(_Message, tag=1):
     session_id: str | None = None
     batch: bool = False
     stop_on_error: bool = False
+    positional: bool = False
 
 
 class Cancel(_Message, tag=2):
@@ -327,8 +330,9 @@ def _show(value: Any) -> str:
         return f"<{type(value).__qualname__} that cannot be shown>"
 
 
-_ATOMS: Final = frozenset({str, bytes, int, float, bool, type(None)})
+ATOMS: Final = frozenset({str, bytes, int, float, bool, type(None)})
 """The types that travel and arrive as themselves (exact types: a subclass is refused)."""
+_ATOMS: Final = ATOMS
 
 _NOT_ATOM: Final = dict.fromkeys(_ATOMS, False)
 """``_NOT_ATOM.get(kind, True)``: whether the walk looks into values of that type."""
@@ -569,11 +573,14 @@ _from_worker: msgspec.msgpack.Decoder[FromWorker] = msgspec.msgpack.Decoder(From
 _to_worker: msgspec.msgpack.Decoder[ToWorker] = msgspec.msgpack.Decoder(ToWorker)
 
 
-def encode(message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+def encode(
+    message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, *, checked: bool = False
+) -> bytes:
     """One frame: the length header and the message.
 
     The value a message carries for the other side (a call's ``args``, a result's or a
-    chunk's ``value``) is checked first (see :func:`check`).
+    chunk's ``value``) is checked first (see :func:`check`), unless ``checked``: the caller
+    knows it travels (a map's inputs, whose types the pool has collected already).
 
     Raises:
         SerializationError: a value in the message cannot be encoded, or would not arrive
@@ -581,7 +588,9 @@ def encode(message: _Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> b
         FrameTooLargeError: the frame is over ``max_frame_size``.
     """
     try:
-        if type(message) is Call:
+        if checked:
+            pass
+        elif type(message) is Call:
             check(message.args, "args")
         elif type(message) is Result:
             check(message.value, "result")

@@ -276,6 +276,43 @@ def test_a_call_is_refused_exactly_when_it_would_not_bind(function: Any, args: A
         check(function).check(args)
 
 
+def binds(function: Any, args: Any) -> bool:
+    positional, keywords = arguments(args)
+    try:
+        function(*positional, **keywords)
+    except TypeError:
+        return False
+    return True
+
+
+@settings(max_examples=200)  # as above: many shapes, microseconds each
+@given(functions(), st.lists(ARGS, max_size=6), st.booleans())
+def test_a_map_s_inputs_are_refused_exactly_when_one_would_not_bind(
+    function: Any, inputs: list[Any], one_kind: bool
+) -> None:
+    """A map's inputs, checked together (once per kind, once per tuple of keys), are
+    refused exactly when one of them would be refused alone; with ``one_kind``, inputs of
+    one type, the case checked once per kind."""
+    if one_kind and inputs:
+        inputs = [args for args in inputs if type(args) is type(inputs[0])]
+    many = check(function)
+    if all(binds(function, args) for args in inputs):
+        many.check_many(inputs, set(map(type, inputs)))
+    else:
+        with pytest.raises(ArgumentsError):
+            many.check_many(inputs, set(map(type, inputs)))
+
+
+def test_dict_inputs_with_keys_in_another_order_are_each_checked() -> None:
+    """Dicts with the same keys in another order, or one key more, are other tuples of
+    keys: each is checked."""
+    many = check(predict)
+    inputs: list[Any] = [{"x": 1.0}, {"x": 2.0, "scale": 3.0}, {"scale": 3.0, "x": 2.0}]
+    many.check_many(inputs, {dict})
+    with pytest.raises(ArgumentsError, match="unexpected keyword argument 'y'"):
+        many.check_many([*inputs, {"x": 1.0, "y": 2}], {dict})
+
+
 def test_a_tool_description_reads_its_parameters_from_the_wire() -> None:
     """A reported tool becomes a frozen description with typed parameters."""
     reported = _wire.Tool("predict", "Scale x", False, describe(predict), True)

@@ -416,7 +416,10 @@ class Pool:
         if self._closed:
             raise PoolClosedError(f"pool {self.name!r} is closed")
 
-    def _check(self, command: str, args: Any, *, stream: bool, batch: bool = False) -> None:
+    def _check(self, command: str, args: Any, *, stream: bool, batch: bool = False) -> bool:
+        """Refuse a call the pool cannot place; for a batch (``args`` its list of inputs),
+        whether every input is a value the wire takes as it is (its types are collected
+        once, for this and for the tool's signature) and none is None or a dict."""
         self._check_open()
         tool = self._supervisor.tools.get(command)
         if tool is None:
@@ -426,9 +429,14 @@ class Pool:
             kind = "stream" if tool.stream else "call"
             raise ToolKindError(f"{command!r} is a {kind}; use {how}")
         check = self._supervisor.checks.get(command)
+        if not batch:
+            if check is not None:
+                check.check(args)
+            return False
+        kinds = set(map(type, args))
         if check is not None:
-            for one in args if batch else (args,):
-                check.check(one)
+            check.check_many(args, kinds)
+        return _wire.ATOMS.issuperset(kinds) and type(None) not in kinds
 
     def _request(
         self,
@@ -448,7 +456,9 @@ class Pool:
         timeout = check_timeout(timeout, optional=True)
         session_id = exact_str("session_id", session_id, optional=True)
         correlation_id = exact_str("correlation_id", correlation_id, optional=True)
-        self._check(command, args, stream=stream, batch=batch)
+        # A batch of plain inputs: the wire need not look at them again, and the worker
+        # may pass each as one positional argument without looking either.
+        plain = self._check(command, args, stream=stream, batch=batch)
         request_id = next(_request_ids)
         correlation_id = correlation_id or correlation_id_var.get() or new_correlation_id()
         if type(correlation_id) is not str:
@@ -461,9 +471,10 @@ class Pool:
         if batch:
             message.batch = True
             message.stop_on_error = stop_on_error
+            message.positional = plain
         if stream:
             message.window = self.config.stream_window
-        frame = _wire.encode(message, self.config.max_frame_size)
+        frame = _wire.encode(message, self.config.max_frame_size, checked=plain)
         if _events.trace_hook is not None:
             _events.trace_hook.capture(request_id)
         request = Request(command, self._signal, stream)
