@@ -18,8 +18,8 @@ ahead of other callers. The rest of the window absorbs a frame that is slow to c
 workers.
 
 A frame costs no task: its request's ``done`` signal tells the map when the answer came,
-and the map's consumer settles it, applying the rules ``Pool.execute`` applies to a call
-(``Pool._wait``): a frame past its queue deadline in the pool's queue fails with
+and the map's consumer settles it, applying the rules a call is settled by
+(``Calls.call``): a frame past its queue deadline in the pool's queue fails with
 ``QueueTimeoutError``; one waiting in its worker is withdrawn; one running past its
 deadline is cancelled and fails with ``WorkerTimeoutError``. So a frame costs the parent
 what a call's wire costs, whatever its size. Leaving the map's block cancels the frames in
@@ -30,53 +30,38 @@ workers to confirm.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import anyio
 import anyio.lowlevel
 
-from pypit import _wire
 from pypit._errors import (
-    ArgumentsError,
-    FrameTooLargeError,
     PoolClosedError,
     PoolSaturatedError,
     QueueTimeoutError,
-    SerializationError,
-    ToolError,
     ToolKindError,
-    UnknownCommandError,
 )
 from pypit._shared import correlation_id_var
-from pypit.pool import _events
+from pypit.pool._calls import WITHDRAW_GRACE, new_correlation_id
 from pypit.pool._channel import signal_factory
 from pypit.pool._config import check_timeout
-from pypit.pool._request import Request
+from pypit.pool._frames import Frame, Framer, item_error
+from pypit.pool._progress import Display, Progress, import_display
 
 if TYPE_CHECKING:
-    from pypit.pool._pool import Pool
+    from pypit.pool._calls import Calls
 
-Progress = Callable[[int, int | None], object] | Literal["tqdm", "rich"] | None
-"""What ``progress`` takes: a callable ``(done, total)``, ``"tqdm"``, ``"rich"`` or None."""
 
-# How long a frame withdrawn from its worker (its queue deadline passed) may take to be
-# confirmed dropped, as for a call (``Pool._WITHDRAW_GRACE``).
-_WITHDRAW_GRACE: Final = 0.25
 # How long leaving a map's block waits for the workers to confirm that its frames stopped:
 # a round trip, unless a sync tool is inside an input (the worker then has cancel_grace).
 _CLOSE_GRACE: Final = 0.25
 _TAKE_MAX: Final = 16_384
 """Results the blocking facade takes in one hop from the loop, at most."""
-_MAX_CHUNK: Final = 4096
-"""The largest chunk the map chooses by itself (a ``chunksize`` given may be larger)."""
-_DEFAULT_TARGET: Final = 500_000
-"""ns a chosen chunk aims at when every command is quick (``prefetch_below=0``)."""
 _ENTER_FIRST: Final = (
     "iterate a map inside its block: `async with pool.map(...) as results: "
     "async for result in results: ...`, so that leaving the loop early cancels it at once"
@@ -89,7 +74,7 @@ MAP_ENDED: Final = (
 
 
 def check_map(
-    pool: Pool,
+    calls: Calls,
     command: str,
     inputs: Any,
     chunksize: Any,
@@ -99,10 +84,8 @@ def check_map(
     progress: Any,
 ) -> float | None:
     """Refuse what a map cannot run, before anything is sent; the timeout, as a float."""
-    pool._check_open()
-    tool = pool._supervisor.tools.get(command)
-    if tool is None:
-        raise UnknownCommandError(command, tuple(sorted(pool._supervisor.tools)))
+    calls.check_open()
+    tool = calls.tool(command)
     if tool.stream:
         raise ToolKindError(
             f"{command!r} is a stream (a generator tool): map runs tools that return; "
@@ -121,62 +104,8 @@ def check_map(
             f"progress must be a callable (done, total), 'tqdm', 'rich' or None, not {progress!r}"
         )
     if progress in ("tqdm", "rich"):
-        _import_display(progress)
+        import_display(progress)
     return check_timeout(timeout, optional=True)
-
-
-class _Frame:
-    """Inputs ``start`` to ``start + count - 1``, sent as one call (``request``; None for
-    an input refused before it was sent, whose ``error`` is already known).
-
-    It is also its request's ``done`` signal (``set``, ``is_set``, ``wait``): the worker
-    handle and the scheduler settle a request through it, and it tells its map.
-    """
-
-    __slots__ = (
-        "_event",
-        "_map",
-        "answered",
-        "count",
-        "error",
-        "request",
-        "settled",
-        "start",
-        "value",
-        "withdrawn_until",
-    )
-
-    def __init__(self, start: int, count: int, request: Request | None, owner: Map) -> None:
-        self.start = start
-        self.count = count
-        self.request = request
-        self._map = owner
-        self._event: Any = None
-        self.answered = False  # the request is settled (answered, failed or dropped)
-        self.settled = request is None  # the map knows its outcome
-        self.value: _wire.Results | None = None
-        self.error: BaseException | None = None
-        self.withdrawn_until = 0.0  # withdrawn from its worker: wait for it until then
-        if request is not None:
-            request.done = self
-
-    def set(self) -> None:
-        if self.answered:
-            return
-        self.answered = True
-        if self._event is not None:
-            self._event.set()
-        if not self.settled:
-            self._map._answered(self)
-
-    def is_set(self) -> bool:
-        return self.answered
-
-    async def wait(self) -> None:
-        if not self.answered:
-            if self._event is None:
-                self._event = self._map._signal()
-            await self._event.wait()
 
 
 class Map:
@@ -203,34 +132,30 @@ class Map:
     __slots__ = (
         "_arrivals",
         "_buffersize",
-        "_chunksize",
+        "_calls",
         "_closed",
         "_command",
-        "_correlation_id",
         "_display",
         "_ended",
         "_entered",
         "_exhausted",
         "_finished",
         "_flying",
+        "_framer",
         "_frames",
         "_held",
         "_input_error",
         "_inputs",
-        "_max_frame_size",
         "_next_index",
         "_ordered",
-        "_pool",
         "_progress",
         "_raise",
         "_ready",
         "_reported",
         "_return_exceptions",
-        "_session_id",
         "_signal",
         "_slots",
         "_stop_at",
-        "_target",
         "_timed",
         "_timeout",
         "_unconfirmed",
@@ -241,7 +166,7 @@ class Map:
 
     def __init__(
         self,
-        pool: Pool,
+        calls: Calls,
         command: str,
         inputs: Iterable[Any],
         *,
@@ -255,24 +180,29 @@ class Map:
         progress: Progress = None,
     ) -> None:
         self._timeout = check_map(
-            pool, command, inputs, chunksize, buffersize, timeout, return_exceptions, progress
+            calls, command, inputs, chunksize, buffersize, timeout, return_exceptions, progress
         )
         for name, value in (("session_id", session_id), ("correlation_id", correlation_id)):
             if value is not None and type(value) is not str:
                 raise TypeError(f"{name} must be a str or None, not {value!r}")
-        config = pool.config
-        self._pool = pool
+        config = calls.config
+        self._calls = calls
         self._command = command
         self._ordered = ordered
-        self._chunksize = chunksize
         self._slots = config.size * config.max_concurrency
         self._buffersize = buffersize or 8 * self._slots
-        below = int(config.prefetch_below * 1e9)
-        self._target = below // 2 if below else _DEFAULT_TARGET
-        self._max_frame_size = config.max_frame_size
-        self._session_id = session_id
-        self._correlation_id = correlation_id
         self._return_exceptions = return_exceptions
+        self._framer = Framer(
+            calls,
+            command,
+            chunksize=chunksize,
+            timeout=self._timeout,
+            session_id=session_id,
+            correlation_id=correlation_id,
+            stop_on_error=not return_exceptions,
+            on_answer=self._answered,
+            signal=self._new_signal,
+        )
         self._progress = progress
         self._display: Display | None = None
         self.total: int | None = len(inputs) if isinstance(inputs, Sized) else None
@@ -284,14 +214,14 @@ class Map:
         self._next_index = 0
         self._exhausted = False
         self._input_error: BaseException | None = None
-        self._frames: deque[_Frame] = deque()  # created and not loaded, in input order
-        self._finished: deque[_Frame] = deque()  # settled and not loaded, as they settled
-        self._flying: set[_Frame] = set()  # submitted, not settled yet
-        self._arrivals: list[_Frame] = []  # answered, to be settled by the consumer
-        self._unconfirmed: list[_Frame] = []  # cancelled on their worker, not answered yet
+        self._frames: deque[Frame] = deque()  # created and not loaded, in input order
+        self._finished: deque[Frame] = deque()  # settled and not loaded, as they settled
+        self._flying: set[Frame] = set()  # submitted, not settled yet
+        self._arrivals: list[Frame] = []  # answered, to be settled by the consumer
+        self._unconfirmed: list[Frame] = []  # cancelled on their worker, not answered yet
         # Whether frames have deadlines to watch: a timeout, or the pool's queue_timeout.
         self._timed = self._timeout is not None or config.queue_timeout is not None
-        self._held: deque[_Frame] = deque()  # made, not sent: the pool's queue was full
+        self._held: deque[Frame] = deque()  # made, not sent: the pool's queue was full
         self._stop_at: int | None = None  # the input of the first error (default mode)
         self._ready: deque[Any] = deque()
         self._raise: BaseException | None = None
@@ -301,6 +231,16 @@ class Map:
         self._signal: Callable[[], Any] = anyio.Event
         self._waiters: list[Any] = []
 
+    @property
+    def command(self) -> str:
+        """The tool the map runs."""
+        return self._command
+
+    @property
+    def closed(self) -> bool:
+        """Whether the map was stopped (its block ended, or ``aclose()`` was called)."""
+        return self._closed
+
     # -- the block ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
@@ -308,11 +248,9 @@ class Map:
             raise TypeError(_ENTERED)
         self._entered = True
         self._signal = signal_factory()
-        if self._correlation_id is None:
-            from pypit.pool._pool import new_correlation_id
-
+        if self._framer.correlation_id is None:
             # One correlation id for the whole map: the caller's, or a new one.
-            self._correlation_id = correlation_id_var.get() or new_correlation_id()
+            self._framer.correlation_id = correlation_id_var.get() or new_correlation_id()
         try:
             if self._progress in ("tqdm", "rich"):
                 self._display = Display(str(self._progress), self.total, self._command)
@@ -421,7 +359,7 @@ class Map:
         self._refill()
         return batch
 
-    def _take_frame(self) -> _Frame | None:
+    def _take_frame(self) -> Frame | None:
         """The next frame whose results are due and have arrived, if any."""
         if self._ordered:
             frames = self._frames
@@ -434,13 +372,13 @@ class Map:
             return frame
         return None
 
-    def _load(self, frame: _Frame) -> None:
+    def _load(self, frame: Frame) -> None:
         """Put a settled frame's results in the queue of results to take; in the default
         mode, an error ends them, to be raised once those before it are taken."""
         stop = not self._return_exceptions
         if frame.value is None:
             error = frame.error or PoolClosedError(
-                f"pool {self._pool.name!r} stopped with the call in flight"
+                f"pool {self._calls.name!r} stopped with the call in flight"
             )
             if stop:
                 self._raise = error
@@ -453,11 +391,11 @@ class Map:
         elif stop:
             first = results.errors[0]
             self._ready.extend(itertools.islice(results.values, first.index))
-            self._raise = _item_error(first)
+            self._raise = item_error(first)
         else:
             values = list(results.values)
             for failure in results.errors:
-                values[failure.index] = _item_error(failure)
+                values[failure.index] = item_error(failure)
             self._ready.extend(values)
 
     def _report(self) -> None:
@@ -469,6 +407,9 @@ class Map:
             self._display.update(self.done)
         elif callable(self._progress):
             self._progress(self.done, self.total)
+
+    def _new_signal(self) -> Any:
+        return self._signal()
 
     async def _wait(self) -> None:
         """Wait until a frame is answered, or the next deadline of one passes."""
@@ -501,7 +442,7 @@ class Map:
             else:
                 held.popleft()
         out = len(self._frames) + (1 if self._ready else 0)
-        size = self._chunk()
+        size = self._framer.chunk()
         sending = min(self._buffersize, self._sending(size))
         while (
             out < self._buffersize
@@ -520,7 +461,7 @@ class Map:
                 return
             start = self._next_index
             self._next_index += len(chunk)
-            for frame in self._make_frames(start, chunk):
+            for frame in self._framer.frames(start, chunk):
                 if not self._needed(frame):
                     return
                 self._frames.append(frame)
@@ -535,89 +476,16 @@ class Map:
         next at hand in the pool's queue, so that a map holds few places in it, ahead of
         other callers; four for frames quick enough to wait in their worker (prefetch),
         which keep it busy while answers travel and the consumer catches up."""
-        quick = self._pool._scheduler.is_quick(self._command, size)
+        quick = self._calls.scheduler.is_quick(self._command, size)
         return (4 if quick else 2) * self._slots
 
-    def _needed(self, frame: _Frame) -> bool:
+    def _needed(self, frame: Frame) -> bool:
         """Whether a frame's results may still be taken: after an error, in the default
         mode, only those before it in input order (none, unordered)."""
         stop = self._stop_at
         return stop is None or (self._ordered and frame.start < stop)
 
-    def _chunk(self) -> int:
-        """Inputs for the next frame: ``chunksize``, or as many as make a frame that runs
-        about half of ``prefetch_below`` by the command's learned cost (one while it has
-        none), so that quick commands are chunked and slow ones sent one by one; and no
-        more than make answers of a quarter of ``max_frame_size`` by the learned size of
-        one input's answer, so that a frame's results fit in one frame."""
-        if self._chunksize is not None:
-            return self._chunksize
-        scheduler = self._pool._scheduler
-        cost = scheduler.cost(self._command)
-        if cost is None:
-            return 1
-        chunk = min(_MAX_CHUNK, int(self._target / max(cost, 1.0)))
-        size = scheduler.result_bytes(self._command)
-        if size is not None:
-            chunk = min(chunk, int(self._max_frame_size // 4 / max(size, 1.0)))
-        return max(1, chunk)
-
-    def _make_frames(self, start: int, chunk: list[Any]) -> list[_Frame]:
-        """The frames of a chunk: one, unless inputs of it cannot be sent (each is then a
-        frame of its own that failed already) or together they are over the frame size
-        limit (then halves)."""
-        try:
-            request = self._pool._request(
-                self._command,
-                chunk,
-                None,
-                self._session_id,
-                self._correlation_id,
-                stream=False,
-                batch=True,
-                stop_on_error=not self._return_exceptions,
-            )
-        except FrameTooLargeError as exc:
-            if len(chunk) == 1:
-                return [self._failed(start, exc)]
-            half = len(chunk) // 2
-            return self._make_frames(start, chunk[:half]) + self._make_frames(
-                start + half, chunk[half:]
-            )
-        except SerializationError as exc:
-            if len(chunk) == 1:
-                return [self._failed(start, _where(exc, start))]
-            return self._make_frames_apart(start, chunk)
-        except ArgumentsError as exc:
-            # An input that does not fit the tool's signature fails alone, as one that
-            # cannot travel does: each input of this chunk goes in a frame of its own.
-            if len(chunk) == 1:
-                return [self._failed(start, ArgumentsError(f"inputs[{start}]: {exc}"))]
-            return [f for i, v in enumerate(chunk) for f in self._make_frames(start + i, [v])]
-        request.budget = self._timeout * len(chunk) if self._timeout else 0.0
-        return [_Frame(start, len(chunk), request, self)]
-
-    def _make_frames_apart(self, start: int, chunk: list[Any]) -> list[_Frame]:
-        """Frames of the inputs that can be sent, in runs between those that cannot."""
-        frames: list[_Frame] = []
-        run: list[Any] = []
-        for offset, value in enumerate(chunk):
-            try:
-                _wire.check(value, f"inputs[{start + offset}]")
-            except SerializationError as exc:
-                if run:
-                    frames += self._make_frames(start + offset - len(run), run)
-                    run = []
-                frames.append(self._failed(start + offset, exc))
-            else:
-                run.append(value)
-        if run:
-            if len(run) == len(chunk):  # refused by the encoder alone: one at a time
-                return [f for i, v in enumerate(chunk) for f in self._make_frames(start + i, [v])]
-            frames += self._make_frames(start + len(chunk) - len(run), run)
-        return frames
-
-    def _sent(self, frame: _Frame) -> bool:
+    def _sent(self, frame: Frame) -> bool:
         """:meth:`_send`; an error of the pool (closed, degraded ...) ends the map."""
         try:
             return self._send(frame)
@@ -625,14 +493,14 @@ class Map:
             self._stop()
             raise
 
-    def _send(self, frame: _Frame) -> bool:
+    def _send(self, frame: Frame) -> bool:
         """Submit a frame; False if the queue is full and the map has frames of its own in
         flight (it waits for one of them instead)."""
         request = frame.request
         assert request is not None
-        pool = self._pool
+        calls = self._calls
         try:
-            pool._submit(request, pool.config.affinity, None)
+            calls.submit(request, calls.config.affinity, None)
         except PoolSaturatedError:
             if self._flying:
                 return False
@@ -640,15 +508,9 @@ class Map:
         self._flying.add(frame)
         return True
 
-    def _failed(self, start: int, error: BaseException) -> _Frame:
-        """The frame of an input refused before it was sent."""
-        frame = _Frame(start, 1, None, self)
-        frame.error = error
-        return frame
-
     # -- settling frames -----------------------------------------------------------------
 
-    def _answered(self, frame: _Frame) -> None:
+    def _answered(self, frame: Frame) -> None:
         """A frame's request was settled (by its worker, a crash, the pool closing): the
         consumer settles the frame. Called from the pool's own code, so it only notes it."""
         self.done += frame.count
@@ -656,28 +518,23 @@ class Map:
         self._wake()
 
     def _settle_answers(self) -> None:
-        """Settle the frames answered since last time, as ``Pool.execute`` settles a call."""
+        """Settle the frames answered since last time, as ``Calls.call`` settles a call."""
         if not self._arrivals:
             return
         arrivals, self._arrivals = self._arrivals, []
-        pool = self._pool
+        calls = self._calls
         for frame in arrivals:
             request = frame.request
             if frame.settled or request is None:
                 continue
             error = request.error
             if error is None:
-                pool._counters["completed"] += 1
-                _events.call_stopped(request)
+                calls.completed(request)
                 frame.value = request.value
             else:
                 if isinstance(error, QueueTimeoutError):
-                    # Its worker dropped it before it started: the pool closed, or it
-                    # waited too long.
-                    scheduler = pool._scheduler
-                    closed = pool._closed
-                    error = scheduler.closed_error() if closed else scheduler.queue_timeout(request)
-                pool._failed(request, error)
+                    error = calls.dropped(request)
+                calls.failed(request, error)
                 frame.error = error
             self._settled(frame)
 
@@ -700,12 +557,12 @@ class Map:
         return deadline
 
     def _expire(self) -> None:
-        """Fail the frames whose deadlines passed, as ``Pool._wait`` does for a call: one
+        """Fail the frames whose deadlines passed, as ``Calls.call`` does for a call: one
         waiting in the pool's queue never runs (``QueueTimeoutError``); one waiting in its
         worker is withdrawn (the worker drops it, unless it started); one running is
         cancelled (``WorkerTimeoutError``)."""
         now = anyio.current_time()
-        scheduler = self._pool._scheduler
+        scheduler = self._calls.scheduler
         for frame in list(self._flying):
             request = frame.request
             assert request is not None
@@ -718,17 +575,17 @@ class Map:
                     self._give_up(frame, scheduler.timed_out(request))
             elif request.prefetched and now >= request.queue_deadline and worker.waiting(request):
                 scheduler.withdraw(request)
-                frame.withdrawn_until = max(request.deadline, now + _WITHDRAW_GRACE)
+                frame.withdrawn_until = max(request.deadline, now + WITHDRAW_GRACE)
             elif now >= request.deadline:
                 self._give_up(frame, scheduler.timed_out(request))
 
-    def _give_up(self, frame: _Frame, error: BaseException) -> None:
+    def _give_up(self, frame: Frame, error: BaseException) -> None:
         """Stop waiting for a frame: it fails with ``error`` (its worker cancels or drops
         it), and the map goes on as for any failed frame."""
         self._drop(frame, error)
         self._settled(frame)
 
-    def _drop(self, frame: _Frame, error: BaseException) -> None:
+    def _drop(self, frame: Frame, error: BaseException) -> None:
         request = frame.request
         assert request is not None
         frame.settled = True
@@ -739,10 +596,10 @@ class Map:
                 # Kept to the frames still unconfirmed: a long map may cancel many.
                 self._unconfirmed = [f for f in self._unconfirmed if not f.answered]
             self._unconfirmed.append(frame)
-        self._pool._scheduler.abandon(request)
-        self._pool._failed(request, error)
+        self._calls.scheduler.abandon(request)
+        self._calls.failed(request, error)
 
-    def _settled(self, frame: _Frame) -> None:
+    def _settled(self, frame: Frame) -> None:
         frame.settled = True
         self._flying.discard(frame)
         if not frame.answered:  # failed here: refused before it was sent, or timed out
@@ -762,7 +619,7 @@ class Map:
 
     # -- stopping ----------------------------------------------------------------------
 
-    def _cancel(self, which: Callable[[_Frame], bool], exc: BaseException | None = None) -> None:
+    def _cancel(self, which: Callable[[Frame], bool], exc: BaseException | None = None) -> None:
         """Cancel the frames in flight that ``which`` picks. Their ``rpc.call.exception``
         carries ``exc`` when the block was left by a cancellation (or Ctrl-C), as a call's
         would; otherwise ``GeneratorExit``: their consumer stopped, and they failed in
@@ -782,58 +639,7 @@ class Map:
         self._cancel(lambda frame: True)
 
 
-def _where(error: SerializationError, index: int) -> SerializationError:
-    """The error of input ``index`` that cannot be sent, naming it as such."""
-    message = str(error).replace("cannot send args[0]", f"cannot send inputs[{index}]", 1)
-    return SerializationError(message)
-
-
-def _item_error(error: _wire.ItemError) -> Exception:
-    if error.kind == "serialization":
-        return SerializationError(f"the worker could not send the result: {error.message}")
-    return ToolError(error.type, error.message, error.traceback)
-
-
-# -- progress displays ----------------------------------------------------------------------
-
-
-def _import_display(kind: str) -> Any:
-    """The module a display needs, imported only when asked for: neither is a dependency."""
-    try:
-        return importlib.import_module("tqdm" if kind == "tqdm" else "rich.progress")
-    except ImportError:
-        raise ImportError(
-            f"progress={kind!r} needs the {kind} package, which is not installed "
-            f"(pip install {kind}); or pass a callable (done, total)"
-        ) from None
-
-
-class Display:
-    """A tqdm or rich progress bar for one map, updated from the consumer's task."""
-
-    __slots__ = ("_bar", "_kind", "_shown", "_task")
-
-    def __init__(self, kind: str, total: int | None, command: str) -> None:
-        self._kind = kind
-        self._shown = 0
-        module = _import_display(kind)
-        if kind == "tqdm":
-            self._bar = module.tqdm(total=total, desc=command, unit="input")
-            self._task = None
-        else:
-            self._bar = module.Progress()
-            self._bar.start()
-            self._task = self._bar.add_task(command, total=total)
-
-    def update(self, done: int) -> None:
-        if self._kind == "tqdm":
-            self._bar.update(done - self._shown)
-        else:
-            self._bar.update(self._task, completed=done)
-        self._shown = done
-
-    def close(self) -> None:
-        if self._kind == "tqdm":
-            self._bar.close()
-        else:
-            self._bar.stop()
+async def take(results: Map) -> list[Any]:
+    """The next batch of ``results`` for the blocking facade (``SyncMap``), taken on the
+    loop in one hop: see ``Map._take``."""
+    return await results._take()

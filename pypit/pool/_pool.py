@@ -1,51 +1,42 @@
 """The pool's public face: :class:`Pool` and :func:`open_pool`.
 
-A pool is three parts under one facade: the scheduler (``_scheduler``: the
+A pool is four parts under one facade: the scheduler (``_scheduler``: the
 queue, sessions, which worker runs each call), the supervisor
-(``_supervisor``: slots, worker processes, restarts, recycling) and the
-control plane (``_control``: worker telemetry and log levels). Everything runs
-on one event loop, so none of them needs a lock. A call is encoded once (a
-:class:`~pypit.pool._request.Request`), placed by the scheduler, and its
-caller waits here for the answer within the call's deadlines: a call that has
-not started by its queue deadline fails with ``QueueTimeoutError`` and never
-runs; one that runs past its deadline is cancelled in the worker.
+(``_supervisor``: slots, worker processes, restarts, recycling), the
+control plane (``_control``: worker telemetry and log levels) and the calls
+(``_calls``: how a call is checked, encoded, placed and settled, for
+``execute``, streams and maps alike). Everything runs on one event loop, so
+none of them needs a lock.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
-import math
-import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any
 
 import anyio
 import anyio.abc
 import attrs
 
-from pypit import _wire
 from pypit._checks import exact_str
 from pypit._errors import (
     PoolClosedError,
-    QueueTimeoutError,
-    ToolKindError,
-    UnknownCommandError,
     WorkerCrashedError,
     WorkerStartError,
 )
 from pypit._log import Levels, get_logger
-from pypit._shared import correlation_id_var
 from pypit.pool import _events
+from pypit.pool._calls import Calls
 from pypit.pool._channel import signal_factory
-from pypit.pool._config import AFFINITIES, Affinity, PoolConfig, check_timeout, make_config
+from pypit.pool._config import AFFINITIES, Affinity, PoolConfig, make_config
 from pypit.pool._control import Control
 from pypit.pool._launch import Launcher, LocalLauncher
-from pypit.pool._map import Map, Progress
-from pypit.pool._request import Request
+from pypit.pool._map import Map
+from pypit.pool._progress import Progress
 from pypit.pool._scheduler import Limits, Scheduler, SessionInfo
 from pypit.pool._stream import Stream
 from pypit.pool._supervisor import Supervisor
@@ -54,13 +45,6 @@ from pypit.pool._tools import ToolDescription
 from pypit.pool._worker import WorkerHandle
 
 __all__ = ["Pool", "PoolStatus", "SessionInfo", "ToolDescription", "open_pool"]
-
-_request_ids = itertools.count(1)
-
-# How long a caller whose call waits in a worker waits for the worker to confirm that it
-# dropped the call, when the call's deadline passed or its caller was cancelled: the
-# confirmation takes a round trip.
-_WITHDRAW_GRACE: Final = 0.25
 
 
 @attrs.frozen
@@ -94,16 +78,6 @@ class PoolStatus:
     restarts: int
 
 
-# A correlation id is this process's random prefix and a counter: unique across
-# processes and restarts, and a tenth of the cost of fresh random bytes per call.
-_correlation_prefix = secrets.token_hex(6)
-_correlation_counter = itertools.count(1)
-
-
-def new_correlation_id() -> str:
-    return f"{_correlation_prefix}-{next(_correlation_counter):x}"
-
-
 class Pool:
     """A pool of worker processes serving one adapter. Open it with :func:`open_pool`."""
 
@@ -125,13 +99,11 @@ class Pool:
             ),
             log=self._log,
         )
-        self._counters = self._scheduler.counters
         worker_ids = [f"{config.name}_worker_{i + 1}" for i in range(config.size)]
         self._control = Control(config, lambda: self._scheduler.workers, worker_ids, levels)
         self._supervisor = Supervisor(config, self._scheduler, self._control, self._log)
-        self._closed = False
+        self._calls = Calls(config, self._scheduler, self._supervisor, self._control)
         self._launcher = _launcher(config)
-        self._signal: Callable[[], Any] = anyio.Event
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -181,18 +153,20 @@ class Pool:
             raise ValueError(f"affinity must be one of {choices} or None, not {affinity!r}")
         if type(idempotent) is not bool:
             raise TypeError(f"idempotent must be True or False, not {idempotent!r}")
-        request = self._request(command, args, timeout, session_id, correlation_id, stream=False)
+        request = self._calls.request(
+            command, args, timeout, session_id, correlation_id, stream=False
+        )
         if not idempotent:
-            return await self._call(request, affinity, None)
+            return await self._calls.call(request, affinity, None)
         try:
-            return await self._call(request, affinity, None)
+            return await self._calls.call(request, affinity, None)
         except WorkerCrashedError as crash:
             self._log.warning(
                 "retrying an idempotent call on another worker after a crash",
                 command=request.command,
                 worker_id=crash.worker_id,
             )
-            retry = self._request(
+            retry = self._calls.request(
                 request.command,
                 args,
                 None,
@@ -201,69 +175,7 @@ class Pool:
                 stream=False,
             )
             retry.deadline = retry.queue_deadline = request.deadline
-            return await self._call(retry, affinity, crash.worker_id)
-
-    async def _call(self, request: Request, affinity: str | None, avoid: str | None) -> Any:
-        self._submit(request, affinity or self.config.affinity, avoid)
-        try:
-            await self._wait(request)
-        except BaseException as exc:
-            self._scheduler.abandon(request)
-            self._failed(request, exc)
-            if request.withdrawn:
-                # It waited in its worker: resume the caller once the worker dropped it
-                # (or, if a slot freed before the cancel arrived, started it).
-                with anyio.move_on_after(_WITHDRAW_GRACE, shield=True):
-                    await request.done.wait()
-            raise
-        if not request.done.is_set():
-            self._scheduler.abandon(request)
-            error = self._scheduler.timed_out(request)
-            self._failed(request, error)
-            raise error
-        if request.error is not None:
-            if isinstance(request.error, QueueTimeoutError):
-                # Its worker dropped it before it started: the pool closed, or the call
-                # waited too long.
-                request.error = (
-                    self._scheduler.closed_error()
-                    if self._closed
-                    else self._scheduler.queue_timeout(request)
-                )
-            self._failed(request, request.error)
-            raise request.error
-        self._counters["completed"] += 1
-        _events.call_stopped(request)
-        return request.value
-
-    async def _wait(self, request: Request) -> None:
-        """Wait for the answer while the call's deadlines allow.
-
-        A call waiting for a worker has its queue deadline; once it runs, its
-        deadline. A call waiting inside a worker (prefetched) is withdrawn when
-        its queue deadline passes: the worker drops it and says so, unless it
-        started meanwhile, and then the call runs on to its deadline.
-        """
-        waiting = request.worker is None or request.prefetched
-        deadline = request.queue_deadline if waiting else request.deadline
-        if deadline == math.inf:
-            await request.done.wait()
-            return
-        with anyio.CancelScope(deadline=deadline) as scope:
-            request.scope = scope
-            await request.done.wait()
-        request.scope = None
-        worker = request.worker
-        if request.done.is_set() or worker is None or not request.prefetched:
-            return
-        if self._scheduler.withdraw(request):
-            deadline = max(request.deadline, anyio.current_time() + _WITHDRAW_GRACE)
-        elif request.deadline > deadline:
-            deadline = request.deadline
-        else:
-            return
-        with anyio.CancelScope(deadline=deadline):
-            await request.done.wait()
+            return await self._calls.call(retry, affinity, crash.worker_id)
 
     def stream(
         self,
@@ -289,9 +201,9 @@ class Pool:
             self.name,
             self._scheduler,
             prepare=functools.partial(
-                self._request, command, args, timeout, session_id, correlation_id, stream=True
+                self._calls.request, command, args, timeout, session_id, correlation_id, stream=True
             ),
-            submit=functools.partial(self._submit, affinity=self.config.affinity, avoid=None),
+            submit=functools.partial(self._calls.submit, affinity=self.config.affinity, avoid=None),
             window=self.config.stream_window,
             timeout=timeout,
         )
@@ -325,7 +237,7 @@ class Pool:
         results instead. ``progress`` is a callable ``(done, total)``, ``"tqdm"`` or
         ``"rich"``. Leaving the block cancels what is in flight (docs/calls.md).
         """
-        return Map(self, command, inputs, ordered=True, chunksize=chunksize,
+        return Map(self._calls, command, inputs, ordered=True, chunksize=chunksize,
                    buffersize=buffersize, timeout=timeout, session_id=session_id,
                    correlation_id=correlation_id, return_exceptions=return_exceptions,
                    progress=progress)  # fmt: skip
@@ -345,7 +257,7 @@ class Pool:
     ) -> Map:
         """:meth:`map`, with the results as they arrive (those of one frame in input
         order); the first error to arrive is raised."""
-        return Map(self, command, inputs, ordered=False, chunksize=chunksize,
+        return Map(self._calls, command, inputs, ordered=False, chunksize=chunksize,
                    buffersize=buffersize, timeout=timeout, session_id=session_id,
                    correlation_id=correlation_id, return_exceptions=return_exceptions,
                    progress=progress)  # fmt: skip
@@ -363,10 +275,10 @@ class Pool:
             in_flight=self._scheduler.in_flight(),
             max_queue_size=self.config.max_queue_size,
             size=self.config.size,
-            closed=self._closed,
+            closed=self._calls.closed,
             restarts=self._supervisor.restarts(),
             degraded=self._supervisor.degraded(),
-            **self._counters,
+            **self._scheduler.counters,
         )
 
     def emit_status(self) -> None:
@@ -410,95 +322,6 @@ class Pool:
         session_id = exact_str("session_id", session_id)
         return self._scheduler.session(session_id, self._supervisor.worker_ids())
 
-    # -- placing calls ---------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise PoolClosedError(f"pool {self.name!r} is closed")
-
-    def _check(self, command: str, args: Any, *, stream: bool, batch: bool = False) -> bool:
-        """Refuse a call the pool cannot place; for a batch (``args`` its list of inputs),
-        whether every input is a value the wire takes as it is (its types are collected
-        once, for this and for the tool's signature) and none is None or a dict."""
-        self._check_open()
-        tool = self._supervisor.tools.get(command)
-        if tool is None:
-            raise UnknownCommandError(command, tuple(sorted(self._supervisor.tools)))
-        if tool.stream != stream:
-            how = "pool.stream()" if tool.stream else "pool.execute()"
-            kind = "stream" if tool.stream else "call"
-            raise ToolKindError(f"{command!r} is a {kind}; use {how}")
-        check = self._supervisor.checks.get(command)
-        if not batch:
-            if check is not None:
-                check.check(args)
-            return False
-        kinds = set(map(type, args))
-        if check is not None:
-            check.check_many(args, kinds)
-        return _wire.ATOMS.issuperset(kinds) and type(None) not in kinds
-
-    def _request(
-        self,
-        command: str,
-        args: Any,
-        timeout: float | None,
-        session_id: str | None,
-        correlation_id: str | None,
-        *,
-        stream: bool,
-        batch: bool = False,
-        stop_on_error: bool = False,
-    ) -> Request:
-        """Check and encode a call (with ``batch``, a frame of a map: ``args`` is its list
-        of inputs); nothing is sent or queued yet."""
-        command = exact_str("command", command)
-        timeout = check_timeout(timeout, optional=True)
-        session_id = exact_str("session_id", session_id, optional=True)
-        correlation_id = exact_str("correlation_id", correlation_id, optional=True)
-        # A batch of plain inputs: the wire need not look at them again, and the worker
-        # may pass each as one positional argument without looking either.
-        plain = self._check(command, args, stream=stream, batch=batch)
-        request_id = next(_request_ids)
-        correlation_id = correlation_id or correlation_id_var.get() or new_correlation_id()
-        if type(correlation_id) is not str:
-            raise TypeError(
-                f"the current correlation id must be a str, not {correlation_id!r} "
-                "(set with set_correlation_id)"
-            )
-        message = _wire.Call(request_id, command, args, correlation_id, timeout, stream)
-        message.session_id = session_id
-        if batch:
-            message.batch = True
-            message.stop_on_error = stop_on_error
-            message.positional = plain
-        if stream:
-            message.window = self.config.stream_window
-        frame = _wire.encode(message, self.config.max_frame_size, checked=plain)
-        if _events.trace_hook is not None:
-            _events.trace_hook.capture(request_id)
-        request = Request(command, self._signal, stream)
-        request.message = message
-        request.request_id = request_id
-        request.correlation_id = correlation_id
-        request.session_id = session_id
-        request.frame = frame
-        request.window = message.window
-        if batch:
-            request.inputs = len(args)
-        if timeout is not None:
-            request.deadline = request.queue_deadline = anyio.current_time() + timeout
-        return request
-
-    def _submit(self, request: Request, affinity: str, avoid: str | None) -> None:
-        if self._control.stale():
-            self._control.push()
-        self._scheduler.submit(request, affinity, avoid)
-
-    def _failed(self, request: Request, exc: BaseException) -> None:
-        self._counters["failed"] += 1
-        _events.call_failed(request, exc)
-
     # -- worker telemetry, log levels, recycling ---------------------------------------------
 
     async def configure_telemetry(
@@ -524,7 +347,7 @@ class Pool:
         worker, :class:`~pypit.PoolClosedError` once the pool is closed.
         """
         worker_id = exact_str("worker_id", worker_id, optional=True)
-        self._check_open()
+        self._calls.check_open()
         await self._control.configure_telemetry(
             enabled=enabled,
             sampling_rate=sampling_rate,
@@ -540,7 +363,7 @@ class Pool:
         restarts of that worker. Raises :class:`~pypit.PoolClosedError` once the pool is
         closed."""
         worker_id = exact_str("worker_id", worker_id)
-        self._check_open()
+        self._calls.check_open()
         await self._control.set_worker_level(worker_id, level, timeout)
 
     async def reset_worker_level(self, worker_id: str, *, timeout: float = 5.0) -> None:
@@ -548,7 +371,7 @@ class Pool:
         one, the level the worker started with). Raises :class:`~pypit.PoolClosedError`
         once the pool is closed."""
         worker_id = exact_str("worker_id", worker_id)
-        self._check_open()
+        self._calls.check_open()
         await self._control.reset_worker_level(worker_id, timeout)
 
     async def recycle_worker(self, worker_id: str) -> None:
@@ -563,14 +386,14 @@ class Pool:
         :class:`~pypit.PoolClosedError` once the pool is closed.
         """
         worker_id = exact_str("worker_id", worker_id)
-        self._check_open()
+        self._calls.check_open()
         await self._supervisor.recycle_worker(worker_id)
 
     # -- opening and closing ---------------------------------------------------------
 
     async def _open(self, tasks: PoolTasks) -> None:
         started = time.monotonic_ns()
-        self._signal = signal_factory()
+        self._calls.signal = signal_factory()
         await self._launcher.open(tasks, self._supervisor.on_greeting)
         ready = await self._supervisor.start(tasks, self._launcher)
         _events.emit(
@@ -605,9 +428,9 @@ class Pool:
         ``shutdown_timeout``, unless the pool's block was ``interrupted`` (left by an
         exception or a cancellation, Ctrl-C included): then they are cancelled at once, as
         their callers are gone or going, and the workers stop within ``stop_grace``."""
-        if self._closed:
+        if self._calls.closed:
             return
-        self._closed = self._scheduler.closed = True
+        self._calls.closed = self._scheduler.closed = True
         self._scheduler.fail_queue(self._scheduler.closed_error)
         if interrupted is not None:
             reason = type(interrupted).__name__
@@ -656,6 +479,12 @@ class Pool:
     async def _cleanup(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._launcher.close()
+
+
+def kill_workers(pool: Pool) -> None:
+    """Kill every worker of ``pool`` now, on its loop: the blocking facade's answer to a
+    second Ctrl-C while the pool stops (see ``Pool._kill``)."""
+    pool._kill()
 
 
 def _launcher(config: PoolConfig) -> Launcher:

@@ -25,8 +25,16 @@ import anyio.from_thread
 from pypit._errors import PoolClosedError
 from pypit.pool._config import Affinity, make_config
 from pypit.pool._futures import Callbacks, CallFuture
-from pypit.pool._map import MAP_ENDED, Display, Map, Progress
-from pypit.pool._pool import Pool, PoolStatus, SessionInfo, ToolDescription, open_pool
+from pypit.pool._map import MAP_ENDED, Map, take
+from pypit.pool._pool import (
+    Pool,
+    PoolStatus,
+    SessionInfo,
+    ToolDescription,
+    kill_workers,
+    open_pool,
+)
+from pypit.pool._progress import Display, Progress
 from pypit.pool._stream import STREAM_ENDED, Stream
 
 T = TypeVar("T")
@@ -156,7 +164,7 @@ class SyncMap:
 
     def __enter__(self) -> Self:
         if self._progress in ("tqdm", "rich"):
-            self._display = Display(str(self._progress), self._map.total, self._map._command)
+            self._display = Display(str(self._progress), self._map.total, self._map.command)
         try:
             _on_loop(self._portal, self._map.__aenter__)
         except BaseException:
@@ -180,7 +188,7 @@ class SyncMap:
                 "iterate a map inside its block: `with pool.map(...) as results: "
                 "for result in results: ...`, so that leaving the loop early cancels it at once"
             )
-        if self._map._closed:
+        if self._map.closed:
             raise TypeError(MAP_ENDED)
         return self._results
 
@@ -189,7 +197,7 @@ class SyncMap:
         return next(self._results)
 
     def _batches(self) -> Iterator[list[Any]]:
-        while batch := _on_loop(self._portal, self._map._take):
+        while batch := _on_loop(self._portal, take, self._map):
             self._report()
             yield batch
         self._report()
@@ -483,5 +491,5 @@ def _leave(
         opened.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
     except KeyboardInterrupt:
         with contextlib.suppress(RuntimeError):
-            portal.call(pool._kill)
+            portal.call(kill_workers, pool)
         raise

@@ -91,7 +91,8 @@ async def test_the_inputs_are_taken_only_as_far_as_the_window(tmp_path: Path) ->
             assert inputs.taken == 2
             gate.touch()
             first = await results.__anext__()
-            assert inputs.taken <= 3
+            # Two ahead of the answers, however many answers came meanwhile.
+            assert inputs.taken - results.done <= 2
             rest = [result async for result in results]
     assert [first, *rest] == [str(i) for i in range(50)]
 

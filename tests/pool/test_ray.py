@@ -17,7 +17,11 @@ from pypit.pool import Pool, RayWorkers, open_pool
 from pypit.pool._ray import RayProcess
 from tests.pool.conftest import adapter, assert_catalog_shape, opened_at_exit, options, wait_until
 
-pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ray_session")]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.usefixtures("ray_session"),
+    pytest.mark.xdist_group("ray"),
+]
 
 POOL = ("pypit", "pool")
 RPC = ("pypit", "rpc")

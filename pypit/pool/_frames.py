@@ -1,0 +1,229 @@
+"""A map's frames: how many inputs a frame takes, and how a chunk of inputs becomes frames.
+
+A frame is one call carrying a chunk of inputs (``_wire.Call.batch``). Its size is the
+map's ``chunksize`` or chosen from what the pool learned of the command: quick commands
+are chunked, slow ones sent one input a frame. A chunk whose inputs cannot all travel
+together is cut: an input that cannot be sent, or does not fit the tool's signature, is
+a frame of its own that failed already, and a chunk over the frame size limit is halved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from pypit import _wire
+from pypit._errors import ArgumentsError, FrameTooLargeError, SerializationError, ToolError
+
+if TYPE_CHECKING:
+    from pypit.pool._calls import Calls
+    from pypit.pool._request import Request
+
+_MAX_CHUNK: Final = 4096
+"""The largest chunk the map chooses by itself (a ``chunksize`` given may be larger)."""
+_DEFAULT_TARGET: Final = 500_000
+"""ns a chosen chunk aims at when every command is quick (``prefetch_below=0``)."""
+
+
+class Frame:
+    """Inputs ``start`` to ``start + count - 1``, sent as one call (``request``; None for
+    an input refused before it was sent, whose ``error`` is already known).
+
+    It is also its request's ``done`` signal (``set``, ``is_set``, ``wait``): the worker
+    handle and the scheduler settle a request through it, and it tells its map
+    (``on_answer``).
+    """
+
+    __slots__ = (
+        "_event",
+        "_on_answer",
+        "_signal",
+        "answered",
+        "count",
+        "error",
+        "request",
+        "settled",
+        "start",
+        "value",
+        "withdrawn_until",
+    )
+
+    def __init__(
+        self,
+        start: int,
+        count: int,
+        request: Request | None,
+        on_answer: Callable[[Frame], None],
+        signal: Callable[[], Any],
+    ) -> None:
+        self.start = start
+        self.count = count
+        self.request = request
+        self._on_answer = on_answer
+        self._signal = signal
+        self._event: Any = None
+        self.answered = False  # the request is settled (answered, failed or dropped)
+        self.settled = request is None  # the map knows its outcome
+        self.value: _wire.Results | None = None
+        self.error: BaseException | None = None
+        self.withdrawn_until = 0.0  # withdrawn from its worker: wait for it until then
+        if request is not None:
+            request.done = self
+
+    def set(self) -> None:
+        if self.answered:
+            return
+        self.answered = True
+        if self._event is not None:
+            self._event.set()
+        if not self.settled:
+            self._on_answer(self)
+
+    def is_set(self) -> bool:
+        return self.answered
+
+    async def wait(self) -> None:
+        if not self.answered:
+            if self._event is None:
+                self._event = self._signal()
+            await self._event.wait()
+
+
+class Framer:
+    """Makes one map's frames: each a checked, encoded call of ``command`` with a chunk of
+    inputs, the map's session and correlation ids, and a budget of ``timeout`` per input."""
+
+    __slots__ = (
+        "_calls",
+        "_chunksize",
+        "_command",
+        "_max_frame_size",
+        "_on_answer",
+        "_session_id",
+        "_signal",
+        "_stop_on_error",
+        "_target",
+        "_timeout",
+        "correlation_id",
+    )
+
+    def __init__(
+        self,
+        calls: Calls,
+        command: str,
+        *,
+        chunksize: int | None,
+        timeout: float | None,
+        session_id: str | None,
+        correlation_id: str | None,
+        stop_on_error: bool,
+        on_answer: Callable[[Frame], None],
+        signal: Callable[[], Any],
+    ) -> None:
+        config = calls.config
+        self._calls = calls
+        self._command = command
+        self._chunksize = chunksize
+        self._timeout = timeout
+        self._session_id = session_id
+        self.correlation_id = correlation_id
+        """Every frame's: set before the first frame is made."""
+        self._stop_on_error = stop_on_error
+        self._on_answer = on_answer
+        self._signal = signal
+        below = int(config.prefetch_below * 1e9)
+        self._target = below // 2 if below else _DEFAULT_TARGET
+        self._max_frame_size = config.max_frame_size
+
+    def chunk(self) -> int:
+        """Inputs for the next frame: ``chunksize``, or as many as make a frame that runs
+        about half of ``prefetch_below`` by the command's learned cost (one while it has
+        none), so that quick commands are chunked and slow ones sent one by one; and no
+        more than make answers of a quarter of ``max_frame_size`` by the learned size of
+        one input's answer, so that a frame's results fit in one frame."""
+        if self._chunksize is not None:
+            return self._chunksize
+        scheduler = self._calls.scheduler
+        cost = scheduler.cost(self._command)
+        if cost is None:
+            return 1
+        chunk = min(_MAX_CHUNK, int(self._target / max(cost, 1.0)))
+        size = scheduler.result_bytes(self._command)
+        if size is not None:
+            chunk = min(chunk, int(self._max_frame_size // 4 / max(size, 1.0)))
+        return max(1, chunk)
+
+    def frames(self, start: int, chunk: list[Any]) -> list[Frame]:
+        """The frames of a chunk: one, unless inputs of it cannot be sent (each is then a
+        frame of its own that failed already) or together they are over the frame size
+        limit (then halves)."""
+        try:
+            request = self._calls.request(
+                self._command,
+                chunk,
+                None,
+                self._session_id,
+                self.correlation_id,
+                stream=False,
+                batch=True,
+                stop_on_error=self._stop_on_error,
+            )
+        except FrameTooLargeError as exc:
+            if len(chunk) == 1:
+                return [self._failed(start, exc)]
+            half = len(chunk) // 2
+            return self.frames(start, chunk[:half]) + self.frames(start + half, chunk[half:])
+        except SerializationError as exc:
+            if len(chunk) == 1:
+                return [self._failed(start, _where(exc, start))]
+            return self._frames_apart(start, chunk)
+        except ArgumentsError as exc:
+            # An input that does not fit the tool's signature fails alone, as one that
+            # cannot travel does: each input of this chunk goes in a frame of its own.
+            if len(chunk) == 1:
+                return [self._failed(start, ArgumentsError(f"inputs[{start}]: {exc}"))]
+            return self._one_by_one(start, chunk)
+        request.budget = self._timeout * len(chunk) if self._timeout else 0.0
+        return [Frame(start, len(chunk), request, self._on_answer, self._signal)]
+
+    def _frames_apart(self, start: int, chunk: list[Any]) -> list[Frame]:
+        """Frames of the inputs that can be sent, in runs between those that cannot."""
+        frames: list[Frame] = []
+        run: list[Any] = []
+        for offset, value in enumerate(chunk):
+            try:
+                _wire.check(value, f"inputs[{start + offset}]")
+            except SerializationError as exc:
+                if run:
+                    frames += self.frames(start + offset - len(run), run)
+                    run = []
+                frames.append(self._failed(start + offset, exc))
+            else:
+                run.append(value)
+        if run:
+            if len(run) == len(chunk):  # refused by the encoder alone: one at a time
+                return self._one_by_one(start, chunk)
+            frames += self.frames(start + len(chunk) - len(run), run)
+        return frames
+
+    def _one_by_one(self, start: int, chunk: list[Any]) -> list[Frame]:
+        return [frame for i, v in enumerate(chunk) for frame in self.frames(start + i, [v])]
+
+    def _failed(self, start: int, error: BaseException) -> Frame:
+        """The frame of an input refused before it was sent."""
+        frame = Frame(start, 1, None, self._on_answer, self._signal)
+        frame.error = error
+        return frame
+
+
+def _where(error: SerializationError, index: int) -> SerializationError:
+    """The error of input ``index`` that cannot be sent, naming it as such."""
+    message = str(error).replace("cannot send args[0]", f"cannot send inputs[{index}]", 1)
+    return SerializationError(message)
+
+
+def item_error(error: _wire.ItemError) -> Exception:
+    """The exception of one input's failure, as the worker described it."""
+    if error.kind == "serialization":
+        return SerializationError(f"the worker could not send the result: {error.message}")
+    return ToolError(error.type, error.message, error.traceback)
