@@ -18,7 +18,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: compile demo test lint typecheck unit bench docs lock test-latest clean
+.PHONY: compile demo test lint typecheck unit coverage bench docs lock test-latest clean
 
 $(UV): requirements/uv.txt
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
@@ -50,6 +50,11 @@ typecheck: $(STAMP)
 
 unit: compile
 	$(PY) -m pytest
+
+# The suite with coverage measured in the parent and in every worker process it starts
+# (slower: about three times `make unit`).
+coverage: compile
+	$(PY) -m pytest --cov=pypit --cov-report=term:skip-covered --no-cov-on-fail
 
 # The benchmarks and the table of targets (docs/performance.md); BENCH_ARGS go to pytest.
 bench: compile

@@ -17,11 +17,7 @@ from pypit.pool import Pool, RayWorkers, open_pool
 from pypit.pool._ray import RayProcess
 from tests.pool.conftest import adapter, assert_catalog_shape, opened_at_exit, options, wait_until
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.usefixtures("ray_session"),
-    pytest.mark.xdist_group("ray"),
-]
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ray_session")]
 
 POOL = ("pypit", "pool")
 RPC = ("pypit", "rpc")
