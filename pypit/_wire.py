@@ -220,8 +220,9 @@ class Error(_Message, tag=25):
 
 
 class ItemError(msgspec.Struct, array_like=True):
-    """Why input ``index`` of a batch failed: ``kind`` is ``tool`` (the tool raised) or
-    ``serialization`` (its result cannot travel)."""
+    """Why input ``index`` of a batch failed: ``kind`` is ``tool`` (the tool raised),
+    ``serialization`` (its result cannot travel) or ``too_large`` (its result alone is
+    over the frame size limit)."""
 
     index: Annotated[int, msgspec.Meta(ge=0)]
     kind: str
@@ -234,13 +235,19 @@ class Results(_Message, tag=32):
     """The answer of batch call ``id``: ``values[i]`` is the result of input ``i`` (None
     where ``errors`` names it). Every input ran, in order, unless the call asked to stop
     at its first error: then ``values`` ends with that input's place, and the inputs after
-    it never ran."""
+    it never ran.
+
+    Results over the frame size limit travel in parts, in order: each part but the last
+    has ``more``, and carries the values of the inputs after those of the part before it;
+    ``errors`` index the whole batch.
+    """
 
     id: int
     values: list[Any]
     errors: list[ItemError] = []
     waited: int = 0
     took: int = 0
+    more: bool = False
 
 
 class Chunk(_Message, tag=26):
@@ -627,8 +634,14 @@ def _out_of_range(message: _Message) -> SerializationError:
     }
     where, field = carried.get(type(message), ("", ""))
     stack: list[tuple[Any, str]] = [(getattr(message, field), where)] if where else []
+    # A container is looked into once: a shared one costs once, and a cycle ends.
+    seen: set[int] = set()
     while stack:
         value, path = stack.pop()
+        if type(value) in (dict, list, tuple):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
         if type(value) is int and not -(2**63) <= value < 2**64:
             return SerializationError(
                 f"cannot send {path}, an int out of range: {_show(value)}; {rule}"

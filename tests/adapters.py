@@ -244,6 +244,10 @@ class Echo(Adapter):
     def threads(self) -> int:
         return threading.active_count()
 
+    @tool(description="The names of the threads alive")
+    def thread_names(self) -> list[str]:
+        return sorted(thread.name for thread in threading.enumerate())
+
     @tool(description="Crash the worker the first time (marker file absent), then answer")
     def crash_once(self, path: str) -> str:
         with open(path, "a") as f:

@@ -272,6 +272,18 @@ def test_an_int_out_of_range_is_named_where_it_is_even_when_too_long_to_print() 
         _wire.encode(_wire.Result(1, {10**5000}))
 
 
+def test_an_int_out_of_range_beside_a_value_that_contains_itself_is_found() -> None:
+    """The search for the int out of range looks into each container once: a value that
+    contains itself after the int ends it instead of growing without end."""
+    cyclic: list[Any] = [1]
+    cyclic.append(cyclic)
+    shared = [3, 4]
+    with pytest.raises(SerializationError, match=r"cannot send args\[0\], an int out of range"):
+        _wire.encode(_wire.Call(1, "tool", [2**64, cyclic, shared, shared], "c"))
+    with pytest.raises(SerializationError, match=r"result\[2\]\[1\], an int out of range"):
+        _wire.encode(_wire.Result(1, [shared, shared, [1, -(2**63) - 1]]))
+
+
 def test_a_call_without_a_session_id_decodes() -> None:
     """A Call frame written before calls carried a session id still decodes, with none."""
     old = msgspec.msgpack.encode([1, 7, "echo", None, "cid", None, False, None, 0])

@@ -3,8 +3,9 @@
 A frame is one call carrying a chunk of inputs (``_wire.Call.batch``). Its size is the
 map's ``chunksize`` or chosen from what the pool learned of the command: quick commands
 are chunked, slow ones sent one input a frame. A chunk whose inputs cannot all travel
-together is cut: an input that cannot be sent, or does not fit the tool's signature, is
-a frame of its own that failed already, and a chunk over the frame size limit is halved.
+together is halved until each input that cannot be sent, does not fit the tool's signature
+or is over the frame size limit is alone: it is a frame that failed already, and the
+others run.
 """
 
 from __future__ import annotations
@@ -154,9 +155,8 @@ class Framer:
         return max(1, chunk)
 
     def frames(self, start: int, chunk: list[Any]) -> list[Frame]:
-        """The frames of a chunk: one, unless inputs of it cannot be sent (each is then a
-        frame of its own that failed already) or together they are over the frame size
-        limit (then halves)."""
+        """The frames of a chunk: one, unless inputs of it cannot be sent, or together
+        they are over the frame size limit (see the module's docstring)."""
         try:
             request = self._calls.request(
                 self._command,
@@ -168,46 +168,15 @@ class Framer:
                 batch=True,
                 stop_on_error=self._stop_on_error,
             )
-        except FrameTooLargeError as exc:
-            if len(chunk) == 1:
-                return [self._failed(start, exc)]
-            half = len(chunk) // 2
-            return self.frames(start, chunk[:half]) + self.frames(start + half, chunk[half:])
-        except SerializationError as exc:
+        except (SerializationError, FrameTooLargeError, ArgumentsError) as exc:
+            # Halves until the inputs that cannot go are alone: each is then a frame that
+            # failed already, and the others run.
             if len(chunk) == 1:
                 return [self._failed(start, _where(exc, start))]
-            return self._frames_apart(start, chunk)
-        except ArgumentsError as exc:
-            # An input that does not fit the tool's signature fails alone, as one that
-            # cannot travel does: each input of this chunk goes in a frame of its own.
-            if len(chunk) == 1:
-                return [self._failed(start, ArgumentsError(f"inputs[{start}]: {exc}"))]
-            return self._one_by_one(start, chunk)
+            half = len(chunk) // 2
+            return self.frames(start, chunk[:half]) + self.frames(start + half, chunk[half:])
         request.budget = self._timeout * len(chunk) if self._timeout else 0.0
         return [Frame(start, len(chunk), request, self._on_answer, self._signal)]
-
-    def _frames_apart(self, start: int, chunk: list[Any]) -> list[Frame]:
-        """Frames of the inputs that can be sent, in runs between those that cannot."""
-        frames: list[Frame] = []
-        run: list[Any] = []
-        for offset, value in enumerate(chunk):
-            try:
-                _wire.check(value, f"inputs[{start + offset}]")
-            except SerializationError as exc:
-                if run:
-                    frames += self.frames(start + offset - len(run), run)
-                    run = []
-                frames.append(self._failed(start + offset, exc))
-            else:
-                run.append(value)
-        if run:
-            if len(run) == len(chunk):  # refused by the encoder alone: one at a time
-                return self._one_by_one(start, chunk)
-            frames += self.frames(start + len(chunk) - len(run), run)
-        return frames
-
-    def _one_by_one(self, start: int, chunk: list[Any]) -> list[Frame]:
-        return [frame for i, v in enumerate(chunk) for frame in self.frames(start + i, [v])]
 
     def _failed(self, start: int, error: BaseException) -> Frame:
         """The frame of an input refused before it was sent."""
@@ -216,14 +185,23 @@ class Framer:
         return frame
 
 
-def _where(error: SerializationError, index: int) -> SerializationError:
-    """The error of input ``index`` that cannot be sent, naming it as such."""
-    message = str(error).replace("cannot send args[0]", f"cannot send inputs[{index}]", 1)
-    return SerializationError(message)
+def _where(error: Exception, index: int) -> Exception:
+    """The error of input ``index``, which cannot be sent alone, naming it as such."""
+    if isinstance(error, ArgumentsError):
+        return ArgumentsError(f"inputs[{index}]: {error}")
+    message = str(error).replace("args[0]", f"inputs[{index}]")
+    if f"inputs[{index}]" not in message:
+        message = f"cannot send inputs[{index}]: {message}"
+    return type(error)(message)
 
 
-def item_error(error: _wire.ItemError) -> Exception:
-    """The exception of one input's failure, as the worker described it."""
-    if error.kind == "serialization":
-        return SerializationError(f"the worker could not send the result: {error.message}")
+def item_error(error: _wire.ItemError, start: int) -> Exception:
+    """The exception of one input's failure, as the worker described it (``start``: the
+    index of its frame's first input)."""
+    if error.kind in ("serialization", "too_large"):
+        kind = SerializationError if error.kind == "serialization" else FrameTooLargeError
+        return kind(
+            f"the worker could not send the result of inputs[{start + error.index}]: "
+            f"{error.message}"
+        )
     return ToolError(error.type, error.message, error.traceback)

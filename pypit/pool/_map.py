@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import anyio
 import anyio.lowlevel
 
+from pypit._checks import exact_str
 from pypit._errors import (
     PoolClosedError,
     PoolSaturatedError,
@@ -182,9 +183,8 @@ class Map:
         self._timeout = check_map(
             calls, command, inputs, chunksize, buffersize, timeout, return_exceptions, progress
         )
-        for name, value in (("session_id", session_id), ("correlation_id", correlation_id)):
-            if value is not None and type(value) is not str:
-                raise TypeError(f"{name} must be a str or None, not {value!r}")
+        session_id = exact_str("session_id", session_id, optional=True)
+        correlation_id = exact_str("correlation_id", correlation_id, optional=True)
         config = calls.config
         self._calls = calls
         self._command = command
@@ -391,11 +391,11 @@ class Map:
         elif stop:
             first = results.errors[0]
             self._ready.extend(itertools.islice(results.values, first.index))
-            self._raise = item_error(first)
+            self._raise = item_error(first, frame.start)
         else:
             values = list(results.values)
             for failure in results.errors:
-                values[failure.index] = item_error(failure)
+                values[failure.index] = item_error(failure, frame.start)
             self._ready.extend(values)
 
     def _report(self) -> None:
@@ -450,12 +450,14 @@ class Map:
             and not self._exhausted
             and not held
         ):
+            chunk: list[Any] = []
             try:
-                chunk = list(itertools.islice(self._inputs, size))
+                # extend keeps what it took before the iterable raised: those inputs run.
+                chunk.extend(itertools.islice(self._inputs, size))
             except Exception as exc:
                 # Raised once every result before it was taken.
                 self._input_error = exc
-                chunk = []
+                self._exhausted = True
             if not chunk:
                 self._exhausted = True
                 return
@@ -637,6 +639,12 @@ class Map:
         self._stop_at = -1
         self._held.clear()
         self._cancel(lambda frame: True)
+
+
+async def stop(results: Map, exc: BaseException | None) -> None:
+    """Stop ``results`` as leaving its block with ``exc`` does: the blocking facade's
+    ``__exit__``, so that a Ctrl-C is the reason its frames report."""
+    await results._close(exc)
 
 
 async def take(results: Map) -> list[Any]:

@@ -76,6 +76,7 @@ class Request:
         "inputs",
         "message",
         "metadata",
+        "parts",
         "prefetched",
         "queue_deadline",
         "quick",
@@ -123,6 +124,8 @@ class Request:
         # A batch call (pool.map) carries several inputs; those whose tool raised.
         self.inputs = 1
         self.failed_items = 0
+        # A batch's results that came in parts (``_wire.Results.more``), until the last.
+        self.parts: list[_wire.Results] | None = None
         self.enqueued = 0
         self.started = 0
         self.sent_at = 0

@@ -25,7 +25,7 @@ import anyio.from_thread
 from pypit._errors import PoolClosedError
 from pypit.pool._config import Affinity, make_config
 from pypit.pool._futures import Callbacks, CallFuture
-from pypit.pool._map import MAP_ENDED, Map, take
+from pypit.pool._map import MAP_ENDED, Map, stop, take
 from pypit.pool._pool import (
     Pool,
     PoolStatus,
@@ -180,7 +180,7 @@ class SyncMap:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.close()
+        self._close(exc)
 
     def __iter__(self) -> Iterator[Any]:
         if not self._entered:
@@ -212,9 +212,13 @@ class SyncMap:
     def close(self) -> None:
         """Stop the map, as leaving its block does; nothing happens the second time (nor
         once the pool closed, which stopped the map)."""
+        self._close(None)
+
+    def _close(self, exc: BaseException | None) -> None:
+        """Stop the map; its frames in flight report ``exc`` (a Ctrl-C) as their reason."""
         try:
             with contextlib.suppress(PoolClosedError):
-                _on_loop(self._portal, self._map.aclose)
+                _on_loop(self._portal, stop, self._map, exc)
         finally:
             if self._display is not None:
                 self._display.close()

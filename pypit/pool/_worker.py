@@ -230,14 +230,17 @@ class WorkerHandle:
                 batch = self.pending.get(message.id)
                 if batch is None or batch.message is None or not batch.message.batch:
                     raise ProtocolError(f"results of a batch for call {message.id}, not a batch")
-                _check_results(message, batch.inputs, batch.message.stop_on_error)
-                batch.size = len(payload) + 4  # learned by the scheduler as it settles
-                pending = self._settle(message.id, message)
+                batch.size += len(payload) + 4  # learned by the scheduler as it settles
+                results = _joined(batch, message)
+                if results is None:
+                    return
+                _check_results(results, batch.inputs, batch.message.stop_on_error)
+                pending = self._settle(results.id, results)
                 if pending.abandoned:
                     pending.end()
                 else:
-                    pending.failed_items = len(message.errors)
-                    pending.succeed(message, len(payload) + 4)
+                    pending.failed_items = len(results.errors)
+                    pending.succeed(results, batch.size)
             case _wire.Chunk():
                 streaming = self.pending.get(message.id)
                 if streaming is None or streaming.chunks is None:
@@ -537,6 +540,33 @@ def describe_exit(returncode: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-returncode}"
     return f"exited with code {returncode}"
+
+
+def _joined(batch: Request, part: _wire.Results) -> _wire.Results | None:
+    """The whole results of ``batch`` once ``part`` is the last of them (None until then);
+    :class:`ProtocolError` for a part that cannot be one: empty, or beyond the inputs."""
+    parts = batch.parts
+    if parts is None and not part.more:
+        return part
+    if parts is None:
+        parts = batch.parts = []
+    parts.append(part)
+    values = sum(len(p.values) for p in parts)
+    if not part.values or values > batch.inputs:
+        raise ProtocolError(
+            f"results of batch {part.id} in parts: {values} values for {batch.inputs} inputs"
+            + ("" if part.values else ", and an empty part")
+        )
+    if part.more:
+        return None
+    batch.parts = None
+    return _wire.Results(
+        part.id,
+        [value for p in parts for value in p.values],
+        [error for p in parts for error in p.errors],
+        part.waited,
+        part.took,
+    )
 
 
 def _check_results(results: _wire.Results, inputs: int, stop_on_error: bool) -> None:

@@ -4,17 +4,16 @@ The tool runs once per input, in order, in the call's slot, as if each input wer
 of its own; the frame costs one read, one write and one slot for all of them. Between two
 inputs the worker looks whether the call was cancelled, so a cancelled batch stops after
 the input that runs then (an async tool's at its next ``await``) instead of running the
-rest; inputs that are each one positional argument run in runs that take a millisecond or
-two at most, and the worker looks between runs. Each input answers for itself: an input
-whose tool raised, or whose result cannot travel, is an error of that input only, and the
-others keep their values. One :class:`~pypit._wire.Results` answers the batch.
+rest; inputs that are each one positional argument run in C's loop, which a cancel stops
+at the same point. Each input answers for itself: an input whose tool raised, or whose
+result cannot travel, is an error of that input only, and the others keep their values.
+One :class:`~pypit._wire.Results` answers the batch.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from pypit import _wire
 from pypit._errors import SerializationError
@@ -23,11 +22,6 @@ if TYPE_CHECKING:
     from pypit.worker._calls import Running
 
 Describe = Callable[[BaseException], tuple[str, str, str]]
-
-_RUN_NS: Final = 1_000_000
-"""How long a run of inputs may take before the next run is halved (ns)."""
-_MAX_RUN: Final = 4096
-"""The most inputs in one run."""
 
 
 def run(
@@ -70,39 +64,39 @@ def run(
 def _run_positional(
     call: _wire.Call, function: Callable[..., Any], running: Running, describe: Describe
 ) -> _wire.Results | None:
-    """:func:`run` for inputs that are each one positional argument: the tool runs over
-    runs of inputs by ``map`` (C's loop, not Python's), the cancel flag looked at between
-    runs. A run starts at one input and doubles while a run takes under ``_RUN_NS``, so a
-    slow tool still runs one input at a time and a cancel is seen within about that much
-    work, or after the input that runs then."""
-    inputs = _inputs(call)
+    """:func:`run` for inputs that are each one positional argument: the tool runs by
+    ``map`` (C's loop, not Python's) over the list of inputs. A cancel empties the list
+    (``Running.halt``), which ends the loop after the input that runs then, as the Python
+    loop's look at the flag does, at C's cost per input."""
+    inputs = list(_inputs(call))
+    count = len(inputs)
+    running.halt = inputs.clear
+    if running.cancelled:  # cancelled before halt was in place
+        inputs.clear()
     values: list[Any] = []
     errors: list[_wire.ItemError] = []
     extend = values.extend
-    clock = time.perf_counter_ns
-    count = len(inputs)
-    start = 0
-    step = 1
-    while start < count:
-        if running.cancelled:
-            return None
-        stop = min(count, start + step)
-        began = clock()
+    remaining = iter(inputs)
+    while True:
         try:
-            extend(map(function, inputs[start:stop]))
+            extend(map(function, remaining))
         except BaseException as exc:
-            # As in run: the input that raised fails alone, the run goes on after it.
+            # As in run: the input that raised fails alone, the batch goes on after it.
             errors.append(_failed(len(values), exc, describe))
             values.append(None)
             if call.stop_on_error:
                 break
-            start = len(values)
             continue
-        if clock() - began < _RUN_NS and step < _MAX_RUN:
-            step *= 2
-        elif step > 1:
-            step //= 2
-        start = stop
+        if len(values) == count:
+            break
+        if running.cancelled:
+            return None
+        # The loop ended before the last input: the tool raised StopIteration, which ends
+        # a map as if its inputs had ended.
+        errors.append(_stopped(len(values)))
+        values.append(None)
+        if call.stop_on_error:
+            break
     return _wire.Results(call.id, values, errors)
 
 
@@ -146,6 +140,13 @@ def _inputs(call: _wire.Call) -> list[Any]:
     return call.args
 
 
+def _stopped(index: int) -> _wire.ItemError:
+    """The error of an input whose tool raised StopIteration inside C's loop, which takes
+    it for the end of the inputs and keeps neither the exception nor its traceback."""
+    message = "the tool raised StopIteration (a map's quick path keeps no traceback of it)"
+    return _wire.ItemError(index, "tool", "StopIteration", message, f"StopIteration: {message}")
+
+
 def _failed(index: int, exc: BaseException, describe: Describe) -> _wire.ItemError:
     error_type, message, formatted = describe(exc)
     return _wire.ItemError(index, "tool", error_type, message, formatted)
@@ -163,9 +164,7 @@ def without_unsendable(results: _wire.Results) -> _wire.Results:
             _wire.encode(_wire.Result(results.id, value), max_frame_size=2**63)
         except SerializationError as exc:
             values[index] = None
-            errors[index] = _wire.ItemError(
-                index, "serialization", "SerializationError", f"result of input {index}: {exc}"
-            )
+            errors[index] = _wire.ItemError(index, "serialization", "SerializationError", str(exc))
     return _wire.Results(
         results.id, values, [errors[i] for i in sorted(errors)], results.waited, results.took
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pypit import _wire
@@ -31,10 +31,12 @@ class Running:
     while the call waits for a slot in the local queue.
     """
 
-    __slots__ = ("cancelled", "loop", "received", "started", "task", "window")
+    __slots__ = ("cancelled", "halt", "loop", "received", "started", "task", "window")
 
     def __init__(self) -> None:
         self.cancelled = False
+        self.halt: Callable[[], object] | None = None
+        """Stops a batch that runs in C's loop (see ``_batch``), called on cancel."""
         self.task: asyncio.Task[Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.received = time.monotonic_ns()
@@ -43,6 +45,8 @@ class Running:
 
     def cancel(self) -> None:
         self.cancelled = True
+        if self.halt is not None:
+            self.halt()
         if self.task is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(self._cancel_task)
         if self.window is not None:

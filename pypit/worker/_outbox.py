@@ -122,12 +122,12 @@ class Outbox:
         now: under load, results leave in batches.
         """
         call_id: int = getattr(message, "id")  # noqa: B009 - every final reply has an id
-        frame = self.encode_reply(message)
+        frames = self.encode_reply(message)
         _logging.end_lines()
         if hold:
             with self._lock:
                 self._frames.extend(self._shipment())
-                self._frames.append(frame)
+                self._frames.extend(frames)
                 self._answers.append(call_id)
                 self._running.pop(call_id, None)
                 if not self._held_since:
@@ -135,7 +135,7 @@ class Outbox:
                     self._holding.set()
             return
         self._held_since = 0
-        self.send(frame, answers=call_id, ship=True)
+        self.send(*frames, answers=call_id, ship=True)
 
     def may_hold(self, typical: float | None) -> bool:
         """Whether a result may wait to leave with the next call's, whose command typically
@@ -241,15 +241,47 @@ class Outbox:
                     return [_wire.encode(_wire.Output([shrunk], output.dropped))]
             return [_wire.encode(_wire.Output([], output.dropped + len(entries)))]
 
-    def encode_reply(self, message: _wire._Message) -> bytes:
-        """The frame of a call's answer or, if a value in it cannot travel, of the error
-        that says so: whatever a tool returned, its call gets an answer."""
+    def encode_reply(self, message: _wire._Message) -> list[bytes]:
+        """The frames of a call's answer or, if a value in it cannot travel, of the error
+        that says so: whatever a tool returned, its call gets an answer. A batch's results
+        over the frame size limit go in parts (see ``_wire.Results``), and only a result
+        too large alone fails, as its input's error."""
         try:
-            return _wire.encode(message, self._max_frame_size)
+            return [_wire.encode(message, self._max_frame_size)]
         except (FrameTooLargeError, SerializationError) as exc:
-            if isinstance(message, _wire.Results) and isinstance(exc, SerializationError):
+            if isinstance(message, _wire.Results):
+                if isinstance(exc, FrameTooLargeError):
+                    return self._encode_parts(message, 0)
                 return self.encode_reply(_batch.without_unsendable(message))
-            return _wire.encode(unsent(getattr(message, "id", 0), exc))
+            return [_wire.encode(unsent(getattr(message, "id", 0), exc))]
+
+    def _encode_parts(self, results: _wire.Results, start: int) -> list[bytes]:
+        """``results`` (the values of inputs from ``start`` on) as frames: itself, or its
+        halves, each a part; a value too large alone is its input's error."""
+        try:
+            return [_wire.encode(results, self._max_frame_size)]
+        except FrameTooLargeError as exc:
+            values, errors = results.values, results.errors
+            if len(values) == 1:
+                error = _wire.ItemError(start, "too_large", "FrameTooLargeError", str(exc))
+                alone = _wire.Results(
+                    results.id, [None], [error], results.waited, results.took, results.more
+                )
+                return [_wire.encode(alone, self._max_frame_size)]
+            half = len(values) // 2
+            middle = start + half
+            first = _wire.Results(
+                results.id, values[:half], [e for e in errors if e.index < middle], more=True
+            )
+            rest = _wire.Results(
+                results.id,
+                values[half:],
+                [e for e in errors if e.index >= middle],
+                results.waited,
+                results.took,
+                results.more,
+            )
+            return self._encode_parts(first, start) + self._encode_parts(rest, middle)
 
     def encode_chunk(self, call_id: int, seq: int, value: Any) -> bytes:
         """The frame of a stream's chunk; :class:`Unsendable` if it cannot travel (the

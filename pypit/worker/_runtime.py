@@ -138,6 +138,10 @@ class Runtime:
         imported = time.monotonic_ns()
         self._adapter = adapter_class()
         self._tools = discover_tools(self._adapter)
+        if any(t.is_async for t in self._tools.values()):
+            # The async tools' loop starts with the worker: its start (asyncio's import
+            # included) counts in the worker's start-up, not in its first async call's time.
+            self._event_loop()
         setup = getattr(self._adapter, "setup", None)
         if setup is not None:
             self._call_blocking(setup)
@@ -450,7 +454,7 @@ class Runtime:
     def _drop(self, call_id: int, running: Running) -> None:
         """Answer a call cancelled before it started: it never runs."""
         self.outbox.send(
-            self.outbox.encode_reply(
+            *self.outbox.encode_reply(
                 _wire.Error(
                     call_id,
                     "dropped",

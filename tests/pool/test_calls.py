@@ -65,6 +65,13 @@ async def test_tools_are_reported_by_the_workers() -> None:
     assert "setup" not in tools
 
 
+async def test_an_adapter_with_async_tools_starts_their_loop_with_the_worker() -> None:
+    """The loop that runs async tools is up when the worker is ready, so that its start
+    is not spent from the first async call's timeout."""
+    async with open_pool(adapter(), **options()) as pool:
+        assert "pypit-async-tools" in await pool.execute("thread_names")
+
+
 async def test_unknown_command_fails_fast_with_the_known_tools() -> None:
     """An unknown command raises before anything is sent, naming the tools that exist."""
     async with open_pool(adapter(), **options()) as pool:

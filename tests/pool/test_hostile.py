@@ -299,6 +299,50 @@ def test_results_that_do_not_answer_their_batch_are_a_protocol_error(
     assert 7 in worker.pending
 
 
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [[1], []],  # an empty part
+        [[1], [2, 3]],  # more values than inputs, over two parts
+        [[1], [2], [3]],  # a part after the last input
+        [[1, 2], []],  # an empty part after the last input
+    ],
+)
+def test_results_in_parts_that_do_not_add_up_are_a_protocol_error(
+    parts: list[list[Any]],
+) -> None:
+    """Results may come in parts (each but the last with ``more``); an empty part, or
+    parts with more values than the batch has inputs, break the protocol, and the call
+    stays in flight."""
+    worker = handle()
+    request = Request("identity", _Signal)
+    request.message = _wire.Call(7, "identity", [1, 2], "cid", batch=True)
+    request.inputs = 2
+    worker.pending[7] = request
+    *first, last = parts
+    for values in first:
+        worker.on_frame(_wire.encode(_wire.Results(7, values, more=True))[4:])
+    with pytest.raises(ProtocolError, match="results of batch 7"):
+        worker.on_frame(_wire.encode(_wire.Results(7, last, more=True))[4:])
+    assert 7 in worker.pending
+
+
+def test_results_in_parts_answer_their_batch_whole() -> None:
+    """Parts, in order, make one answer: values joined, errors indexed in the batch."""
+    worker = handle()
+    request = Request("identity", _Signal)
+    request.message = _wire.Call(7, "identity", [1, 2, 3], "cid", batch=True)
+    request.inputs = 3
+    worker.pending[7] = request
+    error = _wire.ItemError(2, "tool", "ValueError", "boom")
+    worker.on_frame(_wire.encode(_wire.Results(7, [1, 2], more=True))[4:])
+    assert 7 in worker.pending
+    worker.on_frame(_wire.encode(_wire.Results(7, [None], [error]))[4:])
+    assert 7 not in worker.pending
+    assert request.value.values == [1, 2, None]
+    assert request.value.errors == [error]
+
+
 def test_results_for_a_call_that_is_not_a_batch_are_a_protocol_error() -> None:
     """Results answer batch calls only."""
     worker = handle()

@@ -24,7 +24,7 @@ from pypit import (
     WorkerTimeoutError,
     telemetry,
 )
-from pypit.pool import Map, Pool, open_pool
+from pypit.pool import Map, Pool, SyncPool, open_pool, start_pool
 from tests.pool.conftest import adapter, assert_catalog_shape, opened_at_exit, options, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -136,6 +136,27 @@ async def test_large_results_keep_their_frames_under_the_limit() -> None:
             assert max(e.measurements["items"] for e in seen) <= 3
 
 
+async def test_results_too_large_together_travel_in_parts() -> None:
+    """Results that fit a frame one by one but not together still arrive, in one answer
+    of their frame; a result too large alone is its input's FrameTooLargeError, named by
+    its index, and the others keep their values."""
+    limit = 65_536 * 16  # max_frame_size of 1 MiB, which two results of 600 kB overflow
+    inputs = [10, 600_000, 600_000, 10, 2 * limit, 10]
+    async with open_pool(adapter(), **options(max_frame_size=limit)) as pool:
+        with telemetry.capture((*CALL, "stop")) as seen:
+            # chunksize: every input in one frame.
+            async with pool.map(
+                "blob", inputs, chunksize=len(inputs), return_exceptions=True
+            ) as results:
+                got = [r async for r in results]
+    assert [len(r) for r in got[:4]] == [10, 600_000, 600_000, 10]
+    assert isinstance(got[4], FrameTooLargeError)
+    assert "inputs[4]" in str(got[4])
+    assert got[5] == b"x" * 10
+    assert [e.measurements["items"] for e in seen] == [6]
+    assert [e.measurements["failed_items"] for e in seen] == [1]
+
+
 async def test_chunksize_sets_the_inputs_of_each_frame() -> None:
     """chunksize=50 sends 200 inputs in four frames of 50."""
     with telemetry.capture((*CALL, "stop")) as seen:
@@ -212,6 +233,42 @@ async def test_an_input_or_result_that_cannot_travel_fails_alone() -> None:
             got = [r async for r in results]
         assert isinstance(got[0], SerializationError)
         assert got[1] == "fine"
+        # The error names the input in the whole map, not in its frame.
+        kinds = [{"kind": "fine"}] * 3 + [{"kind": "object"}]
+        async with pool.map("value", kinds, chunksize=2, return_exceptions=True) as results:
+            got = [r async for r in results]
+        assert got[:3] == ["fine"] * 3
+        assert "result of inputs[3]" in str(got[3])
+
+
+async def test_inputs_that_cannot_travel_cost_few_frames_and_are_named() -> None:
+    """One input the wire refuses in a chunk of a thousand costs a few more frames, not a
+    frame per input; each refused input's error names it, whatever the reason: an int out
+    of msgpack's range, a value that contains itself, one over the frame size limit."""
+    cyclic: list[Any] = [1]
+    cyclic.append(cyclic)
+    inputs: list[Any] = list(range(1000))
+    inputs[500] = 2**64
+    inputs[600] = cyclic
+    inputs[700] = "x" * 70_000
+    # max_frame_size at its smallest (65,536 bytes), so that one input can be over it.
+    async with open_pool(adapter(), **options(max_frame_size=65_536)) as pool:
+        before = pool.status().completed
+        async with pool.map("identity", inputs, chunksize=1000, return_exceptions=True) as rs:
+            got = [r async for r in rs]
+        frames = pool.status().completed - before
+    assert [g for i, g in enumerate(got) if i not in (500, 600, 700)] == [
+        i for i in range(1000) if i not in (500, 600, 700)
+    ]
+    assert isinstance(got[500], SerializationError)
+    assert "inputs[500]" in str(got[500])
+    assert "out of range" in str(got[500])
+    assert isinstance(got[600], SerializationError)
+    assert "inputs[600]" in str(got[600])
+    assert "args[" not in str(got[600])
+    assert isinstance(got[700], FrameTooLargeError)
+    assert "inputs[700]" in str(got[700])
+    assert frames <= 40, frames  # halving: a few per refused input (it was one per input)
 
 
 async def test_timeout_is_per_input() -> None:
@@ -274,6 +331,41 @@ async def test_leaving_early_cancels_what_is_in_flight(how: str, tmp_path: Path)
         assert isinstance(event.metadata["reason"], expected)
 
 
+async def test_leaving_stops_plain_inputs_after_the_one_that_runs() -> None:
+    """Inputs that are each one positional argument run in the worker's quick path: a
+    thousand quick ones, then slow ones in the same frame; leaving the block stops the
+    frame after the input that runs, and the worker is not killed for it."""
+    inputs = [0.0] * 1000 + [0.05] * 1000
+    async with open_pool(adapter(), **options()) as pool:
+        pid = await pool.execute("pid")
+        with telemetry.capture(("pypit", "pool", "worker", "terminated")) as ended:
+            # chunksize: every input in one frame.
+            with anyio.move_on_after(0.5):
+                async with pool.map("sleep", inputs, chunksize=len(inputs)) as results:
+                    async for _ in results:
+                        pass
+            assert pool.status().in_flight == 0
+            assert await pool.execute("pid", timeout=5) == pid
+        assert not ended.events
+
+
+def test_ctrl_c_in_a_blocking_map_is_the_reason_its_frames_report() -> None:
+    """Leaving a blocking map's block by KeyboardInterrupt (Ctrl-C) cancels its frames
+    with that reason, as the async map does."""
+
+    def interrupted(pool: SyncPool) -> None:
+        with pool.map("sleep", [0.2] * 20) as results:
+            for _ in results:
+                raise KeyboardInterrupt
+
+    with telemetry.capture((*CALL, "exception")) as seen:
+        with start_pool(adapter(), **options()) as pool:
+            with pytest.raises(KeyboardInterrupt):
+                interrupted(pool)
+    assert seen.events
+    assert {type(event.metadata["reason"]) for event in seen} == {KeyboardInterrupt}
+
+
 async def check_stopped(pool: Pool, record: Path, pid: int) -> None:
     """Nothing of the map runs once its block ended, and its worker serves at once."""
     assert pool.status().in_flight == 0
@@ -302,20 +394,24 @@ async def test_frames_that_wait_past_the_queue_timeout_never_run(tmp_path: Path)
     assert not record.exists()
 
 
-async def test_the_inputs_iterator_failing_is_raised_after_the_results_before_it() -> None:
-    """An error of the inputs' iterable ends the map once the results before it came."""
+@pytest.mark.parametrize("chunksize", [None, 1, 3, 1000])
+async def test_the_inputs_iterator_failing_is_raised_after_the_results_before_it(
+    chunksize: int | None,
+) -> None:
+    """An error of the inputs' iterable ends the map once the results of every input
+    before it came, whatever the frames: the inputs of a frame taken before the error run
+    (37 inputs: a frame of 1000 holds them all)."""
 
     def inputs() -> Iterator[int]:
-        yield 1
-        yield 2
+        yield from range(37)
         raise LookupError("no more rows")
 
     async with open_pool(adapter(), **options()) as pool:
         got: list[Any] = []
-        async with pool.map("identity", inputs()) as results:
+        async with pool.map("identity", inputs(), chunksize=chunksize) as results:
             with pytest.raises(LookupError, match="no more rows"):
                 await drain(results, got)
-    assert got == [1, 2]
+    assert got == list(range(37))
 
 
 async def test_misuse_is_refused_before_anything_is_sent() -> None:
