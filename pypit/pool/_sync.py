@@ -27,6 +27,7 @@ from pypit.pool._config import Affinity, make_config
 from pypit.pool._futures import Callbacks, CallFuture
 from pypit.pool._map import MAP_ENDED, Display, Map, Progress
 from pypit.pool._pool import Pool, PoolStatus, SessionInfo, ToolDescription, open_pool
+from pypit.pool._status import WorkerStatus
 from pypit.pool._stream import STREAM_ENDED, Stream
 
 T = TypeVar("T")
@@ -422,6 +423,16 @@ class SyncPool:
     def workers(self) -> dict[str, int]:
         """:meth:`Pool.workers`."""
         return self._pool.workers()
+
+    def worker_status(self) -> tuple[WorkerStatus, ...]:
+        """:meth:`Pool.worker_status`; once the pool is closed, its last one."""
+        try:
+            return _on_loop(self._portal, self._worker_snapshot)
+        except PoolClosedError:
+            return self._pool.worker_status()
+
+    async def _worker_snapshot(self) -> tuple[WorkerStatus, ...]:
+        return self._pool.worker_status()
 
 
 _BACKENDS: Final = ("asyncio", "trio")
