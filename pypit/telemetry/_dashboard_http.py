@@ -239,7 +239,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "text/event-stream")
             self._common_headers()
             self.end_headers()
-            seen_events = routes.tail.last_sequence()
+            # The first frame brings the recent events the tail holds, as a new filter's
+            # first view.
+            seen_events = 0
             hello = {**routes.hello(), "history": list(routes.feed.history)}
             self._event("hello", encoder.encode(hello), retry=2000)
             seen = 0

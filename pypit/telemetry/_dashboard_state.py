@@ -243,10 +243,6 @@ class Tail:
         chosen.reverse()
         return chosen
 
-    def last_sequence(self) -> int:
-        entries = self._entries
-        return entries[-1][0] if entries else 0
-
 
 class Samples:
     """The latest memory and CPU sample of each worker, from the workers' samplers."""

@@ -235,7 +235,9 @@
           ["uptime", 1], ["restarts", 1], ["last exit", 0]]) {
         head.append(element("th", numeric ? {"class": "num"} : {}, name));
       }
-      table.append(element("thead")).append(head);
+      const thead = element("thead");
+      thead.append(head);
+      table.append(thead);
       const body = element("tbody");
       for (const w of pool.workers) {
         const row = element("tr", {"data-worker": w.worker_id, "data-pid": String(w.pid),
@@ -262,7 +264,10 @@
 
   function pairs(values) {
     return Object.entries(values || {})
-      .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`)
+      .map(([k, v]) => {
+        const text = typeof v === "string" ? v : JSON.stringify(v);
+        return `${k}=${text.length > 160 ? text.slice(0, 159) + "…" : text}`;
+      })
       .join("  ");
   }
 
