@@ -113,14 +113,14 @@ def _tags(tags: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in tags.items()) or "all"
 
 
-def render(reader: Reader, url: str) -> RenderableType:
-    """The whole screen, from what ``reader`` holds."""
+def render(reader: Reader, url: str, *, keys: bool = True) -> RenderableType:
+    """The whole screen, from what ``reader`` holds (``keys``: say that q quits)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     parts: list[RenderableType] = []
-    title = Text.assemble(("pypit top", "bold"), f"  {url}  ", ("q quits", "dim"))
+    title = Text.assemble(("pypit top", "bold"), f"  {url}  ", ("q quits" if keys else "", "dim"))
     if reader.error:
         title.append(f"  {reader.error}", style="bold red")
     parts.append(title)
@@ -241,5 +241,25 @@ def run(url: str, events: str = "") -> int:
                 if (reader.frames, reader.error) != shown:
                     shown = (reader.frames, reader.error)
                     live.update(render(reader, url), refresh=True)
+    finally:
+        reader.stop()
+
+
+def show(url: str, stop: threading.Event) -> None:
+    """Draw the dashboard at ``url`` in place, below what the terminal shows, until
+    ``stop`` is set; the last screen stays. For an application's own terminal (``make
+    demo``): no keyboard, and what the application prints goes above it."""
+    from rich.live import Live
+
+    reader = Reader(stream_url(url))
+    reader.start()
+    try:
+        first = render(reader, url, keys=False)
+        with Live(first, auto_refresh=False, vertical_overflow="crop") as live:
+            shown: tuple[int, str | None] = (-1, None)
+            while not stop.wait(0.1):
+                if (reader.frames, reader.error) != shown:
+                    shown = (reader.frames, reader.error)
+                    live.update(render(reader, url, keys=False), refresh=True)
     finally:
         reader.stop()

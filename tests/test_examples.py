@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ def test_demo_runs_a_pool_and_shows_status_and_events(capsys: pytest.CaptureFixt
     demo.cli(["--seconds", "2"])
 
     out = capsys.readouterr().out
+    assert re.search(r"^dashboard on http://127\.0\.0\.1:\d+/ ", out, re.MULTILINE)
     assert "pool 'demo' is up" in out
     assert "[demo] queue" in out
     assert "flaky call failed as expected: ToolError" in out

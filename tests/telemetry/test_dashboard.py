@@ -116,7 +116,7 @@ def test_watch_says_how_each_kind_of_pool_is_watched() -> None:
     """A pool from start_pool is watched with `with`; anything else is refused."""
     with metrics.DashboardReporter(port=0) as dashboard:
         with pytest.raises(TypeError, match="watches a pool"):
-            dashboard.watch("default")  # type: ignore[arg-type]
+            dashboard.watch("default")
     with pytest.raises(ValueError, match="port"):
         metrics.DashboardReporter(port=70000)
 
@@ -158,7 +158,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
-        gone, alive = psutil.wait_procs(processes, timeout=10)
+        _, alive = psutil.wait_procs(processes, timeout=10)
         for process in alive:
             process.kill()
         assert not alive, f"browser processes left: {alive}"
@@ -186,7 +186,8 @@ const charts = [...document.querySelectorAll('.chart')].map((card) => {
     const canvas = card.querySelector('canvas');
     return [card.dataset.metric, canvas ? canvas.toDataURL() : null];
 });
-return {rows, charts: Object.fromEntries(charts), frames: Number(document.body.dataset.frames || 0)};
+const frames = Number(document.body.dataset.frames || 0);
+return {rows, charts: Object.fromEntries(charts), frames};
 """
 
 
