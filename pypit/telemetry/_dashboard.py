@@ -32,7 +32,14 @@ from pypit.telemetry._catalog import CATALOG
 from pypit.telemetry._dashboard_http import Feed, Routes, Server
 from pypit.telemetry._dashboard_state import MetricStore, Samples, Tail, describe
 from pypit.telemetry._metrics import Metric
-from pypit.telemetry._registry import attach_many, detach
+from pypit.telemetry._registry import (
+    EventName,
+    Measurements,
+    Metadata,
+    attach_many,
+    detach,
+    list_handlers,
+)
 from pypit.telemetry._reporters import _Reporter
 
 if TYPE_CHECKING:
@@ -171,6 +178,10 @@ class DashboardReporter(_Reporter):
         self._requested_port = port
         self._address = address
         self._store = MetricStore(self.metrics)
+        self._recorders = {
+            event: [(metric, self._store.recorder(metric)) for metric in metrics]
+            for event, metrics in self._by_event.items()
+        }
         self._tail = Tail()
         self._samples = Samples()
         self._pools: list[_Watched] = []
@@ -179,9 +190,6 @@ class DashboardReporter(_Reporter):
         number = next(_ids)
         self._tail_id = f"pypit.DashboardReporter.{number}.tail"
         self._samples_id = f"pypit.DashboardReporter.{number}.samples"
-        self._tail_events = list(
-            dict.fromkeys([spec.name for spec in CATALOG] + list(self._by_event))
-        )
         self._feed: Feed | None = None
         self._server: Server | None = None
         self.port: int | None = None
@@ -234,11 +242,35 @@ class DashboardReporter(_Reporter):
             with contextlib.suppress(LookupError):
                 detach(handler_id)
 
-    def _update(self, metric: Metric, value: float, tags: dict[str, Any]) -> None:
-        self._store.update(metric, value, tags)
+    def _handle(
+        self, event: EventName, measurements: Measurements, metadata: Metadata, config: Any
+    ) -> None:
+        # The reporters' loop, with each metric's recording made once, at construction.
+        for metric, record in self._recorders.get(event, ()):
+            try:
+                record(measurements, metadata)
+            except Exception as exc:
+                _log.error(
+                    "metric failed on an event; skipped",
+                    metric=".".join(metric.name),
+                    event_name=".".join(event),
+                    error=repr(exc),
+                )
 
     def _tail_on(self) -> None:
-        attach_many(self._tail_id, self._tail_events, self._tail.record)
+        attach_many(self._tail_id, self._tail_events(), self._tail.record)
+
+    def _tail_events(self) -> list[EventName]:
+        """Every event of the catalog, and the metrics' own, except the workers' events
+        nobody listens to yet: a worker ships only the events that have handlers, and a
+        page open must not make every worker send every call's events."""
+        listened = {handler.event_name for handler in list_handlers(("pypit", "python"))}
+        names = [spec.name for spec in CATALOG] + list(self._by_event)
+        return [
+            name
+            for name in dict.fromkeys(names)
+            if name[:2] != ("pypit", "python") or name in listened
+        ]
 
     def _tail_off(self) -> None:
         with contextlib.suppress(LookupError):

@@ -1,9 +1,9 @@
 """What the dashboard keeps between two frames: metric values, recent events, worker samples.
 
-Handlers write here on the emitters' threads; the dashboard's threads read. Metric
-updates take one uncontended lock; the event tail takes none (a bounded deque, read
-whole in one C call). A frame is built from a copy taken under the lock, off the
-emitters' threads.
+Handlers write here on the emitters' threads; the dashboard's threads read. Nothing
+takes a lock: handlers change dictionaries and bounded deques, readers copy them in one
+call each (the tail is read whole in one C call). A frame is built from those copies,
+off the emitters' threads.
 
 Counters and sums keep running totals, and a frame reports their rate since the
 previous frame; last values keep the last value; summaries and distributions keep a
@@ -14,19 +14,21 @@ per bucket.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import itertools
 import math
-import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from pypit.telemetry._metrics import Metric, unit_name
 from pypit.telemetry._registry import EventName, Measurements, Metadata
 
-WINDOW: Final = 4096
-"""Values of a summary or distribution kept per tag set between two frames."""
+WINDOW: Final = 1024
+"""Values of a summary or distribution kept per tag set between two frames (the latest):
+enough for percentiles, and little work for the thread that builds the frame."""
 
 TAIL: Final = 4096
 """Recent events kept for the tail."""
@@ -83,53 +85,78 @@ class _Cells:
 
 
 class MetricStore:
-    """The values of the dashboard's metrics, fed by the reporter's handler."""
+    """The values of the dashboard's metrics, fed by the reporter's handler.
+
+    Each metric records through a function made for it once (:meth:`recorder`), which
+    takes no lock: an event costs a few dictionary operations per metric. Readers copy
+    each dictionary in one call and drain the windows value by value, so they never see
+    one half-changed; two threads emitting the same metric at the same instant may lose
+    one update of a counter, which a dashboard can afford.
+    """
 
     def __init__(self, metrics: Iterable[Metric]) -> None:
         self._cells = {metric: _Cells(metric) for metric in metrics}
         self._order = list(self._cells)
-        self._lock = threading.Lock()
         self._previous: dict[Metric, dict[TagKey, float]] = {}
         self._previous_time: float | None = None
 
-    def update(self, metric: Metric, value: float, tags: dict[str, Any]) -> None:
-        key = tuple(tags.values())
+    def recorder(self, metric: Metric) -> Callable[[Measurements, Metadata], None]:
+        """The function that records one event's contribution to ``metric``."""
         cells = self._cells[metric]
-        kind = metric.kind
-        with self._lock:
-            if key not in cells.tags:
-                cells.tags[key] = tags
-            if kind == "last_value":
-                cells.last[key] = value
-            elif kind in ("counter", "sum"):
-                cells.sums[key] = cells.sums.get(key, 0) + value
+        names, tag_values, keep = metric.tags, metric.tag_values, metric.keep
+        spec, factor, kind = metric.measurement, metric.factor, metric.kind
+        measure = spec if callable(spec) else None
+        tags, sums, counts, last, windows = (
+            cells.tags, cells.sums, cells.counts, cells.last, cells.window
+        )  # fmt: skip
+
+        def record(measurements: Measurements, metadata: Metadata) -> None:
+            if keep is not None and not keep(metadata):
+                return
+            if kind == "counter":
+                value: Any = 1
             else:
-                cells.sums[key] = cells.sums.get(key, 0) + value
-                cells.counts[key] = cells.counts.get(key, 0) + 1
-                window = cells.window.get(key)
-                if window is None:
-                    window = cells.window[key] = deque(maxlen=WINDOW)
-                window.append(value)
+                value = measure(measurements, metadata) if measure else measurements.get(spec)  # type: ignore[arg-type]
+                if value is None:
+                    return
+                if factor != 1.0:
+                    value *= factor
+            source = metadata if tag_values is None else tag_values(metadata)
+            key = tuple(map(source.get, names))
+            if key not in tags:
+                tags[key] = dict(zip(names, key, strict=True))
+            if kind == "last_value":
+                last[key] = value
+                return
+            sums[key] = sums.get(key, 0) + value
+            if kind in ("counter", "sum"):
+                return
+            counts[key] = counts.get(key, 0) + 1
+            window = windows.get(key)
+            if window is None:
+                window = windows[key] = deque(maxlen=WINDOW)
+            window.append(value)
+
+        return record
 
     def totals(self) -> list[list[dict[str, Any]]]:
         """Each metric's values since it started: totals of counters and sums, last values,
         count and sum of summaries and distributions (no rates: see :meth:`frame`)."""
         shown: list[list[dict[str, Any]]] = []
-        with self._lock:
-            for metric in self._order:
-                cells = self._cells[metric]
-                series = []
-                for key, tags in cells.tags.items():
-                    if metric.kind == "last_value":
-                        series.append({"tags": tags, "value": cells.last.get(key)})
-                    elif metric.kind in ("counter", "sum"):
-                        series.append({"tags": tags, "total": cells.sums.get(key, 0)})
-                    else:
-                        count = cells.counts.get(key, 0)
-                        total = cells.sums.get(key, 0)
-                        mean = total / count if count else None
-                        series.append({"tags": tags, "count": count, "sum": total, "mean": mean})
-                shown.append(series)
+        for metric in self._order:
+            cells = self._cells[metric]
+            last, sums, counts = dict(cells.last), dict(cells.sums), dict(cells.counts)
+            series = []
+            for key, tags in dict(cells.tags).items():
+                if metric.kind == "last_value":
+                    series.append({"tags": tags, "value": last.get(key)})
+                elif metric.kind in ("counter", "sum"):
+                    series.append({"tags": tags, "total": sums.get(key, 0)})
+                else:
+                    count, total = counts.get(key, 0), sums.get(key, 0)
+                    mean = total / count if count else None
+                    series.append({"tags": tags, "count": count, "sum": total, "mean": mean})
+            shown.append(series)
         return shown
 
     def frame(self) -> list[list[dict[str, Any]]]:
@@ -140,18 +167,15 @@ class MetricStore:
         elapsed = None if self._previous_time is None else now - self._previous_time
         self._previous_time = now
         taken: list[tuple[Metric, dict[TagKey, dict[str, Any]], dict[TagKey, Any]]] = []
-        with self._lock:
-            for metric in self._order:
-                cells = self._cells[metric]
-                if metric.kind == "last_value":
-                    values: dict[TagKey, Any] = dict(cells.last)
-                elif metric.kind in ("counter", "sum"):
-                    values = dict(cells.sums)
-                else:
-                    values = {key: list(window) for key, window in cells.window.items()}
-                    for window in cells.window.values():
-                        window.clear()
-                taken.append((metric, dict(cells.tags), values))
+        for metric in self._order:
+            cells = self._cells[metric]
+            if metric.kind == "last_value":
+                values: dict[TagKey, Any] = dict(cells.last)
+            elif metric.kind in ("counter", "sum"):
+                values = dict(cells.sums)
+            else:
+                values = {key: _drain(window) for key, window in dict(cells.window).items()}
+            taken.append((metric, dict(cells.tags), values))
         shown = []
         for metric, tags, values in taken:
             if metric.kind in ("counter", "sum"):
@@ -177,6 +201,16 @@ class MetricStore:
         return shown
 
 
+def _drain(window: deque[float]) -> list[float]:
+    """The values in ``window``, taken out one by one: one appended meanwhile is left for
+    the next frame, never lost."""
+    values = []
+    with contextlib.suppress(IndexError):
+        for _ in range(len(window)):
+            values.append(window.popleft())
+    return values
+
+
 def _spread(metric: Metric, values: list[float]) -> dict[str, Any]:
     """Percentiles of ``values`` (None each when there are none), and bucket counts for a
     distribution."""
@@ -188,14 +222,9 @@ def _spread(metric: Metric, values: list[float]) -> dict[str, Any]:
     spread["max"] = values[-1] if count else None
     spread["mean"] = math.fsum(values) / count if count else None
     if metric.kind == "distribution":
-        bounds = buckets(metric)
-        counts = [0] * (len(bounds) + 1)
-        position = 0
-        for value in values:
-            while position < len(bounds) and value > bounds[position]:
-                position += 1
-            counts[position] += 1
-        spread["counts"] = counts
+        # The values are sorted: each bucket's count is the distance between two cuts.
+        cuts = [0, *(bisect.bisect_right(values, bound) for bound in buckets(metric)), count]
+        spread["counts"] = [high - low for low, high in itertools.pairwise(cuts)]
     return spread
 
 
