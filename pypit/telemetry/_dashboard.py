@@ -52,6 +52,13 @@ _SAMPLED: Final = [("pypit", "python", "memory", "sampled"), ("pypit", "python",
 _ASKED_FOR: Final = 10.0
 """Seconds the pools keep being read after a snapshot was asked for."""
 _COUNTERS: Final = ("requests", "completed", "failed", "rejected")
+_FREQUENT: Final = (
+    ("pypit", "python"),
+    ("pypit", "rpc", "call"),
+    ("pypit", "rpc", "stream", "message"),
+    ("pypit", "pool", "queue"),
+)
+"""Events emitted for every call: the tail takes them only when they have a listener."""
 
 
 @attrs.define(eq=False)
@@ -261,16 +268,17 @@ class DashboardReporter(_Reporter):
         attach_many(self._tail_id, self._tail_events(), self._tail.record)
 
     def _tail_events(self) -> list[EventName]:
-        """Every event of the catalog, and the metrics' own, except the workers' events
-        nobody listens to yet: a worker ships only the events that have handlers, and a
-        page open must not make every worker send every call's events."""
-        listened = {handler.event_name for handler in list_handlers(("pypit", "python"))}
+        """The events of the catalog and the metrics' own, except those emitted for every
+        call (or shipped from the workers) that nobody listens to yet: their emitters
+        build them only for a listener, and a page open must not make every call cost
+        more."""
+        listened = {handler.event_name for handler in list_handlers()}
         names = [spec.name for spec in CATALOG] + list(self._by_event)
-        return [
-            name
-            for name in dict.fromkeys(names)
-            if name[:2] != ("pypit", "python") or name in listened
-        ]
+
+        def frequent(name: EventName) -> bool:
+            return any(name[: len(prefix)] == prefix for prefix in _FREQUENT)
+
+        return [name for name in dict.fromkeys(names) if name in listened or not frequent(name)]
 
     def _tail_off(self) -> None:
         with contextlib.suppress(LookupError):
