@@ -18,7 +18,8 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: compile demo test lint typecheck unit coverage bench docs lock test-latest clean
+.PHONY: compile demo test lint typecheck unit coverage browser screenshot bench docs lock \
+	test-latest clean
 
 $(UV): requirements/uv.txt
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
@@ -48,13 +49,33 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: compile
+unit: compile browser
 	$(PY) -m pytest
 
 # The suite with coverage measured in the parent and in every worker process it starts
 # (slower: about three times `make unit`).
-coverage: compile
+coverage: compile browser
 	$(PY) -m pytest --cov=pypit --cov-report=term:skip-covered --no-cov-on-fail
+
+# The dashboard's page is tested in a real browser: Debian's chromium and its driver,
+# installed when missing and the machine lets us (root with apt-get, as CI runs); elsewhere
+# a note, and the test says what is missing (it fails under CI=true).
+BROWSER := /usr/bin/chromium /usr/bin/chromedriver
+browser:
+	@if ! ls $(BROWSER) >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -qq chromium chromium-driver; \
+		else \
+			echo "note: the dashboard's browser test needs chromium and chromium-driver" \
+				"(apt-get install chromium chromium-driver)" >&2; \
+		fi; \
+	fi
+
+# docs/dashboard.png, as the browser test sees the page.
+screenshot: compile browser
+	PYPIT_DASHBOARD_SCREENSHOT=docs/dashboard.png $(PY) -m pytest -q \
+		tests/telemetry/test_dashboard.py -k page
 
 # The benchmarks and the table of targets (docs/performance.md); BENCH_ARGS go to pytest.
 bench: compile

@@ -89,6 +89,14 @@ TARGETS = [
         metric="ratio",
     ),
     Target(
+        "throughput with a dashboard page open / no dashboard",
+        "test_throughput_dashboard",
+        None,
+        ge(0.9),
+        ">= 0.9",
+        metric="ratio",
+    ),
+    Target(
         "crashed worker to replacement ready, p50 (ms)",
         "test_crash_to_replacement",
         None,

@@ -1,8 +1,11 @@
-"""``make demo``: an embedded pool under a mixed load, with live status and an event tally.
+"""``make demo``: an embedded pool under a mixed load, with a live view and an event tally.
 
-It first maps a batch of predictions with a progress bar, then runs the mixed load for a
-few seconds by default; ``--seconds N`` changes that, ``--forever``
-keeps it going until Ctrl-C, which stops the pool at once and prints the summary.
+It serves the dashboard (its address is printed first: open it in a browser, or run
+``pypit top`` on it in another terminal), maps a batch of predictions with a progress bar,
+then runs the mixed load for a few seconds by default; ``--seconds N`` changes that,
+``--forever`` keeps it going until Ctrl-C, which stops the pool at once and prints the
+summary. In a terminal the load is shown in place, as ``pypit top`` shows it; elsewhere
+(``--view log``, or output to a file) as a log of status lines and events.
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ import argparse
 import contextlib
 import random
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 
 from pypit import PoolSaturatedError, ToolError, telemetry
 from pypit.pool import Pool, PoolStatus, open_pool
+from pypit.telemetry import metrics
 
 ADAPTER = "examples.demo_adapter:DemoModel"
 SHOWN = {
@@ -42,7 +48,13 @@ class Dashboard:
             self.durations.append(measurements["duration"] / 1_000_000)
         template = SHOWN.get(event)
         if template is not None:
-            print(f"  · {template.format(**metadata)}")
+            self.say(f"  · {template.format(**metadata)}")
+
+    def say(self, line: str) -> None:
+        """Print a line of the log, unless the live view or a progress bar holds the
+        screen."""
+        if not self.quiet:
+            print(line)
 
     def on_status(self, event: Any, measurements: Any, metadata: Any, config: Any) -> None:
         if self.quiet:
@@ -95,7 +107,7 @@ async def map_batch(pool: Pool, dashboard: Dashboard, inputs: int = 20_000) -> N
     )
 
 
-async def fast_calls(pool: Pool, stop: anyio.Event) -> None:
+async def fast_calls(pool: Pool, stop: anyio.Event, say: Callable[[str], None]) -> None:
     while not stop.is_set():
         try:
             await pool.execute("predict", {"x": random.random() * 100})
@@ -104,7 +116,7 @@ async def fast_calls(pool: Pool, stop: anyio.Event) -> None:
         await anyio.sleep(0.002)
 
 
-async def slow_calls(pool: Pool, stop: anyio.Event) -> None:
+async def slow_calls(pool: Pool, stop: anyio.Event, say: Callable[[str], None]) -> None:
     while not stop.is_set():
         try:
             await pool.execute("batch", {"milliseconds": random.randint(50, 150)})
@@ -112,7 +124,7 @@ async def slow_calls(pool: Pool, stop: anyio.Event) -> None:
             await anyio.sleep(0.05)
 
 
-async def streams(pool: Pool, stop: anyio.Event) -> None:
+async def streams(pool: Pool, stop: anyio.Event, say: Callable[[str], None]) -> None:
     while not stop.is_set():
         try:
             async with pool.stream("generate", {"prompt": "tok"}) as tokens:
@@ -124,18 +136,18 @@ async def streams(pool: Pool, stop: anyio.Event) -> None:
         await anyio.sleep(0.2)
 
 
-async def failures(pool: Pool, stop: anyio.Event) -> None:
+async def failures(pool: Pool, stop: anyio.Event, say: Callable[[str], None]) -> None:
     while not stop.is_set():
         try:
             await pool.execute("flaky")
         except ToolError as exc:
-            print(f"  · flaky call failed as expected: {type(exc).__name__}: {exc.remote_message}")
+            say(f"  · flaky call failed as expected: {type(exc).__name__}: {exc.remote_message}")
         except PoolSaturatedError:
             pass
         await anyio.sleep(1.0)
 
 
-async def bursts(pool: Pool, stop: anyio.Event) -> None:
+async def bursts(pool: Pool, stop: anyio.Event, say: Callable[[str], None]) -> None:
     while not stop.is_set():
         await anyio.sleep(1.5)
         rejected = 0
@@ -150,10 +162,53 @@ async def bursts(pool: Pool, stop: anyio.Event) -> None:
         async with anyio.create_task_group() as tasks:
             for _ in range(40):
                 tasks.start_soon(one)
-        print(f"  · burst of 40 calls: {40 - rejected} served, {rejected} rejected")
+        say(f"  · burst of 40 calls: {40 - rejected} served, {rejected} rejected")
 
 
-async def main(seconds: float | None) -> None:
+DEFINITIONS = [
+    metrics.counter("pypit.rpc.call.stop.count", tags=["command"]),
+    metrics.summary(
+        "pypit.python.call.stop.duration", unit=("native", "millisecond"), tags=["command"]
+    ),
+    metrics.last_value("pypit.pool.status.queue_depth", tags=["pool_name"]),
+    metrics.counter("pypit.pool.saturated.count", tags=["pool_name"]),
+    metrics.counter("pypit.python.call.exception.count", tags=["error_type"]),
+]
+
+
+@contextlib.contextmanager
+def serve_dashboard(port: int) -> Iterator[metrics.DashboardReporter]:
+    """The dashboard on ``port``, or on a free port when that one is taken."""
+    try:
+        reporter = metrics.DashboardReporter(DEFINITIONS, port=port, interval=0.5)
+        reporter.start()
+    except OSError:
+        reporter = metrics.DashboardReporter(DEFINITIONS, port=0, interval=0.5)
+        reporter.start()
+    try:
+        yield reporter
+    finally:
+        reporter.stop()
+
+
+@contextlib.contextmanager
+def live_view(url: str, dashboard: Dashboard) -> Iterator[None]:
+    """``pypit top``'s view of the dashboard, drawn in place while the block runs."""
+    from pypit._top import show
+
+    stop = threading.Event()
+    view = threading.Thread(target=show, args=(url, stop), name="demo-view")
+    dashboard.quiet = True
+    view.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        view.join()
+        dashboard.quiet = False
+
+
+async def main(seconds: float | None, live: bool = False, dashboard_port: int = 9569) -> None:
     dashboard = Dashboard()
     events = [spec.name for spec in telemetry.CATALOG if spec.name[0] == "pypit"]
     telemetry.attach_many("demo-dashboard", events, dashboard.on_event)
@@ -162,29 +217,39 @@ async def main(seconds: float | None) -> None:
     status: PoolStatus | None = None
     outcome = "done"
     try:
-        async with open_pool(
-            ADAPTER,
-            size=2,
-            name="demo",
-            max_queue_size=16,
-            prefetch=0,
-            status_interval=0.5,
-        ) as pool:
-            tools = ", ".join(sorted(pool.tools()))
-            print(f"pool 'demo' is up in {time.monotonic() - started:.2f}s; tools: {tools}")
-            stop = anyio.Event()
-            try:
-                await map_batch(pool, dashboard)
-                async with anyio.create_task_group() as tasks:
-                    for job in (fast_calls, slow_calls, streams, failures, bursts):
-                        tasks.start_soon(job, pool, stop)
-                    if seconds is None:
-                        await anyio.sleep_forever()
-                    else:
-                        await anyio.sleep(seconds)
-                    stop.set()
-            finally:
-                status = pool.status()
+        with serve_dashboard(dashboard_port) as reporter:
+            assert reporter.url is not None
+            print(f"dashboard on {reporter.url}  (in a terminal: pypit top {reporter.url})")
+            async with (
+                open_pool(
+                    ADAPTER,
+                    size=2,
+                    name="demo",
+                    max_queue_size=16,
+                    prefetch=0,
+                    status_interval=0.5,
+                    sample_interval=1.0,
+                ) as pool,
+                reporter.watch(pool),
+            ):
+                tools = ", ".join(sorted(pool.tools()))
+                print(f"pool 'demo' is up in {time.monotonic() - started:.2f}s; tools: {tools}")
+                stop = anyio.Event()
+                try:
+                    await map_batch(pool, dashboard)
+                    view = live_view(reporter.url, dashboard) if live else contextlib.nullcontext()
+                    async with anyio.create_task_group() as tasks:
+                        for job in (fast_calls, slow_calls, streams, failures, bursts):
+                            tasks.start_soon(job, pool, stop, dashboard.say)
+                        # The view ends with the load still on: its last screen shows it.
+                        with view:
+                            if seconds is None:
+                                await anyio.sleep_forever()
+                            else:
+                                await anyio.sleep(seconds)
+                        stop.set()
+                finally:
+                    status = pool.status()
     except BaseException:
         # Ctrl-C: the pool cancelled its calls and stopped; the summary is still worth seeing.
         outcome = "interrupted"
@@ -210,9 +275,26 @@ def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=6.0, help="how long to run")
     parser.add_argument("--forever", action="store_true", help="run until interrupted")
+    parser.add_argument(
+        "--view",
+        choices=("auto", "live", "log"),
+        default="auto",
+        help="live: drawn in place (needs rich); log: status lines and events; "
+        "auto (the default): live in a terminal",
+    )
+    parser.add_argument("--dashboard-port", type=int, default=9569, help="the dashboard page")
     options = parser.parse_args(argv)
+    live = options.view == "live" or (options.view == "auto" and _can_draw())
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(main, None if options.forever else options.seconds)
+        anyio.run(main, None if options.forever else options.seconds, live, options.dashboard_port)
+
+
+def _can_draw() -> bool:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return sys.stdout.isatty()
 
 
 if __name__ == "__main__":

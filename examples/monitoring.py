@@ -1,9 +1,10 @@
 """The seed's "complete monitoring example", in Python.
 
 Two handlers (slow calls, high queue depth) and five metrics served on
-``/metrics`` for Prometheus, while a pool of the demo adapter works::
+``/metrics`` for Prometheus and, with the pool's workers and its events, on a live
+dashboard page, while a pool of the demo adapter works::
 
-    python -m examples.monitoring --port 9568 --seconds 30
+    python -m examples.monitoring --port 9568 --dashboard-port 9569 --seconds 30
 """
 
 from __future__ import annotations
@@ -50,22 +51,32 @@ def definitions() -> list[metrics.Metric]:
 async def monitor(
     port: int,
     seconds: float | None,
-    on_ready: Callable[[int], Awaitable[None]] | None = None,
+    on_ready: Callable[[int, str], Awaitable[None]] | None = None,
+    dashboard_port: int = 9569,
 ) -> None:
-    """Attach the handlers, serve the metrics, and run a pool under load."""
+    """Attach the handlers, serve the metrics and the dashboard, and run a pool under
+    load. ``on_ready`` gets the port of ``/metrics`` and the dashboard's address."""
     telemetry.attach("slow-calls", ("pypit", "python", "call", "stop"), slow_calls)
     telemetry.attach("queue-depth", ("pypit", "pool", "status"), queue_depth)
     try:
-        with metrics.PrometheusReporter(definitions(), port=port) as reporter:
+        with (
+            metrics.PrometheusReporter(definitions(), port=port) as reporter,
+            metrics.DashboardReporter(definitions(), port=dashboard_port) as dashboard,
+        ):
             assert reporter.port is not None
+            assert dashboard.url is not None
             print(f"metrics on http://127.0.0.1:{reporter.port}/metrics", flush=True)
-            async with open_pool(
-                "examples.demo_adapter:DemoModel",
-                size=2,
-                name="monitored",
-                status_interval=0.2,
-                max_queue_size=64,
-            ) as pool:
+            print(f"dashboard on {dashboard.url}", flush=True)
+            async with (
+                open_pool(
+                    "examples.demo_adapter:DemoModel",
+                    size=2,
+                    name="monitored",
+                    status_interval=0.2,
+                    max_queue_size=64,
+                ) as pool,
+                dashboard.watch(pool),
+            ):
 
                 async def load() -> None:
                     while True:
@@ -80,7 +91,7 @@ async def monitor(
                     tasks.start_soon(load)
                     if on_ready is not None:
                         await anyio.sleep(0.5)
-                        await on_ready(reporter.port)
+                        await on_ready(reporter.port, dashboard.url)
                     elif seconds is None:
                         await anyio.sleep_forever()
                     else:
@@ -93,11 +104,12 @@ async def monitor(
 
 def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=9568)
+    parser.add_argument("--port", type=int, default=9568, help="/metrics for Prometheus")
+    parser.add_argument("--dashboard-port", type=int, default=9569, help="the dashboard page")
     parser.add_argument("--seconds", type=float, default=None, help="default: until Ctrl-C")
     options = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(monitor, options.port, options.seconds)
+        anyio.run(monitor, options.port, options.seconds, None, options.dashboard_port)
 
 
 if __name__ == "__main__":

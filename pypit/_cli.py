@@ -9,6 +9,9 @@ process of its own, found through the same path.
 
 ``pypit events`` prints the event catalog, as the events page shows it.
 
+``pypit top URL`` draws a dashboard's pools, workers, metrics and events in the terminal
+(``pypit._top``).
+
 Exit status: 0 done, 1 the worker could not start, 2 a usage error (130 on Ctrl-C, 141
 when the reader of the output left). Importing this module costs little: a subcommand
 imports what it needs.
@@ -56,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pypit",
-        description="pypit, a worker pool with a telemetry bus: check an adapter, or print "
-        "the events pypit emits.",
+        description="pypit, a worker pool with a telemetry bus: check an adapter, print "
+        "the events pypit emits, or watch a dashboard in the terminal.",
     )
     parser.add_argument("--version", action="version", version=f"pypit {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -105,6 +108,26 @@ def _parser() -> argparse.ArgumentParser:
         help="markdown, as the events page (the default), or plain text",
     )
     events.set_defaults(command=_events, parser=events)
+
+    top = commands.add_parser(
+        "top",
+        help="show a dashboard's pools, workers, metrics and events in the terminal",
+        description="Read the stream of a dashboard (metrics.DashboardReporter) and draw its "
+        "pools, their workers, the metrics and the latest events in place, until q or "
+        "Ctrl-C. Needs rich: pip install 'pypit[top]'.",
+    )
+    top.add_argument(
+        "url",
+        metavar="URL",
+        help="the dashboard's page, as the application printed it (http://127.0.0.1:9569/)",
+    )
+    top.add_argument(
+        "--events",
+        default="",
+        metavar="PREFIX",
+        help="show only events whose dotted name starts with PREFIX (pypit.pool.worker)",
+    )
+    top.set_defaults(command=_top, parser=top)
     return parser
 
 
@@ -268,6 +291,20 @@ def _print_warnings(records: list[EventDict]) -> None:
                 if key not in ("event", "level", "category", "pool_name")
             )
             print(f"pypit check: {record['level']}: {record['event']} ({fields})", file=sys.stderr)
+
+
+# -- top --------------------------------------------------------------------------------
+
+
+def _top(parser: argparse.ArgumentParser, options: argparse.Namespace) -> int:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        print("pypit top needs rich: pip install 'pypit[top]'", file=sys.stderr)
+        return 2
+    from pypit._top import run
+
+    return run(options.url, options.events)
 
 
 # -- events -------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ What a block is decides how it runs:
 - Any other block is a program, run whole.
 - A block right after ``<!-- not run: reason -->`` is not run; the reason is required.
 
-Each block runs in a namespace of its own, so it must import what it uses. The one
-substitution, ``port=9568`` to ``port=0``, keeps the suite off fixed ports. What a block
-prints is checked (``PRINTS``; the others print nothing), and a warning fails it. The
-README tells its readers how the blocks are run.
+Each block runs in a namespace of its own, so it must import what it uses. The only
+substitutions, ``port=9568`` and ``port=9569`` to ``port=0``, keep the suite off fixed
+ports. What a block prints is checked (``PRINTS``; the others print nothing), and a
+warning fails it. The README tells its readers how the blocks are run.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ PAGES = tuple(
     str(path.relative_to(ROOT))
     for path in [*sorted(ROOT.glob("*.md")), *sorted(ROOT.glob("docs/*.md"))]
 )
-LANGUAGES = {"python", "console"}
+LANGUAGES = {"python", "console", "json"}
 """The languages a fenced block may have: Python is only ever in ``python`` blocks."""
 
-SUBSTITUTIONS = {"port=9568": "port=0"}
+SUBSTITUTIONS = {"port=9568": "port=0", "port=9569": "port=0"}
 ADAPTER = "myapp.model:Model"
 GIVEN_POOL: dict[str, Any] = {"size": 2, "status_interval": 0}
 

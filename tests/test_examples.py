@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,9 +21,10 @@ ROOT = Path(__file__).parents[1]
 
 def test_demo_runs_a_pool_and_shows_status_and_events(capsys: pytest.CaptureFixture[str]) -> None:
     """`make demo`'s main job: a pool under load, live status lines, a tally, a clean stop."""
-    demo.cli(["--seconds", "2"])
+    demo.cli(["--seconds", "2", "--dashboard-port", "0"])
 
     out = capsys.readouterr().out
+    assert re.search(r"^dashboard on http://127\.0\.0\.1:\d+/ ", out, re.MULTILINE)
     assert "pool 'demo' is up" in out
     assert "[demo] queue" in out
     assert "flaky call failed as expected: ToolError" in out
@@ -43,7 +45,7 @@ def test_ctrl_c_stops_the_demo_at_once_and_it_prints_its_summary() -> None:
     # with it ignored (as a shell starts a job in the background).
     code = (
         "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "from examples import demo; demo.cli(['--forever'])"
+        "from examples import demo; demo.cli(['--forever', '--dashboard-port', '0'])"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(

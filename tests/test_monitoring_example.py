@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
 from examples import monitoring
+from tests.telemetry.test_dashboard import get_json
 from tests.telemetry.test_metrics import scrape
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_monitoring_example_serves_every_series() -> None:
-    """Each of the five metrics is on /metrics with its labels and a plausible value."""
+    """Each of the five metrics is on /metrics with its labels and a plausible value; the
+    dashboard beside it shows the same definitions and the pool's two workers."""
     families: dict[str, list[object]] = {}
+    snapshot: dict[str, Any] = {}
 
-    async def check(port: int) -> None:
+    async def check(port: int, dashboard: str) -> None:
+        snapshot.update(await anyio.to_thread.run_sync(get_json, dashboard + "api/snapshot"))
         with anyio.fail_after(10):
             while True:
                 families.update(await anyio.to_thread.run_sync(scrape, port))
@@ -24,7 +30,7 @@ async def test_monitoring_example_serves_every_series() -> None:
                     return
                 await anyio.sleep(0.1)
 
-    await monitoring.monitor(port=0, seconds=None, on_ready=check)
+    await monitoring.monitor(port=0, seconds=None, on_ready=check, dashboard_port=0)
 
     def values(family: str) -> dict[tuple[tuple[str, str], ...], float]:
         return {
@@ -47,3 +53,11 @@ async def test_monitoring_example_serves_every_series() -> None:
     errors = values("pypit_python_call_exception")
     assert errors[(("error_type", "RuntimeError"),)] > 0
     assert values("pypit_pool_worker_spawned")[pool] == 2
+    names = [metric["name"] for metric in snapshot["metrics"]]
+    assert names == [".".join(metric.name) for metric in monitoring.definitions()]
+    (pool_view,) = snapshot["pools"]
+    assert [w["worker_id"] for w in pool_view["workers"]] == [
+        "monitored_worker_1",
+        "monitored_worker_2",
+    ]
+    assert all(w["state"] in ("idle", "busy") for w in pool_view["workers"])

@@ -19,6 +19,7 @@ from pypit.pool._pool import Pool as Pool
 from pypit.pool._pool import PoolStatus as PoolStatus
 from pypit.pool._pool import SessionInfo as SessionInfo
 from pypit.pool._pool import open_pool as open_pool
+from pypit.pool._status import WorkerStatus as WorkerStatus
 from pypit.pool._stream import Stream as Stream
 from pypit.pool._sync import SyncMap as SyncMap
 from pypit.pool._sync import SyncPool as SyncPool
@@ -40,6 +41,7 @@ __all__ = [
     "SyncPool",
     "SyncStream",
     "ToolDescription",
+    "WorkerStatus",
     "open_pool",
     "start_pool",
 ]

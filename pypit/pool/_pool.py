@@ -38,13 +38,21 @@ from pypit.pool._launch import Launcher, LocalLauncher
 from pypit.pool._map import Map
 from pypit.pool._progress import Progress
 from pypit.pool._scheduler import Limits, Scheduler, SessionInfo
+from pypit.pool._status import WorkerStatus, worker_status
 from pypit.pool._stream import Stream
 from pypit.pool._supervisor import Supervisor
 from pypit.pool._tasks import PoolTasks
 from pypit.pool._tools import ToolDescription
 from pypit.pool._worker import WorkerHandle
 
-__all__ = ["Pool", "PoolStatus", "SessionInfo", "ToolDescription", "open_pool"]
+__all__ = [
+    "Pool",
+    "PoolStatus",
+    "SessionInfo",
+    "ToolDescription",
+    "WorkerStatus",
+    "open_pool",
+]
 
 
 @attrs.frozen
@@ -309,6 +317,12 @@ class Pool:
         return {
             w.worker_id: w.pid for w in self._scheduler.workers if w is not None and w.accepting
         }
+
+    def worker_status(self) -> tuple[WorkerStatus, ...]:
+        """Each slot's worker, in slot order: its state, pid, node, calls served and in
+        flight, uptime, restarts and why its last worker ended (see
+        :class:`WorkerStatus`)."""
+        return worker_status(self._supervisor)
 
     def session(self, session_id: str) -> SessionInfo | None:
         """Where ``session_id`` lives: its worker, and how often it had to move.

@@ -62,6 +62,8 @@ class Slot:
     previous_pid: int | None = None
     lost_at: int = 0
     lost_reason: str = ""
+    last_exit: str = ""
+    """Why its last ready worker ended (the ``terminated`` event's reason)."""
 
 
 class _Greeting:
@@ -352,6 +354,7 @@ class Supervisor:
         closing = handle.closing
         handle.fail_pending(crash_error(handle, returncode, closing and self.closed))
         if ready:
+            slot.last_exit = _reports.termination_reason(handle, returncode)
             _reports.terminated(self.log, self.name, handle, returncode, closing=self.closed)
         else:
             _reports.failed_to_start(

@@ -35,6 +35,7 @@ from pypit.pool._pool import (
     open_pool,
 )
 from pypit.pool._progress import Display, Progress
+from pypit.pool._status import WorkerStatus
 from pypit.pool._stream import STREAM_ENDED, Stream
 
 T = TypeVar("T")
@@ -434,6 +435,16 @@ class SyncPool:
     def workers(self) -> dict[str, int]:
         """:meth:`Pool.workers`."""
         return self._pool.workers()
+
+    def worker_status(self) -> tuple[WorkerStatus, ...]:
+        """:meth:`Pool.worker_status`; once the pool is closed, its last one."""
+        try:
+            return _on_loop(self._portal, self._worker_snapshot)
+        except PoolClosedError:
+            return self._pool.worker_status()
+
+    async def _worker_snapshot(self) -> tuple[WorkerStatus, ...]:
+        return self._pool.worker_status()
 
 
 _BACKENDS: Final = ("asyncio", "trio")

@@ -48,7 +48,9 @@ class _Reporter:
             return
         self._prepare()
         try:
-            attach_many(self._handler_id, list(self._by_event), self._handle)
+            # A reporter without metrics (a dashboard of pools alone) has nothing to attach.
+            if self._by_event:
+                attach_many(self._handler_id, list(self._by_event), self._handle)
         except BaseException:
             self._release()
             raise
@@ -58,7 +60,8 @@ class _Reporter:
         if not self._started:
             return
         self._started = False
-        detach(self._handler_id)
+        if self._by_event:
+            detach(self._handler_id)
         self._release()
 
     def __enter__(self) -> Any:

@@ -18,6 +18,7 @@
 """
 
 from pypit._decorate import publish as _publish
+from pypit.telemetry._dashboard import DashboardReporter as DashboardReporter
 from pypit.telemetry._metrics import Metric as Metric
 from pypit.telemetry._metrics import counter as counter
 from pypit.telemetry._metrics import distribution as distribution
@@ -31,6 +32,7 @@ from pypit.telemetry._reporters import prometheus_name as prometheus_name
 
 __all__ = [
     "ConsoleReporter",
+    "DashboardReporter",
     "Metric",
     "Poller",
     "PrometheusReporter",

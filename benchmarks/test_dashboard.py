@@ -1,0 +1,99 @@
+"""The pool's throughput with the dashboard's page open, against no dashboard at all.
+
+A page open is what costs most: the dashboard's metric handlers, its tail of events
+attached to every event, the pool read each interval, and a frame built and sent each
+interval. The page here is a reader of the stream on a thread, as a browser's
+EventSource; rounds alternate, so that both sides see the same workers and the same
+moments of the machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from benchmarks.test_pool import ADAPTER, THROUGHPUT_TASKS, _callers, run_async
+from pypit.pool import Pool, open_pool
+from pypit.telemetry import metrics
+
+ROUNDS = 6
+
+
+def definitions() -> list[metrics.Metric]:
+    """The calls' rate and latency by command, the queue, and failures by type: metrics of
+    the parent's own events (a metric of the workers' call events has each worker ship
+    them, whatever reports it; that cost is the metric's)."""
+    return [
+        metrics.last_value("pypit.pool.status.queue_depth", tags=["pool_name"]),
+        metrics.counter("pypit.rpc.call.stop.count", tags=["command"]),
+        metrics.summary(
+            "pypit.rpc.call.stop.duration", unit=("native", "millisecond"), tags=["command"]
+        ),
+        metrics.distribution(
+            "pypit.rpc.call.stop.duration",
+            unit=("native", "millisecond"),
+            reporter_options={"buckets": [0.1, 0.2, 0.5, 1, 2, 5, 10]},
+        ),
+        metrics.counter("pypit.rpc.call.exception.count", tags=["error_type"]),
+    ]
+
+
+@contextmanager
+def page_open(url: str) -> Iterator[list[int]]:
+    """A reader of the dashboard's stream while the block runs; the frames it read."""
+    frames = [0]
+    response = urllib.request.urlopen(url + "api/stream", timeout=10)
+    done = threading.Event()
+
+    def read() -> None:
+        for line in response:
+            if line.startswith(b"event: frame"):
+                frames[0] += 1
+            if done.is_set():
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        yield frames
+    finally:
+        done.set()
+        reader.join()
+        response.close()
+
+
+def test_throughput_dashboard(benchmark: BenchmarkFixture) -> None:
+    without: list[float] = []
+    with_page: list[float] = []
+    frames: list[int] = []
+
+    async def main() -> None:
+        async with open_pool(ADAPTER, size=2, status_interval=1.0) as pool:
+            await _callers(pool, 2000)
+            for _ in range(ROUNDS):
+                without.append(await _callers(pool, THROUGHPUT_TASKS))
+                with_page.append(await _with_page(pool, frames))
+
+    benchmark.pedantic(run_async, args=(main,), rounds=1, iterations=1)
+    benchmark.extra_info["without_per_s"] = round(statistics.median(without))
+    benchmark.extra_info["with_page_per_s"] = round(statistics.median(with_page))
+    benchmark.extra_info["frames_read"] = sum(frames)
+    benchmark.extra_info["ratio"] = round(
+        statistics.median(w / n for w, n in zip(with_page, without, strict=True)), 3
+    )
+    assert sum(frames) > 0
+
+
+async def _with_page(pool: Pool, frames: list[int]) -> float:
+    with metrics.DashboardReporter(definitions(), port=0) as dashboard:
+        assert dashboard.url is not None
+        async with dashboard.watch(pool):
+            with page_open(dashboard.url) as read:
+                rate = await _callers(pool, THROUGHPUT_TASKS)
+            frames.append(read[0])
+    return rate

@@ -1,0 +1,295 @@
+"""The dashboard's HTTP side: the page, its assets, the snapshot and the stream.
+
+A standard-library threading server on a thread of its own. The stream is server-sent
+events: a ticker thread, which runs only while at least one stream is open, builds one
+frame per interval and each open stream sends it, with the events of the tail its reader
+asked for. With no stream open, nothing here runs but the server's accept loop.
+
+Routes (docs/dashboard.md):
+
+- ``GET /`` the page; ``GET /static/<file>`` its assets, all shipped in the package;
+- ``GET /api/snapshot`` one JSON document: definitions, values, pools, recent events;
+- ``GET /api/stream`` ``text/event-stream``: a ``hello`` event (definitions and the
+  frames kept so far), then a ``frame`` event per interval.
+
+Both API routes take ``?events=PREFIX``: only events whose dotted name starts with it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Final
+
+import msgspec
+
+from pypit._log import get_logger
+from pypit.telemetry._dashboard_state import Tail
+
+_log = get_logger("telemetry")
+
+HISTORY: Final = 300
+"""Frames kept for a page that opens while another is open."""
+
+_TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+    ".txt": "text/plain; charset=utf-8",
+}
+_PAGE_POLICY: Final = (
+    "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'"
+)
+
+
+def _fallback(value: object) -> object:
+    """Metadata values JSON cannot hold (an exception, a span context) as their repr."""
+    return repr(value)
+
+
+encoder = msgspec.json.Encoder(enc_hook=_fallback)
+
+
+def assets() -> dict[str, tuple[bytes, str]]:
+    """Every file of the page, by the path it is served under, with its content type."""
+    root = resources.files("pypit.telemetry") / "_dashboard_static"
+    found: dict[str, tuple[bytes, str]] = {}
+    pending = [(root, "")]
+    while pending:
+        folder, prefix = pending.pop()
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                pending.append((entry, f"{prefix}{entry.name}/"))
+                continue
+            suffix = entry.name[entry.name.rfind(".") :] if "." in entry.name else ".txt"
+            found[prefix + entry.name] = (entry.read_bytes(), _TYPES.get(suffix, _TYPES[".txt"]))
+    return found
+
+
+class Feed:
+    """Frames for the open streams, built by a ticker thread that runs while one is open.
+
+    ``build()`` makes a frame; ``on_open()`` and ``on_idle()`` are called (under the
+    feed's lock) when the first stream opens and when the ticker stops for want of one.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], dict[str, Any]],
+        interval: float,
+        on_open: Callable[[], None],
+        on_idle: Callable[[], None],
+    ) -> None:
+        self.interval = interval
+        self._build = build
+        self._on_open = on_open
+        self._on_idle = on_idle
+        self._changed = threading.Condition()
+        self._streams = 0
+        self._number = 0
+        self._latest: dict[str, Any] | None = None
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self._ticker: threading.Thread | None = None
+        self._closed = False
+        self._wake = threading.Event()
+
+    @property
+    def open_streams(self) -> int:
+        return self._streams
+
+    def join(self) -> bool:
+        """Count one more open stream (starting the ticker); False once closed."""
+        with self._changed:
+            if self._closed:
+                return False
+            self._streams += 1
+            if self._ticker is None:
+                self._on_open()
+                self._wake.clear()
+                self._ticker = threading.Thread(
+                    target=self._tick, name="pypit-dashboard-ticker", daemon=True
+                )
+                self._ticker.start()
+            return True
+
+    def leave(self) -> None:
+        with self._changed:
+            self._streams -= 1
+
+    def next(self, seen: int) -> tuple[int, dict[str, Any]] | None:
+        """The first frame after frame number ``seen``, once it exists; None when the
+        feed closed."""
+        with self._changed:
+            while not self._closed and (self._number <= seen or self._latest is None):
+                self._changed.wait()
+            if self._closed or self._latest is None:
+                return None
+            return self._number, self._latest
+
+    def close(self) -> None:
+        """Stop the ticker and end every stream."""
+        with self._changed:
+            self._closed = True
+            ticker, self._ticker = self._ticker, None
+            self._changed.notify_all()
+        self._wake.set()
+        if ticker is not None:
+            ticker.join(timeout=10)
+
+    def _tick(self) -> None:
+        while True:
+            with self._changed:
+                if self._closed:
+                    return
+                if not self._streams:
+                    self._ticker = None
+                    self._on_idle()
+                    return
+            try:
+                frame = self._build()
+            except Exception as exc:
+                _log.error("the dashboard could not build a frame", error=repr(exc))
+                frame = None
+            if frame is not None:
+                with self._changed:
+                    self._latest = frame
+                    self._number += 1
+                    self.history.append(frame)
+                    self._changed.notify_all()
+            if self._wake.wait(self.interval):
+                return
+
+
+class Routes:
+    """What the server answers, given the reporter's pieces."""
+
+    def __init__(
+        self,
+        feed: Feed,
+        tail: Tail,
+        snapshot: Callable[[str], dict[str, Any]],
+        hello: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.feed = feed
+        self.tail = tail
+        self.snapshot = snapshot
+        self.hello = hello
+        self.assets = assets()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    routes: Routes
+    server_version = "pypit-dashboard"
+    # A reader that stops reading cannot hold a thread of the server for ever.
+    timeout = 30
+
+    def log_message(self, format: str, *args: Any) -> None:
+        _log.debug("dashboard request", request=format % args)
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        prefix = query.get("events", [""])[0]
+        path = url.path
+        if path in ("/", "/index.html"):
+            self._asset("index.html")
+        elif path.startswith("/static/"):
+            self._asset(path.removeprefix("/static/"))
+        elif path == "/api/snapshot":
+            self._send(200, "application/json", encoder.encode(self.routes.snapshot(prefix)))
+        elif path == "/api/stream":
+            self._stream(prefix)
+        else:
+            self._send(404, "text/plain; charset=utf-8", b"not found\n")
+
+    def _asset(self, name: str) -> None:
+        found = self.routes.assets.get(name)
+        if found is None:
+            self._send(404, "text/plain; charset=utf-8", b"not found\n")
+        else:
+            self._send(200, found[1], found[0])
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self._common_headers()
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _common_headers(self) -> None:
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", _PAGE_POLICY)
+
+    def _stream(self, prefix: str) -> None:
+        routes = self.routes
+        if not routes.feed.join():
+            self._send(503, "text/plain; charset=utf-8", b"the dashboard is stopping\n")
+            return
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self._common_headers()
+            self.end_headers()
+            # The first frame brings the recent events the tail holds, as a new filter's
+            # first view.
+            seen_events = 0
+            hello = {**routes.hello(), "history": list(routes.feed.history)}
+            self._event("hello", encoder.encode(hello), retry=2000)
+            seen = 0
+            while True:
+                taken = routes.feed.next(seen)
+                if taken is None:
+                    return
+                seen, frame = taken
+                events = routes.tail.since(seen_events, prefix)
+                if events:
+                    seen_events = events[-1]["seq"]
+                self._event("frame", encoder.encode({**frame, "events": events}))
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass
+        finally:
+            routes.feed.leave()
+
+    def _event(self, name: str, data: bytes, retry: int | None = None) -> None:
+        head = f"retry: {retry}\n" if retry is not None else ""
+        self.wfile.write(f"{head}event: {name}\ndata: ".encode() + data + b"\n\n")
+        self.wfile.flush()
+
+
+class Server:
+    """The HTTP server on its thread."""
+
+    def __init__(self, routes: Routes, address: str, port: int) -> None:
+        handler = type("DashboardHandler", (_Handler,), {"routes": routes})
+        try:
+            self._server = ThreadingHTTPServer((address, port), handler)
+        except OSError as exc:
+            message = f"the dashboard cannot listen on {address}:{port}: {exc.strerror or exc}"
+            raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from exc
+        # Each request's thread is joined on close: the streams end as the feed closes.
+        self._server.daemon_threads = False
+        self._server.block_on_close = True
+        self.address = address
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.25},
+            name="pypit-dashboard",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        started = time.monotonic()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=max(0.0, 10 - (time.monotonic() - started)))
