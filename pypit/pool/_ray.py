@@ -52,6 +52,10 @@ _RETRY: Final = 0.1
 """Seconds between calls to an actor that Ray reports unavailable (its node does not
 answer)."""
 
+_NEVER_RAN: Final = "never ran"
+"""What Ray's error says of an actor cancelled before it started, its node dead (Ray keeps
+no other trace of it on the exception)."""
+
 Wake = Callable[[Callable[[], None]], None]
 
 
@@ -360,12 +364,25 @@ class RayLauncher:
         }
         if placement.runtime_env is not None:
             options["runtime_env"] = dict(placement.runtime_env)
-        actor = self._host.options(**options).remote(
-            {**config.env, **settings}, token, config.max_frame_size
-        )
+        host = self._host.options(**options)
+        actor = host.remote({**config.env, **settings}, token, config.max_frame_size)
         try:
             with anyio.fail_after(config.startup_timeout):
-                pid, node = await _result(actor.start.remote(), self._wake)
+                while True:
+                    try:
+                        pid, node = await _result(actor.start.remote(), self._wake)
+                        break
+                    except ray.exceptions.ActorDiedError as exc:
+                        # Its node died before it ran: the bundle of a node that stopped
+                        # answering, which Ray moves to a node with room when it declares
+                        # that node dead. Not the worker's failure: again, in the bundle
+                        # where it is now.
+                        if _NEVER_RAN not in str(exc):
+                            raise
+                        await anyio.sleep(_RETRY)
+                        actor = host.remote(
+                            {**config.env, **settings}, token, config.max_frame_size
+                        )
         except TimeoutError:
             ray.kill(actor, no_restart=True)
             raise LaunchError(
