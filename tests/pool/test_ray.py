@@ -265,16 +265,20 @@ async def test_an_adapter_that_fails_to_import_fails_the_start_with_its_error() 
             pass
 
 
-async def test_a_spread_pool_loses_a_node_and_replaces_its_worker_on_the_other(
+async def test_pools_are_placed_as_asked_and_a_lost_node_s_worker_is_replaced(
     ray_node: RayNode, tmp_path: Path
 ) -> None:
-    """``spread`` puts the two workers on the two nodes, each holding a ``model`` (a custom
-    resource). The second node dies with a call in flight on each worker: the call on it
+    """Two workers, each holding a ``model`` (a custom resource): ``pack`` puts them on one
+    node (the head, the only one with room for both), ``spread`` on the two nodes. The
+    second node dies with a call in flight on each worker: the call on it
     fails with ``WorkerCrashedError`` once ``reconnect_window`` passed, ``terminated`` says
     ``connection_lost`` and names that node, and a new worker starts on the node that is
     left (once Ray declared the other dead and moved its bundle); the call on the
     surviving worker finishes. The replacement's start is not reported failed."""
     head = ray.get_runtime_context().get_node_id()
+    packed = RayWorkers(resources={"model": 1})
+    async with open_pool(adapter(), **options(size=2, ray=packed)) as pool:
+        assert [ray_process(pool, w).node for w in pool.workers()] == [head, head]
     placement = RayWorkers(resources={"model": 1}, strategy="spread")
     gate = tmp_path / "gate"
     names = ("terminated", "spawned", "spawn_failed", "restarted")
