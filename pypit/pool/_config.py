@@ -310,7 +310,8 @@ class PoolConfig:
     """Unanswered heartbeats in a row after which a worker is killed and replaced."""
     reconnect_window: float = attrs.field(default=5.0, validator=_seconds(positive=False))
     """How long a worker whose channel broke (while its process lives) has to connect
-    again with its token; then it is replaced. 0 replaces it at once."""
+    again with its token; then it is replaced. 0 replaces it at once. On Ray, how long an
+    actor whose node does not answer is retried before its worker is given up."""
     max_requests: int | None = attrs.field(default=None, validator=_count(1, optional=True))
     """Recycle a worker after this many calls."""
     ttl: float | None = attrs.field(default=None, validator=_seconds(positive=True, optional=True))

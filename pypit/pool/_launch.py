@@ -57,6 +57,9 @@ class WorkerProcess(Protocol):
     socket and greets there."""
     stdout: AsyncIterable[bytes] | None
     stderr: AsyncIterable[bytes] | None
+    reachable: bool
+    """False while the worker's node does not answer (a Ray actor that Ray reports
+    unavailable): ``reconnect_window`` bounds that, not the heartbeat."""
 
     @property
     def returncode(self) -> int | None:
@@ -97,6 +100,7 @@ class LocalProcess:
     """A worker process on this machine, in a process group of its own."""
 
     mode = "process"
+    reachable = True
 
     def __init__(self, process: anyio.abc.Process) -> None:
         self._process = process

@@ -52,6 +52,10 @@ _RETRY: Final = 0.1
 """Seconds between calls to an actor that Ray reports unavailable (its node does not
 answer)."""
 
+_NEVER_RAN: Final = "never ran"
+"""What Ray's error says of an actor cancelled before it started, its node dead (Ray keeps
+no other trace of it on the exception)."""
+
 Wake = Callable[[Callable[[], None]], None]
 
 
@@ -171,6 +175,7 @@ class RayProcess:
         self._killed = False
         self._ended = anyio.Event()
         self._rss = 0
+        self.reachable = True
 
     @property
     def returncode(self) -> int | None:
@@ -220,32 +225,54 @@ class RayProcess:
                 # Cancelled (the pool's tasks end): nobody relays for this actor any more.
                 self.signal_group(signal.SIGKILL)
 
-    async def _call(self, method: Any, *args: Any) -> Any:
-        """One call of the actor, retried while Ray says the actor is unavailable, for up
-        to ``reconnect_window``; then the worker is given up (``connection_lost``)."""
+    async def _call(self, call: Callable[[bool], Any]) -> Any:
+        """The value of one call of the actor, ``call(retrying)`` giving its ``ObjectRef``;
+        None once the worker is given up or ended.
+
+        While Ray says the actor is unavailable (its node does not answer), the call is
+        made again, for up to ``reconnect_window`` from the first such answer, each attempt
+        bounded by what is left of it: an attempt on a node that does not answer waits
+        until Ray declares the node dead, which takes Ray's health checks (15 s by
+        default). Past the window the worker is given up: ``connection_lost``."""
         unavailable_since: float | None = None
         while self._running:
+            left = math.inf
+            if unavailable_since is not None:
+                left = max(unavailable_since + self._window - anyio.current_time(), 0.0)
             try:
-                return await _result(method.remote(*args), self._wake)
+                with anyio.move_on_after(left):
+                    value = await _result(call(unavailable_since is not None), self._wake)
+                    self.reachable = True
+                    return value
             except ray.exceptions.ActorUnavailableError:
-                now = anyio.current_time()
-                unavailable_since = unavailable_since or now
-                if now - unavailable_since >= self._window:
-                    self._connection.lost("connection_lost")
-                    self.signal_group(signal.SIGKILL)
-                    return None
-                await anyio.sleep(_RETRY)
+                self.reachable = False
+                if unavailable_since is None:
+                    unavailable_since = anyio.current_time()
+                if anyio.current_time() - unavailable_since < self._window:
+                    await anyio.sleep(_RETRY)
+                    continue
             except ray.exceptions.RayError:
                 # The actor died (killed, its process or node lost): no exit status.
                 self._end(self._returncode)
                 return None
+            # No answer for reconnect_window.
+            self._connection.lost("connection_lost")
+            self.signal_group(signal.SIGKILL)
+            return None
         return None
+
+    def _receive(self, offsets: tuple[int, int, int], retrying: bool) -> Any:
+        # A retry asks for what is there at once: reconnect_window bounds its wait.
+        return self._actor.receive.remote(offsets, 0.0 if retrying else _POLL)
+
+    def _send(self, offset: int, data: bytes, retrying: bool) -> Any:
+        return self._actor.send.remote(offset, data)
 
     async def _poll(self) -> None:
         offsets = [0, 0, 0]
         while self._running:
             reply: Reply | None = await self._call(
-                self._actor.receive, (offsets[0], offsets[1], offsets[2]), _POLL
+                functools.partial(self._receive, (offsets[0], offsets[1], offsets[2]))
             )
             if reply is None:
                 return
@@ -271,7 +298,7 @@ class RayProcess:
             connection.wake = anyio.Event()
             data = connection.take()
             if data:
-                await self._call(self._actor.send, offset, data)
+                await self._call(functools.partial(self._send, offset, data))
                 offset += len(data)
 
 
@@ -337,12 +364,25 @@ class RayLauncher:
         }
         if placement.runtime_env is not None:
             options["runtime_env"] = dict(placement.runtime_env)
-        actor = self._host.options(**options).remote(
-            {**config.env, **settings}, token, config.max_frame_size
-        )
+        host = self._host.options(**options)
+        actor = host.remote({**config.env, **settings}, token, config.max_frame_size)
         try:
             with anyio.fail_after(config.startup_timeout):
-                pid, node = await _result(actor.start.remote(), self._wake)
+                while True:
+                    try:
+                        pid, node = await _result(actor.start.remote(), self._wake)
+                        break
+                    except ray.exceptions.ActorDiedError as exc:
+                        # Its node died before it ran: the bundle of a node that stopped
+                        # answering, which Ray moves to a node with room when it declares
+                        # that node dead. Not the worker's failure: again, in the bundle
+                        # where it is now.
+                        if _NEVER_RAN not in str(exc):
+                            raise
+                        await anyio.sleep(_RETRY)
+                        actor = host.remote(
+                            {**config.env, **settings}, token, config.max_frame_size
+                        )
         except TimeoutError:
             ray.kill(actor, no_restart=True)
             raise LaunchError(

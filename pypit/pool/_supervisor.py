@@ -377,8 +377,9 @@ class Supervisor:
         interval = config.heartbeat_interval or 1.0
         while not handle.closing and handle.kill_reason is None:
             await anyio.sleep(interval)
-            if handle.lost_reason is not None:
-                # Reconnecting: the window, not the heartbeat, bounds that.
+            if handle.lost_reason is not None or not handle.process.reachable:
+                # Reconnecting, or on a node that does not answer for now: the window, not
+                # the heartbeat, bounds that.
                 handle.pongs_seen = handle.pings_sent
                 continue
             if config.heartbeat_interval:

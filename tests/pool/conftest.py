@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -110,31 +111,99 @@ async def opened_at_exit(gate: Path) -> AsyncIterator[None]:
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """One local Ray for every Ray test of the session (2 CPUs, no dashboard, its files in
-    a temporary directory), stopped at the end; then every process it started must be gone,
-    its agents included."""
+def ray_session() -> Iterator[Any]:
+    """One local Ray cluster for every Ray test of the session: a head node of 2 CPUs and 2
+    ``model`` (a custom resource), no dashboard, its files in a temporary directory, which
+    the tests' pools join; a test adds the nodes it needs (``ray_node``). Stopped at the
+    end; then every process it started must be gone, its agents included."""
     import ray
+    from ray.cluster_utils import Cluster
 
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
     # Short: Ray's Unix sockets live in it, and a socket's path has a length limit.
     directory = tempfile.mkdtemp(prefix="pypit-ray-")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _temp_dir=directory,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    # A cluster writes its address in Ray's temporary directory, where any ``ray.init()``
+    # of this machine would find it and join it: it goes in this session's directory.
+    os.mkdir(os.path.join(directory, "ray"))
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = directory
+    cluster: Any = None  # Any: ray.cluster_utils has no annotations.
     try:
-        yield
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 2,
+                "resources": {"model": 2},
+                "include_dashboard": False,
+                "temp_dir": directory,
+                # A node that dies is declared dead after about 5 s instead of Ray's 15,
+                # so that the test of a lost node gets its bundle moved, and its worker
+                # replaced, quickly; still well after the pool saw the node stop
+                # answering (about 2 s).
+                "_system_config": {
+                    "health_check_period_ms": 1000,
+                    "health_check_failure_threshold": 3,
+                },
+            },
+        )
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        yield cluster
     finally:
         started = [p for p in me.children(recursive=True) if p.pid not in before]
         ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         _, alive = psutil.wait_procs(started, timeout=10.0)
         for process in alive:
             with contextlib.suppress(psutil.Error):
                 process.kill()
+        if saved is None:
+            del os.environ["RAY_TMPDIR"]
+        else:
+            os.environ["RAY_TMPDIR"] = saved
         shutil.rmtree(directory, ignore_errors=True)
         assert not alive, f"Ray processes left after shutdown: {[p.pid for p in alive]}"
+
+
+class RayNode:
+    """A node a test added to the session's cluster: 1 CPU and 1 ``model``."""
+
+    def __init__(self, cluster: Any) -> None:
+        self._cluster = cluster
+        self._node = cluster.add_node(num_cpus=1, resources={"model": 1})
+        self.node_id: str = self._node.node_id
+        self._processes: list[psutil.Process] = []
+
+    def remove(self) -> None:
+        """Kill the node's processes at once, as when its machine dies; what ran on it
+        (Ray's workers, the actors, their worker processes) is left to notice."""
+        if self._node not in self._cluster.worker_nodes:
+            return
+        for infos in self._node.all_processes.values():
+            for info in infos:
+                with contextlib.suppress(psutil.Error):
+                    process = psutil.Process(info.process.pid)
+                    self._processes += [process, *process.children(recursive=True)]
+        self._cluster.remove_node(self._node, allow_graceful=False)
+
+    def left_behind(self) -> list[int]:
+        """The pids of the node's processes still alive 10 s after :meth:`remove`."""
+        _, alive = psutil.wait_procs(self._processes, timeout=10.0)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        return [p.pid for p in alive]
+
+
+@pytest.fixture
+def ray_node(ray_session: Any) -> Iterator[RayNode]:
+    """A second node of the session's cluster for this test; removed at the end (if the
+    test did not), and then every process of it must be gone."""
+    node = RayNode(ray_session)
+    try:
+        yield node
+    finally:
+        node.remove()
+        left = node.left_behind()
+        assert not left, f"processes of the removed node left behind: {left}"

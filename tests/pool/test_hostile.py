@@ -26,6 +26,7 @@ class _FakeProcess:
     pid = 4242
     returncode = None
     running = True
+    reachable = True
 
 
 def handle() -> WorkerHandle:

@@ -1,10 +1,18 @@
-"""The pool's contract with its workers on Ray, on asyncio and trio: one local Ray for the
-session (see ``ray_session``), each worker an actor running the ordinary worker process."""
+"""The pool's contract with its workers on Ray, on asyncio and trio: one local Ray cluster
+for the session (see ``ray_session``), each worker an actor running the ordinary worker
+process; a test that needs a second node adds one (``ray_node``) and may remove it.
+
+The test of a lost node runs on asyncio alone: a node's start and Ray's declaring it dead
+cost about 10 s a run, and what the pool does meanwhile (retries bounded by
+``reconnect_window``, heartbeats not counted) runs on both backends in the test of an
+actor that does not answer for a moment."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
+import types
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +23,14 @@ import ray
 from pypit import ToolError, WorkerCrashedError, WorkerStartError, WorkerTimeoutError, telemetry
 from pypit.pool import Pool, RayWorkers, open_pool
 from pypit.pool._ray import RayProcess
-from tests.pool.conftest import adapter, assert_catalog_shape, opened_at_exit, options, wait_until
+from tests.pool.conftest import (
+    RayNode,
+    adapter,
+    assert_catalog_shape,
+    opened_at_exit,
+    options,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ray_session")]
 
@@ -40,8 +55,8 @@ def ray_process(pool: Pool, worker_id: str | None = None) -> RayProcess:
     return process
 
 
-async def test_calls_streams_errors_and_events_as_with_local_workers() -> None:
-    """Calls, streams and tool errors come back as from a local worker, with the catalog's
+async def test_calls_maps_streams_errors_and_events_as_with_local_workers() -> None:
+    """Calls, maps, streams and tool errors come back as from a local worker, with the catalog's
     events (exact keys), worker telemetry and the worker's output; ``node`` is the Ray
     node, ``mode`` is ``ray_actor``, and the worker runs on its node with its own pid."""
     names = [spec.name for spec in telemetry.CATALOG if spec.name[0] == "pypit"]
@@ -63,6 +78,10 @@ async def test_calls_streams_errors_and_events_as_with_local_workers() -> None:
             assert [chunk async for chunk in chunks] == [1, 2, 3, 4, 5]
         async with pool.stream("async_count", {"n": 3}) as chunks:
             assert [chunk async for chunk in chunks] == [1, 2, 3]
+        async with pool.map("identity", range(7), chunksize=2) as results:
+            assert [result async for result in results] == list(range(7))
+        async with pool.map_unordered("identity", range(7)) as results:
+            assert sorted([result async for result in results]) == list(range(7))
 
     for event in seen:
         if event.event[1] != "python":
@@ -165,6 +184,54 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _Unanswered:
+    """Stands in for a worker's actor handle while its node does not answer: each call
+    fails as Ray fails it then, with ``ActorUnavailableError``."""
+
+    def __getattr__(self, method: str) -> _Unanswered:
+        return self
+
+    def remote(self, *args: Any) -> Any:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_exception(ray.exceptions.ActorUnavailableError("no answer", None))
+        return types.SimpleNamespace(future=lambda: future)
+
+
+async def test_a_node_that_does_not_answer_for_less_than_reconnect_window_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Ray reports the worker's actor unavailable for a while, shorter than
+    ``reconnect_window``: the pool retries, the heartbeats unanswered meanwhile do not
+    count, and once the actor answers again the call in flight finishes on the same
+    worker; no ``connection.lost``, no ``terminated``."""
+    gate = tmp_path / "gate"
+    events = [(*POOL, "worker", "terminated"), (*RPC, "connection", "lost")]
+    # A quick heartbeat: if the ones unanswered while the actor is silent counted, the
+    # worker would be killed half a second into the silence.
+    quick = on_ray(heartbeat_interval=0.2)
+    with telemetry.capture(*events) as seen:
+        async with open_pool(adapter(), **quick) as pool:
+            (pid,) = pool.workers().values()
+            process = ray_process(pool)
+            actor = process._actor
+            async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+
+                async def held() -> None:
+                    assert await pool.execute("hold", {"gate": str(gate), "tag": "ok"}) == "ok"
+
+                tasks.start_soon(held)
+                await wait_until(lambda: pool.status().in_flight == 1, "the call to start")
+                process._actor = _Unanswered()
+                await wait_until(lambda: not process.reachable, "the actor to be unavailable")
+                await anyio.sleep(1.0)
+                assert seen.events == []
+                process._actor = actor
+            assert process.reachable
+            assert pool.workers() == {"default_worker_1": pid}
+            assert await pool.execute("pid") == pid
+    assert [e.metadata["reason"] for e in seen.named(*POOL, "worker", "terminated")] == ["shutdown"]
+
+
 async def test_recycling_and_affinity_work_through_the_actors() -> None:
     """``max_requests`` recycles a worker (a new actor, a new pid); a session stays on the
     worker that served it."""
@@ -201,3 +268,76 @@ async def test_an_adapter_that_fails_to_import_fails_the_start_with_its_error() 
     with pytest.raises(WorkerStartError, match="import_failed"):
         async with open_pool("tests.no_such_module:Nothing", **on_ray()):
             pass
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_pools_are_placed_as_asked_and_a_lost_node_s_worker_is_replaced(
+    ray_node: RayNode, tmp_path: Path
+) -> None:
+    """Two workers, each holding a ``model`` (a custom resource): ``pack`` puts them on one
+    node (the head, the only one with room for both), ``spread`` on the two nodes. The
+    second node dies with a call in flight on each worker: the call on it
+    fails with ``WorkerCrashedError`` once ``reconnect_window`` passed, ``terminated`` says
+    ``connection_lost`` and names that node, and a new worker starts on the node that is
+    left (once Ray declared the other dead and moved its bundle); the call on the
+    surviving worker finishes. The replacement's start is not reported failed."""
+    head = ray.get_runtime_context().get_node_id()
+    packed = RayWorkers(resources={"model": 1})
+    async with open_pool(adapter(), **options(size=2, ray=packed)) as pool:
+        assert [ray_process(pool, w).node for w in pool.workers()] == [head, head]
+    placement = RayWorkers(resources={"model": 1}, strategy="spread")
+    gate = tmp_path / "gate"
+    names = ("terminated", "spawned", "spawn_failed", "restarted")
+    events = [(*POOL, "worker", name) for name in names]
+    with telemetry.capture(*events, (*RPC, "connection", "lost")) as seen:
+        # A short reconnect_window: the pool gives the worker up well before Ray, whose
+        # health checks take about 5 s here, declares the node dead (then the actor is
+        # dead, and the reason would be ``killed``).
+        spread = options(size=2, ray=placement, reconnect_window=0.2)
+        async with open_pool(adapter(), **spread) as pool:
+            nodes = {w: ray_process(pool, w).node for w in pool.workers()}
+            assert sorted(nodes.values()) == sorted([head, ray_node.node_id])
+            (lost,) = [w for w, node in nodes.items() if node == ray_node.node_id]
+            outcomes: list[object] = []
+            async with anyio.create_task_group() as tasks, opened_at_exit(gate):
+
+                async def held() -> None:
+                    try:
+                        outcomes.append(
+                            await pool.execute("hold", {"gate": str(gate), "tag": "ok"})
+                        )
+                    except WorkerCrashedError as exc:
+                        outcomes.append(exc)
+
+                tasks.start_soon(held)
+                tasks.start_soon(held)
+                await wait_until(lambda: pool.status().in_flight == 2, "both calls to start")
+                ray_node.remove()
+                await seen.wait((*POOL, "worker", "terminated"), timeout=30)
+            await seen.wait((*POOL, "worker", "restarted"), timeout=30)
+            assert ray_process(pool, lost).node == head
+            assert await pool.execute("identity", 4) == 4
+
+    assert "ok" in outcomes
+    (crashed,) = [o for o in outcomes if isinstance(o, WorkerCrashedError)]
+    assert crashed.worker_id == lost
+    assert "unreachable" in str(crashed)
+    terminated = seen.named(*POOL, "worker", "terminated")[0]
+    assert_catalog_shape(terminated)
+    assert terminated.metadata["worker_id"] == lost
+    assert terminated.metadata["node"] == ray_node.node_id
+    assert (terminated.metadata["reason"], terminated.metadata["exit_code"]) == (
+        "connection_lost",
+        None,
+    )
+    connection_lost = seen.named(*RPC, "connection", "lost")[0]
+    assert (connection_lost.metadata["worker_id"], connection_lost.metadata["reason"]) == (
+        lost,
+        "connection_lost",
+    )
+    replacement = seen.named(*POOL, "worker", "spawned")[2]
+    assert (replacement.metadata["worker_id"], replacement.metadata["node"]) == (lost, head)
+    (restarted,) = seen.named(*POOL, "worker", "restarted")
+    assert restarted.metadata["reason"] == "connection_lost"
+    # The replacement waited for the bundle Ray moved; its start did not fail meanwhile.
+    assert seen.named(*POOL, "worker", "spawn_failed") == []
