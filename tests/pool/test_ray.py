@@ -1,11 +1,6 @@
 """The pool's contract with its workers on Ray, on asyncio and trio: one local Ray cluster
 for the session (see ``ray_session``), each worker an actor running the ordinary worker
-process; a test that needs a second node adds one (``ray_node``) and may remove it.
-
-The test of a lost node runs on asyncio alone: a node's start and Ray's declaring it dead
-cost about 10 s a run, and what the pool does meanwhile (retries bounded by
-``reconnect_window``, heartbeats not counted) runs on both backends in the test of an
-actor that does not answer for a moment."""
+process; a test that needs a second node adds one (``ray_node``) and may remove it."""
 
 from __future__ import annotations
 
@@ -270,7 +265,6 @@ async def test_an_adapter_that_fails_to_import_fails_the_start_with_its_error() 
             pass
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_pools_are_placed_as_asked_and_a_lost_node_s_worker_is_replaced(
     ray_node: RayNode, tmp_path: Path
 ) -> None:
