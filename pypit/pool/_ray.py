@@ -332,10 +332,12 @@ class RayLauncher:
     def _init(self) -> None:
         address = self._placement.address
         if address is None:
-            # A Ray of this machine, for this pool alone: no dashboard, its files in a
-            # directory of its own, removed when the pool closes.
+            # A Ray of this machine, for this pool alone ("local": never one that runs
+            # already): no dashboard, its files in a directory of its own, removed when the
+            # pool closes.
             self._directory = tempfile.mkdtemp(prefix="pypit-ray-")
             ray.init(
+                address="local",
                 include_dashboard=False,
                 _temp_dir=self._directory,
                 log_to_driver=False,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import subprocess
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -335,3 +337,46 @@ async def test_pools_are_placed_as_asked_and_a_lost_node_s_worker_is_replaced(
     assert restarted.metadata["reason"] == "connection_lost"
     # The replacement waited for the bundle Ray moved; its start did not fail meanwhile.
     assert seen.named(*POOL, "worker", "spawn_failed") == []
+
+
+POOL_STARTS_RAY = """
+import glob, os, sys, tempfile, anyio, psutil, ray
+from pypit.pool import RayWorkers, open_pool
+
+async def main() -> None:
+    pattern = os.path.join(tempfile.gettempdir(), "pypit-ray-*")
+    before = set(glob.glob(pattern))
+    async with open_pool("tests.adapters:Echo", size=1, ray=RayWorkers()) as pool:
+        assert ray.is_initialized()
+        assert ray.get_runtime_context().gcs_address != os.environ["RAY_ADDRESS"]
+        assert await pool.execute("add", {"a": 1, "b": 2}) == 3
+        assert len(set(glob.glob(pattern)) - before) == 1
+    assert not ray.is_initialized()
+    assert set(glob.glob(pattern)) == before
+    psutil.wait_procs(psutil.Process().children(recursive=True), timeout=10)
+    left = [p.cmdline()[:2] for p in psutil.Process().children(recursive=True)]
+    assert not left, left
+    print("ok")
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+def test_a_pool_without_an_address_starts_a_ray_of_its_own_and_stops_it() -> None:
+    """``RayWorkers()`` without an address starts a Ray on this machine for the pool alone,
+    even where a running one (the session's) is named by ``RAY_ADDRESS``, and stops it
+    with the pool: no process of it is left. In a process of its own (Ray allows one
+    ``ray.init`` a process), on trio: the start is the same on both backends, and it
+    costs a Ray start (a few seconds)."""
+    # RAY_ADDRESS names the session's cluster, which a plain ray.init() would join.
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    done = subprocess.run(
+        [sys.executable, "-c", POOL_STARTS_RAY, "trio"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
