@@ -244,6 +244,10 @@ class Echo(Adapter):
     def threads(self) -> int:
         return threading.active_count()
 
+    @tool(description="The value of environment variable `name`, or None")
+    def env(self, name: str) -> str | None:
+        return os.environ.get(name)
+
     @tool(description="The names of the threads alive")
     def thread_names(self) -> list[str]:
         return sorted(thread.name for thread in threading.enumerate())

@@ -231,9 +231,13 @@ async def test_a_node_that_does_not_answer_for_less_than_reconnect_window_loses_
 
 async def test_recycling_and_affinity_work_through_the_actors() -> None:
     """``max_requests`` recycles a worker (a new actor, a new pid); a session stays on the
-    worker that served it."""
+    worker that served it; the ``runtime_env`` reaches every worker, the recycled one's
+    replacement too."""
+    variables = {"env_vars": {"PYPIT_RUNTIME_ENV": "set"}}
+    placement = RayWorkers(runtime_env=variables)
     with telemetry.capture((*POOL, "worker", "recycled")) as seen:
-        async with open_pool(adapter(), **on_ray(size=2, max_requests=3)) as pool:
+        async with open_pool(adapter(), **options(size=2, max_requests=3, ray=placement)) as pool:
+            assert await pool.execute("env", "PYPIT_RUNTIME_ENV", session_id="s") == "set"
             first = await pool.execute("session_state", {"keep": "a"}, session_id="s")
             second = await pool.execute("session_state", session_id="s")
             assert second == ["s", "a", first[2]]
@@ -242,6 +246,8 @@ async def test_recycling_and_affinity_work_through_the_actors() -> None:
             await wait_until(lambda: first[2] not in pool.workers().values(), "the recycling")
             await wait_until(lambda: pool.status().available_workers == 2, "the replacement")
             assert await pool.execute("identity", 3) == 3
+            for _ in range(4):
+                assert await pool.execute("env", "PYPIT_RUNTIME_ENV") == "set"
     assert seen.named(*POOL, "worker", "recycled")[0].metadata["reason"] == "max_requests"
 
 
