@@ -99,12 +99,22 @@ async def test_calls_maps_streams_errors_and_events_as_with_local_workers() -> N
     assert {e.metadata["worker_id"] for e in inference} == {"rayev_worker_1"}
 
 
-async def test_deadlines_cancel_async_tools_and_replace_workers_that_do_not_stop() -> None:
-    """Past its deadline an async tool is cancelled in its worker, which serves on; a sync
-    tool that does not return within ``cancel_grace`` gets its worker killed and
-    replaced."""
+async def test_deadlines_cancel_async_tools_and_replace_workers_that_do_not_stop(
+    tmp_path: Path,
+) -> None:
+    """Past its deadline an async tool is cancelled in its worker, which serves on, and so
+    is a stream whose next chunk is late (its generator ends); a sync tool that does not
+    return within ``cancel_grace`` gets its worker killed and replaced."""
     async with open_pool(adapter(), **on_ray(cancel_grace=0.5)) as pool:
         (pid,) = pool.workers().values()
+        slow = tmp_path / "slow"
+        blobs = {"n": 3, "path": str(slow), "delay": 0.5}
+        async with pool.stream("blobs", blobs, timeout=0.1) as chunks:
+            with pytest.raises(WorkerTimeoutError):
+                await anext(chunks)
+        ended = lambda: slow.exists() and "closed" in slow.read_text().split()  # noqa: E731
+        await wait_until(ended, "the generator's end")
+        assert await pool.execute("pid") == pid
         with pytest.raises(WorkerTimeoutError):
             await pool.execute("async_sleep", {"seconds": 30}, timeout=0.5)
         assert await pool.execute("pid") == pid
@@ -112,7 +122,7 @@ async def test_deadlines_cancel_async_tools_and_replace_workers_that_do_not_stop
             await pool.execute("sleep", {"seconds": 30}, timeout=0.5)
         await wait_until(lambda: pid not in pool.workers().values(), "the replacement")
         assert await pool.execute("identity", 7) == 7
-        assert pool.status().timeouts == 2
+        assert pool.status().timeouts == 3
 
 
 async def test_a_worker_killed_on_its_node_fails_its_calls_and_is_replaced(tmp_path: Path) -> None:
