@@ -163,7 +163,10 @@ class LocalLauncher:
     ) -> WorkerProcess:
         # The token travels through a pipe the worker inherits, never the environment or
         # the command line, which other processes of the user can read.
-        token_reader, token_writer = os.pipe()
+        try:
+            token_reader, token_writer = os.pipe()
+        except OSError as exc:  # out of file descriptors, say
+            raise LaunchError("exec_failed", f"cannot make the token's pipe: {exc}") from exc
         os.write(token_writer, token.encode())
         os.close(token_writer)
         env = {

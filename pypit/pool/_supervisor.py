@@ -269,12 +269,13 @@ class Supervisor:
             process = await self.launcher.launch(
                 slot.index, worker_id, token, self._settings(worker_id)
             )
-        except LaunchError as exc:
+        except Exception as exc:
+            # Whatever a launcher raises (out of file descriptors, a cluster that refuses)
+            # is a failed start, retried with back-off: never the end of the pool.
             del self._expected[token]
-            slot.failure = f"{exc.reason}: {exc}"
-            _reports.launch_failed(
-                self.log, self.name, worker_id, started, exc.reason, slot.failure
-            )
+            reason = exc.reason if isinstance(exc, LaunchError) else "exec_failed"
+            slot.failure = f"{reason}: {exc}"
+            _reports.launch_failed(self.log, self.name, worker_id, started, reason, slot.failure)
             return None
         except BaseException:
             del self._expected[token]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import resource
 import signal
 from pathlib import Path
 from typing import Any
@@ -520,3 +522,34 @@ async def test_heartbeats_are_answered_while_a_sync_tool_runs() -> None:
             assert await pool.execute("pid") == pid
 
     assert [e.metadata["reason"] for e in seen] == ["shutdown"]
+
+
+async def test_running_out_of_file_descriptors_fails_a_start_not_the_pool() -> None:
+    """A replacement that cannot start because the process is out of file descriptors is
+    a failed start (``exec_failed``), retried with back-off: the pool stays open (calls
+    fail fast with ``PoolDegradedError`` meanwhile), and the slot serves again once
+    descriptors are free."""
+    async with open_pool(adapter(), **options()) as pool:
+        pid = await pool.execute("pid")
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        held: list[int] = []
+        with telemetry.capture((*POOL, "worker", "spawn_failed")) as failed:
+            try:
+                # Every descriptor taken, so that the replacement cannot get one.
+                resource.setrlimit(
+                    resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard)
+                )
+                with contextlib.suppress(OSError):
+                    while True:
+                        held.append(os.open(os.devnull, os.O_RDONLY))
+                os.kill(pid, signal.SIGKILL)
+                await failed.wait((*POOL, "worker", "spawn_failed"))
+                assert not pool.status().closed
+            finally:
+                for fd in held:
+                    os.close(fd)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert failed.events[0].metadata["reason"] == "exec_failed"
+        # The slot's back-off: a few seconds at most.
+        await wait_until(lambda: pool.status().available_workers == 1, "the recovery", 30)
+        assert await pool.execute("pid") != pid
