@@ -84,6 +84,18 @@ def describe(function: Any) -> list[_wire.Parameter] | None:
     ]
 
 
+def bound_name(function: Any) -> str | None:
+    """The name of the parameter a bound method binds (``self``, ``cls``), or None: a call
+    with a keyword argument of that name fails even where the tool takes ``**kwargs``.
+    Never raises."""
+    if not inspect.ismethod(function):
+        return None
+    try:
+        return next(iter(inspect.signature(function.__func__).parameters), None)
+    except Exception:
+        return None
+
+
 def _annotation(annotation: Any) -> str:
     """An annotation as written: the string itself under ``from __future__ import
     annotations``, else as ``inspect`` shows it."""
@@ -162,6 +174,7 @@ class ArgumentCheck:
     """
 
     __slots__ = (
+        "_bound",
         "_keywords",
         "_name",
         "_no_argument",
@@ -173,9 +186,13 @@ class ArgumentCheck:
         "_var_keyword",
     )
 
-    def __init__(self, name: str, parameters: Iterable[ParameterLike]) -> None:
-        """Raises ``ValueError`` for parameters no function could have (see
+    def __init__(
+        self, name: str, parameters: Iterable[ParameterLike], bound: str | None = None
+    ) -> None:
+        """``bound``: the parameter the tool's method binds (see :func:`bound_name`).
+        Raises ``ValueError`` for parameters no function could have (see
         :func:`rebuild`)."""
+        self._bound = bound
         signature = rebuild(parameters)
         rebuilt = signature.parameters.values()
         self._name = name
@@ -207,7 +224,11 @@ class ArgumentCheck:
                 and self._required <= names
                 and (
                     names <= self._keywords
-                    or (self._var_keyword and _STR.issuperset(map(type, names)))
+                    or (
+                        self._var_keyword
+                        and _STR.issuperset(map(type, names))
+                        and self._bound not in names
+                    )
                 )
             ):
                 return
@@ -235,6 +256,11 @@ class ArgumentCheck:
     def _bind(self, args: Any) -> None:
         """Bind as a call would, and word the error."""
         positional, keywords = arguments(args)
+        if self._bound is not None and self._bound in keywords:
+            raise ArgumentsError(
+                f"{self._name}() got multiple values for argument {self._bound!r} (the "
+                f"tool's method binds it); {self._text}"
+            )
         try:
             self._signature.bind(*positional, **keywords)
         except TypeError as exc:

@@ -174,6 +174,8 @@ class Tool(_Message, tag=21):
     stream: bool
     parameters: list[Parameter] | None = None
     is_async: bool = False
+    bound: str | None = None
+    """The parameter the method binds (``self``), which no keyword argument may name."""
 
 
 class Ready(_Message, tag=22):

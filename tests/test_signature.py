@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pypit import ArgumentsError, _wire
-from pypit._signature import ArgumentCheck, arguments, describe, render
+from pypit._signature import ArgumentCheck, arguments, bound_name, describe, render
 from pypit.pool import Parameter, ToolDescription
 from pypit.pool._tools import from_wire
 
@@ -311,6 +311,44 @@ def test_dict_inputs_with_keys_in_another_order_are_each_checked() -> None:
     many.check_many(inputs, {dict})
     with pytest.raises(ArgumentsError, match="unexpected keyword argument 'y'"):
         many.check_many([*inputs, {"x": 1.0, "y": 2}], {dict})
+
+
+class Methods:
+    def takes_any(self, **options: Any) -> None:
+        """A method that takes any keyword argument but the name it binds."""
+
+    @classmethod
+    def of_class(cls, **options: Any) -> None:
+        """A class method: it binds ``cls``."""
+
+    @staticmethod
+    def plain(**options: Any) -> None:
+        """A static method binds nothing: ``self`` is a keyword like any other."""
+
+
+@pytest.mark.parametrize(
+    ("method", "bound"),
+    [(Methods().takes_any, "self"), (Methods.of_class, "cls"), (Methods.plain, None)],
+)
+def test_the_name_a_method_binds_is_refused_as_a_keyword(method: Any, bound: str | None) -> None:
+    """A tool that takes ``**kwargs`` takes every keyword but the one its method binds,
+    which the call would pass twice: refused as the call would refuse it."""
+    parameters = describe(method)
+    assert parameters is not None
+    checked = ArgumentCheck("tool", parameters, bound_name(method))
+    assert bound_name(method) == bound
+    checked.check({"x": 1})
+    checked.check_many([{"x": 1}, {"y": 2}], {dict})
+    if bound is None:
+        checked.check({"self": 1})
+        method(self=1)
+        return
+    with pytest.raises(TypeError):
+        method(**{bound: 1})
+    with pytest.raises(ArgumentsError, match=f"multiple values for argument '{bound}'"):
+        checked.check({bound: 1, "x": 2})
+    with pytest.raises(ArgumentsError, match=f"multiple values for argument '{bound}'"):
+        checked.check_many([{"x": 1}, {bound: 1}], {dict})
 
 
 def test_a_tool_description_reads_its_parameters_from_the_wire() -> None:

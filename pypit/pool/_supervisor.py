@@ -492,7 +492,7 @@ class Supervisor:
             if tool.parameters is None:
                 continue
             try:
-                self.checks[name] = ArgumentCheck(name, tool.parameters)
+                self.checks[name] = ArgumentCheck(name, tool.parameters, handle.tools[name].bound)
             except ValueError as exc:
                 # Only a broken worker sends these: its calls go unchecked, and fail in the
                 # worker if they do not fit.

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from pypit import _wire
 from pypit._errors import ProtocolError
 from pypit._shared import correlation_id_var
-from pypit._signature import arguments, describe
+from pypit._signature import arguments, bound_name, describe
 from pypit.worker import _batch, _logging, _sampler, _telemetry
 from pypit.worker._adapter import ToolSpec, discover_tools, load_adapter, session_id_var
 from pypit.worker._calls import (
@@ -147,7 +147,14 @@ class Runtime:
             self._call_blocking(setup)
         set_up = time.monotonic_ns()
         tools = [
-            _wire.Tool(t.name, t.description, t.is_stream, describe(t.function), t.is_async)
+            _wire.Tool(
+                t.name,
+                t.description,
+                t.is_stream,
+                describe(t.function),
+                t.is_async,
+                bound_name(t.function),
+            )
             for t in self._tools.values()
         ]
         return _wire.Ready(tools, import_time=imported - started, setup_time=set_up - imported)

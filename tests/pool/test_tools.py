@@ -67,6 +67,9 @@ async def test_arguments_that_do_not_fit_are_refused_before_anything_is_sent() -
                 await pool.execute("predict", {"scale": 2})
             with pytest.raises(TypeError, match=r"predict\(\) missing a required argument"):
                 await pool.execute("predict")
+            # **options takes any keyword but "self", which the method binds.
+            with pytest.raises(ArgumentsError, match="multiple values for argument 'self'"):
+                await pool.execute("gather", {"value": 1, "self": 2})
             assert pool.status().requests == 0
             assert captured.events == []
             assert await pool.execute("predict", {"x": 2, "scale": 3}) == 6
