@@ -30,6 +30,10 @@ WINDOW: Final = 1024
 """Values of a summary or distribution kept per tag set between two frames (the latest):
 enough for percentiles, and little work for the thread that builds the frame."""
 
+MAX_SERIES: Final = 500
+"""Tag sets kept per metric: the events of a new tag set beyond them are counted as
+dropped, so that a tag of many values (a request id) cannot make the dashboard grow."""
+
 TAIL: Final = 4096
 """Recent events kept for the tail."""
 
@@ -73,10 +77,12 @@ def buckets(metric: Metric) -> tuple[float, ...]:
 class _Cells:
     """One metric's values, by tag set."""
 
-    __slots__ = ("counts", "last", "metric", "sums", "tags", "window")
+    __slots__ = ("counts", "dropped", "last", "metric", "sums", "tags", "window")
 
     def __init__(self, metric: Metric) -> None:
         self.metric = metric
+        self.dropped = 0
+        """Events not recorded: their tag set was new once :data:`MAX_SERIES` were kept."""
         self.tags: dict[TagKey, dict[str, Any]] = {}
         self.sums: dict[TagKey, float] = {}
         self.counts: dict[TagKey, int] = {}
@@ -123,7 +129,16 @@ class MetricStore:
                     value *= factor
             source = metadata if tag_values is None else tag_values(metadata)
             key = tuple(map(source.get, names))
-            if key not in tags:
+            try:
+                known = key in tags
+            except TypeError:
+                # A value that cannot be a key (a list) counts by its text.
+                key = tuple(_hashable(value) for value in key)
+                known = key in tags
+            if not known:
+                if len(tags) >= MAX_SERIES:
+                    cells.dropped += 1
+                    return
                 tags[key] = dict(zip(names, key, strict=True))
             if kind == "last_value":
                 last[key] = value
@@ -138,6 +153,10 @@ class MetricStore:
             window.append(value)
 
         return record
+
+    def dropped(self) -> list[int]:
+        """Each metric's events not recorded for want of room for their tag set."""
+        return [self._cells[metric].dropped for metric in self._order]
 
     def totals(self) -> list[list[dict[str, Any]]]:
         """Each metric's values since it started: totals of counters and sums, last values,
@@ -199,6 +218,17 @@ class MetricStore:
                 ]
             shown.append(series)
         return shown
+
+
+def _hashable(value: object) -> object:
+    try:
+        hash(value)
+    except TypeError:
+        try:
+            return repr(value)
+        except Exception:
+            return f"<unrepresentable {type(value).__name__}>"
+    return value
 
 
 def _drain(window: deque[float]) -> list[float]:
