@@ -18,6 +18,7 @@ Both API routes take ``?events=PREFIX``: only events whose dotted name starts wi
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import sys
 import threading
@@ -93,6 +94,10 @@ def _value(value: object) -> msgspec.Raw:
         return msgspec.Raw(encoder.encode(_fallback(value)))
 
 
+def _key(key: object) -> str:
+    return key if isinstance(key, str) else str(_fallback(key))
+
+
 def encode_events(events: Iterable[dict[str, Any]]) -> list[msgspec.Raw]:
     """Each event as JSON on its own: a value that cannot be encoded becomes its text, and
     one such event never breaks the stream or the snapshot that carry it."""
@@ -103,8 +108,8 @@ def encode_events(events: Iterable[dict[str, Any]]) -> list[msgspec.Raw]:
         except Exception:
             safe = {
                 **event,
-                "measurements": {str(k): _value(v) for k, v in event["measurements"].items()},
-                "metadata": {str(k): _value(v) for k, v in event["metadata"].items()},
+                "measurements": {_key(k): _value(v) for k, v in event["measurements"].items()},
+                "metadata": {_key(k): _value(v) for k, v in event["metadata"].items()},
             }
             encoded.append(msgspec.Raw(encoder.encode(safe)))
     return encoded
@@ -332,6 +337,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+_GONE: Final = frozenset({errno.EBADF, errno.ENOTCONN, errno.ESHUTDOWN, errno.EPIPE})
+"""What a socket says once its connection was shut down or closed."""
+
+
 class _HTTPServer(ThreadingHTTPServer):
     """The threading server, bounded: at most :data:`MAX_CONNECTIONS` served at once, each
     request read within :data:`REQUEST_DEADLINE`, and every connection shut down on close,
@@ -407,7 +416,9 @@ class _HTTPServer(ThreadingHTTPServer):
         # A client that goes away (reset, broken pipe, cut by a deadline or by close())
         # is no error; anything else is logged, never printed on the application's stderr.
         error = sys.exc_info()[1]
-        if isinstance(error, OSError):
+        if isinstance(error, ConnectionError | TimeoutError) or (
+            isinstance(error, OSError) and error.errno in _GONE
+        ):
             return
         _log.error("the dashboard failed on a request", error=repr(error))
 
