@@ -22,6 +22,7 @@ import anyio
 import anyio.to_thread
 import psutil
 import pytest
+import structlog.testing
 
 from pypit import PoolSaturatedError, ToolError, WorkerCrashedError, telemetry
 from pypit.pool import start_pool
@@ -458,6 +459,26 @@ def test_clients_that_go_away_print_nothing(capfd: pytest.CaptureFixture[str]) -
             connection.close()
         time.sleep(0.5)  # the server writes its answers to the closed connections
         assert raw_get(dashboard.port, "/api/snapshot").startswith(b"HTTP/1.0 200")
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_failing_request_is_logged_not_printed(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that fails for another reason than its client going away is logged
+    through pypit's logger, and nothing is printed on the application's stderr."""
+
+    def broken(self: metrics.DashboardReporter, prefix: str) -> dict[str, Any]:
+        raise RuntimeError("broken snapshot")
+
+    monkeypatch.setattr(metrics.DashboardReporter, "_snapshot", broken)
+    with structlog.testing.capture_logs() as logs, metrics.DashboardReporter(port=0) as d:
+        assert d.port is not None
+        assert raw_get(d.port, "/api/snapshot") == b""
+        assert raw_get(d.port, "/").startswith(b"HTTP/1.0 200")
+    failed = [log for log in logs if log["event"] == "the dashboard failed on a request"]
+    assert [log["error"] for log in failed] == ["RuntimeError('broken snapshot')"]
+    assert failed[0]["log_level"] == "error"
     assert "Traceback" not in capfd.readouterr().err
 
 
