@@ -39,6 +39,7 @@ CONNECT_TIMEOUT: Final = 5.0
 """Seconds to connect and to receive the stream's hello."""
 READ_MARGIN: Final = 5.0
 """Seconds a frame may be late, over three of the intervals the hello announces."""
+MAX_READ_TIMEOUT: Final = 3600.0
 
 # C0 but for none, DEL and C1: shown as escapes, never sent to the terminal.
 _CONTROLS: Final = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
@@ -129,7 +130,7 @@ class NotAStreamError(ValueError):
 
 def read_timeout(interval: float) -> float:
     """Seconds to wait for a frame, given the interval the hello announces."""
-    return 3 * interval + READ_MARGIN
+    return min(3 * interval + READ_MARGIN, MAX_READ_TIMEOUT)
 
 
 def stream_url(url: str, events: str = "") -> str:
@@ -194,6 +195,9 @@ class Reader:
                 self.error = f"not a pypit dashboard stream: {exc}"
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 self.error = f"cannot read {self.url}: {exc}"
+            except Exception as exc:
+                # Whatever else a server sends is said on screen, and the reader goes on.
+                self.error = f"cannot read {self.url}: {exc!r}"
             self._stop.wait(1.0)
 
     def _read(self) -> None:
@@ -338,12 +342,20 @@ def render(reader: Reader, url: str, *, keys: bool = True) -> RenderableType:
     parts.append(Text("\nevents", style="italic"))
     for event in list(reader.events)[::-1]:
         metadata = " ".join(f"{k}={_short(v)}" for k, v in event["metadata"].items())
-        when = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+        when = _clock(event["time"])
         line = Text(
             plain(f"{when}  {event['name']:<30} {metadata}"), no_wrap=True, overflow="ellipsis"
         )
         parts.append(line)
     return Group(*parts)
+
+
+def _clock(seconds: float) -> str:
+    """A time of day, or ``?`` for one no clock shows."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(seconds))
+    except (OverflowError, ValueError, OSError):
+        return "?"
 
 
 def _short(value: object) -> str:

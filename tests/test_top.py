@@ -110,13 +110,17 @@ def evil_frame() -> dict[str, Any]:
     return {
         "metrics": [[{"tags": {"k": "v" + EVIL}, "value": 1.0, "total": 2}]],
         "pools": [{"name": "p" + EVIL, "status": status, "workers": [worker]}],
-        "events": [{"time": 0.0, "name": "app.e" + EVIL, "metadata": {"m": EVIL}}],
+        "events": [
+            {"time": 0.0, "name": "app.e" + EVIL, "metadata": {"m": EVIL}},
+            {"time": 1e300, "name": "app.late", "metadata": {}},
+        ],
     }
 
 
 def test_top_shows_what_the_stream_holds_as_plain_text() -> None:
     """Markup in the stream's strings is shown as written, never read as markup, and
-    their control characters are shown as escapes, never sent to the terminal."""
+    their control characters are shown as escapes, never sent to the terminal; a time or
+    an interval out of any clock's range is no crash."""
     from rich.console import Console
 
     reader = Reader("http://127.0.0.1:1/api/stream")
@@ -135,6 +139,8 @@ def test_top_shows_what_the_stream_holds_as_plain_text() -> None:
     assert "pwned\x07" not in shown
     assert "\x9b" not in shown
     assert "\x1b]8;" not in shown  # no hyperlink
+    assert "?  app.late" in plain
+    assert _top.read_timeout(1e308) == _top.MAX_READ_TIMEOUT
 
 
 class FakeDashboard:
