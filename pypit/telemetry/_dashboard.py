@@ -375,7 +375,12 @@ class DashboardReporter(_Reporter):
         return [describe(index, metric) for index, metric in enumerate(self.metrics)]
 
     def _hello(self) -> dict[str, Any]:
-        return {"version": 1, "interval": self.interval, "metrics": self._definitions()}
+        return {
+            "version": 1,
+            "interval": self.interval,
+            "max_series": self._store.max_series,
+            "metrics": self._definitions(),
+        }
 
     def _frame(self) -> dict[str, Any]:
         pools = self._read_blocking_pools()

@@ -101,6 +101,7 @@ class MetricStore:
     """
 
     def __init__(self, metrics: Iterable[Metric]) -> None:
+        self.max_series = MAX_SERIES
         self._cells = {metric: _Cells(metric) for metric in metrics}
         self._order = list(self._cells)
         self._previous: dict[Metric, dict[TagKey, float]] = {}
@@ -110,6 +111,7 @@ class MetricStore:
         """The function that records one event's contribution to ``metric``."""
         cells = self._cells[metric]
         names, tag_values, keep = metric.tags, metric.tag_values, metric.keep
+        max_series = self.max_series
         spec, factor, kind = metric.measurement, metric.factor, metric.kind
         measure = spec if callable(spec) else None
         tags, sums, counts, last, windows = (
@@ -136,7 +138,7 @@ class MetricStore:
                 key = tuple(_hashable(value) for value in key)
                 known = key in tags
             if not known:
-                if len(tags) >= MAX_SERIES:
+                if len(tags) >= max_series:
                     cells.dropped += 1
                     return
                 tags[key] = dict(zip(names, key, strict=True))

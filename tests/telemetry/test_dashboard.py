@@ -552,6 +552,7 @@ def test_tag_sets_beyond_the_cap_are_counted_as_dropped() -> None:
     assert len(metric["series"]) == cap
     assert metric["dropped"] == 100
     assert metric["series"][0] == {"tags": {"request_id": 0}, "total": 2}
+    assert frames[0]["max_series"] == cap
     assert frames[1]["dropped"] == [100]
     assert len(frames[1]["metrics"][0]) == cap
 

@@ -6,7 +6,6 @@
   const POINTS = 300;            // points kept per chart
   const HISTOGRAM_FRAMES = 60;   // frames a distribution's histogram sums
   const EVENTS_SHOWN = 200;
-  const MAX_SERIES = 500;        // tag sets the server keeps per metric (MAX_SERIES)
   const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2",
                   "#4f46e5", "#ca8a04", "#db2777", "#059669"];
 
@@ -15,6 +14,7 @@
   let source = null;
   let filter = "";
   let frames = 0;
+  let maxSeries = null;          // tag sets the server keeps per metric (hello)
 
   function tagLabel(tags) {
     const parts = Object.entries(tags || {}).map(([k, v]) => `${k}=${v}`);
@@ -83,7 +83,7 @@
     showDropped(dropped) {
       this.dropped.hidden = !dropped;
       this.dropped.textContent = dropped
-        ? `${dropped} events dropped: their tag sets were new once ${MAX_SERIES} were kept`
+        ? `${dropped} events dropped: their tag sets were new once ${maxSeries} were kept`
         : "";
     }
 
@@ -317,6 +317,7 @@
       // Each stream (a reconnection too) starts with the recent events again: replace the
       // tail rather than show them twice.
       $("#events tbody").textContent = "";
+      maxSeries = hello.max_series;
       setDefinitions(hello.metrics);
       hello.history.forEach((frame, i) => applyFrame(frame, i === hello.history.length - 1));
       badge.textContent = "live";
