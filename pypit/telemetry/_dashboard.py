@@ -29,7 +29,7 @@ import attrs
 from pypit._checks import check_seconds
 from pypit._log import get_logger
 from pypit.telemetry._catalog import CATALOG
-from pypit.telemetry._dashboard_http import Feed, Routes, Server
+from pypit.telemetry._dashboard_http import Feed, Routes, Server, host_port
 from pypit.telemetry._dashboard_state import MetricStore, Samples, Tail, describe
 from pypit.telemetry._metrics import Metric
 from pypit.telemetry._registry import (
@@ -49,6 +49,8 @@ _log = get_logger("telemetry")
 _ids = itertools.count(1)
 
 _SAMPLED: Final = [("pypit", "python", "memory", "sampled"), ("pypit", "python", "cpu", "sampled")]
+MIN_INTERVAL: Final = 0.05
+"""The shortest interval between two frames: twenty a second."""
 _ASKED_FOR: Final = 10.0
 """Seconds the pools keep being read after a snapshot was asked for."""
 _COUNTERS: Final = ("requests", "completed", "failed", "rejected")
@@ -66,6 +68,7 @@ class _Watched:
     """One pool handed to the dashboard, and what was last read of it."""
 
     name: str
+    pool: object
     read: Callable[[], tuple[PoolStatus, tuple[WorkerStatus, ...]]]
     blocking: bool
     """A blocking pool is read from the dashboard's threads; an async one by a task on its
@@ -93,6 +96,7 @@ class PoolWatch:
         self._dashboard = dashboard
         self._watched = _Watched(
             pool.name,
+            pool,
             lambda: (pool.status(), pool.worker_status()),
             blocking=isinstance(pool, SyncPool),
         )
@@ -103,8 +107,12 @@ class PoolWatch:
             raise TypeError(
                 "a pool from open_pool is watched with `async with dashboard.watch(pool)`"
             )
-        self._watched.refresh()
         self._dashboard._add(self._watched)
+        try:
+            self._watched.refresh()
+        except BaseException:
+            self._dashboard._remove(self._watched)
+            raise
         return self
 
     def __exit__(
@@ -118,8 +126,12 @@ class PoolWatch:
     async def __aenter__(self) -> PoolWatch:
         if self._watched.blocking:
             raise TypeError("a pool from start_pool is watched with `with dashboard.watch(pool)`")
-        self._watched.refresh()
         self._dashboard._add(self._watched)
+        try:
+            self._watched.refresh()
+        except BaseException:
+            self._dashboard._remove(self._watched)
+            raise
         tasks = anyio.create_task_group()
         await tasks.__aenter__()
         tasks.start_soon(self._read_periodically)
@@ -161,8 +173,9 @@ class DashboardReporter(_Reporter):
 
     ``address`` is ``127.0.0.1`` unless given: the page shows metadata of events and the
     pool's state to whoever reaches the port, with no authentication. ``port=0`` picks a
-    free port (see :attr:`port` and :attr:`url`). ``interval`` is the seconds between two
-    frames of the stream.
+    free port (see :attr:`port` and :attr:`url`); an IPv6 address (``"::1"``) is served
+    over IPv6. ``interval`` is the seconds between two frames of the stream, at least
+    :data:`MIN_INTERVAL`.
 
     With no page open, it costs the application its metric handlers and a read of each
     watched pool's state per interval skipped at the cost of a clock read.
@@ -182,6 +195,11 @@ class DashboardReporter(_Reporter):
         if not isinstance(address, str) or not address:
             raise TypeError(f"address must be a host name or an IP address, not {address!r}")
         self.interval = check_seconds("interval", interval, positive=True)
+        if self.interval < MIN_INTERVAL:
+            raise ValueError(
+                f"interval must be at least {MIN_INTERVAL} seconds (twenty frames a "
+                f"second), not {interval!r}"
+            )
         self._requested_port = port
         self._address = address
         self._store = MetricStore(self.metrics)
@@ -206,9 +224,7 @@ class DashboardReporter(_Reporter):
         """The page's address while started (None before)."""
         if self.port is None:
             return None
-        host = self._address
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}/"
+        return f"http://{host_port(self._address, self.port)}/"
 
     def watch(self, pool: Pool | SyncPool) -> PoolWatch:
         """Show ``pool`` (its status, its workers) while the returned context is entered.
@@ -288,6 +304,8 @@ class DashboardReporter(_Reporter):
 
     def _add(self, watched: _Watched) -> None:
         with self._pools_lock:
+            if any(w.pool is watched.pool for w in self._pools):
+                raise ValueError(f"the dashboard already watches the pool {watched.name!r}")
             self._pools = [*self._pools, watched]
 
     def _remove(self, watched: _Watched) -> None:
@@ -357,7 +375,12 @@ class DashboardReporter(_Reporter):
         return [describe(index, metric) for index, metric in enumerate(self.metrics)]
 
     def _hello(self) -> dict[str, Any]:
-        return {"version": 1, "interval": self.interval, "metrics": self._definitions()}
+        return {
+            "version": 1,
+            "interval": self.interval,
+            "max_series": self._store.max_series,
+            "metrics": self._definitions(),
+        }
 
     def _frame(self) -> dict[str, Any]:
         pools = self._read_blocking_pools()
@@ -365,22 +388,21 @@ class DashboardReporter(_Reporter):
         return {
             "time": time.time(),
             "metrics": self._store.frame(),
+            "dropped": self._store.dropped(),
             "pools": [view for view in views if view is not None],
         }
 
     def _snapshot(self, prefix: str) -> dict[str, Any]:
         self._asked_at = time.monotonic()
+        # An async pool is read on its own loop: the snapshot holds its latest read, at
+        # once, and its loop reads it each interval from now on.
         pools = self._read_blocking_pools()
-        # A pool's own loop reads it each interval once someone looks: wait for a read
-        # newer than the question, if the last one is old.
-        deadline = time.monotonic() + 2 * self.interval
-        while time.monotonic() < deadline and any(
-            time.monotonic() - w.read_at > 2 * self.interval for w in pools
-        ):
-            time.sleep(0.02)
         definitions = self._definitions()
-        for definition, series in zip(definitions, self._store.totals(), strict=True):
+        for definition, series, dropped in zip(
+            definitions, self._store.totals(), self._store.dropped(), strict=True
+        ):
             definition["series"] = series
+            definition["dropped"] = dropped
         views = [self._pool_view(watched, rates=False) for watched in pools]
         return {
             "version": 1,

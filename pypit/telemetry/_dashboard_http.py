@@ -17,11 +17,15 @@ Both API routes take ``?events=PREFIX``: only events whose dotted name starts wi
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import socket
+import sys
 import threading
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Final
@@ -35,6 +39,22 @@ _log = get_logger("telemetry")
 
 HISTORY: Final = 300
 """Frames kept for a page that opens while another is open."""
+
+MAX_STREAMS: Final = 32
+"""Streams open at once; one more is refused with 503."""
+
+MAX_CONNECTIONS: Final = 64
+"""Connections served at once (streams included); one more is answered 503 and closed."""
+
+BACKLOG: Final = 128
+"""Connections the listener queues before they are accepted."""
+
+REQUEST_DEADLINE: Final = 10.0
+"""Seconds a client has to send its whole request (its line and headers): a client that
+sends a header now and then cannot hold a thread of the server."""
+
+CLOSE_WAIT: Final = 2.0
+"""Seconds ``close()`` waits for the request threads once their sockets are shut down."""
 
 _TYPES: Final = {
     ".html": "text/html; charset=utf-8",
@@ -50,11 +70,49 @@ _PAGE_POLICY: Final = (
 
 
 def _fallback(value: object) -> object:
-    """Metadata values JSON cannot hold (an exception, a span context) as their repr."""
-    return repr(value)
+    """Metadata values JSON cannot hold (an exception, a span context) as their repr, or a
+    placeholder naming their type when even that fails: never raises."""
+    try:
+        return repr(value)
+    except Exception:
+        try:
+            name = type(value).__name__
+        except Exception:
+            name = "object"
+        return f"<unrepresentable {name}>"
 
 
 encoder = msgspec.json.Encoder(enc_hook=_fallback)
+
+
+def _value(value: object) -> msgspec.Raw:
+    """One value as JSON, or as the text of :func:`_fallback` when it cannot be encoded (a
+    dict with keys JSON cannot hold, a list that holds itself)."""
+    try:
+        return msgspec.Raw(encoder.encode(value))
+    except Exception:
+        return msgspec.Raw(encoder.encode(_fallback(value)))
+
+
+def _key(key: object) -> str:
+    return key if isinstance(key, str) else str(_fallback(key))
+
+
+def encode_events(events: Iterable[dict[str, Any]]) -> list[msgspec.Raw]:
+    """Each event as JSON on its own: a value that cannot be encoded becomes its text, and
+    one such event never breaks the stream or the snapshot that carry it."""
+    encoded = []
+    for event in events:
+        try:
+            encoded.append(msgspec.Raw(encoder.encode(event)))
+        except Exception:
+            safe = {
+                **event,
+                "measurements": {_key(k): _value(v) for k, v in event["measurements"].items()},
+                "metadata": {_key(k): _value(v) for k, v in event["metadata"].items()},
+            }
+            encoded.append(msgspec.Raw(encoder.encode(safe)))
+    return encoded
 
 
 def assets() -> dict[str, tuple[bytes, str]]:
@@ -104,11 +162,14 @@ class Feed:
     def open_streams(self) -> int:
         return self._streams
 
-    def join(self) -> bool:
-        """Count one more open stream (starting the ticker); False once closed."""
+    def join(self) -> str | None:
+        """Count one more open stream (starting the ticker); why not, once closed or when
+        :data:`MAX_STREAMS` are open."""
         with self._changed:
             if self._closed:
-                return False
+                return "the dashboard is stopping"
+            if self._streams >= MAX_STREAMS:
+                return f"too many streams open ({MAX_STREAMS}): close one and retry"
             self._streams += 1
             if self._ticker is None:
                 self._on_open()
@@ -117,7 +178,7 @@ class Feed:
                     target=self._tick, name="pypit-dashboard-ticker", daemon=True
                 )
                 self._ticker.start()
-            return True
+            return None
 
     def leave(self) -> None:
         with self._changed:
@@ -149,7 +210,10 @@ class Feed:
                 if self._closed:
                     return
                 if not self._streams:
+                    # The next stream starts from frames of its own, not this session's.
                     self._ticker = None
+                    self._latest = None
+                    self.history.clear()
                     self._on_idle()
                     return
             try:
@@ -186,14 +250,21 @@ class Routes:
 
 class _Handler(BaseHTTPRequestHandler):
     routes: Routes
+    server: _HTTPServer
     server_version = "pypit-dashboard"
-    # A reader that stops reading cannot hold a thread of the server for ever.
+    # A reader that stops reading cannot hold a thread of the server for ever; one that
+    # sends its request slowly is cut at REQUEST_DEADLINE (_HTTPServer.service_actions).
     timeout = 30
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.await_request(self.request)
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("dashboard request", request=format % args)
 
     def do_GET(self) -> None:
+        self.server.request_read(self.request)
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         prefix = query.get("events", [""])[0]
@@ -203,7 +274,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith("/static/"):
             self._asset(path.removeprefix("/static/"))
         elif path == "/api/snapshot":
-            self._send(200, "application/json", encoder.encode(self.routes.snapshot(prefix)))
+            snapshot = self.routes.snapshot(prefix)
+            snapshot["events"] = encode_events(snapshot["events"])
+            self._send(200, "application/json", encoder.encode(snapshot))
         elif path == "/api/stream":
             self._stream(prefix)
         else:
@@ -231,8 +304,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, prefix: str) -> None:
         routes = self.routes
-        if not routes.feed.join():
-            self._send(503, "text/plain; charset=utf-8", b"the dashboard is stopping\n")
+        refused = routes.feed.join()
+        if refused is not None:
+            self._send(503, "text/plain; charset=utf-8", f"{refused}\n".encode())
             return
         try:
             self.send_response(200)
@@ -253,9 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
                 events = routes.tail.since(seen_events, prefix)
                 if events:
                     seen_events = events[-1]["seq"]
-                self._event("frame", encoder.encode({**frame, "events": events}))
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass
+                self._event("frame", encoder.encode({**frame, "events": encode_events(events)}))
         finally:
             routes.feed.leave()
 
@@ -265,19 +337,129 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+_GONE: Final = frozenset({errno.EBADF, errno.ENOTCONN, errno.ESHUTDOWN, errno.EPIPE})
+"""What a socket says once its connection was shut down or closed."""
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """The threading server, bounded: at most :data:`MAX_CONNECTIONS` served at once, each
+    request read within :data:`REQUEST_DEADLINE`, and every connection shut down on close,
+    so that no client can keep ``close()`` waiting."""
+
+    request_queue_size = BACKLOG
+    # Request threads are never joined for ever: close() shuts their sockets down and
+    # waits CLOSE_WAIT at most.
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[socket.socket, threading.Thread | None] = {}
+        self._deadlines: dict[socket.socket, float] = {}
+        self._closing = False
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            refused = self._closing or len(self._open) >= MAX_CONNECTIONS
+            if not refused:
+                self._open[request] = None
+        if refused:
+            self._refuse(request)
+            return
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name="pypit-dashboard-request",
+            daemon=True,
+        )
+        with self._lock:
+            self._open[request] = thread
+        thread.start()
+
+    def _refuse(self, request: socket.socket) -> None:
+        body = f"too many connections open ({MAX_CONNECTIONS}): close one and retry\n".encode()
+        head = (
+            "HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(head + body)
+        self.shutdown_request(request)
+
+    def await_request(self, request: socket.socket) -> None:
+        """Cut ``request``'s connection unless its request is read within the deadline."""
+        with self._lock:
+            self._deadlines[request] = time.monotonic() + REQUEST_DEADLINE
+
+    def request_read(self, request: socket.socket) -> None:
+        with self._lock:
+            self._deadlines.pop(request, None)
+
+    def service_actions(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            late = [request for request, due in self._deadlines.items() if due < now]
+            for request in late:
+                del self._deadlines[request]
+        for request in late:
+            _cut(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._open.pop(request, None)
+            self._deadlines.pop(request, None)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away (reset, broken pipe, cut by a deadline or by close())
+        # is no error; anything else is logged, never printed on the application's stderr.
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError) or (
+            isinstance(error, OSError) and error.errno in _GONE
+        ):
+            return
+        _log.error("the dashboard failed on a request", error=repr(error))
+
+    def close_connections(self) -> list[threading.Thread]:
+        """Refuse new connections, shut down every open one (a handler blocked writing to
+        a client that does not read returns); the threads serving them."""
+        with self._lock:
+            self._closing = True
+            open_now = dict(self._open)
+        for request in open_now:
+            _cut(request)
+        return [thread for thread in open_now.values() if thread is not None]
+
+
+def _cut(request: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        request.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
+
+
+def host_port(address: str, port: int) -> str:
+    """``address:port``, an IPv6 address in brackets."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 class Server:
     """The HTTP server on its thread."""
 
     def __init__(self, routes: Routes, address: str, port: int) -> None:
         handler = type("DashboardHandler", (_Handler,), {"routes": routes})
+        server_class = _HTTPServer6 if ":" in address else _HTTPServer
         try:
-            self._server = ThreadingHTTPServer((address, port), handler)
+            self._server = server_class((address, port), handler)
         except OSError as exc:
-            message = f"the dashboard cannot listen on {address}:{port}: {exc.strerror or exc}"
+            message = (
+                f"the dashboard cannot listen on {host_port(address, port)}: {exc.strerror or exc}"
+            )
             raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from exc
-        # Each request's thread is joined on close: the streams end as the feed closes.
-        self._server.daemon_threads = False
-        self._server.block_on_close = True
         self.address = address
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
@@ -289,7 +471,10 @@ class Server:
         self._thread.start()
 
     def close(self) -> None:
-        started = time.monotonic()
+        """Stop accepting, end every connection, and wait a little for their threads."""
         self._server.shutdown()
         self._server.server_close()
-        self._thread.join(timeout=max(0.0, 10 - (time.monotonic() - started)))
+        self._thread.join(timeout=CLOSE_WAIT)
+        deadline = time.monotonic() + CLOSE_WAIT
+        for thread in self._server.close_connections():
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))

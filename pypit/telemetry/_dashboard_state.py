@@ -30,6 +30,10 @@ WINDOW: Final = 1024
 """Values of a summary or distribution kept per tag set between two frames (the latest):
 enough for percentiles, and little work for the thread that builds the frame."""
 
+MAX_SERIES: Final = 500
+"""Tag sets kept per metric: the events of a new tag set beyond them are counted as
+dropped, so that a tag of many values (a request id) cannot make the dashboard grow."""
+
 TAIL: Final = 4096
 """Recent events kept for the tail."""
 
@@ -73,10 +77,12 @@ def buckets(metric: Metric) -> tuple[float, ...]:
 class _Cells:
     """One metric's values, by tag set."""
 
-    __slots__ = ("counts", "last", "metric", "sums", "tags", "window")
+    __slots__ = ("counts", "dropped", "last", "metric", "sums", "tags", "window")
 
     def __init__(self, metric: Metric) -> None:
         self.metric = metric
+        self.dropped = 0
+        """Events not recorded: their tag set was new once :data:`MAX_SERIES` were kept."""
         self.tags: dict[TagKey, dict[str, Any]] = {}
         self.sums: dict[TagKey, float] = {}
         self.counts: dict[TagKey, int] = {}
@@ -95,6 +101,7 @@ class MetricStore:
     """
 
     def __init__(self, metrics: Iterable[Metric]) -> None:
+        self.max_series = MAX_SERIES
         self._cells = {metric: _Cells(metric) for metric in metrics}
         self._order = list(self._cells)
         self._previous: dict[Metric, dict[TagKey, float]] = {}
@@ -104,6 +111,7 @@ class MetricStore:
         """The function that records one event's contribution to ``metric``."""
         cells = self._cells[metric]
         names, tag_values, keep = metric.tags, metric.tag_values, metric.keep
+        max_series = self.max_series
         spec, factor, kind = metric.measurement, metric.factor, metric.kind
         measure = spec if callable(spec) else None
         tags, sums, counts, last, windows = (
@@ -123,7 +131,16 @@ class MetricStore:
                     value *= factor
             source = metadata if tag_values is None else tag_values(metadata)
             key = tuple(map(source.get, names))
-            if key not in tags:
+            try:
+                known = key in tags
+            except TypeError:
+                # A value that cannot be a key (a list) counts by its text.
+                key = tuple(_hashable(value) for value in key)
+                known = key in tags
+            if not known:
+                if len(tags) >= max_series:
+                    cells.dropped += 1
+                    return
                 tags[key] = dict(zip(names, key, strict=True))
             if kind == "last_value":
                 last[key] = value
@@ -138,6 +155,10 @@ class MetricStore:
             window.append(value)
 
         return record
+
+    def dropped(self) -> list[int]:
+        """Each metric's events not recorded for want of room for their tag set."""
+        return [self._cells[metric].dropped for metric in self._order]
 
     def totals(self) -> list[list[dict[str, Any]]]:
         """Each metric's values since it started: totals of counters and sums, last values,
@@ -199,6 +220,17 @@ class MetricStore:
                 ]
             shown.append(series)
         return shown
+
+
+def _hashable(value: object) -> object:
+    try:
+        hash(value)
+    except TypeError:
+        try:
+            return repr(value)
+        except Exception:
+            return f"<unrepresentable {type(value).__name__}>"
+    return value
 
 
 def _drain(window: deque[float]) -> list[float]:

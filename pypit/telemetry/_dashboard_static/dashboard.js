@@ -14,6 +14,7 @@
   let source = null;
   let filter = "";
   let frames = 0;
+  let maxSeries = null;          // tag sets the server keeps per metric (hello)
 
   function tagLabel(tags) {
     const parts = Object.entries(tags || {}).map(([k, v]) => `${k}=${v}`);
@@ -65,6 +66,9 @@
         distribution: `distribution: histogram of the last ${HISTOGRAM_FRAMES} intervals${unit}`,
       }[definition.kind];
       this.card.append(element("div", {"class": "kind"}, what));
+      this.dropped = element("div", {"class": "kind dropped"});
+      this.dropped.hidden = true;
+      this.card.append(this.dropped);
       this.target = element("div", {"class": "plot"});
       this.card.append(this.target);
       container.append(this.card);
@@ -74,6 +78,13 @@
       this.plot = null;
       this.shape = "";
       this.points = 0;
+    }
+
+    showDropped(dropped) {
+      this.dropped.hidden = !dropped;
+      this.dropped.textContent = dropped
+        ? `${dropped} events dropped: their tag sets were new once ${maxSeries} were kept`
+        : "";
     }
 
     push(time, series) {
@@ -274,7 +285,7 @@
   function addEvents(events) {
     const body = $("#events tbody");
     for (const event of events) {
-      const row = element("tr", {"data-event": event.name});
+      const row = element("tr", {"data-event": event.name, "data-seq": event.seq});
       const when = new Date(event.time * 1000).toLocaleTimeString([], {hour12: false});
       row.append(element("td", {}, when), element("td", {}, event.name),
                  element("td", {"class": "kv"}, pairs(event.measurements)),
@@ -288,6 +299,7 @@
 
   function applyFrame(frame, draw) {
     frame.metrics.forEach((series, i) => { if (charts[i]) charts[i].push(frame.time, series); });
+    (frame.dropped || []).forEach((dropped, i) => { if (charts[i]) charts[i].showDropped(dropped); });
     if (draw) {
       for (const chart of charts) chart.draw();
       renderPools(frame.pools);
@@ -302,6 +314,10 @@
     const badge = $("#connection");
     source.addEventListener("hello", (message) => {
       const hello = JSON.parse(message.data);
+      // Each stream (a reconnection too) starts with the recent events again: replace the
+      // tail rather than show them twice.
+      $("#events tbody").textContent = "";
+      maxSeries = hello.max_series;
       setDefinitions(hello.metrics);
       hello.history.forEach((frame, i) => applyFrame(frame, i === hello.history.length - 1));
       badge.textContent = "live";
