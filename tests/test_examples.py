@@ -62,7 +62,12 @@ def test_ctrl_c_stops_the_demo_at_once_and_it_prints_its_summary() -> None:
             for line in program.stdout:
                 if "is up" in line:
                     break
-            workers = [child.pid for child in psutil.Process(program.pid).children()]
+            # Both workers, however soon after "is up" this looks (a replacement may be
+            # starting); 10 s is a liveness bound.
+            deadline = time.monotonic() + 10
+            while len(workers) < 2 and time.monotonic() < deadline:
+                workers = [child.pid for child in psutil.Process(program.pid).children()]
+                time.sleep(0.05)
             time.sleep(1.0)
             interrupted = time.monotonic()
             program.send_signal(signal.SIGINT)
