@@ -15,6 +15,7 @@ import pytest
 
 from examples import demo
 from pypit import telemetry
+from tests.processes import kill, running
 
 ROOT = Path(__file__).parents[1]
 
@@ -56,7 +57,7 @@ def test_ctrl_c_stops_the_demo_at_once_and_it_prints_its_summary() -> None:
         env=env,
         text=True,
     ) as program:
-        workers: list[int] = []
+        workers: list[psutil.Process] = []
         try:
             assert program.stdout is not None
             for line in program.stdout:
@@ -66,7 +67,7 @@ def test_ctrl_c_stops_the_demo_at_once_and_it_prints_its_summary() -> None:
             # starting); 10 s is a liveness bound.
             deadline = time.monotonic() + 10
             while len(workers) < 2 and time.monotonic() < deadline:
-                workers = [child.pid for child in psutil.Process(program.pid).children()]
+                workers = psutil.Process(program.pid).children()
                 time.sleep(0.05)
             time.sleep(1.0)
             interrupted = time.monotonic()
@@ -75,13 +76,11 @@ def test_ctrl_c_stops_the_demo_at_once_and_it_prints_its_summary() -> None:
             took = time.monotonic() - interrupted
         finally:
             program.kill()
-            for pid in workers:
-                if psutil.pid_exists(pid):
-                    os.kill(pid, signal.SIGKILL)
+            kill(workers)
 
     assert took < 5.0
     assert len(workers) == 2
-    assert not [pid for pid in workers if psutil.pid_exists(pid)]
+    assert not [worker for worker in workers if running(worker)]
     assert program.returncode == 0, err
     assert "\ninterrupted: " in out
     tally = out.split("events seen:")[1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import psutil
 import pytest
 
 from pypit import _proctree
+from tests.processes import kill, track
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the tree is read from /proc"
@@ -52,12 +52,11 @@ def tree() -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
     with subprocess.Popen(["sh", "-c", TREE], stdout=subprocess.PIPE, text=True) as shell:
         assert shell.stdout is not None
         children = [int(pid) for pid in shell.stdout.readline().split()]
+        family = track([shell.pid, *children])
         try:
             yield shell, children
         finally:
-            for pid in [shell.pid, *children]:
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+            kill(family)
 
 
 def test_descendants_are_found_in_any_session(

@@ -23,6 +23,7 @@ import pytest
 from pypit import telemetry
 from pypit.pool import open_pool
 from tests.pool.conftest import adapter, options, wait_until
+from tests.processes import kill, running, track
 
 ROOT = Path(__file__).parents[2]
 PARENT = Path(__file__).with_name("orphan_parent.py")
@@ -36,36 +37,26 @@ LINUX = pytest.mark.skipif(
 pytestmark = LINUX
 
 
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def kill(pids: Iterable[int]) -> None:
-    """SIGKILL whichever of ``pids`` is still alive (stopped ones too)."""
-    for pid in pids:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
-def left_after(pids: Iterable[int], seconds: float = GONE_WITHIN) -> list[int]:
-    """Those of ``pids`` still alive once they all died or ``seconds`` passed."""
-    pids = list(pids)
+def left_after(
+    processes: Iterable[psutil.Process], seconds: float = GONE_WITHIN
+) -> list[psutil.Process]:
+    """Those of ``processes`` still running once they all ended or ``seconds`` passed."""
+    processes = list(processes)
     deadline = time.monotonic() + seconds
-    while any(map(alive, pids)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return [pid for pid in pids if alive(pid)]
+    while any(map(running, processes)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [process for process in processes if running(process)]
 
 
-async def left_after_async(pids: Iterable[int], seconds: float = GONE_WITHIN) -> list[int]:
+async def left_after_async(
+    processes: Iterable[psutil.Process], seconds: float = GONE_WITHIN
+) -> list[psutil.Process]:
     """:func:`left_after`, without blocking the event loop."""
-    pids = list(pids)
+    processes = list(processes)
     with anyio.move_on_after(seconds):
-        while any(map(alive, pids)):
-            await anyio.sleep(0.02)
-    return [pid for pid in pids if alive(pid)]
+        while any(map(running, processes)):
+            await anyio.sleep(0.01)
+    return [process for process in processes if running(process)]
 
 
 def threads() -> set[int]:
@@ -130,14 +121,15 @@ async def test_closing_the_pool_ends_what_the_tools_started_in_any_group() -> No
     """Once the pool closed, no process a tool started is left: not a child in the
     worker's process group, not one that called setsid(), not a daemon whose parent had
     exited."""
-    started: dict[str, int] = {}
+    started: list[psutil.Process] = []
     try:
         async with open_pool(adapter(), **options()) as pool:
-            started = await pool.execute("spawn_escapers")
-            assert all(map(alive, started.values()))
-        left = await left_after_async(started.values())
+            started = track((await pool.execute("spawn_escapers")).values())
+            assert len(started) == 3
+            assert all(map(running, started))
+        left = await left_after_async(started)
     finally:
-        kill(started.values())
+        kill(started)
     assert left == []
 
 
@@ -145,16 +137,15 @@ async def test_closing_the_pool_ends_what_the_tools_started_in_any_group() -> No
 async def test_a_stopped_worker_is_killed_with_everything_below_it() -> None:
     """A worker stopped (SIGSTOP) when the pool closes cannot end what its tools started:
     the pool kills it and every process below it, in its group or not."""
-    started: dict[str, int] = {}
-    worker = 0
+    family: list[psutil.Process] = []
     try:
         async with open_pool(adapter(), **options(stop_grace=0.2)) as pool:
             started = await pool.execute("spawn_escapers")
-            worker = pool.workers()["default_worker_1"]
-            os.kill(worker, signal.SIGSTOP)
-        left = await left_after_async([worker, *started.values()])
+            family = track([pool.workers()["default_worker_1"], *started.values()])
+            family[0].suspend()
+        left = await left_after_async(family)
     finally:
-        kill([worker, *started.values()] if worker else started.values())
+        kill(family)
     assert left == []
 
 
@@ -163,22 +154,22 @@ async def test_a_stopped_worker_is_stopped_within_stop_grace() -> None:
     """A worker stopped (SIGSTOP) while the pool closes does not answer the request to
     stop; after stop_grace it gets SIGTERM and SIGCONT, and acts on it at once, instead of
     holding SIGTERM until the SIGKILL of a second stop_grace."""
-    worker = 0
+    worker: list[psutil.Process] = []
     try:
         # The default stop_grace, which options() shortens for other tests.
         async with open_pool(adapter(), **options(stop_grace=3.0)) as pool:
-            worker = pool.workers()["default_worker_1"]
-            os.kill(worker, signal.SIGSTOP)
-            while psutil.Process(worker).status() != psutil.STATUS_STOPPED:
+            worker = track([pool.workers()["default_worker_1"]])
+            worker[0].suspend()
+            while worker[0].status() != psutil.STATUS_STOPPED:
                 await anyio.sleep(0.005)
             closing = anyio.current_time()
         closed = anyio.current_time() - closing
     finally:
-        kill([worker] if worker else [])
+        kill(worker)
     # A liveness bound, not a timing: twice the default stop_grace (6 s) fails it, one
     # stop_grace (3 s) and the moment SIGTERM takes pass with 2 s to spare.
     assert closed < 5.0
-    assert not alive(worker)
+    assert not running(worker[0])
 
 
 @pytest.mark.parametrize("stopped", [False, True], ids=["running", "stopped"])
@@ -187,7 +178,7 @@ def test_sigkilled_parent_leaves_no_process(backend: str, stopped: bool) -> None
     """Within 3 s of the parent's SIGKILL, no process is left of its pool: no worker, even
     a stopped one (SIGSTOP), and nothing a tool started, in the worker's group, in a
     session of its own, or a daemon whose parent had exited."""
-    pids: list[int] = []
+    family: list[psutil.Process] = []
     with subprocess.Popen(
         [sys.executable, str(PARENT), backend],
         stdin=subprocess.PIPE,
@@ -202,10 +193,11 @@ def test_sigkilled_parent_leaves_no_process(backend: str, stopped: bool) -> None
             workers: list[int] = report["workers"]
             started = {pid for family in report["started"] for pid in family.values()}
             below = {p.pid for w in workers for p in psutil.Process(w).children(recursive=True)}
-            pids = sorted({*workers, *below, *started})
+            family = track(sorted({*workers, *below, *started}))
             assert len(workers) == 2
             assert len(started) == 6
-            assert all(map(alive, pids))
+            assert len(family) == len({*workers, *below, *started})
+            assert all(map(running, family))
             if stopped:
                 for worker in workers:
                     os.kill(worker, signal.SIGSTOP)
@@ -215,10 +207,10 @@ def test_sigkilled_parent_leaves_no_process(backend: str, stopped: bool) -> None
 
             parent.send_signal(signal.SIGKILL)
             parent.wait()
-            left = left_after(pids)
+            left = left_after(family)
         finally:
             parent.kill()
-            kill(pids)
+            kill(family)
     assert left == []
     # Even the daemons were below a worker: it adopted them when their shell exited.
     assert started <= below

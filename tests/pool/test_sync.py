@@ -20,6 +20,7 @@ import pytest
 from pypit import ArgumentsError, PoolClosedError, ToolError, telemetry
 from pypit.pool import Pool, SyncPool, start_pool
 from tests.pool.conftest import adapter, options
+from tests.processes import kill, running, track
 
 ROOT = Path(__file__).parents[2]
 INTERRUPTED = Path(__file__).with_name("interrupted_parent.py")
@@ -231,13 +232,6 @@ def test_a_closed_blocking_pool_raises_pool_closed_error(backend: str) -> None:
     assert (status.closed, status.completed, status.total_workers) == (True, 1, 0)
 
 
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def interrupted_run(api: str, backend: str, call: str, path: Path) -> subprocess.Popen[str]:
     """Start ``interrupted_parent.py``; the caller reads its workers and signals it."""
     return subprocess.Popen(
@@ -267,10 +261,11 @@ def test_ctrl_c_cancels_the_calls_and_stops_the_pool_at_once(
     and the program exits within a few seconds (not the shutdown_timeout a drain would
     wait), leaving no worker behind."""
     started = tmp_path / "started"
+    workers: list[psutil.Process] = []
     with interrupted_run(api, backend, "record", started) as program:
         try:
             assert program.stdout is not None
-            workers: list[int] = json.loads(program.stdout.readline())
+            workers = track(json.loads(program.stdout.readline()))
             wait_for(started.exists, "the call to start")
             interrupted = time.monotonic()
             program.send_signal(signal.SIGINT)
@@ -278,13 +273,11 @@ def test_ctrl_c_cancels_the_calls_and_stops_the_pool_at_once(
             took = time.monotonic() - interrupted
         finally:
             program.kill()
-            for pid in workers:
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+            kill(workers)
 
     # A drain would wait shutdown_timeout (10 s) for the call.
     assert took < 8.0
-    assert [pid for pid in workers if alive(pid)] == []
+    assert [worker for worker in workers if running(worker)] == []
     assert ("interrupted" in out.split()) == (api == "start_pool")
     assert "stopping: cancelling 1 call" in out
     assert err.rstrip().endswith("KeyboardInterrupt")
@@ -298,13 +291,14 @@ def test_a_second_ctrl_c_kills_the_workers_and_exits_at_once(
     """While the pool stops after a Ctrl-C, waiting for a worker that cannot stop (it is
     frozen: it acts on nothing before SIGTERM and SIGCONT, a stop_grace later), a second
     Ctrl-C kills the workers left and the program exits at once, leaving none."""
+    workers: list[psutil.Process] = []
     with interrupted_run(api, backend, "freeze", tmp_path / "unused") as program:
         try:
             assert program.stdout is not None
-            workers: list[int] = json.loads(program.stdout.readline())
+            workers = track(json.loads(program.stdout.readline()))
 
             def frozen() -> bool:
-                return any(psutil.Process(p).status() == psutil.STATUS_STOPPED for p in workers)
+                return any(worker.status() == psutil.STATUS_STOPPED for worker in workers)
 
             wait_for(frozen, "a worker to freeze")
             program.send_signal(signal.SIGINT)
@@ -317,13 +311,11 @@ def test_a_second_ctrl_c_kills_the_workers_and_exits_at_once(
             took = time.monotonic() - interrupted
         finally:
             program.kill()
-            for pid in workers:
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+            kill(workers)
 
     # A liveness bound; the kill itself is told by the output below.
     assert took < 5.0
-    assert [pid for pid in workers if alive(pid)] == []
+    assert [worker for worker in workers if running(worker)] == []
     assert "stopping now: killing 1 worker" in out
 
 

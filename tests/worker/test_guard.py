@@ -4,7 +4,6 @@ outlives its worker."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.processes import kill, running, track
 
 ROOT = Path(__file__).parents[2]
 
@@ -25,18 +26,11 @@ os._exit(0)
 """
 
 
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="guards are Linux's")
 def test_no_guard_outlives_a_worker_that_exits_at_once() -> None:
     """However soon its worker exits, a guard goes with it. One that stayed would, when
     this process (its pool) exits, take whatever adopted it for its worker, and kill it."""
-    guards = []
+    guards: list[psutil.Process] = []
     for _ in range(20):
         worker = subprocess.run(
             [sys.executable, "-c", EXIT_AT_ONCE, str(os.getpid())],
@@ -45,14 +39,15 @@ def test_no_guard_outlives_a_worker_that_exits_at_once() -> None:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             check=True,
         )
-        guards.append(int(worker.stdout))
-    assert all(guards)
+        assert int(worker.stdout)
+        # Followed from now on (those gone already are left out): by the time it is
+        # looked at again, a pid may be another process's.
+        guards += track([int(worker.stdout)])
 
     deadline = time.monotonic() + 2.0
-    while any(map(alive, guards)) and time.monotonic() < deadline:
+    while any(map(running, guards)) and time.monotonic() < deadline:
         time.sleep(0.01)
-    left = [pid for pid in guards if alive(pid)]
+    left = [guard for guard in guards if running(guard)]
     # Before this process exits, so that none of them acts on it.
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+    kill(left)
     assert left == []
