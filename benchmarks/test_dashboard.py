@@ -2,16 +2,17 @@
 
 A page open is what costs most: the dashboard's metric handlers, its tail of events
 attached to every event, the pool read each interval, and a frame built and sent each
-interval. The page here is a reader of the stream on a thread, as a browser's
-EventSource; rounds alternate, so that both sides see the same workers and the same
-moments of the machine.
+interval. The page here is a reader of the stream in a process of its own, as a
+browser's EventSource is; rounds alternate, so that both sides see the same workers and
+the same moments of the machine.
 """
 
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -43,28 +44,41 @@ def definitions() -> list[metrics.Metric]:
     ]
 
 
+# A page is another process (a browser): its reading costs the application nothing but
+# the server's side of the stream. It says "frame" for each frame it read.
+READER = """
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=10) as stream:
+    for line in stream:
+        if line.startswith(b"event: frame"):
+            print("frame", flush=True)
+"""
+
+
 @contextmanager
 def page_open(url: str) -> Iterator[list[int]]:
-    """A reader of the dashboard's stream while the block runs; the frames it read."""
+    """A reader of the dashboard's stream, in a process of its own, while the block runs;
+    the frames it read."""
     frames = [0]
-    response = urllib.request.urlopen(url + "api/stream", timeout=10)
-    done = threading.Event()
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, url + "api/stream"], stdout=subprocess.PIPE, text=True
+    )
 
-    def read() -> None:
-        for line in response:
-            if line.startswith(b"event: frame"):
-                frames[0] += 1
-            if done.is_set():
-                return
+    def count() -> None:
+        assert reader.stdout is not None
+        for _ in reader.stdout:
+            frames[0] += 1
 
-    reader = threading.Thread(target=read)
-    reader.start()
+    counter = threading.Thread(target=count)
+    counter.start()
     try:
         yield frames
     finally:
-        done.set()
-        reader.join()
-        response.close()
+        reader.terminate()
+        reader.wait(timeout=10)
+        counter.join()
+        assert reader.stdout is not None
+        reader.stdout.close()
 
 
 def test_throughput_dashboard(benchmark: BenchmarkFixture) -> None:

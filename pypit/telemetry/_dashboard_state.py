@@ -108,7 +108,50 @@ class MetricStore:
         self._previous_time: float | None = None
 
     def recorder(self, metric: Metric) -> Callable[[Measurements, Metadata], None]:
-        """The function that records one event's contribution to ``metric``."""
+        """The function that records one event's contribution to ``metric``.
+
+        A metric's event is recorded on the caller's thread, for every call, so the
+        function is made for its metric's shape: the usual one (a measurement by name,
+        tags read from the metadata, no filter) takes a few dictionary operations; any
+        other goes through :meth:`_general`."""
+        cells = self._cells[metric]
+        names, spec, factor, kind = metric.tags, metric.measurement, metric.factor, metric.kind
+        if metric.keep is not None or metric.tag_values is not None or callable(spec):
+            return self._general(metric)
+        sums, counts, windows = cells.sums, cells.counts, cells.window
+        first = names[0] if len(names) == 1 else None
+        general = self._general(metric)
+        if kind not in ("counter", "summary", "distribution"):
+            return general
+        counter = kind == "counter"
+
+        def record(measurements: Measurements, metadata: Metadata) -> None:
+            # The tag set, inline: a helper's call would cost as much as the rest.
+            if first is not None:
+                key: TagKey = (metadata.get(first),)
+            elif names:
+                key = tuple(map(metadata.get, names))
+            else:
+                key = ()
+            try:
+                if counter:
+                    sums[key] += 1
+                    return
+                value = measurements[spec]  # type: ignore[index]
+                if factor != 1.0:
+                    value *= factor
+                sums[key] += value
+                counts[key] += 1
+                windows[key].append(value)
+            except (KeyError, TypeError):
+                # A tag set seen first (or that cannot be a key), or no such measurement:
+                # the general recording makes room for it, or skips the event.
+                general(measurements, metadata)
+
+        return record
+
+    def _general(self, metric: Metric) -> Callable[[Measurements, Metadata], None]:
+        """The recording of any metric; it also makes room for a tag set seen first."""
         cells = self._cells[metric]
         names, tag_values, keep = metric.tags, metric.tag_values, metric.keep
         max_series = self.max_series
