@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 
@@ -140,10 +140,24 @@ def _level(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 
 def _amount(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _check_amount(attribute.name, value)
+
+
+def _check_amount(name: str, value: Any) -> None:
+    """A resource amount as Ray takes it: a finite number >= 0, whole above 1, and below
+    1 a multiple of 0.0001 (Ray's own rules, checked here so that a pool refuses it before
+    any worker starts)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{attribute.name} must be a number >= 0, not {value!r}")
+        raise TypeError(f"{name} must be a number >= 0, not {value!r}")
     if not value >= 0 or value == float("inf"):
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, not {value!r}")
+        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    if value > 1 and value != int(value):
+        raise ValueError(f"{name} must be a whole number above 1 (Ray's rule), not {value!r}")
+    if value < 1 and abs(value * 10_000 - round(value * 10_000)) > 1e-6:
+        raise ValueError(f"{name} below 1 must be a multiple of 0.0001 (Ray's rule), not {value!r}")
+
+
+_RAY_OWN: Final = ("CPU", "GPU", "memory", "object_store_memory")
 
 
 def _resources(value: Any) -> dict[str, float]:
@@ -151,15 +165,12 @@ def _resources(value: Any) -> dict[str, float]:
         raise TypeError(f"resources must be a mapping of str to a number, not {value!r}")
     amounts: dict[str, float] = {}
     for key, amount in value.items():
-        if not isinstance(key, str) or not key or key in ("CPU", "GPU"):
+        if not isinstance(key, str) or not key or key in _RAY_OWN:
             raise ValueError(
                 f"resources must name custom resources (CPU and GPU are num_cpus and "
-                f"num_gpus), not {key!r}"
+                f"num_gpus; memory and object_store_memory are Ray's own), not {key!r}"
             )
-        if isinstance(amount, bool) or not isinstance(amount, int | float):
-            raise TypeError(f"resources[{key!r}] must be a number >= 0, not {amount!r}")
-        if not amount >= 0 or amount == float("inf"):
-            raise ValueError(f"resources[{key!r}] must be a finite number >= 0, not {amount!r}")
+        _check_amount(f"resources[{key!r}]", amount)
         amounts[key] = float(amount)
     return amounts
 
@@ -175,7 +186,7 @@ def _runtime_env(value: Any) -> dict[str, Any] | None:
 def _address(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _text(instance, attribute, value)
-        if not value:
+        if not value.strip():
             raise ValueError(
                 "address must be a Ray address ('auto', 'ray://host:10001', ...) or None"
             )

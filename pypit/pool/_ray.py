@@ -28,6 +28,7 @@ import math
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -38,6 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from pypit._errors import WorkerStartError
 from pypit.pool._channel import Connection, GreetingHandler
 from pypit.pool._launch import LaunchError, WorkerProcess
 from pypit.pool._ray_host import Reply, WorkerHost
@@ -57,6 +59,19 @@ _NEVER_RAN: Final = "never ran"
 no other trace of it on the exception)."""
 
 Wake = Callable[[Callable[[], None]], None]
+
+
+def _check_runtime_env(runtime_env: Mapping[str, Any] | None) -> None:
+    """``ValueError`` (or ``TypeError``) naming ``runtime_env`` for one Ray would refuse
+    when the first actor is created, before any worker starts."""
+    if runtime_env is None:
+        return
+    from ray.runtime_env import RuntimeEnv
+
+    try:
+        RuntimeEnv(**runtime_env)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"runtime_env: {exc}") from None
 
 
 def _waker() -> Wake:
@@ -322,30 +337,83 @@ class RayLauncher:
         self._on_greeting = on_greeting
         self._wake = _waker()
         if not ray.is_initialized():
-            await anyio.to_thread.run_sync(self._init)
+            if self._placement.address is None:
+                await anyio.to_thread.run_sync(self._start_local)
+            else:
+                await self._join(self._placement.address)
+        _check_runtime_env(self._placement.runtime_env)
         placement = self._placement
         self._group = placement_group(
             [placement.bundle()] * self._config.size,
             strategy="SPREAD" if placement.strategy == "spread" else "PACK",
         )
 
-    def _init(self) -> None:
-        address = self._placement.address
-        if address is None:
-            # A Ray of this machine, for this pool alone ("local": never one that runs
-            # already): no dashboard, its files in a directory of its own, removed when the
-            # pool closes.
-            self._directory = tempfile.mkdtemp(prefix="pypit-ray-")
-            ray.init(
-                address="local",
-                include_dashboard=False,
-                _temp_dir=self._directory,
-                log_to_driver=False,
-                configure_logging=False,
+    def _start_local(self) -> None:
+        # A Ray of this machine, for this pool alone ("local": never one that runs
+        # already): no dashboard, its files in a directory of its own, removed when the
+        # pool closes.
+        self._directory = tempfile.mkdtemp(prefix="pypit-ray-")
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            _temp_dir=self._directory,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        self._started_ray = True
+
+    async def _join(self, address: str) -> None:
+        """Connect to the cluster at ``address`` within ``startup_timeout``. Ray's own
+        connection retries without end, and cannot be interrupted: past the timeout (or a
+        cancellation) the pool stops waiting for it, and a connection made after all is
+        closed again."""
+        lock = threading.Lock()
+        gave_up = joined = False
+
+        def join() -> BaseException | None:
+            nonlocal joined
+            try:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            except Exception as exc:
+                return exc
+            with lock:
+                if gave_up:
+                    ray.shutdown()
+                else:
+                    joined = True
+            return None
+
+        timeout = self._config.startup_timeout
+        outcome: list[BaseException | None] = []
+        done = anyio.Event()
+
+        wake = _waker()
+
+        def run() -> None:
+            outcome.append(join())
+            wake(done.set)
+
+        # A daemon thread of its own: one that may run on after the pool gave up must not
+        # keep the process from exiting (an anyio worker thread would).
+        threading.Thread(target=run, name="pypit-ray-join", daemon=True).start()
+        try:
+            with anyio.move_on_after(timeout):
+                await done.wait()
+        finally:
+            with lock:
+                gave_up = not joined
+        error = outcome[0] if outcome else None
+        name = self._config.name
+        if error is not None:
+            raise WorkerStartError(
+                f"pool {name!r}: cannot join the Ray cluster at {address!r}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        if not joined:
+            raise WorkerStartError(
+                f"pool {name!r}: no Ray cluster answered at {address!r} within "
+                f"startup_timeout={timeout:g}s"
             )
-            self._started_ray = True
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
 
     async def launch(
         self, slot: int, worker_id: str, token: str, settings: Mapping[str, str]

@@ -103,6 +103,10 @@ def failed_to_start(
         slot.failure = f"not ready within startup_timeout={startup_timeout:g}s"
     elif handle.kill_reason is not None:
         reason = slot.failure = handle.kill_reason
+    elif returncode is None:
+        # No exit status anybody could read: a Ray actor that died while its worker started.
+        reason = "actor_failed"
+        slot.failure = "its Ray actor died" + (f": {last}" if last else "")
     else:
         reason = "exited"
         slot.failure = describe_exit(returncode) + (f": {last}" if last else "")

@@ -84,6 +84,11 @@ BAD_RAY_SETTINGS = [
     ({"runtime_env": "env"}, TypeError, "runtime_env must be a mapping (Ray's runtime_env)"),
     ({"strategy": "strict_spread"}, ValueError, "strategy must be 'pack' or 'spread'"),
     ({"address": ""}, ValueError, "address must be a Ray address"),
+    ({"address": "   "}, ValueError, "address must be a Ray address"),
+    ({"num_cpus": 1e-9}, ValueError, "num_cpus below 1 must be a multiple of 0.0001"),
+    ({"num_gpus": 1.5}, ValueError, "num_gpus must be a whole number above 1"),
+    ({"resources": {"tpu": 0.00001}}, ValueError, "resources['tpu'] below 1 must be a multiple"),
+    ({"resources": {"memory": 1}}, ValueError, "memory and object_store_memory are Ray's own"),
     ({"address": 6379}, TypeError, "address must be a str, not 6379"),
     ({"num_cpus": 0}, ValueError, "a Ray worker must reserve something"),
 ]

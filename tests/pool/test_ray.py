@@ -396,3 +396,53 @@ def test_a_pool_without_an_address_starts_a_ray_of_its_own_and_stops_it() -> Non
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")
+
+
+async def test_a_runtime_env_ray_refuses_is_refused_before_any_worker_starts() -> None:
+    """A ``runtime_env`` that Ray would refuse when the first actor is made is the pool's
+    ``TypeError``/``ValueError`` naming ``runtime_env``, before any worker starts."""
+    with telemetry.capture((*POOL, "worker", "spawn_started")) as seen:
+        with pytest.raises(TypeError, match=r"runtime_env: runtime_env\['pip'\] must be"):
+            async with open_pool(adapter(), **options(ray=RayWorkers(runtime_env={"pip": 5}))):
+                pass
+    assert seen.events == []
+
+
+JOINS_NOTHING = """
+import sys, time, anyio
+from pypit import WorkerStartError
+from pypit.pool import RayWorkers, open_pool
+
+NOTHING = RayWorkers(address="127.0.0.1:1")  # no Ray cluster listens there
+
+async def main() -> None:
+    try:
+        async with open_pool("tests.adapters:Echo", size=1, startup_timeout=1, ray=NOTHING):
+            raise AssertionError("a pool opened on no cluster")
+    except WorkerStartError as exc:
+        assert "no Ray cluster answered at '127.0.0.1:1'" in str(exc), exc
+    with anyio.move_on_after(1) as scope:
+        async with open_pool("tests.adapters:Echo", size=1, ray=NOTHING):
+            raise AssertionError("a pool opened on no cluster")
+    assert scope.cancelled_caught
+    print("ok")
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+def test_joining_a_cluster_that_does_not_answer_fails_within_startup_timeout() -> None:
+    """An address where no Ray cluster answers fails the pool's start with
+    ``WorkerStartError`` after ``startup_timeout``, and a cancellation of the caller ends
+    the wait at once (Ray's connection retries without end); the process then exits, the
+    abandoned connection attempt with it. In a process of its own: this one has joined
+    the session's cluster already."""
+    done = subprocess.run(
+        [sys.executable, "-c", JOINS_NOTHING, "trio"],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a liveness bound: the process must exit, not wait for Ray
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
