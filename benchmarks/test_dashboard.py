@@ -82,7 +82,11 @@ def page_open(url: str) -> Iterator[list[int]]:
 
 
 def test_throughput_dashboard(benchmark: BenchmarkFixture) -> None:
+    """Rounds of no dashboard, a dashboard with no page open (its metric handlers), and
+    one with a page open: ``ratio`` is the target's (page open / no dashboard),
+    ``ratio_page_alone`` what the page adds to the handlers (page open / no page)."""
     without: list[float] = []
+    no_page: list[float] = []
     with_page: list[float] = []
     frames: list[int] = []
 
@@ -91,22 +95,32 @@ def test_throughput_dashboard(benchmark: BenchmarkFixture) -> None:
             await _callers(pool, 2000)
             for _ in range(ROUNDS):
                 without.append(await _callers(pool, THROUGHPUT_TASKS))
-                with_page.append(await _with_page(pool, frames))
+                no_page.append(await _with_dashboard(pool, frames, page=False))
+                with_page.append(await _with_dashboard(pool, frames, page=True))
 
     benchmark.pedantic(run_async, args=(main,), rounds=1, iterations=1)
     benchmark.extra_info["without_per_s"] = round(statistics.median(without))
+    benchmark.extra_info["no_page_per_s"] = round(statistics.median(no_page))
     benchmark.extra_info["with_page_per_s"] = round(statistics.median(with_page))
     benchmark.extra_info["frames_read"] = sum(frames)
     benchmark.extra_info["ratio"] = round(
         statistics.median(w / n for w, n in zip(with_page, without, strict=True)), 3
     )
+    benchmark.extra_info["ratio_no_page"] = round(
+        statistics.median(w / n for w, n in zip(no_page, without, strict=True)), 3
+    )
+    benchmark.extra_info["ratio_page_alone"] = round(
+        statistics.median(w / n for w, n in zip(with_page, no_page, strict=True)), 3
+    )
     assert sum(frames) > 0
 
 
-async def _with_page(pool: Pool, frames: list[int]) -> float:
+async def _with_dashboard(pool: Pool, frames: list[int], *, page: bool) -> float:
     with metrics.DashboardReporter(definitions(), port=0) as dashboard:
         assert dashboard.url is not None
         async with dashboard.watch(pool):
+            if not page:
+                return await _callers(pool, THROUGHPUT_TASKS)
             with page_open(dashboard.url) as read:
                 rate = await _callers(pool, THROUGHPUT_TASKS)
             frames.append(read[0])
