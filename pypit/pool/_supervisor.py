@@ -234,8 +234,9 @@ class Supervisor:
         )
 
     def _is_closed(self) -> bool:
-        # A method, not the attribute: the flag changes across awaits.
-        return self.closed
+        # A method, not the attribute: the flags change across awaits. A pool that stopped
+        # taking calls (it drains) replaces no worker: nothing is left for a new one.
+        return self.closed or self.scheduler.closed
 
     def _startup_reported(self, *, ready: bool) -> None:
         self._startup_reports += 1

@@ -553,3 +553,24 @@ async def test_running_out_of_file_descriptors_fails_a_start_not_the_pool() -> N
         # The slot's back-off: a few seconds at most.
         await wait_until(lambda: pool.status().available_workers == 1, "the recovery", 30)
         assert await pool.execute("pid") != pid
+
+
+async def test_a_worker_that_dies_while_the_pool_drains_is_not_replaced(tmp_path: Path) -> None:
+    """Once the pool stopped taking calls and drains those in flight, a worker that dies
+    fails its calls and is not replaced: nothing is left for a new one to do."""
+    gate = tmp_path / "gate"
+    with telemetry.capture(SPAWN_STARTED) as seen:
+        async with open_pool(adapter(), **options()) as pool:
+            pid = await pool.execute("pid")
+
+            async def held() -> None:
+                with pytest.raises(WorkerCrashedError):
+                    await pool.execute("hold", {"gate": str(gate)})
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(held)
+                await wait_until(lambda: pool.status().in_flight == 1, "the call to run")
+                tasks.start_soon(pool.aclose)
+                await wait_until(lambda: pool.status().closed, "the pool to drain")
+                os.kill(pid, signal.SIGKILL)
+    assert [e.metadata["reason"] for e in seen.named(*SPAWN_STARTED)] == ["initial"]
