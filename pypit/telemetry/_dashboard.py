@@ -107,13 +107,18 @@ class PoolWatch:
             raise TypeError(
                 "a pool from open_pool is watched with `async with dashboard.watch(pool)`"
             )
+        self._show()
+        return self
+
+    def _show(self) -> None:
+        """Add the pool to the dashboard, read at once (nothing is added if the read
+        fails)."""
         self._dashboard._add(self._watched)
         try:
             self._watched.refresh()
         except BaseException:
             self._dashboard._remove(self._watched)
             raise
-        return self
 
     def __exit__(
         self,
@@ -126,12 +131,7 @@ class PoolWatch:
     async def __aenter__(self) -> PoolWatch:
         if self._watched.blocking:
             raise TypeError("a pool from start_pool is watched with `with dashboard.watch(pool)`")
-        self._dashboard._add(self._watched)
-        try:
-            self._watched.refresh()
-        except BaseException:
-            self._dashboard._remove(self._watched)
-            raise
+        self._show()
         tasks = anyio.create_task_group()
         await tasks.__aenter__()
         tasks.start_soon(self._read_periodically)
