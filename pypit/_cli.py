@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from structlog.typing import EventDict
 
     from pypit._errors import WorkerStartError
+    from pypit.pool import ToolDescription
 
 Command = Callable[[argparse.ArgumentParser, argparse.Namespace], int]
 
@@ -207,8 +208,8 @@ async def _report(adapter: str, python: str | None, pool_options: dict[str, Any]
     from pypit.pool import open_pool
 
     async with open_pool(adapter, size=1, name="check", **pool_options) as pool:
-        # The start times are what the worker reported in its Ready, kept on its handle.
-        (worker,) = (w for w in pool._supervisor.handles() if w is not None and w.ready)
+        (worker,) = pool.worker_status()
+        assert worker.pid is not None  # the pool is open: its worker is ready
         rss = psutil.Process(worker.pid).memory_info().rss
         tools = [
             {
@@ -217,7 +218,7 @@ async def _report(adapter: str, python: str | None, pool_options: dict[str, Any]
                 "description": tool.description,
                 "stream": tool.stream,
                 "async": tool.is_async,
-                "checked": tool.name in pool._supervisor.checks,
+                "checked": _checked(tool),
                 "parameters": None
                 if tool.parameters is None
                 else [
@@ -235,11 +236,25 @@ async def _report(adapter: str, python: str | None, pool_options: dict[str, Any]
     return {
         "adapter": adapter,
         "python": python or sys.executable,
-        "import_seconds": worker.import_time / 1e9,
-        "setup_seconds": worker.setup_time / 1e9,
+        "import_seconds": worker.import_seconds,
+        "setup_seconds": worker.setup_seconds,
         "rss_bytes": rss,
         "tools": tools,
     }
+
+
+def _checked(tool: ToolDescription) -> bool:
+    """Whether the pool checks a call's arguments against the tool's signature: it does
+    when the worker could read it and it is one a function could have."""
+    from pypit._signature import ArgumentCheck
+
+    if tool.parameters is None:
+        return False
+    try:
+        ArgumentCheck(tool.name, tool.parameters)
+    except ValueError:
+        return False
+    return True
 
 
 def _text(report: dict[str, Any]) -> str:

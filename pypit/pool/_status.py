@@ -31,7 +31,9 @@ class WorkerStatus:
     served, ``uptime`` the seconds since it got ready (0 until then); ``restarts`` and
     ``last_exit`` (the reason the slot's last ready worker ended, as the
     ``terminated`` event gives it, or None) span the slot's life. ``failure`` is what
-    the slot's last start failed with, while it fails.
+    the slot's last start failed with, while it fails. ``import_seconds`` and
+    ``setup_seconds`` are what the current process took to import its adapter and to set
+    it up (instantiation and ``setup()``), 0.0 until it is ready.
     """
 
     pool_name: str
@@ -45,6 +47,8 @@ class WorkerStatus:
     restarts: int
     last_exit: str | None
     failure: str | None
+    import_seconds: float = 0.0
+    setup_seconds: float = 0.0
 
 
 def worker_status(supervisor: Supervisor) -> tuple[WorkerStatus, ...]:
@@ -56,16 +60,17 @@ def worker_status(supervisor: Supervisor) -> tuple[WorkerStatus, ...]:
         handle = handles[slot.index]
         pid = node = None
         calls = in_flight = 0
-        uptime = 0.0
-        if handle is None:
+        uptime = imported = set_up = 0.0
+        if handle is None or (supervisor.closed and not handle.process.running):
             state = "stopped" if supervisor.closed else "down" if slot.down else "starting"
         else:
             pid, node = handle.pid, handle.process.node
             calls, in_flight = handle.total_commands, handle.in_flight
             if not handle.ready:
-                state = "starting"
+                state = "stopping" if supervisor.closed else "starting"
             else:
                 uptime = (now - handle.ready_at) / 1e9
+                imported, set_up = handle.import_time / 1e9, handle.setup_time / 1e9
                 if handle.lost_reason is not None:
                     state = "reconnecting"
                 elif not handle.accepting:
@@ -85,6 +90,8 @@ def worker_status(supervisor: Supervisor) -> tuple[WorkerStatus, ...]:
                 restarts=slot.restarts,
                 last_exit=slot.last_exit or None,
                 failure=slot.failure or None,
+                import_seconds=imported,
+                setup_seconds=set_up,
             )
         )
     return tuple(statuses)

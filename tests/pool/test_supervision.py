@@ -574,3 +574,26 @@ async def test_a_worker_that_dies_while_the_pool_drains_is_not_replaced(tmp_path
                 await wait_until(lambda: pool.status().closed, "the pool to drain")
                 os.kill(pid, signal.SIGKILL)
     assert [e.metadata["reason"] for e in seen.named(*SPAWN_STARTED)] == ["initial"]
+
+
+async def test_worker_status_tells_each_slot_s_worker_and_its_history() -> None:
+    """``worker_status()`` gives each slot's worker: its pid, state, calls, start-up
+    times; after a crash the slot's restarts and the last exit's reason; once the pool
+    closed, the slot is stopped."""
+    async with open_pool(adapter(), **options()) as pool:
+        pid = await pool.execute("pid")
+        (status,) = pool.worker_status()
+        assert (status.worker_id, status.pid, status.state) == ("default_worker_1", pid, "idle")
+        assert (status.calls, status.in_flight, status.restarts) == (1, 0, 0)
+        assert (status.last_exit, status.failure) == (None, None)
+        assert status.uptime > 0
+        assert status.import_seconds > 0
+        assert status.setup_seconds >= 0
+        assert status.node
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: pool.worker_status()[0].state == "idle", "the replacement")
+        await wait_until(lambda: pool.worker_status()[0].pid != pid, "the new pid")
+        (status,) = pool.worker_status()
+        assert (status.restarts, status.last_exit, status.calls) == (1, "killed", 0)
+    (status,) = pool.worker_status()
+    assert (status.state, status.pid) == ("stopped", None)
