@@ -597,10 +597,9 @@ def encode(
         FrameTooLargeError: the frame is over ``max_frame_size``.
     """
     try:
-        if checked:
-            pass
-        elif type(message) is Call:
-            check(message.args, "args")
+        if type(message) is Call:
+            if not checked:
+                check(message.args, "args")
         elif type(message) is Result:
             check(message.value, "result")
         elif type(message) is Chunk:
