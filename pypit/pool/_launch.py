@@ -21,7 +21,7 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 import anyio.abc
@@ -142,6 +142,39 @@ class LocalProcess:
         return 0
 
 
+WORKER_PROCESS: Final[dict[str, Any]] = {
+    "stdin": subprocess.DEVNULL,
+    "stdout": subprocess.PIPE,
+    "stderr": subprocess.PIPE,
+    # A group of its own, so that the worker and what its tools start are signalled
+    # together, never with the parent's.
+    "start_new_session": True,
+}
+"""How a worker process is started, on this machine or by a Ray actor on its node."""
+
+
+def worker_environment(
+    token: str, socket_path: str, settings: Mapping[str, str]
+) -> tuple[int, dict[str, str]]:
+    """The read end of a pipe that holds ``token`` (for the worker to inherit), and the
+    worker's environment: this process's, the pool's ``settings``, and where to connect.
+
+    The token travels through the pipe, never the environment or the command line, which
+    other processes of the user can read. ``OSError`` if the pipe cannot be made.
+    """
+    token_reader, token_writer = os.pipe()
+    os.write(token_writer, token.encode())
+    os.close(token_writer)
+    env = {
+        **os.environ,
+        **settings,
+        "PYPIT_WORKER_SOCKET": socket_path,
+        "PYPIT_WORKER_TOKEN_FD": str(token_reader),
+        "PYPIT_WORKER_PARENT_PID": str(os.getpid()),
+    }
+    return token_reader, env
+
+
 class LocalLauncher:
     """Worker processes of this machine, children of the pool's process, connecting to a
     Unix socket in a private temporary directory."""
@@ -161,34 +194,21 @@ class LocalLauncher:
     async def launch(
         self, slot: int, worker_id: str, token: str, settings: Mapping[str, str]
     ) -> WorkerProcess:
-        # The token travels through a pipe the worker inherits, never the environment or
-        # the command line, which other processes of the user can read.
         try:
-            token_reader, token_writer = os.pipe()
+            token_reader, env = worker_environment(
+                token, self.socket_path, {**self._config.env, **settings}
+            )
         except OSError as exc:  # out of file descriptors, say
             raise LaunchError("exec_failed", f"cannot make the token's pipe: {exc}") from exc
-        os.write(token_writer, token.encode())
-        os.close(token_writer)
-        env = {
-            **os.environ,
-            **self._config.env,
-            **settings,
-            "PYPIT_WORKER_SOCKET": self.socket_path,
-            "PYPIT_WORKER_TOKEN_FD": str(token_reader),
-            "PYPIT_WORKER_PARENT_PID": str(os.getpid()),
-        }
         try:
             # Shielded: a cancellation here could leave a started process with
             # nobody holding it; past this point the slot always reaps it.
             with anyio.CancelScope(shield=True):
                 process = await anyio.open_process(
                     [self._config.python, "-m", "pypit.worker"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
                     env=env,
-                    start_new_session=True,
                     pass_fds=(token_reader,),
+                    **WORKER_PROCESS,
                 )
         except OSError as exc:
             raise LaunchError("exec_failed", str(exc)) from exc

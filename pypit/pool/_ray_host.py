@@ -26,7 +26,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Coroutine
@@ -109,27 +108,17 @@ class WorkerHost:
             lambda reader, writer: self._accept(reader, writer, connected), path
         )
         os.chmod(path, 0o600)
-        token_reader, token_writer = os.pipe()
-        os.write(token_writer, self._token.encode())
-        os.close(token_writer)
-        env = {
-            **os.environ,
-            **self._settings,
-            "PYPIT_WORKER_SOCKET": path,
-            "PYPIT_WORKER_TOKEN_FD": str(token_reader),
-            "PYPIT_WORKER_PARENT_PID": str(os.getpid()),
-        }
+        from pypit.pool._launch import WORKER_PROCESS, worker_environment
+
+        token_reader, env = worker_environment(self._token, path, self._settings)
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "pypit.worker",
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
                 env=env,
-                start_new_session=True,
                 pass_fds=(token_reader,),
+                **WORKER_PROCESS,
             )
         finally:
             os.close(token_reader)
