@@ -106,7 +106,7 @@ class Calls:
             if check is not None:
                 check.check(args)
             return False
-        kinds = set(map(type, args))
+        kinds = _wire.kinds(args)
         if check is not None:
             check.check_many(args, kinds)
         return _wire.ATOMS.issuperset(kinds) and type(None) not in kinds

@@ -5,7 +5,10 @@ Two implementations of one small interface. On asyncio, a connection is an
 and written with ``transport.write``, with no task and no await per message.
 On any other backend (trio), a connection runs a reader and a writer task over
 an anyio socket stream. Both coalesce writes: frames queued in one turn of the
-event loop leave in one ``write``.
+event loop leave in one ``write``. A large frame (a map's chunk of inputs) leaves
+at once with those queued before it: it cost far more to make than a write, and
+the worker would otherwise wait for whatever else that turn of the loop does
+(such as making the next frames).
 
 A new connection starts in greeting mode: the server hands its first frame to
 ``on_greeting``; frames that arrive before the owner attaches are kept and
@@ -43,6 +46,8 @@ GREETING_MAX_SIZE: Final = 16_384
 GREETING_TIMEOUT: Final = 1.0
 MAX_PENDING_GREETINGS: Final = 256
 _READ_SIZE: Final = 262_144
+_WRITE_NOW: Final = 16_384
+"""A frame of this many bytes or more is written at once (see the module's docstring)."""
 _PEERCRED: Final = struct.Struct("3i")
 
 
@@ -128,7 +133,8 @@ class Connection:
 
     def send(self, frame: bytes, *, at_once: bool = False) -> None:
         """Queue a frame; it leaves with the others queued in this turn of the loop, or
-        now if ``at_once`` and nothing is queued before it."""
+        now if ``at_once`` and nothing is queued before it, or now with those queued
+        before it if it is large (``_WRITE_NOW``)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -214,6 +220,9 @@ class _ProtocolConnection(Connection, asyncio.Protocol):
                 self._transport.write(frame)
             return
         self._outbox.append(frame)
+        if len(frame) >= _WRITE_NOW:
+            self._flush()  # the flush scheduled, if any, finds nothing left
+            return
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -222,6 +231,8 @@ class _ProtocolConnection(Connection, asyncio.Protocol):
         self._flush_scheduled = False
         if self._transport is None or self._transport.is_closing():
             self._outbox.clear()
+            return
+        if not self._outbox:
             return
         if len(self._outbox) == 1:
             self._transport.write(self._outbox[0])
@@ -295,15 +306,20 @@ class _StreamConnection(Connection):
 
     def send(self, frame: bytes, *, at_once: bool = False) -> None:
         # At once, with nothing queued or being written, the frame goes straight to the
-        # (non-blocking) socket: it does not wait for the writer task's turn. What the
-        # socket does not take, and every frame behind it, goes through the writer task.
+        # (non-blocking) socket: it does not wait for the writer task's turn; so does a
+        # large frame, with those queued before it. What the socket does not take, and
+        # every frame behind it, goes through the writer task.
+        large = len(frame) >= _WRITE_NOW
         if (
-            at_once
-            and not self._outbox
+            (large or (at_once and not self._outbox))
             and not self._writing
             and self._raw is not None
             and not self._lost
         ):
+            if self._outbox:  # those queued before it go first, with it
+                self._outbox.append(frame)
+                frame = b"".join(self._outbox)
+                self._outbox.clear()
             try:
                 sent = self._raw.send(frame)
             except BlockingIOError:

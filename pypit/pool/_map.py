@@ -61,8 +61,9 @@ if TYPE_CHECKING:
 # How long leaving a map's block waits for the workers to confirm that its frames stopped:
 # a round trip, unless a sync tool is inside an input (the worker then has cancel_grace).
 _CLOSE_GRACE: Final = 0.25
-_TAKE_MAX: Final = 16_384
-"""Results the blocking facade takes in one hop from the loop, at most."""
+_TAKE_MAX: Final = 131_072
+"""Results the blocking facade takes in one hop from the loop: no more frames are added
+to a batch once it has this many."""
 _ENTER_FIRST: Final = (
     "iterate a map inside its block: `async with pool.map(...) as results: "
     "async for result in results: ...`, so that leaving the loop early cancels it at once"
@@ -336,26 +337,27 @@ class Map:
             await self._wait()
         raise StopAsyncIteration
 
-    async def _take(self) -> list[Any]:
-        """The next result and every other one that came already, in order, up to
-        ``_TAKE_MAX`` (the blocking facade's batch: one thread hop for all of them); an
-        empty list at the end. An error is raised by the next call."""
+    async def _take(self) -> list[list[Any]]:
+        """The next result and every other one that came already, in order, up to about
+        ``_TAKE_MAX``, as lists to read one after the other: the blocking facade's batch,
+        one thread hop for all of them, each frame's results handed over in the list they
+        arrived in; an empty list at the end. An error is raised by the next call."""
         try:
             first = await self.__anext__()
         except StopAsyncIteration:
             return []
-        batch = [first]
         ready = self._ready
-        while True:
-            batch.extend(ready)
-            ready.clear()
-            if len(batch) >= _TAKE_MAX or self._raise is not None:
-                break
+        batch = [[first, *ready]]
+        ready.clear()
+        taken = len(batch[0])
+        while taken < _TAKE_MAX and self._raise is None:
             self._settle_answers()
             frame = self._take_frame()
             if frame is None:
                 break
-            self._load(frame)
+            results = self._results_of(frame)
+            batch.append(results)
+            taken += len(results)
         self._refill()
         return batch
 
@@ -373,8 +375,12 @@ class Map:
         return None
 
     def _load(self, frame: Frame) -> None:
-        """Put a settled frame's results in the queue of results to take; in the default
-        mode, an error ends them, to be raised once those before it are taken."""
+        """Put a settled frame's results in the queue of results to take."""
+        self._ready.extend(self._results_of(frame))
+
+    def _results_of(self, frame: Frame) -> list[Any]:
+        """A settled frame's results to take; in the default mode, an error ends them, to
+        be raised once those before it are taken."""
         stop = not self._return_exceptions
         if frame.value is None:
             error = frame.error or PoolClosedError(
@@ -382,21 +388,19 @@ class Map:
             )
             if stop:
                 self._raise = error
-            else:
-                self._ready.extend(itertools.repeat(error, frame.count))
-            return
+                return []
+            return [error] * frame.count
         results = frame.value
         if not results.errors:
-            self._ready.extend(results.values)
-        elif stop:
+            return results.values
+        if stop:
             first = results.errors[0]
-            self._ready.extend(itertools.islice(results.values, first.index))
             self._raise = item_error(first, frame.start)
-        else:
-            values = list(results.values)
-            for failure in results.errors:
-                values[failure.index] = item_error(failure, frame.start)
-            self._ready.extend(values)
+            return results.values[: first.index]
+        values = list(results.values)
+        for failure in results.errors:
+            values[failure.index] = item_error(failure, frame.start)
+        return values
 
     def _report(self) -> None:
         """Tell the progress callback or display, in the consumer's task, if more is done."""
@@ -647,7 +651,7 @@ async def stop(results: Map, exc: BaseException | None) -> None:
     await results._close(exc)
 
 
-async def take(results: Map) -> list[Any]:
+async def take(results: Map) -> list[list[Any]]:
     """The next batch of ``results`` for the blocking facade (``SyncMap``), taken on the
     loop in one hop: see ``Map._take``."""
     return await results._take()

@@ -159,9 +159,11 @@ class SyncMap:
         self._progress = progress
         self._display: Display | None = None
         self._entered = False
-        # Results are handed out by C code, a batch at a time: iterating costs next to
-        # nothing per result.
-        self._results = itertools.chain.from_iterable(self._batches())
+        # Results are handed out by C code, a batch (a list of lists) at a time:
+        # iterating costs next to nothing per result.
+        self._results = itertools.chain.from_iterable(
+            itertools.chain.from_iterable(self._batches())
+        )
 
     def __enter__(self) -> Self:
         if self._progress in ("tqdm", "rich"):
@@ -197,7 +199,7 @@ class SyncMap:
         iter(self)
         return next(self._results)
 
-    def _batches(self) -> Iterator[list[Any]]:
+    def _batches(self) -> Iterator[list[list[Any]]]:
         while batch := _on_loop(self._portal, take, self._map):
             self._report()
             yield batch

@@ -12,7 +12,9 @@ One :class:`~pypit._wire.Results` answers the batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import repeat
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 from pypit import _wire
@@ -68,7 +70,7 @@ def _run_positional(
     ``map`` (C's loop, not Python's) over the list of inputs. A cancel empties the list
     (``Running.halt``), which ends the loop after the input that runs then, as the Python
     loop's look at the flag does, at C's cost per input."""
-    inputs = list(_inputs(call))
+    inputs = _inputs(call)  # the call's own list, which nothing else holds
     count = len(inputs)
     running.halt = inputs.clear
     if running.cancelled:  # cancelled before halt was in place
@@ -77,9 +79,15 @@ def _run_positional(
     errors: list[_wire.ItemError] = []
     extend = values.extend
     remaining = iter(inputs)
+    # A tool is mostly a bound method: its function with the adapter beside each input
+    # saves the binding's cost on every call (about a tenth of a trivial tool's).
+    before: tuple[Iterator[Any], ...] = ()
+    call_one = function
+    if type(function) is MethodType:
+        call_one, before = function.__func__, (repeat(function.__self__),)
     while True:
         try:
-            extend(map(function, remaining))
+            extend(map(call_one, *before, remaining))
         except BaseException as exc:
             # As in run: the input that raised fails alone, the batch goes on after it.
             errors.append(_failed(len(values), exc, describe))
