@@ -747,7 +747,7 @@ class FrameReader:
         self._max = max_frame_size
         self._first = first_frame_size
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         buffer = self._buffer
         buffer += data
         frames: list[bytes] = []

@@ -91,10 +91,13 @@ class Calls:
             raise UnknownCommandError(command, tuple(sorted(self._supervisor.tools)))
         return tool
 
-    def _check(self, command: str, args: Any, *, stream: bool, batch: bool) -> bool:
+    def _check(
+        self, command: str, args: Any, *, stream: bool, batch: bool, kinds: set[type] | None
+    ) -> bool:
         """Refuse a call the pool cannot place; for a batch (``args`` its list of inputs),
         whether every input is a value the wire takes as it is (its types are collected
-        once, for this and for the tool's signature) and none is None or a dict."""
+        once, for this and for the tool's signature, unless ``kinds`` knows them) and none
+        is None or a dict."""
         self.check_open()
         tool = self.tool(command)
         if tool.stream != stream:
@@ -106,7 +109,8 @@ class Calls:
             if check is not None:
                 check.check(args)
             return False
-        kinds = _wire.kinds(args)
+        if kinds is None:
+            kinds = _wire.kinds(args)
         if check is not None:
             check.check_many(args, kinds)
         return _wire.ATOMS.issuperset(kinds) and type(None) not in kinds
@@ -122,16 +126,17 @@ class Calls:
         stream: bool,
         batch: bool = False,
         stop_on_error: bool = False,
+        kinds: set[type] | None = None,
     ) -> Request:
         """Check and encode a call (with ``batch``, a frame of a map: ``args`` is its list
-        of inputs); nothing is sent or queued yet."""
+        of inputs, whose types are ``kinds`` if known); nothing is sent or queued yet."""
         command = exact_str("command", command)
         timeout = check_timeout(timeout, optional=True)
         session_id = exact_str("session_id", session_id, optional=True)
         correlation_id = exact_str("correlation_id", correlation_id, optional=True)
         # A batch of plain inputs: the wire need not look at them again, and the worker
         # may pass each as one positional argument without looking either.
-        plain = self._check(command, args, stream=stream, batch=batch)
+        plain = self._check(command, args, stream=stream, batch=batch, kinds=kinds)
         request_id = next(_request_ids)
         correlation_id = correlation_id or correlation_id_var.get() or new_correlation_id()
         if type(correlation_id) is not str:

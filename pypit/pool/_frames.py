@@ -5,7 +5,8 @@ map's ``chunksize`` or chosen from what the pool learned of the command: quick c
 are chunked, slow ones sent one input a frame. A chunk whose inputs cannot all travel
 together is halved until each input that cannot be sent, does not fit the tool's signature
 or is over the frame size limit is alone: it is a frame that failed already, and the
-others run.
+others run. Each chunk's types are collected (see ``Calls.request``), except a range's:
+its inputs are ints.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Framer:
         "_calls",
         "_chunksize",
         "_command",
+        "_kinds",
         "_max_frame_size",
         "_on_answer",
         "_session_id",
@@ -120,6 +122,7 @@ class Framer:
         stop_on_error: bool,
         on_answer: Callable[[Frame], None],
         signal: Callable[[], Any],
+        inputs: Any = None,
     ) -> None:
         config = calls.config
         self._calls = calls
@@ -135,6 +138,7 @@ class Framer:
         below = int(config.prefetch_below * 1e9)
         self._target = below // 2 if below else _DEFAULT_TARGET
         self._max_frame_size = config.max_frame_size
+        self._kinds = _known_kinds(inputs)
 
     def chunk(self) -> int:
         """Inputs for the next frame: ``chunksize``, or as many as make a frame that runs
@@ -167,6 +171,7 @@ class Framer:
                 stream=False,
                 batch=True,
                 stop_on_error=self._stop_on_error,
+                kinds=self._kinds,
             )
         except (SerializationError, FrameTooLargeError, ArgumentsError) as exc:
             # Halves until the inputs that cannot go are alone: each is then a frame that
@@ -183,6 +188,16 @@ class Framer:
         frame = Frame(start, 1, None, self._on_answer, self._signal)
         frame.error = error
         return frame
+
+
+def _known_kinds(inputs: Any) -> set[type] | None:
+    """The types of a map's inputs when they are known without looking at them: a range
+    gives ints, each of which travels as itself when both ends of the range do."""
+    if type(inputs) is not range or (
+        inputs and not all(-(2**63) <= end < 2**64 for end in (inputs[0], inputs[-1]))
+    ):
+        return None
+    return {int}
 
 
 def _where(error: Exception, index: int) -> Exception:

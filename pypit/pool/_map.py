@@ -203,6 +203,7 @@ class Map:
             stop_on_error=not return_exceptions,
             on_answer=self._answered,
             signal=self._new_signal,
+            inputs=inputs,
         )
         self._progress = progress
         self._display: Display | None = None

@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from pypit import (
+    ArgumentsError,
     FrameTooLargeError,
     PoolSaturatedError,
     QueueTimeoutError,
@@ -269,6 +270,28 @@ async def test_inputs_that_cannot_travel_cost_few_frames_and_are_named() -> None
     assert isinstance(got[700], FrameTooLargeError)
     assert "inputs[700]" in str(got[700])
     assert frames <= 40, frames  # halving: a few per refused input (it was one per input)
+
+
+async def test_a_range_is_mapped_as_its_list_is() -> None:
+    """A range's inputs are known to be ints, so its frames are not looked at for their
+    types: the results are those of the same inputs in a list, a range past msgpack's
+    ints fails exactly the inputs past it, and the tool's signature is still checked."""
+    past = range(2**64 - 3, 2**64 + 2)
+    async with open_pool(adapter(), **options()) as pool:
+        async with pool.map("identity", range(-5, 20_000, 3), chunksize=1000) as results:
+            assert await drain(results) == list(range(-5, 20_000, 3))
+        got = {}
+        for inputs in (past, list(past)):
+            async with pool.map("identity", inputs, return_exceptions=True) as results:
+                got[type(inputs)] = [
+                    type(r).__name__ if isinstance(r, Exception) else r
+                    for r in await drain(results)
+                ]
+        assert got[range] == got[list]
+        assert got[range] == [2**64 - 3, 2**64 - 2, 2**64 - 1] + ["SerializationError"] * 2
+        with pytest.raises(ArgumentsError, match=r"inputs\[0\]: echo\(\) too many positional"):
+            async with pool.map("echo", range(3)) as results:
+                await drain(results)
 
 
 async def test_timeout_is_per_input() -> None:
