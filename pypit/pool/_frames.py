@@ -11,7 +11,7 @@ its inputs are ints.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import TYPE_CHECKING, Any, Final
 
 from pypit import _wire
@@ -21,8 +21,12 @@ if TYPE_CHECKING:
     from pypit.pool._calls import Calls
     from pypit.pool._request import Request
 
-_MAX_CHUNK: Final = 4096
+_MAX_CHUNK: Final = 16_384
 """The largest chunk the map chooses by itself (a ``chunksize`` given may be larger)."""
+_FRAMES_PER_SLOT: Final = 4
+"""A map of known length is cut in at least this many frames per worker slot, as
+``multiprocessing.Pool.map`` cuts its inputs: each worker gets several, so that one slow
+frame does not leave the others idle at the end."""
 _DEFAULT_TARGET: Final = 500_000
 """ns a chosen chunk aims at when every command is quick (``prefetch_below=0``)."""
 
@@ -101,6 +105,7 @@ class Framer:
         "_command",
         "_kinds",
         "_max_frame_size",
+        "_most",
         "_on_answer",
         "_session_id",
         "_signal",
@@ -123,6 +128,7 @@ class Framer:
         on_answer: Callable[[Frame], None],
         signal: Callable[[], Any],
         inputs: Any = None,
+        slots: int = 1,
     ) -> None:
         config = calls.config
         self._calls = calls
@@ -139,20 +145,24 @@ class Framer:
         self._target = below // 2 if below else _DEFAULT_TARGET
         self._max_frame_size = config.max_frame_size
         self._kinds = _known_kinds(inputs)
+        self._most = _MAX_CHUNK
+        if isinstance(inputs, Sized):
+            self._most = max(1, min(_MAX_CHUNK, -(-len(inputs) // (_FRAMES_PER_SLOT * slots))))
 
     def chunk(self) -> int:
         """Inputs for the next frame: ``chunksize``, or as many as make a frame that runs
         about half of ``prefetch_below`` by the command's learned cost (one while it has
-        none), so that quick commands are chunked and slow ones sent one by one; and no
-        more than make answers of a quarter of ``max_frame_size`` by the learned size of
-        one input's answer, so that a frame's results fit in one frame."""
+        none), so that quick commands are chunked and slow ones sent one by one; no more
+        than make answers of a quarter of ``max_frame_size`` by the learned size of one
+        input's answer, so that a frame's results fit in one frame; and, for inputs of
+        known length, no more than make four frames per worker slot."""
         if self._chunksize is not None:
             return self._chunksize
         scheduler = self._calls.scheduler
         cost = scheduler.cost(self._command)
         if cost is None:
             return 1
-        chunk = min(_MAX_CHUNK, int(self._target / max(cost, 1.0)))
+        chunk = min(self._most, int(self._target / max(cost, 1.0)))
         size = scheduler.result_bytes(self._command)
         if size is not None:
             chunk = min(chunk, int(self._max_frame_size // 4 / max(size, 1.0)))

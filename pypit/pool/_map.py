@@ -204,6 +204,7 @@ class Map:
             on_answer=self._answered,
             signal=self._new_signal,
             inputs=inputs,
+            slots=self._slots,
         )
         self._progress = progress
         self._display: Display | None = None

@@ -26,6 +26,7 @@ from pypit import (
     telemetry,
 )
 from pypit.pool import Map, Pool, SyncPool, open_pool, start_pool
+from pypit.pool._frames import Framer
 from tests.pool.conftest import adapter, assert_catalog_shape, opened_at_exit, options, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -166,6 +167,64 @@ async def test_chunksize_sets_the_inputs_of_each_frame() -> None:
                 assert [r async for r in results] == list(range(200))
 
     assert [e.measurements["items"] for e in seen] == [50] * 4
+
+
+async def test_the_chunks_chosen_give_every_worker_several_frames() -> None:
+    """Left to choose, a map of a quick command whose inputs have a length cuts them in at
+    least four frames per worker, as multiprocessing.Pool.map does."""
+    with telemetry.capture((*CALL, "stop")) as seen:
+        # Two workers, so that the cut is by the number of workers.
+        async with open_pool(adapter(), **options(size=2)) as pool:
+            for _ in range(3):  # the pool learns that identity is quick
+                async with pool.map("identity", range(2000)) as results:
+                    await drain(results)
+            seen.clear()
+            async with pool.map("identity", list(range(4000))) as results:
+                assert await drain(results) == list(range(4000))
+
+    sizes = [e.measurements["items"] for e in seen if e.metadata["command"] == "identity"]
+    assert sum(sizes) == 4000
+    assert len(sizes) >= 8
+    assert max(sizes) <= 500
+
+
+def test_the_largest_chunk_chosen() -> None:
+    """A command that costs next to nothing per input goes in frames of 16,384 inputs, or
+    four frames per worker slot for inputs of known length; a given chunksize is kept."""
+
+    class Scheduler:
+        def cost(self, command: str) -> float:
+            return 1.0  # ns per input
+
+        def result_bytes(self, command: str) -> float:
+            return 1.0
+
+    class Calls:
+        config = types.SimpleNamespace(prefetch_below=0.001, max_frame_size=2**26)
+        scheduler = Scheduler()
+
+    def chosen(inputs: Any, slots: int, chunksize: int | None = None) -> int:
+        framer = Framer(
+            Calls(),  # type: ignore[arg-type]
+            "identity",
+            chunksize=chunksize,
+            timeout=None,
+            session_id=None,
+            correlation_id=None,
+            stop_on_error=True,
+            on_answer=lambda frame: None,
+            signal=lambda: None,
+            inputs=inputs,
+            slots=slots,
+        )
+        return framer.chunk()
+
+    assert chosen(iter(range(10**6)), slots=2) == 16_384
+    assert chosen(range(10**6), slots=2) == 16_384
+    assert chosen(range(100_000), slots=2) == 12_500
+    assert chosen(list(range(1001)), slots=4) == 63
+    assert chosen([1], slots=8) == 1
+    assert chosen(range(100_000), slots=2, chunksize=50_000) == 50_000
 
 
 async def test_the_first_error_stops_the_map_and_cancels_the_rest(tmp_path: Path) -> None:
