@@ -215,6 +215,13 @@ class Echo(Adapter):
         print(text)
         print(f"err: {text}", file=sys.stderr)
 
+    @tool(description="Write n lines of size bytes to file descriptor 1, as C code would")
+    def write_fd(self, n: int, size: int) -> int:
+        line = b"x" * (size - 1) + b"\n"
+        for _ in range(n):
+            os.write(1, line)
+        return n * size
+
     @tool(description="The worker's pid")
     def pid(self) -> int:
         return os.getpid()

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 
 _POLL: Final = 1.0
 """Seconds a ``receive`` waits in the actor for the worker to write something."""
+_OUTPUT_BACKLOG: Final = 1024 * 1024
+"""Bytes of a worker's stdout (or stderr) that came and were not logged yet, past which the
+pool asks for no more of it (see ``_ray_host``)."""
 _RETRY: Final = 0.1
 """Seconds between calls to an actor that Ray reports unavailable (its node does not
 answer)."""
@@ -149,14 +152,18 @@ class RayConnection(Connection):
 
 
 class _Output:
-    """What the worker wrote to one of its pipes, as the actor returned it; read once."""
+    """What the worker wrote to one of its pipes, as the actor returned it; read once.
+    ``unread`` is what came and was not taken yet: past ``_OUTPUT_BACKLOG`` of it, the
+    pool asks the actor for no more of that pipe."""
 
     def __init__(self, stream: MemoryObjectReceiveStream[bytes]) -> None:
         self._stream = stream
+        self.unread = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async with self._stream:
             async for data in self._stream:
+                self.unread -= len(data)
                 yield data
 
 
@@ -183,8 +190,9 @@ class RayProcess:
         self.connection: Connection | None = connection
         self._stdout_in, stdout = anyio.create_memory_object_stream[bytes](math.inf)
         self._stderr_in, stderr = anyio.create_memory_object_stream[bytes](math.inf)
-        self.stdout: AsyncIterable[bytes] | None = _Output(stdout)
-        self.stderr: AsyncIterable[bytes] | None = _Output(stderr)
+        self._outputs = (_Output(stdout), _Output(stderr))
+        self.stdout: AsyncIterable[bytes] | None = self._outputs[0]
+        self.stderr: AsyncIterable[bytes] | None = self._outputs[1]
         self._returncode: int | None = None
         self._running = True
         self._killed = False
@@ -277,8 +285,10 @@ class RayProcess:
         return None
 
     def _receive(self, offsets: tuple[int, int, int], retrying: bool) -> Any:
-        # A retry asks for what is there at once: reconnect_window bounds its wait.
-        return self._actor.receive.remote(offsets, 0.0 if retrying else _POLL)
+        # A retry asks for what is there at once: reconnect_window bounds its wait. Output
+        # is asked for only while less than _OUTPUT_BACKLOG of it waits to be logged.
+        wants = tuple(output.unread < _OUTPUT_BACKLOG for output in self._outputs)
+        return self._actor.receive.remote(offsets, 0.0 if retrying else _POLL, wants)
 
     def _send(self, offset: int, data: bytes, retrying: bool) -> Any:
         return self._actor.send.remote(offset, data)
@@ -297,8 +307,10 @@ class RayProcess:
             offsets[2] += len(stderr)
             self._rss = rss or self._rss
             if stdout:
+                self._outputs[0].unread += len(stdout)
                 self._stdout_in.send_nowait(stdout)
             if stderr:
+                self._outputs[1].unread += len(stderr)
                 self._stderr_in.send_nowait(stderr)
             if channel:
                 self._connection.received(channel)

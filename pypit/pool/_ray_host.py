@@ -16,7 +16,11 @@ other way the same way, by offset, so a send retried after such a failure is
 written once.
 
 The worker is read only while the pool keeps up: past ``_BACKLOG`` unread
-bytes on a stream the actor stops reading it, and the worker's writes wait.
+bytes on a stream the actor stops reading it, and the worker's writes wait. The
+pool asks for its output (stdout, stderr) only while it keeps up with logging
+what came before, and takes at most ``OUTPUT_REPLY`` bytes of each a reply: a
+worker that prints faster than the pool logs waits, as a local worker does on
+its pipe, instead of filling the pool's memory.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from pypit._proctree import kill_tree
 _READ_SIZE: Final = 262_144
 _BACKLOG: Final = 4 * 1024 * 1024
 """Bytes of one stream held for the pool beyond a frame being received."""
+OUTPUT_REPLY: Final = 1024 * 1024
+"""Bytes of stdout, and of stderr, one reply takes at most."""
 
 Reply = tuple[bytes, bytes, bytes, bool, "int | None", int]
 """What :meth:`WorkerHost.receive` returns: the channel's, stdout's and stderr's bytes
@@ -63,8 +69,12 @@ class _Tape:
         if len(self.data) < self.limit:
             self.room.set()
 
-    def after(self, offset: int) -> bytes:
-        return bytes(self.data[max(offset - self.start, 0) :])
+    def after(self, offset: int, most: int | None = None) -> bytes:
+        begin = max(offset - self.start, 0)
+        return bytes(self.data[begin : None if most is None else begin + most])
+
+    def has_after(self, offset: int) -> bool:
+        return self.start + len(self.data) > offset
 
     def append(self, chunk: bytes) -> None:
         self.data += chunk
@@ -193,22 +203,40 @@ class WorkerHost:
         with contextlib.suppress(OSError):
             await self._writer.drain()
 
-    async def receive(self, offsets: tuple[int, int, int], timeout: float) -> Reply:
+    async def receive(
+        self,
+        offsets: tuple[int, int, int],
+        timeout: float,
+        wants: tuple[bool, bool] = (True, True),
+    ) -> Reply:
         """What the worker wrote past ``offsets`` (the pool has the rest): as soon as there
-        is any, or after ``timeout`` seconds with nothing."""
+        is any, or after ``timeout`` seconds with nothing. ``wants`` says whether the pool
+        takes stdout and stderr now (it does not while it is behind with logging them);
+        of each, a reply brings ``OUTPUT_REPLY`` bytes at most. The worker is said to
+        have ended once nothing of it is left to take."""
         for tape, offset in zip(self._tapes, offsets, strict=True):
             tape.acknowledge(offset)
-        if not self._ended and not any(
-            len(tape.data) + tape.start > offset
-            for tape, offset in zip(self._tapes, offsets, strict=True)
-        ):
+        taken = [
+            (tape, offset)
+            for tape, offset, want in zip(self._tapes, offsets, (True, *wants), strict=True)
+            if want
+        ]
+        if not self._ended and not any(tape.has_after(offset) for tape, offset in taken):
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
-        channel, stdout, stderr = (
-            tape.after(offset) for tape, offset in zip(self._tapes, offsets, strict=True)
+        channel = self._tapes[0].after(offsets[0])
+        stdout, stderr = (
+            tape.after(offset, OUTPUT_REPLY) if want else b""
+            for tape, offset, want in zip(self._tapes[1:], offsets[1:], wants, strict=True)
         )
-        return channel, stdout, stderr, self._ended, self._returncode, self._rss()
+        ended = self._ended and not any(
+            tape.has_after(offset + len(data))
+            for tape, offset, data in zip(
+                self._tapes[1:], offsets[1:], (stdout, stderr), strict=True
+            )
+        )
+        return channel, stdout, stderr, ended, self._returncode, self._rss()
 
     def _rss(self) -> int:
         import psutil

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import ray
 
 from pypit import ToolError, WorkerCrashedError, WorkerStartError, WorkerTimeoutError, telemetry
 from pypit.pool import Pool, RayWorkers, open_pool
-from pypit.pool._ray import RayProcess
+from pypit.pool._ray import RayConnection, RayProcess
+from pypit.pool._ray_host import OUTPUT_REPLY, WorkerHost
 from tests.pool.conftest import (
     RayNode,
     adapter,
@@ -259,6 +261,82 @@ async def test_recycling_and_affinity_work_through_the_actors() -> None:
             for _ in range(4):
                 assert await pool.execute("env", "PYPIT_RUNTIME_ENV") == "set"
     assert seen.named(*POOL, "worker", "recycled")[0].metadata["reason"] == "max_requests"
+
+
+async def test_output_written_faster_than_it_is_logged_waits_in_the_worker() -> None:
+    """A worker that writes to its stdout faster than the pool logs it is held back, as a
+    local worker is by its pipe: what came and was not logged yet stays under 2 MiB (one
+    MiB behind, and one reply of at most one MiB) while 8 MiB go by, and every line is
+    logged."""
+    logged: list[str] = []
+
+    class Slow:
+        """The worker's logger, taking a millisecond a line."""
+
+        def info(self, line: str, **context: Any) -> None:
+            time.sleep(0.001)
+            logged.append(line)
+
+        warning = info
+
+    async with open_pool(adapter(), **on_ray()) as pool:
+        (handle,) = [h for h in pool._supervisor.handles() if h is not None]
+        handle.log = Slow()  # type: ignore[assignment]
+        process = ray_process(pool)
+        most = 0
+
+        async def watch() -> None:
+            nonlocal most
+            while True:
+                most = max(most, process._outputs[0].unread)
+                await anyio.sleep(0.001)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(watch)
+            assert await pool.execute("write_fd", {"n": 2048, "size": 4096}, timeout=60) == 2**23
+            await wait_until(lambda: len(logged) == 2048, "every line logged", timeout=60)
+            tasks.cancel_scope.cancel()
+
+    assert most <= 2 * 2**20, most
+    assert set(logged) == {"x" * 4095}
+
+
+async def test_the_actor_gives_output_only_when_asked_and_a_mebibyte_at_a_time() -> None:
+    """The relay's side of that: stdout and stderr come only when the pool asks for them,
+    at most OUTPUT_REPLY bytes of each a reply, and the worker is said to have ended only
+    once all of its output was taken; the pool asks for a pipe's output only while less
+    than a MiB of it waits to be logged."""
+    host = WorkerHost({}, "token", 2**20)
+    host._tapes[1].append(b"o" * (OUTPUT_REPLY + 10))
+    host._tapes[2].append(b"e" * 10)
+    host._ended = True
+    channel, stdout, stderr, ended, _, _ = await host.receive((0, 0, 0), 0.0, (False, True))
+    assert (channel, stdout, stderr, ended) == (b"", b"", b"e" * 10, False)
+    channel, stdout, stderr, ended, _, _ = await host.receive((0, 0, 10), 0.0, (True, True))
+    assert (len(stdout), stderr, ended) == (OUTPUT_REPLY, b"", False)
+    reply = await host.receive((0, OUTPUT_REPLY, 10), 0.0, (True, True))
+    assert reply[1:4] == (b"o" * 10, b"", True)
+
+    asked: list[tuple[bool, ...]] = []
+
+    class Actor:
+        class receive:  # an actor method's handle
+            @staticmethod
+            def remote(offsets: Any, timeout: float, wants: tuple[bool, ...]) -> None:
+                asked.append(wants)
+
+    connection = RayConnection(lambda connection, payload: True, 2**20, 1)
+    process = RayProcess(Actor(), 1, "node", connection, lambda callback: None, 1.0)
+    process._receive((0, 0, 0), False)
+    process._outputs[0].unread = 2**20
+    process._receive((0, 0, 0), False)
+    process._outputs[1].unread = 2**20
+    process._outputs[0].unread = 2**20 - 1
+    process._receive((0, 0, 0), False)
+    assert asked == [(True, True), (False, True), (True, False)]
+    process._end(0)
+    for output in process._outputs:
+        assert [data async for data in output] == []
 
 
 async def test_a_worker_that_cannot_be_placed_fails_its_start_saying_so() -> None:
