@@ -25,7 +25,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from itertools import compress, repeat
-from operator import countOf
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
@@ -344,26 +343,12 @@ ATOMS: Final = frozenset({str, bytes, int, float, bool, type(None)})
 """The types that travel and arrive as themselves (exact types: a subclass is refused)."""
 _ATOMS: Final = ATOMS
 
-_ONE_KIND_FROM: Final = 64
-"""A list of this many values or more is first looked at as values of one type."""
-
 
 def kinds(values: list[Any] | tuple[Any, ...]) -> set[type]:
-    """The types of ``values``, at C speed. Values are mostly of one type (a map's inputs,
-    a tool's results): counting the first one's costs about half of collecting them in a
-    set, which is done only when they are not all of one type."""
-    if len(values) >= _ONE_KIND_FROM:
-        first = type(values[0])
-        if countOf(map(type, values), first) == len(values):
-            return {first}
+    """The types of ``values``, collected at C speed. They are told apart as a set tells
+    its members apart (by hash and ``==``), not by counting those equal to the first: a
+    metaclass whose ``==`` says its classes equal ``int`` would pass a count."""
     return set(map(type, values))
-
-
-def _all_atoms(values: list[Any] | tuple[Any, ...]) -> bool:
-    """Whether every value of ``values`` is an atom (see :data:`ATOMS`)."""
-    if len(values) >= _ONE_KIND_FROM:
-        return _ATOMS.issuperset(kinds(values))
-    return _ATOMS.issuperset(map(type, values))
 
 
 _NOT_ATOM: Final = dict.fromkeys(_ATOMS, False)
@@ -403,7 +388,7 @@ def check(value: Any, where: str) -> None:
                 break
         else:
             return
-    elif (kind is list or kind is tuple) and _all_atoms(value):
+    elif (kind is list or kind is tuple) and _ATOMS.issuperset(map(type, value)):
         return
     _walk(value, where)
 
@@ -433,7 +418,7 @@ def _walk(root: Any, where: str) -> None:
             if not inner:
                 continue
         elif kind is list or kind is tuple:
-            if _all_atoms(value):
+            if _ATOMS.issuperset(map(type, value)):
                 continue
             inner = compress(value, map(_NOT_ATOM.get, map(type, value), repeat(True)))
         elif kind is bytearray or kind is memoryview:

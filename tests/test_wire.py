@@ -3,6 +3,7 @@ both ways, and the table itself."""
 
 from __future__ import annotations
 
+import enum
 import re
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,27 @@ def test_an_int_out_of_range_beside_a_value_that_contains_itself_is_found() -> N
         _wire.encode(_wire.Call(1, "tool", [2**64, cyclic, shared, shared], "c"))
     with pytest.raises(SerializationError, match=r"result\[2\]\[1\], an int out of range"):
         _wire.encode(_wire.Result(1, [shared, shared, [1, -(2**63) - 1]]))
+
+
+def test_a_class_that_claims_to_equal_int_is_still_refused() -> None:
+    """An enum member whose metaclass says its class equals every class would pass a
+    count of the values whose type equals the first one's; among many ints, in a list of
+    any length, it is still refused, and a map's inputs are told apart as well."""
+
+    class AnyEq(enum.EnumType):
+        def __eq__(cls, other: object) -> bool:
+            return True
+
+        __hash__ = enum.EnumType.__hash__
+
+    class Level(enum.IntEnum, metaclass=AnyEq):
+        HIGH = 7
+
+    for n in (1, 63, 64, 10_000):
+        values = [0] * n + [Level.HIGH]
+        with pytest.raises(SerializationError, match=rf"result\[{n}\]"):
+            _wire.check(values, "result")
+        assert len(_wire.kinds(values)) == 2
 
 
 def test_a_call_without_a_session_id_decodes() -> None:
