@@ -23,9 +23,10 @@ from pypit.pool import open_pool, start_pool
 
 ADAPTER = "benchmarks.adapters:Bench"
 INPUTS = 100_000
-ROUNDS = 15
+ROUNDS = 45
 """Alternating rounds per peer: a map of 100,000 trivial inputs takes about 10 ms, so a
-round is at the mercy of a moment of the machine; the median of fifteen is not."""
+round is at the mercy of a moment of the machine (one round's ratio moves by a third
+either way on a shared 2-CPU machine); the median of 45 moves by a few hundredths."""
 SAME_CHUNKSIZE = 12_500
 """multiprocessing.Pool.map's own choice for 100,000 inputs on 2 workers (len / (4 * 2))."""
 PPE_CHUNKSIZES = (1, 100, 1000, SAME_CHUNKSIZE)
@@ -46,7 +47,11 @@ def test_map_against_peers(benchmark: BenchmarkFixture) -> None:
     over the same inputs, in alternating rounds so that each ratio compares moments of
     the same machine: pypit at multiprocessing's chunksize against multiprocessing, and
     pypit choosing its own frames against the executor at the best of its chunksizes
-    (found first). The ratios are medians of the rounds' ratios."""
+    (found first). The ratios are medians of the rounds' ratios.
+
+    The inputs are a range, which pypit sends as its ends; ``ratio_mp_pool_list`` (for
+    information) is the first ratio with both mapping the same list of those ints, whose
+    types pypit checks before they travel."""
     figures: dict[str, float] = {}
 
     def main() -> None:
@@ -55,9 +60,10 @@ def test_map_against_peers(benchmark: BenchmarkFixture) -> None:
             multiprocessing.Pool(2) as peer,
             ProcessPoolExecutor(2) as executor,
         ):
+            listed = list(range(INPUTS))
 
-            def pypit(chunksize: int | None) -> list[Any]:
-                with pool.map("identity", range(INPUTS), chunksize=chunksize) as results:
+            def pypit(chunksize: int | None, inputs: Any = range(INPUTS)) -> list[Any]:
+                with pool.map("identity", inputs, chunksize=chunksize) as results:
                     return list(results)
 
             def ppe(chunksize: int) -> list[Any]:
@@ -66,17 +72,22 @@ def test_map_against_peers(benchmark: BenchmarkFixture) -> None:
             pypit(None)
             peer.map(identity, range(1000))
             best = min(PPE_CHUNKSIZES, key=lambda size: timed(lambda: ppe(size)))
-            same, mine, mp, executors = [], [], [], []
+            same, mine, mp, executors, same_list, mp_list = [], [], [], [], [], []
             for _ in range(ROUNDS):
                 same.append(timed(lambda: pypit(SAME_CHUNKSIZE)))
                 mp.append(timed(lambda: peer.map(identity, range(INPUTS), SAME_CHUNKSIZE)))
                 mine.append(timed(lambda: pypit(None)))
                 executors.append(timed(lambda: ppe(best)))
+                same_list.append(timed(lambda: pypit(SAME_CHUNKSIZE, listed)))
+                mp_list.append(timed(lambda: peer.map(identity, listed, SAME_CHUNKSIZE)))
             figures["ratio_mp_pool"] = statistics.median(
                 m / p for m, p in zip(mp, same, strict=True)
             )
             figures["ratio_ppe"] = statistics.median(
                 e / p for e, p in zip(executors, mine, strict=True)
+            )
+            figures["ratio_mp_pool_list"] = statistics.median(
+                m / p for m, p in zip(mp_list, same_list, strict=True)
             )
             figures["ppe_best_chunksize"] = best
             for name, seconds in (

@@ -55,8 +55,9 @@ class Call(_Message, tag=1):
     runs once per input and the worker answers with one :class:`Results`;
     ``stop_on_error`` ends the batch at its first failing input; ``positional`` says that
     each input is one positional argument (none is a dict or None), so the worker may run
-    them in runs. Fields are added at the end, with a default, so that a Call framed before
-    one of them existed still decodes.
+    them in runs; ``span`` says that ``args`` is ``[first, count, step]``, a range of ints
+    that are the inputs (see :func:`span_inputs`). Fields are added at the end, with a
+    default, so that a Call framed before one of them existed still decodes.
     """
 
     id: int
@@ -71,6 +72,7 @@ class Call(_Message, tag=1):
     batch: bool = False
     stop_on_error: bool = False
     positional: bool = False
+    span: bool = False
 
 
 class Cancel(_Message, tag=2):
@@ -342,6 +344,38 @@ def _show(value: Any) -> str:
 ATOMS: Final = frozenset({str, bytes, int, float, bool, type(None)})
 """The types that travel and arrive as themselves (exact types: a subclass is refused)."""
 _ATOMS: Final = ATOMS
+
+
+_INT64: Final = range(-(2**63), 2**63)
+
+
+def span(inputs: range) -> list[int] | None:
+    """A range of inputs as a batch call carries it (``Call.span``): its first int, how
+    many and the step between them; None if one of those is past a signed 64-bit int,
+    and for an empty range."""
+    count = len(inputs)
+    if not count:
+        return None
+    step = inputs.step if count > 1 else 1
+    if inputs.start not in _INT64 or step not in _INT64 or count not in _INT64:
+        return None
+    return [inputs.start, count, step]
+
+
+def span_inputs(args: Any) -> list[int]:
+    """The inputs of a batch call that carries a range (``Call.span``); ``TypeError`` if
+    ``args`` is not ``[first, count, step]`` of ints, a count of at least one and a step
+    other than zero."""
+    if (
+        type(args) is not list
+        or len(args) != 3
+        or not all(type(value) is int for value in args)
+        or args[1] < 1
+        or args[2] == 0
+    ):
+        raise TypeError(f"a batch call's range is [first, count, step] of ints, not {args!r}")
+    first, count, step = args
+    return list(range(first, first + count * step, step))
 
 
 def kinds(values: list[Any] | tuple[Any, ...]) -> set[type]:

@@ -306,6 +306,44 @@ def test_a_class_that_claims_to_equal_int_is_still_refused() -> None:
         assert len(_wire.kinds(values)) == 2
 
 
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        range(10),
+        range(-5, 20, 3),
+        range(20, -5, -7),
+        range(7, 8, 2**100),  # one input: the step does not matter
+        range(-(2**63), 2**63, 2**62),
+        range(2**63 - 3, 2**63),
+    ],
+)
+def test_a_range_travels_as_its_first_int_count_and_step(inputs: range) -> None:
+    """A map's range of inputs travels as three ints, and the worker makes the same ints."""
+    carried = _wire.span(inputs)
+    assert carried is not None
+    call = _wire.Call(1, "identity", carried, "c", batch=True, positional=True, span=True)
+    decoded = _wire.decode_to_worker(_wire.encode(call)[4:])
+    assert isinstance(decoded, _wire.Call)
+    assert _wire.span_inputs(decoded.args) == list(inputs)
+
+
+def test_a_range_past_signed_64_bit_ints_travels_as_its_list() -> None:
+    """A range whose first int, count or step is past a signed 64-bit int has no span (its
+    inputs travel as a list, each checked as any int is), nor has an empty one."""
+    for inputs in (range(2**63, 2**63 + 3), range(0, 2**64, 2**63 + 1), range(0)):
+        assert _wire.span(inputs) is None
+
+
+@pytest.mark.parametrize(
+    "args", [[0, 1], [0, 1, 1, 1], (0, 1, 1), [0, 0, 1], [0, -1, 1], [0, 3, 0], [0, 1.0, 1], 7]
+)
+def test_a_range_that_is_not_first_count_and_step_is_refused(args: Any) -> None:
+    """What a batch call carries as its range must be three ints, a count of at least one
+    and a step other than zero: anything else is a TypeError, which fails the call."""
+    with pytest.raises(TypeError, match="first, count, step"):
+        _wire.span_inputs(args)
+
+
 def test_a_call_without_a_session_id_decodes() -> None:
     """A Call frame written before calls carried a session id still decodes, with none."""
     old = msgspec.msgpack.encode([1, 7, "echo", None, "cid", None, False, None, 0])

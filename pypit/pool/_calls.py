@@ -129,7 +129,8 @@ class Calls:
         kinds: set[type] | None = None,
     ) -> Request:
         """Check and encode a call (with ``batch``, a frame of a map: ``args`` is its list
-        of inputs, whose types are ``kinds`` if known); nothing is sent or queued yet."""
+        of inputs, whose types are ``kinds`` if known, or a range of ints, which travels as
+        its ends); nothing is sent or queued yet."""
         command = exact_str("command", command)
         timeout = check_timeout(timeout, optional=True)
         session_id = exact_str("session_id", session_id, optional=True)
@@ -144,12 +145,19 @@ class Calls:
                 f"the current correlation id must be a str, not {correlation_id!r} "
                 "(set with set_correlation_id)"
             )
-        message = _wire.Call(request_id, command, args, correlation_id, timeout, stream)
+        span = _wire.span(args) if batch and type(args) is range and plain else None
+        message = _wire.Call(
+            request_id, command, args if span is None else span, correlation_id, timeout, stream
+        )
         message.session_id = session_id
         if batch:
             message.batch = True
             message.stop_on_error = stop_on_error
             message.positional = plain
+            if span is not None:
+                message.span = True
+            elif type(args) is range:
+                message.args = list(args)
         if stream:
             message.window = self.config.stream_window
         frame = _wire.encode(message, self.config.max_frame_size, checked=plain)

@@ -11,7 +11,7 @@ its inputs are ints.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence, Sized
 from typing import TYPE_CHECKING, Any, Final
 
 from pypit import _wire
@@ -113,6 +113,7 @@ class Framer:
         "_target",
         "_timeout",
         "correlation_id",
+        "spans",
     )
 
     def __init__(
@@ -145,6 +146,8 @@ class Framer:
         self._target = below // 2 if below else _DEFAULT_TARGET
         self._max_frame_size = config.max_frame_size
         self._kinds = _known_kinds(inputs)
+        self.spans = self._kinds is not None
+        """Whether the inputs are a range of ints, whose chunks are ranges too."""
         self._most = _MAX_CHUNK
         if isinstance(inputs, Sized):
             self._most = max(1, min(_MAX_CHUNK, -(-len(inputs) // (_FRAMES_PER_SLOT * slots))))
@@ -168,7 +171,7 @@ class Framer:
             chunk = min(chunk, int(self._max_frame_size // 4 / max(size, 1.0)))
         return max(1, chunk)
 
-    def frames(self, start: int, chunk: list[Any]) -> list[Frame]:
+    def frames(self, start: int, chunk: Sequence[Any]) -> list[Frame]:
         """The frames of a chunk: one, unless inputs of it cannot be sent, or together
         they are over the frame size limit (see the module's docstring)."""
         try:

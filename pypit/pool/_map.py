@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -152,6 +152,7 @@ class Map:
         "_ordered",
         "_progress",
         "_raise",
+        "_range",
         "_ready",
         "_reported",
         "_return_exceptions",
@@ -214,6 +215,7 @@ class Map:
         """Inputs whose results have arrived (taken or not)."""
         self._reported = -1
         self._inputs: Iterator[Any] = iter(inputs)
+        self._range = inputs if type(inputs) is range and self._framer.spans else None
         self._next_index = 0
         self._exhausted = False
         self._input_error: BaseException | None = None
@@ -456,14 +458,7 @@ class Map:
             and not self._exhausted
             and not held
         ):
-            chunk: list[Any] = []
-            try:
-                # extend keeps what it took before the iterable raised: those inputs run.
-                chunk.extend(itertools.islice(self._inputs, size))
-            except Exception as exc:
-                # Raised once every result before it was taken.
-                self._input_error = exc
-                self._exhausted = True
+            chunk = self._chunk(size)
             if not chunk:
                 self._exhausted = True
                 return
@@ -478,6 +473,22 @@ class Map:
                     self._settled(frame)
                 elif held or not self._sent(frame):
                     held.append(frame)
+
+    def _chunk(self, size: int) -> Sequence[Any]:
+        """The next ``size`` inputs, or fewer at their end: a slice of a range of ints
+        (which travels as its ends), or a list taken from the iterable. An error of the
+        iterable ends the inputs after those taken before it, and is raised once every
+        result before it was taken."""
+        if self._range is not None:
+            return self._range[self._next_index : self._next_index + size]
+        chunk: list[Any] = []
+        try:
+            # extend keeps what it took before the iterable raised: those inputs run.
+            chunk.extend(itertools.islice(self._inputs, size))
+        except Exception as exc:
+            self._input_error = exc
+            self._exhausted = True
+        return chunk
 
     def _sending(self, size: int) -> int:
         """Frames sent and not answered, at most: two per worker slot, one running and the

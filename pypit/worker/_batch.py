@@ -70,7 +70,7 @@ def _run_positional(
     ``map`` (C's loop, not Python's) over the list of inputs. A cancel empties the list
     (``Running.halt``), which ends the loop after the input that runs then, as the Python
     loop's look at the flag does, at C's cost per input."""
-    inputs = _inputs(call)  # the call's own list, which nothing else holds
+    inputs = _inputs(call)  # a list of the call's own, which nothing else holds
     count = len(inputs)
     running.halt = inputs.clear
     if running.cancelled:  # cancelled before halt was in place
@@ -143,6 +143,8 @@ async def run_async(
 
 
 def _inputs(call: _wire.Call) -> list[Any]:
+    if call.span:
+        return _wire.span_inputs(call.args)
     if type(call.args) is not list:
         raise TypeError(f"a batch call carries a list of inputs, not {type(call.args).__name__}")
     return call.args

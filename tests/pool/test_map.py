@@ -333,13 +333,16 @@ async def test_inputs_that_cannot_travel_cost_few_frames_and_are_named() -> None
 
 async def test_a_range_is_mapped_as_its_list_is() -> None:
     """A range's inputs are known to be ints, so its frames are not looked at for their
-    types: the results are those of the same inputs in a list, a range past msgpack's
-    ints fails exactly the inputs past it, and the tool's signature is still checked."""
+    types, and travel as their first int, count and step: the results are those of the
+    same inputs in a list (a negative step, ints past a signed 64-bit int, which travel
+    as a list, included), a range past msgpack's ints fails exactly the inputs past it,
+    and the tool's signature is still checked."""
     past = range(2**64 - 3, 2**64 + 2)
     async with open_pool(adapter(), **options()) as pool:
-        async with pool.map("identity", range(-5, 20_000, 3), chunksize=1000) as results:
-            assert await drain(results) == list(range(-5, 20_000, 3))
-        got = {}
+        for spans in (range(-5, 20_000, 3), range(100, -100, -7), range(2**63, 2**63 + 9)):
+            async with pool.map("identity", spans, chunksize=4) as results:
+                assert await drain(results) == list(spans)
+        got: dict[type, list[Any]] = {}
         for inputs in (past, list(past)):
             async with pool.map("identity", inputs, return_exceptions=True) as results:
                 got[type(inputs)] = [

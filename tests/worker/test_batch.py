@@ -13,11 +13,16 @@ from pypit.worker import _batch
 from pypit.worker._calls import Running, describe_exception
 
 
-def batch(inputs: list[Any], *, positional: bool, stop_on_error: bool = False) -> _wire.Call:
-    call = _wire.Call(1, "tool", inputs, "c")
+def batch(
+    inputs: list[Any] | range, *, positional: bool, stop_on_error: bool = False
+) -> _wire.Call:
+    """A batch call of ``inputs``; a range travels as its span, as the pool sends it."""
+    span = _wire.span(inputs) if type(inputs) is range else None
+    call = _wire.Call(1, "tool", inputs if span is None else span, "c")
     call.batch = True
     call.positional = positional
     call.stop_on_error = stop_on_error
+    call.span = span is not None
     return call
 
 
@@ -54,6 +59,31 @@ def test_runs_answer_as_one_by_one_does(stop_on_error: bool) -> None:
         assert len(fast.values) == len(inputs)
         assert len(fast.errors) == len([i for i in inputs if i % 7 == 3])
         assert fast.values[:5] == [0, 2, 4, None, 8]
+
+
+def test_a_range_runs_as_its_list_does() -> None:
+    """A batch that carries a range runs its ints as the same ints in a list, errors and
+    cancels included; a range that is not [first, count, step] fails the call."""
+    inputs = range(-3000, 30_000, 3)
+    answers = [
+        _batch.run(
+            batch(given, positional=True), every_seventh_fails, Running(), describe_exception
+        )
+        for given in (inputs, list(inputs))
+    ]
+    assert answers[0] == answers[1]
+    running = Running()
+
+    def tool(value: int) -> int:
+        if value == 0:
+            running.cancel()
+        return value
+
+    assert _batch.run(batch(inputs, positional=True), tool, running, describe_exception) is None
+    call = batch(inputs, positional=True)
+    call.args = [0, 10]
+    with pytest.raises(TypeError, match="first, count, step"):
+        _batch.run(call, tool, Running(), describe_exception)
 
 
 @pytest.mark.parametrize("positional", [True, False])
