@@ -113,6 +113,7 @@ class Framer:
         "_target",
         "_timeout",
         "correlation_id",
+        "most_ints",
         "spans",
     )
 
@@ -148,6 +149,8 @@ class Framer:
         self._kinds = _known_kinds(inputs)
         self.spans = self._kinds is not None
         """Whether the inputs are a range of ints, whose chunks are ranges too."""
+        self.most_ints = max(1, (config.max_frame_size - 1024) // 9)
+        """The most ints of a range in one frame: as many as a list of them could carry."""
         self._most = _MAX_CHUNK
         if isinstance(inputs, Sized):
             self._most = max(1, min(_MAX_CHUNK, -(-len(inputs) // (_FRAMES_PER_SLOT * slots))))

@@ -338,6 +338,10 @@ class Map:
                     raise error
                 break
             self._refill()
+            if self._arrivals or self._has_frame() or (not self._frames and self._exhausted):
+                # The refill ended the inputs, or made a frame that failed before it was
+                # sent: nothing would wake the wait for it.
+                continue
             await self._wait()
         raise StopAsyncIteration
 
@@ -364,6 +368,12 @@ class Map:
             taken += len(results)
         self._refill()
         return batch
+
+    def _has_frame(self) -> bool:
+        """Whether :meth:`_take_frame` would take a frame."""
+        if self._ordered:
+            return bool(self._frames) and self._frames[0].settled
+        return bool(self._finished)
 
     def _take_frame(self) -> Frame | None:
         """The next frame whose results are due and have arrived, if any."""
@@ -480,6 +490,9 @@ class Map:
         iterable ends the inputs after those taken before it, and is raised once every
         result before it was taken."""
         if self._range is not None:
+            # No more ints than the same inputs as a list could carry in one frame (9
+            # bytes each at most): a worker never takes more in one call for a range.
+            size = min(size, self._framer.most_ints)
             return self._range[self._next_index : self._next_index + size]
         chunk: list[Any] = []
         try:

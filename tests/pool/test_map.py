@@ -356,6 +356,37 @@ async def test_a_range_is_mapped_as_its_list_is() -> None:
                 await drain(results)
 
 
+async def test_a_range_frame_holds_no_more_ints_than_a_list_frame_could() -> None:
+    """A range travels as three ints, but a frame of it holds no more inputs than the same
+    ints as a list could carry in one frame, whatever the chunksize: the worker never
+    takes more in one call than max_frame_size allows."""
+    with telemetry.capture((*CALL, "stop")) as seen:
+        # max_frame_size at its smallest (65,536 bytes): at most 7,168 ints a frame.
+        async with open_pool(adapter(), **options(max_frame_size=65_536)) as pool:
+            async with pool.map("identity", range(20_000), chunksize=20_000) as results:
+                assert await drain(results) == list(range(20_000))
+    items = [e.measurements["items"] for e in seen]
+    assert sum(items) == 20_000
+    assert max(items) == (65_536 - 1024) // 9
+
+
+async def test_a_window_of_one_frame_ends_when_the_inputs_do() -> None:
+    """buffersize=1: the map ends after its last result, also when the last frame made
+    failed before it was sent (an input that cannot travel)."""
+    async with open_pool(adapter(), **options()) as pool:
+        for inputs in (range(3), [1, 2, 3]):
+            with anyio.fail_after(10):
+                async with pool.map("identity", inputs, buffersize=1) as results:
+                    assert await drain(results) == list(inputs)
+        with anyio.fail_after(10):
+            async with pool.map(
+                "identity", [1, 2**64, 3], buffersize=1, chunksize=1, return_exceptions=True
+            ) as results:
+                got = await drain(results)
+        assert (got[0], got[2]) == (1, 3)
+        assert isinstance(got[1], SerializationError)
+
+
 async def test_timeout_is_per_input() -> None:
     """A frame of two inputs has twice the timeout; an input past its time fails with
     WorkerTimeoutError and the map raises it."""
