@@ -22,7 +22,11 @@ if TYPE_CHECKING:
     from pypit.pool._request import Request
 
 _MAX_CHUNK: Final = 16_384
-"""The largest chunk the map chooses by itself (a ``chunksize`` given may be larger)."""
+"""The largest chunk the map chooses by itself for inputs of known length (a ``chunksize``
+given may be larger)."""
+_MAX_LAZY_CHUNK: Final = 4096
+"""The largest chunk the map chooses by itself for inputs of unknown length (an iterator):
+what it holds of them, in its window of frames, stays small."""
 _FRAMES_PER_SLOT: Final = 4
 """A map of known length is cut in at least this many frames per worker slot, as
 ``multiprocessing.Pool.map`` cuts its inputs: each worker gets several, so that one slow
@@ -151,7 +155,7 @@ class Framer:
         """Whether the inputs are a range of ints, whose chunks are ranges too."""
         self.most_ints = max(1, (config.max_frame_size - 1024) // 9)
         """The most ints of a range in one frame: as many as a list of them could carry."""
-        self._most = _MAX_CHUNK
+        self._most = _MAX_LAZY_CHUNK
         if isinstance(inputs, Sized):
             self._most = max(1, min(_MAX_CHUNK, -(-len(inputs) // (_FRAMES_PER_SLOT * slots))))
 

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 # How long leaving a map's block waits for the workers to confirm that its frames stopped:
 # a round trip, unless a sync tool is inside an input (the worker then has cancel_grace).
 _CLOSE_GRACE: Final = 0.25
-_TAKE_MAX: Final = 131_072
+_TAKE_MAX: Final = 65_536
 """Results the blocking facade takes in one hop from the loop: no more frames are added
 to a batch once it has this many."""
 _ENTER_FIRST: Final = (
