@@ -282,6 +282,12 @@ class Supervisor:
             del self._expected[token]
             raise
         greeting.pid = process.pid
+        if greeting.connection is not None and not greeting.connection.is_from(process.pid):
+            # It greeted before the launch returned (on a busy loop, a worker may): only now
+            # can its peer be checked. Not the process started: the start fails.
+            greeting.connection.close()
+            greeting.connection = None
+            self._refuse()
         handle = WorkerHandle(
             pool_name=self.name,
             worker_id=worker_id,
@@ -572,8 +578,7 @@ class Supervisor:
         if (
             greeting is None
             or greeting.connection is not None
-            or greeting.pid is None
-            or not connection.is_from(greeting.pid)
+            or (greeting.pid is not None and not connection.is_from(greeting.pid))
         ):
             return self._refuse()
         greeting.connection = connection

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 import anyio
 import psutil
@@ -19,6 +20,7 @@ from pypit import (
     WorkerStartError,
 )
 from pypit.pool import open_pool
+from pypit.pool._launch import LocalLauncher
 from tests.pool.conftest import adapter, options, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -125,3 +127,22 @@ async def test_misuse_of_the_pool_raises_pypit_errors_that_are_the_fitting_built
         assert isinstance(late.value, PypitError)
         with anyio.fail_after(10):
             await pool.configure_telemetry(sampling_rate=1.0)
+
+
+async def test_a_worker_that_greets_before_its_launch_returns_is_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a busy loop a worker may connect and greet before the launch that started it
+    returns to the pool: its peer is checked once the pool knows its pid, and it serves."""
+    original = LocalLauncher.launch
+
+    async def slow_launch(self: LocalLauncher, *args: Any, **kwargs: Any) -> Any:
+        process = await original(self, *args, **kwargs)
+        await anyio.sleep(1.0)  # the worker greets meanwhile
+        return process
+
+    monkeypatch.setattr(LocalLauncher, "launch", slow_launch)
+    with structlog.testing.capture_logs() as logs:
+        async with open_pool(adapter(), **options()) as pool:
+            assert await pool.execute("identity", 5) == 5
+    assert not [e for e in logs if "refused" in e["event"]]
