@@ -347,6 +347,8 @@ _ATOMS: Final = ATOMS
 
 
 _INT64: Final = range(-(2**63), 2**63)
+INTS: Final = range(-(2**63), 2**64)
+"""The ints msgpack carries."""
 
 
 def span(inputs: range) -> list[int] | None:
@@ -685,13 +687,13 @@ def _out_of_range(message: _Message) -> SerializationError:
             if id(value) in seen:
                 continue
             seen.add(id(value))
-        if type(value) is int and not -(2**63) <= value < 2**64:
+        if type(value) is int and value not in INTS:
             return SerializationError(
                 f"cannot send {path}, an int out of range: {_show(value)}; {rule}"
             )
         if type(value) is dict:
             for key, item in value.items():
-                if type(key) is int and not -(2**63) <= key < 2**64:
+                if type(key) is int and key not in INTS:
                     return SerializationError(
                         f"cannot send a key of {path}, an int out of range: {_show(key)}; {rule}"
                     )

@@ -214,7 +214,7 @@ def _known_kinds(inputs: Any) -> set[type] | None:
     """The types of a map's inputs when they are known without looking at them: a range
     gives ints, each of which travels as itself when both ends of the range do."""
     if type(inputs) is not range or (
-        inputs and not all(-(2**63) <= end < 2**64 for end in (inputs[0], inputs[-1]))
+        inputs and not (inputs[0] in _wire.INTS and inputs[-1] in _wire.INTS)
     ):
         return None
     return {int}
